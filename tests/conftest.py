@@ -1,0 +1,46 @@
+"""Shared test fixtures: where the real data lives, and a quiet, deterministic environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_root() -> Path:
+    """The ``shared`` folder beside the checkout, or ``$INVARIANCE_SHARED_DIR``."""
+    return Path(os.environ.get("INVARIANCE_SHARED_DIR", REPO_ROOT.parent / "shared"))
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"needs real data at {path} (../shared beside the checkout, or set INVARIANCE_SHARED_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir() -> Path:
+    return _require(shared_root() / "data" / "cifar10")
+
+
+@pytest.fixture(scope="session")
+def imagenette_dir() -> Path:
+    return _require(shared_root() / "data" / "imagenette-128")
+
+
+@pytest.fixture(scope="session")
+def cifar_resnet_weights_dir() -> Path:
+    return _require(shared_root() / "weights" / "cifar10-resnet")
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
