@@ -1,0 +1,152 @@
+"""Functional consistency metrics over a model's outputs on a sequence of transformed frames.
+
+``logits`` have shape ``(N, T, C)``: N images, T frames (frame 0 the reference), C classes.
+The statistics are sums and counts, so that batches and processes combine by addition.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+#: Names of the additive statistics, in a fixed order.
+STAT_NAMES = (
+    "num_images",
+    "flips",
+    "agreeing_pairs",
+    "abs_top1_change",
+    "topk_rank_changes",
+    "num_targets",
+    "correct",
+    "all_correct",
+)
+
+
+def check_logits(
+    logits: Any, target: Any = None, *, num_classes: int | None = None, top_k: int | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """Validate ``logits`` (N, T, C) and the optional ``target`` (N,); raise ValueError/TypeError on bad input."""
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"logits must be a torch.Tensor of shape (N, T, C), got {type(logits).__name__}")
+    if logits.ndim != 3:
+        raise ValueError(
+            f"logits must have shape (N, T, C) (N images, T frames, C classes), got shape {tuple(logits.shape)}"
+        )
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be floating point, got dtype {logits.dtype}")
+    num_frames, classes = logits.shape[1], logits.shape[2]
+    if num_frames < 2:
+        raise ValueError(f"logits need at least T=2 frames to compare, got T={num_frames} (shape {tuple(logits.shape)})")
+    if num_classes is not None and classes != num_classes:
+        raise ValueError(f"logits have C={classes} classes but num_classes={num_classes}")
+    if top_k is not None and classes < top_k:
+        raise ValueError(f"top_k={top_k} needs at least {top_k} classes, got logits with C={classes}; lower top_k")
+    if not bool(torch.isfinite(logits).all()):
+        bad = int((~torch.isfinite(logits)).sum())
+        raise ValueError(f"logits contain {bad} NaN or infinite values; the model's outputs are not finite")
+    if target is None:
+        return logits, None
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor of class indices with shape (N,), got {type(target).__name__}")
+    if target.ndim != 1 or target.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"target must have shape (N,) = ({logits.shape[0]},) to match logits {tuple(logits.shape)}, "
+            f"got {tuple(target.shape)}"
+        )
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= classes):
+        raise ValueError(
+            f"target values must be class indices in [0, {classes}), got values in "
+            f"[{int(target.min())}, {int(target.max())}]"
+        )
+    return logits, target.to(logits.device)
+
+
+def consistency_stats(logits: Tensor, target: Tensor | None = None, top_k: int | None = 5) -> dict[str, Tensor]:
+    """Additive statistics of one batch of validated ``logits`` (N, T, C) and ``target`` (N,) or None."""
+    num_images, num_frames, _ = logits.shape
+    device = logits.device
+    preds = logits.argmax(dim=-1)  # (N, T)
+    probs = logits.float().softmax(dim=-1)
+
+    changed = preds[:, 1:] != preds[:, :-1]  # (N, T-1)
+    agree = preds[:, :, None] == preds[:, None, :]  # (N, T, T)
+    upper = torch.triu(torch.ones(num_frames, num_frames, dtype=torch.bool, device=device), diagonal=1)
+    previous_top1 = preds[:, :-1, None]
+    prob_before = probs[:, :-1].gather(-1, previous_top1).squeeze(-1)
+    prob_after = probs[:, 1:].gather(-1, previous_top1).squeeze(-1)
+
+    stats = {
+        "num_images": torch.tensor(num_images, dtype=torch.long, device=device),
+        "flips": changed.sum(dim=0),
+        "agreeing_pairs": (agree & upper).sum(),
+        "abs_top1_change": (prob_after - prob_before).abs().double().sum(dim=0),
+        "topk_rank_changes": torch.tensor(0, dtype=torch.long, device=device),
+        "num_targets": torch.tensor(0, dtype=torch.long, device=device),
+        "correct": torch.zeros(num_frames, dtype=torch.long, device=device),
+        "all_correct": torch.tensor(0, dtype=torch.long, device=device),
+    }
+    if top_k is not None:
+        ranks = logits.topk(top_k, dim=-1).indices  # (N, T, k), classes by decreasing logit
+        stats["topk_rank_changes"] = (ranks[:, 1:] != ranks[:, :-1]).sum()
+    if target is not None:
+        hits = preds == target[:, None]
+        stats["num_targets"] = stats["num_images"].clone()
+        stats["correct"] = hits.sum(dim=0)
+        stats["all_correct"] = hits.all(dim=1).sum()
+    return stats
+
+
+def consistency_from_stats(stats: dict[str, Tensor], top_k: int | None = 5) -> dict[str, Tensor]:
+    """Turn summed statistics into the metric dictionary (see ``transform_consistency``)."""
+    num_images = int(stats["num_images"])
+    if num_images == 0:
+        raise ValueError("no images were measured: update() was never called with a non-empty batch")
+    num_transitions = num_images * stats["flips"].numel()
+    num_frames = stats["flips"].numel() + 1
+    num_pairs = num_images * num_frames * (num_frames - 1) // 2
+    out = {
+        "flip_rate": stats["flips"].sum().double() / num_transitions,
+        "consistency": stats["agreeing_pairs"].double() / num_pairs,
+        "mac": stats["abs_top1_change"].sum() / num_transitions,
+        "per_frame_flip_rate": stats["flips"].double() / num_images,
+    }
+    if top_k is not None:
+        out[f"top{top_k}_distance"] = stats["topk_rank_changes"].double() / num_transitions
+    num_targets = int(stats["num_targets"])
+    if num_targets not in (0, num_images):
+        raise ValueError(
+            f"target was given for {num_targets} of {num_images} images: pass target on every update or on none"
+        )
+    if num_targets:
+        out["accuracy"] = stats["correct"].sum().double() / (num_targets * num_frames)
+        out["worst_case_accuracy"] = stats["all_correct"].double() / num_targets
+        out["per_frame_accuracy"] = stats["correct"].double() / num_targets
+    return {name: value.float() for name, value in out.items()}
+
+
+def transform_consistency(
+    logits: Tensor, target: Tensor | None = None, *, top_k: int | None = 5, num_classes: int | None = None
+) -> dict[str, Tensor]:
+    """Consistency of a classifier's predictions along a sequence of transformed frames.
+
+    Args:
+        logits: ``(N, T, C)`` outputs for T frames of N images; frame 0 is the reference.
+        target: optional ``(N,)`` class indices; without it the accuracy keys are absent.
+        top_k: rank depth of ``top{k}_distance``; ``None`` leaves that key out.
+        num_classes: if given, ``C`` must equal it.
+
+    Returns:
+        A dict of float tensors:
+        ``flip_rate`` (mean over images and t >= 1 of [argmax_t != argmax_{t-1}]),
+        ``consistency`` (mean over images of the fraction of frame pairs t < t' whose argmax agree),
+        ``mac`` (mean |p_t[c] - p_{t-1}[c]|, p = softmax, c = argmax of frame t-1),
+        ``top{k}_distance`` (mean over adjacent frames of the number of rank positions 1..k whose
+        class differs), ``per_frame_flip_rate`` (T-1,), and with ``target``: ``accuracy`` (mean over
+        frames), ``worst_case_accuracy`` (fraction correct on every frame), ``per_frame_accuracy`` (T,).
+    """
+    logits, target = check_logits(logits, target, num_classes=num_classes, top_k=top_k)
+    return consistency_from_stats(consistency_stats(logits, target, top_k), top_k)

@@ -1,0 +1,7 @@
+"""Deterministic sequences of geometric transforms (shifts, rescalings) of image batches."""
+
+from invariance_lightning.transforms.base import TransformSequence
+from invariance_lightning.transforms.scale import ScaleSequence
+from invariance_lightning.transforms.shift import ShiftSequence
+
+__all__ = ["ScaleSequence", "ShiftSequence", "TransformSequence"]

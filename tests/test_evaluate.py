@@ -1,0 +1,131 @@
+"""evaluate_invariance against direct computation, on exactly invariant and non-invariant models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from invariance_lightning import ScaleSequence, ShiftSequence, evaluate_invariance, transform_consistency
+
+
+def circular_invariant_net(num_classes: int = 10) -> nn.Module:
+    """Stride-1 circular convolutions then global average pooling: exactly invariant to circular shifts."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, padding_mode="circular"),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1, padding_mode="circular"),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, num_classes),
+    )
+
+
+def strided_net(num_classes: int = 10) -> nn.Module:
+    """Strided convolutions without antialiasing: not shift invariant."""
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, num_classes),
+    )
+
+
+def test_exactly_invariant_model_has_zero_flip_rate_under_circular_shifts():
+    torch.manual_seed(1)
+    images = torch.randn(64, 3, 16, 16)
+    targets = torch.randint(0, 10, (64,))
+    sequence = ShiftSequence(max_shift=8, mode="circular")
+    out = evaluate_invariance(circular_invariant_net(), images, targets, sequence, batch_size=40)
+    assert out["flip_rate"].item() == 0.0
+    assert out["consistency"].item() == 1.0
+    assert out["mac"].item() < 1e-6
+    assert out["worst_case_accuracy"].item() == pytest.approx(out["accuracy"].item())
+
+
+def test_strided_model_flips_under_one_pixel_shifts():
+    torch.manual_seed(1)
+    images = torch.randn(64, 3, 16, 16)  # zero-mean inputs, so that predictions differ between images
+    out = evaluate_invariance(strided_net(), images, None, ShiftSequence(max_shift=8, mode="circular"))
+    assert out["flip_rate"].item() > 0.05
+    assert out["consistency"].item() < 1.0
+    assert "accuracy" not in out
+
+
+def test_results_equal_direct_computation_with_roll_and_normalization():
+    torch.manual_seed(2)
+    model = strided_net()
+    images = torch.rand(7, 3, 12, 12)
+    targets = torch.randint(0, 10, (7,))
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    sequence = ShiftSequence(max_shift=4, mode="circular")
+    m, s = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
+    with torch.no_grad():
+        direct = torch.stack(
+            [model((torch.roll(images, (k, k), dims=(-2, -1)) - m) / s) for k in range(5)], dim=1
+        )
+    expected = transform_consistency(direct, targets)
+    # batch_size 3 < T = 5: one image per chunk, frames split over two forwards
+    for batch_size in (3, 5, 256):
+        out = evaluate_invariance(model, images, targets, sequence, batch_size=batch_size, normalize=(mean, std))
+        for key in expected:
+            torch.testing.assert_close(out[key], expected[key], rtol=1e-5, atol=1e-6)
+
+
+def test_dataloader_input_uint8_images_and_restored_mode():
+    torch.manual_seed(3)
+    model = strided_net().train()
+    images = torch.randint(0, 256, (10, 3, 12, 12), dtype=torch.uint8)
+    targets = torch.randint(0, 10, (10,))
+    sequence = ScaleSequence([1.0, 0.9, 1.1])
+    from_tensor = evaluate_invariance(model, images, targets, sequence)
+    loader = DataLoader(TensorDataset(images, targets), batch_size=4)
+    from_loader = evaluate_invariance(model, loader, None, sequence, progress=True)
+    for key in from_tensor:
+        torch.testing.assert_close(from_loader[key], from_tensor[key])
+    assert model.training, "evaluate_invariance must restore train mode"
+    direct = torch.stack([model.eval()(sequence.frame(images.float() / 255, t)) for t in range(3)], dim=1)
+    torch.testing.assert_close(from_tensor["flip_rate"], transform_consistency(direct, targets)["flip_rate"])
+
+
+def test_forward_fn_extracts_logits_from_other_outputs():
+    class DictModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = strided_net()
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"logits": self.net(x)}
+
+    model = DictModel()
+    images = torch.rand(4, 3, 12, 12)
+    seq = ShiftSequence(max_shift=2)
+    with pytest.raises(ValueError, match=r"must return \(N, C\) logits"):
+        evaluate_invariance(model, images, None, seq)
+    out = evaluate_invariance(model, images, None, seq, forward_fn=lambda m, x: m(x)["logits"])
+    expected = evaluate_invariance(model.net, images, None, seq)
+    torch.testing.assert_close(out["flip_rate"], expected["flip_rate"])
+
+
+def test_bad_input_is_rejected_early():
+    model = strided_net()
+    seq = ShiftSequence(max_shift=2)
+    with pytest.raises(ValueError, match="images is empty"):
+        evaluate_invariance(model, torch.rand(0, 3, 8, 8), None, seq)
+    with pytest.raises(ValueError, match=r"targets must have shape \(N,\)"):
+        evaluate_invariance(model, torch.rand(4, 3, 8, 8), torch.zeros(3, dtype=torch.long), seq)
+    with pytest.raises(ValueError, match="targets must be None"):
+        evaluate_invariance(model, [torch.rand(2, 3, 8, 8)], torch.zeros(2, dtype=torch.long), seq)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        evaluate_invariance(model, torch.rand(4, 3, 8, 8), None, seq, batch_size=0)
+    with pytest.raises(ValueError, match="normalize must be"):
+        evaluate_invariance(model, torch.rand(4, 3, 8, 8), None, seq, normalize=(0.5,))
+    with pytest.raises(TypeError, match="sequence must be a TransformSequence"):
+        evaluate_invariance(model, torch.rand(4, 3, 8, 8), None, [(0, 0), (1, 1)])
+    with pytest.raises(ValueError, match="do not fit 8x8"):
+        evaluate_invariance(model, torch.rand(4, 3, 8, 8), None, ShiftSequence(max_shift=8))

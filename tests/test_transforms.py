@@ -1,0 +1,187 @@
+"""Transform sequences against independent constructions (torch.roll, hand-built padded slices)."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from invariance_lightning import ScaleSequence, ShiftSequence
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.rand(3, 2, 9, 11)
+
+
+def hand_zero_shift(x: torch.Tensor, dx: int, dy: int, fill: float) -> torch.Tensor:
+    """Shift by explicit index arithmetic: out[r, c] = x[r - dy, c - dx] where that exists, else fill."""
+    height, width = x.shape[-2:]
+    out = torch.full_like(x, fill)
+    for r in range(height):
+        for c in range(width):
+            if 0 <= r - dy < height and 0 <= c - dx < width:
+                out[..., r, c] = x[..., r - dy, c - dx]
+    return out
+
+
+def hand_reflect_shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Mirror index about the border pixels: -1 -> 1, W -> W - 2."""
+    height, width = x.shape[-2:]
+
+    def mirror(i: int, n: int) -> int:
+        return -i if i < 0 else (2 * (n - 1) - i if i >= n else i)
+
+    out = torch.empty_like(x)
+    for r in range(height):
+        for c in range(width):
+            out[..., r, c] = x[..., mirror(r - dy, height), mirror(c - dx, width)]
+    return out
+
+
+def test_direction_sequences_list_expected_shifts():
+    assert ShiftSequence(max_shift=3).shifts == [(0, 0), (1, 1), (2, 2), (3, 3)]
+    assert ShiftSequence(max_shift=4, direction="horizontal", step=2).shifts == [(0, 0), (2, 0), (4, 0)]
+    assert ShiftSequence(max_shift=1, direction="vertical", step=0.5).shifts == [(0, 0), (0, 0.5), (0, 1)]
+    grid = ShiftSequence(max_shift=2, grid=True).shifts
+    assert sorted(grid) == [(dx, dy) for dx in range(3) for dy in range(3)]
+    assert grid[0] == (0, 0)
+    steps = [abs(a[0] - b[0]) + abs(a[1] - b[1]) for a, b in zip(grid, grid[1:])]
+    assert steps == [1] * (len(grid) - 1), "grid frames must be one step apart (snake order)"
+
+
+@pytest.mark.parametrize("dx,dy", [(1, 1), (-3, 2), (4, -5), (0, 8), (10, 0)])
+def test_circular_equals_torch_roll(images, dx, dy):
+    frames = ShiftSequence(shifts=[(0, 0), (dx, dy)], mode="circular")(images)
+    torch.testing.assert_close(frames[:, 0], images, rtol=0, atol=0)
+    torch.testing.assert_close(frames[:, 1], torch.roll(images, shifts=(dy, dx), dims=(-2, -1)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dx,dy", [(1, 1), (-3, 2), (4, -5), (0, 8)])
+@pytest.mark.parametrize("fill", [0.0, -1.5])
+def test_zeros_mode_equals_hand_built_slices(images, dx, dy, fill):
+    frame = ShiftSequence(shifts=[(0, 0), (dx, dy)], mode="zeros", fill=fill).frame(images, 1)
+    torch.testing.assert_close(frame, hand_zero_shift(images, dx, dy, fill), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dx,dy", [(1, 1), (-3, 2), (4, -5), (0, 8)])
+def test_reflect_mode_equals_hand_mirroring(images, dx, dy):
+    frame = ShiftSequence(shifts=[(0, 0), (dx, dy)], mode="reflect").frame(images, 1)
+    torch.testing.assert_close(frame, hand_reflect_shift(images, dx, dy), rtol=0, atol=0)
+
+
+def test_crop_mode_moves_a_window_without_inventing_border(images):
+    seq = ShiftSequence(max_shift=2, mode="crop")  # default window: 9-4 x 11-4, centred
+    frames = seq(images)
+    assert frames.shape == (3, 3, 2, 5, 7)
+    for t, (dx, dy) in enumerate(seq.shifts):
+        torch.testing.assert_close(frames[:, t], images[..., 2 - dy : 7 - dy, 2 - dx : 9 - dx], rtol=0, atol=0)
+    fixed = ShiftSequence(max_shift=1, direction="horizontal", mode="crop", crop_size=(9, 8))
+    assert fixed.frame(images, 1).shape[-2:] == (9, 8)
+    torch.testing.assert_close(fixed.frame(images, 1), images[..., :, 0:8], rtol=0, atol=0)
+
+
+def test_fractional_circular_shift_composes_exactly():
+    x = torch.rand(2, 3, 15, 13, dtype=torch.float64)  # odd sizes: no Nyquist component
+    half = ShiftSequence(shifts=[(0, 0), (0.5, 0.5)], mode="circular")
+    twice = half.frame(half.frame(x, 1), 1)
+    torch.testing.assert_close(twice, torch.roll(x, shifts=(1, 1), dims=(-2, -1)), rtol=0, atol=1e-10)
+    # a band-limited signal on an even grid: the FFT shift is exact there too
+    n = torch.arange(16, dtype=torch.float64)
+    wave = torch.cos(2 * torch.pi * 3 * n / 16)[None, None, None, :].expand(1, 1, 4, 16)
+    shifted = ShiftSequence(shifts=[(0, 0), (0.25, 0)], mode="circular").frame(wave, 1)
+    expected = torch.cos(2 * torch.pi * 3 * (n - 0.25) / 16)
+    torch.testing.assert_close(shifted[0, 0, 0], expected, rtol=0, atol=1e-10)
+
+
+def test_fractional_zero_shift_is_bilinear():
+    x = torch.rand(1, 1, 6, 6)
+    frame = ShiftSequence(shifts=[(0, 0), (0.5, 0)], mode="zeros", fill=2.0).frame(x, 1)
+    interior = 0.5 * (x[..., :, :-1] + x[..., :, 1:])
+    torch.testing.assert_close(frame[..., :, 1:], interior, rtol=0, atol=1e-6)
+    torch.testing.assert_close(frame[..., :, 0], 0.5 * (x[..., :, 0] + 2.0), rtol=0, atol=1e-6)
+
+
+def test_embed_keeps_whole_object_visible_under_shifts():
+    x = torch.rand(2, 3, 32, 32) + 0.1  # strictly positive content, fill 0
+    seq = ShiftSequence(max_shift=4, mode="zeros", embed=0.75)  # 24 px object, 4 px margin
+    frames = seq(x)
+    mass = frames.sum(dim=(-1, -2, -3))
+    torch.testing.assert_close(mass, mass[:, :1].expand_as(mass))
+    assert float(frames[:, 0, :, :4, :].abs().max()) == 0.0  # top margin is fill
+    with pytest.raises(ValueError, match="embed margin"):
+        ShiftSequence(max_shift=5, embed=0.75).frame(x, 0)
+
+
+def test_scale_sequence_keeps_size_and_matches_interpolate(images):
+    seq = ScaleSequence([1.0, 0.5, 2.0], mode="zeros", fill=-1.0)
+    x = torch.rand(1, 1, 8, 8)
+    frames = seq(x)
+    assert frames.shape == (1, 3, 1, 8, 8)
+    torch.testing.assert_close(frames[:, 0], x)
+    small = F.interpolate(x, size=(4, 4), mode="bilinear", antialias=True, align_corners=False)
+    torch.testing.assert_close(frames[:, 1, :, 2:6, 2:6], small)
+    assert torch.all(frames[:, 1, :, :2] == -1.0)
+    large = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(frames[:, 2], large[..., 4:12, 4:12])
+    crop = ScaleSequence([1.0, 0.75, 1.25], mode="crop")
+    assert crop(images).shape[-2:] == (7, 8)  # round(9 * .75), round(11 * .75)
+
+
+def test_sequences_are_picklable_printable_and_comparable():
+    seqs = [ShiftSequence(max_shift=2, mode="circular"), ScaleSequence([1.0, 1.1], mode="crop", crop_size=8)]
+    for seq in seqs:
+        assert pickle.loads(pickle.dumps(seq)) == seq
+        assert type(seq).__name__ in repr(seq)
+    assert repr(ShiftSequence(max_shift=1)) == "ShiftSequence(shifts=[(0, 0), (1, 1)], mode='zeros')"
+    assert ShiftSequence(max_shift=3).frame_values == [0.0, 1.0, 2.0, 3.0]
+    assert ScaleSequence([1.0, 0.9]).frame_labels == ["x1", "x0.9"]
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"max_shift": 2, "mode": "wrap"}, "mode must be one of"),
+        ({"max_shift": 2, "direction": "up"}, "direction must be one of"),
+        ({"max_shift": 3, "step": 2}, "whole multiple of step"),
+        ({"max_shift": 0}, "max_shift must be > 0"),
+        ({"max_shift": float("nan")}, "max_shift must be a finite number"),
+        ({"shifts": [(0, 0)]}, "at least 2 frames"),
+        ({"shifts": [(0, 0), (1,)]}, r"\(dx, dy\) pairs"),
+        ({"max_shift": 1, "shifts": [(0, 0), (1, 1)]}, "either max_shift"),
+        ({"max_shift": 1, "crop_size": 4}, "only used with mode='crop'"),
+        ({"max_shift": 1, "embed": 1.5}, "embed must be"),
+    ],
+)
+def test_shift_sequence_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ShiftSequence(**kwargs)
+
+
+def test_shifts_that_do_not_fit_the_image_are_rejected_with_sizes():
+    x = torch.rand(1, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"do not fit 8x8 images"):
+        ShiftSequence(shifts=[(0, 0), (8, 0)], mode="zeros").frame(x, 0)
+    with pytest.raises(ValueError, match=r"6x6 crop window .* does not fit 8x8"):
+        ShiftSequence(max_shift=2, mode="crop", crop_size=6).frame(x, 0)
+    with pytest.raises(ValueError, match="must have shape"):
+        ShiftSequence(max_shift=1).frame(torch.rand(8, 8), 0)
+    with pytest.raises(TypeError, match="floating point"):
+        ShiftSequence(max_shift=1).frame(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), 0)
+    with pytest.raises(IndexError):
+        ShiftSequence(max_shift=1).frame(x, 2)
+
+
+def test_scale_sequence_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="factors must be finite numbers > 0"):
+        ScaleSequence([1.0, 0.0])
+    with pytest.raises(ValueError, match="at least 2 factors"):
+        ScaleSequence([1.0])
+    with pytest.raises(ValueError, match="reflection needs padding smaller"):
+        ScaleSequence([1.0, 0.4], mode="reflect").frame(torch.rand(1, 1, 10, 10), 1)
+    with pytest.raises(ValueError, match="does not fit the smallest rescaled image"):
+        ScaleSequence([1.0, 0.5], mode="crop", crop_size=6).frame(torch.rand(1, 1, 10, 10), 0)
+    with pytest.raises(ValueError, match="enlarges the object"):
+        ScaleSequence([1.0, 1.5], embed=0.8).frame(torch.rand(1, 1, 10, 10), 0)
