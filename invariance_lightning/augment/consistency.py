@@ -1,0 +1,114 @@
+"""Consistency regularization: penalize prediction changes between two views of each training image."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from invariance_lightning.augment.presets import preset_sequence
+
+__all__ = ["CONSISTENCY_KINDS", "ConsistencyRegularization", "consistency_loss"]
+
+ConsistencyKind = Literal["symmetric_kl", "js", "mse"]
+#: Values accepted for ``kind``.
+CONSISTENCY_KINDS: tuple[str, ...] = ("symmetric_kl", "js", "mse")
+
+
+def consistency_loss(
+    logits_a: torch.Tensor, logits_b: torch.Tensor, kind: ConsistencyKind = "symmetric_kl"
+) -> torch.Tensor:
+    """Mean over the batch of a divergence between the softmax predictions of two views, shape ``(N, C)`` each.
+
+    - ``symmetric_kl``: ``(KL(p_a || p_b) + KL(p_b || p_a)) / 2``, in nats.
+    - ``js``: Jensen-Shannon divergence ``(KL(p_a || m) + KL(p_b || m)) / 2`` with ``m = (p_a + p_b) / 2``, in nats
+      (at most ``log 2``).
+    - ``mse``: squared Euclidean distance between the probability vectors.
+
+    Gradients flow into both views. Computed in float32 from log-softmax for stability.
+    """
+    if kind not in CONSISTENCY_KINDS:
+        raise ValueError(f"consistency_loss: unknown kind {kind!r}; valid kinds are {', '.join(CONSISTENCY_KINDS)}")
+    if not (torch.is_tensor(logits_a) and torch.is_tensor(logits_b)):
+        raise TypeError("consistency_loss: `logits_a` and `logits_b` must be tensors")
+    if logits_a.ndim != 2 or logits_a.shape != logits_b.shape:
+        raise ValueError(
+            "consistency_loss: expected two (N, C) logit tensors of the same shape, got "
+            f"{tuple(logits_a.shape)} and {tuple(logits_b.shape)}"
+        )
+    log_a = F.log_softmax(logits_a.float(), dim=1)
+    log_b = F.log_softmax(logits_b.float(), dim=1)
+    if kind == "mse":
+        return (log_a.exp() - log_b.exp()).square().sum(dim=1).mean()
+    if kind == "symmetric_kl":
+        pointwise = (log_a.exp() - log_b.exp()) * (log_a - log_b)  # p_a log(p_a/p_b) + p_b log(p_b/p_a)
+        return pointwise.sum(dim=1).mean() / 2
+    log_m = torch.logsumexp(torch.stack([log_a, log_b]), dim=0) - math.log(2)
+    kl_am = F.kl_div(log_m, log_a, reduction="batchmean", log_target=True)
+    kl_bm = F.kl_div(log_m, log_b, reduction="batchmean", log_target=True)
+    return (kl_am + kl_bm) / 2
+
+
+class ConsistencyRegularization(nn.Module):
+    """``logits, penalty = reg(model, images)``: predictions on ``images`` and a weighted consistency penalty.
+
+    The model runs once on the concatenation of ``images`` and ``view(images)`` (so BatchNorm sees both views);
+    ``penalty = weight * consistency_loss(logits, logits_of_view, kind)``. Use the returned logits for the task loss::
+
+        logits, penalty = self.consistency(self.model, images)
+        loss = F.cross_entropy(logits, targets) + penalty
+
+    ``view`` maps a batch to a randomly transformed batch of the same shape. The default is a random integer
+    translation of each image by up to ``max_shift`` pixels per axis (the ``translate`` preset; its zero fill is
+    applied to the model's normalized input, i.e. it fills with the mean colour). With ``weight == 0`` the second
+    view is skipped and the penalty is a zero tensor, so the run is exactly an unregularized one.
+    """
+
+    def __init__(
+        self,
+        weight: float,
+        *,
+        view: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        kind: ConsistencyKind = "symmetric_kl",
+        max_shift: int = 1,
+    ) -> None:
+        super().__init__()
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise ValueError(f"ConsistencyRegularization: `weight` must be a number >= 0, got {weight!r}")
+        if kind not in CONSISTENCY_KINDS:
+            raise ValueError(
+                f"ConsistencyRegularization: unknown kind {kind!r}; valid kinds are {', '.join(CONSISTENCY_KINDS)}"
+            )
+        if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 1:
+            raise ValueError(f"ConsistencyRegularization: `max_shift` must be an int >= 1, got {max_shift!r}")
+        if view is not None and not callable(view):
+            raise TypeError(f"ConsistencyRegularization: `view` must be callable, got {type(view).__name__}")
+        self.weight = float(weight)
+        self.kind = kind
+        self.max_shift = max_shift
+        self.view = view
+        self._shifts: dict[tuple[int, int], nn.Module] = {}
+
+    def _default_view(self, images: torch.Tensor) -> torch.Tensor:
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        if size not in self._shifts:
+            self._shifts[size] = preset_sequence("translate", image_size=size, max_shift=self.max_shift)
+        return self._shifts[size](images)
+
+    def forward(self, model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(logits on images, weighted penalty)``."""
+        if self.weight == 0:
+            logits = model(images)
+            return logits, logits.new_zeros(())
+        view = self.view(images) if self.view is not None else self._default_view(images)
+        if view.shape != images.shape:
+            raise ValueError(
+                f"ConsistencyRegularization: `view` must keep the batch shape {tuple(images.shape)}, "
+                f"got {tuple(view.shape)}"
+            )
+        logits, logits_view = model(torch.cat([images, view])).split(len(images))
+        return logits, self.weight * consistency_loss(logits, logits_view, self.kind)
