@@ -32,12 +32,13 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 from kornia.enhance import normalize as kornia_normalize
 from torch import Tensor, nn
 
+from invariance_lightning.metrics.evaluate import Normalization, as_float_images, check_normalize, module_device
 from invariance_lightning.transforms.functional import integer_shift
 
 __all__ = ["EquivarianceReport", "LayerEquivariance", "default_layers", "layer_equivariance"]
@@ -46,8 +47,7 @@ __all__ = ["EquivarianceReport", "LayerEquivariance", "default_layers", "layer_e
 EQUIVARIANCE_MODES = ("circular", "zeros")
 
 #: A shift: ``s`` means ``(dx, dy) = (s, s)`` (diagonal); a pair is ``(dx, dy)``, right and down.
-ShiftLike = Union[int, tuple[int, int]]
-Normalize = Union[tuple[Sequence[float], Sequence[float]], Callable[[Tensor], Tensor]]
+ShiftLike = int | tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ def layer_equivariance(
     pooled_shifts: Sequence[ShiftLike] | None = None,
     mode: str = "circular",
     border: int = 0,
-    normalize: Normalize | None = None,
+    normalize: Normalization | None = None,
     batch_size: int = 64,
 ) -> EquivarianceReport:
     """Per-layer equivariance error and pooled-feature change of ``model`` under input shifts.
@@ -180,8 +180,8 @@ def layer_equivariance(
     Args:
         model: any module taking ``(N, C, H, W)`` images; run in eval mode under ``torch.no_grad``,
             every submodule's train/eval flag is restored afterwards and hooks are removed even on error.
-        images: float images ``(N, C, H, W)``, before ``normalize``; moved batch by batch to the
-            model's device.
+        images: ``(N, C, H, W)``, floats or uint8 (scaled to [0, 1]), before ``normalize``; moved
+            batch by batch to the model's device.
         layers: module names as in ``model.named_modules()`` (``""`` is the model's own output);
             ``None`` measures :func:`default_layers`.
         shift: the input shift for the equivariance error and ``pooled_change``: ``s`` means
@@ -191,7 +191,7 @@ def layer_equivariance(
             the raw images and to the feature maps alike.
         border: input pixels excluded along each side of the feature maps before the equivariance
             error, scaled to each layer (``ceil(border / stride)`` feature pixels).
-        normalize: ``(mean, std)`` per channel or a callable, applied after shifting.
+        normalize: ``(mean, std)`` per channel, applied after shifting (so a zero fill is black).
         batch_size: images per forward pass.
 
     Returns:
@@ -200,9 +200,10 @@ def layer_equivariance(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
-        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
-        raise TypeError(f"images must be a float tensor (N, C, H, W) (scale uint8 to [0, 1] first), got {got}")
+    if not isinstance(images, Tensor) or images.ndim != 4:
+        got = f"shape {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
+        raise TypeError(f"images must be a tensor (N, C, H, W), got {got}")
+    images = as_float_images(images)
     if images.shape[0] == 0:
         raise ValueError("images must hold at least one image, got an empty batch")
     if mode not in EQUIVARIANCE_MODES:
@@ -214,22 +215,21 @@ def layer_equivariance(
     size = (images.shape[-2], images.shape[-1])
     main_shift = _as_shift(shift, "shift", size)
     all_shifts = list(dict.fromkeys([main_shift, *(_as_shift(s, "pooled_shifts", size) for s in pooled_shifts or ())]))
-    prepare = _normalizer(normalize, images.shape[1])
+    normalize = check_normalize(normalize)
     names = default_layers(model) if layers is None else _check_layers(model, layers)
     if not names:
         raise ValueError("model has no Conv2d, pooling, block or Linear modules to measure; pass layers=[...]")
 
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else images.device
+    device = module_device(model)
     stats = {name: _LayerStats(size, main_shift, mode, border) for name in names}
     order: dict[str, None] = {}
     with _eval_mode(model), _capture(model, names) as run, torch.no_grad():
         for batch in images.split(batch_size):
             batch = batch.to(device)
-            reference = run(prepare(batch))
+            reference = run(_normalized(batch, normalize))
             order.update(dict.fromkeys(reference))
             for dx, dy in all_shifts:
-                shifted = run(prepare(integer_shift(batch, dx, dy, mode)))
+                shifted = run(_normalized(integer_shift(batch, dx, dy, mode), normalize))
                 for name, (out, calls) in reference.items():
                     stats[name].add(out, calls, shifted[name][0], (dx, dy), batch.shape[0])
     never_ran = [name for name in names if name not in order]
@@ -381,17 +381,10 @@ def _as_shift(shift: Any, argument: str, size: tuple[int, int]) -> tuple[int, in
     return (dx, dy)
 
 
-def _normalizer(normalize: Normalize | None, channels: int) -> Callable[[Tensor], Tensor]:
+def _normalized(images: Tensor, normalize: Normalization | None) -> Tensor:
     if normalize is None:
-        return lambda x: x
-    if callable(normalize):
-        return normalize
-    if not isinstance(normalize, (tuple, list)) or len(normalize) != 2:
-        raise TypeError(f"normalize must be a (mean, std) pair or a callable, got {normalize!r}")
-    mean, std = (torch.as_tensor(v, dtype=torch.float32).flatten() for v in normalize)
-    if mean.numel() not in (1, channels) or std.numel() not in (1, channels):
-        raise ValueError(f"normalize mean/std need 1 or {channels} values each, got {mean.numel()} and {std.numel()}")
-    return lambda x: kornia_normalize(x, mean.to(x).expand(channels), std.to(x).expand(channels))
+        return images
+    return kornia_normalize(images, images.new_tensor(normalize[0]), images.new_tensor(normalize[1]))
 
 
 def _kind(model: nn.Module, name: str) -> str:

@@ -121,6 +121,14 @@ def test_normalize_is_applied_after_shifting():
     assert row.equivariance_error == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_uint8_images_are_scaled_to_unit_range():
+    pixels = torch.randint(0, 256, (3, 1, 6, 6), dtype=torch.uint8)
+    net = nn.Sequential(Subsample(), AddPattern(torch.rand(1, 1, 3, 3)))
+    from_uint8 = layer_equivariance(net, pixels, layers=["1"], pooled_shifts=[(0, 1)])["1"]
+    from_float = layer_equivariance(net, pixels / 255.0, layers=["1"], pooled_shifts=[(0, 1)])["1"]
+    assert from_uint8.pooled_change_by_shift == pytest.approx(from_float.pooled_change_by_shift, rel=1e-6)
+
+
 def test_outputs_that_are_not_feature_maps():
     net = nn.Sequential(Subsample(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1, 3), Pair())
     images = torch.rand(4, 1, 8, 8)
@@ -197,8 +205,8 @@ def test_report_helpers():
         ({"mode": "reflect"}, ValueError, "mode must be one of"),
         ({"border": -1}, ValueError, "border"),
         ({"batch_size": 0}, ValueError, "batch_size"),
-        ({"normalize": ((0.5, 0.5), (0.2, 0.2))}, ValueError, "1 or 3 values"),
-        ({"normalize": 0.5}, TypeError, "normalize"),
+        ({"normalize": ((0.5, 0.5, 0.5), (0.2, 0.2))}, ValueError, "normalize needs mean and std"),
+        ({"normalize": 0.5}, ValueError, "normalize must be a"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):
@@ -209,8 +217,10 @@ def test_bad_arguments(kwargs, error, match):
 
 def test_bad_images():
     net = nn.Sequential(circular_conv(3, 2))
-    with pytest.raises(TypeError, match=r"float tensor \(N, C, H, W\).*uint8"):
-        layer_equivariance(net, torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(TypeError, match=r"images must be a tensor \(N, C, H, W\), got shape \(3, 8, 8\)"):
+        layer_equivariance(net, torch.rand(3, 8, 8))
+    with pytest.raises(TypeError, match="uint8 or floating point"):
+        layer_equivariance(net, torch.zeros(2, 3, 8, 8, dtype=torch.int32))
     with pytest.raises(TypeError, match="model"):
         layer_equivariance(lambda x: x, torch.rand(2, 3, 8, 8))
     with pytest.raises(ValueError, match=r"'00' \(did you mean \['0'\]\?\)"):
