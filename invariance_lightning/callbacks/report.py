@@ -1,0 +1,103 @@
+"""``InvarianceReport``: the full invariance protocol over a whole split, once, for final reports."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from torch import Tensor
+
+from invariance_lightning.callbacks.base import InvarianceCallbackBase, class_names_of
+from invariance_lightning.callbacks.measure import ModuleForward
+from invariance_lightning.callbacks.subsets import SPLITS, BatchKey
+from invariance_lightning.metrics.evaluate import Normalization
+from invariance_lightning.reporting import report_markdown, results_to_dict
+from invariance_lightning.transforms import TransformSequence, sequence_preset
+
+
+class InvarianceReport(InvarianceCallbackBase):
+    """Measure a whole split with the full protocol at the end of ``trainer.test()``, or on demand.
+
+    ``trainer.test(model, datamodule=dm)`` with this callback evaluates every image of the test
+    split (each process a disjoint shard: no duplicates, unlike a padded ``DistributedSampler``),
+    logs ``invariance_report/{split}/{sequence}/{metric}`` scalars, and with ``output_dir`` writes
+    ``invariance_report.json`` and ``invariance_report.md`` there (global rank zero). ``run()``
+    does the same at any time after the Trainer has been set up (without logging scalars outside a
+    hook). The last results stay in ``results``.
+
+    Args:
+        sequences: ``{name: sequence}``; default ``sequence_preset("report")`` (9 diagonal shifts
+            0..8 px and 9 scales 0.8..1.2, zeros mode).
+        split: the split to measure (``"test"`` runs automatically at the end of testing).
+        num_samples: ``None`` for the whole split, or a seeded subset size.
+        output_dir: where to write the JSON/Markdown report (None: don't write files).
+        Others: as in :class:`InvarianceMonitor`.
+    """
+
+    def __init__(
+        self,
+        sequences: Mapping[str, TransformSequence] | None = None,
+        split: str = "test",
+        num_samples: int | None = None,
+        batch_size: int = 256,
+        seed: int = 0,
+        normalize: Normalization | str | None = "auto",
+        forward_fn: ModuleForward | None = None,
+        batch_key: BatchKey = None,
+        log_plots: bool = True,
+        top_k: int | None = 5,
+        output_dir: str | Path | None = None,
+        on_nonfinite: str = "raise",
+        prefix: str = "invariance_report",
+    ) -> None:
+        super().__init__(
+            sequence_preset("report") if sequences is None else sequences,
+            batch_size=batch_size,
+            normalize=normalize,
+            forward_fn=forward_fn,
+            batch_key=batch_key,
+            top_k=top_k,
+            log_plots=log_plots,
+            on_nonfinite=on_nonfinite,
+            prefix=prefix,
+        )
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1):
+            raise ValueError(f"num_samples must be None (whole split) or a positive int, got {num_samples!r}")
+        self.split = split
+        self.num_samples = num_samples
+        self.seed = seed
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.results: dict[str, dict[str, Tensor]] = {}
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.split == "test":
+            self.run(trainer, pl_module, log=True)
+
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, log: bool = False) -> dict[str, dict[str, Tensor]]:
+        """Measure now; ``log`` sends scalars through ``pl_module.log`` (only valid inside a Lightning hook)."""
+        self.class_names = class_names_of(trainer)
+        subset = self._prepare_subset(trainer, pl_module, self.split, self.num_samples, self.seed)
+        measured = self._measure(trainer, pl_module, subset, self._resolve_normalize(trainer))
+        if log:
+            self._log_scalars(pl_module, self._scalars(self.split, subset, measured))
+        self.results = {} if measured is None else {name: m.metrics for name, m in measured.items()}
+        if self.results and self.output_dir is not None and trainer.is_global_zero:
+            self._write(len(subset))
+        self._log_plots(trainer, {self.split: measured}, {self.split: subset})
+        return self.results
+
+    def _write(self, num_images: int) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        payload: dict[str, Any] = {
+            "split": self.split,
+            "num_images": num_images,
+            "results": results_to_dict(self.results, self.sequences),
+        }
+        (self.output_dir / "invariance_report.json").write_text(json.dumps(payload, indent=2))
+        title = f"Invariance report: {self.split} split, {num_images} images"
+        (self.output_dir / "invariance_report.md").write_text(report_markdown(self.results, self.sequences, title))

@@ -1,0 +1,84 @@
+"""Send figures and tables to a Trainer's loggers: W&B media, TensorBoard figures, PNG files otherwise."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+#: A table as ``(columns, rows)``.
+Table = tuple[Sequence[str], Sequence[Sequence[Any]]]
+
+
+class FigureSink:
+    """Deliver figures/tables to every logger of a Trainer; each kind of failure warns once, never raises.
+
+    W&B gets ``wandb.Image`` panels, ``wandb.Table`` s and native line plots; TensorBoard gets
+    ``add_figure``; without a W&B logger, PNG files are written under ``<log_dir>/invariance_plots``.
+    Call it on global rank zero only.
+    """
+
+    def __init__(self) -> None:
+        self._warned: set[str] = set()
+
+    def warn_once(self, kind: str, message: str) -> None:
+        """Warn about a failure of ``kind`` the first time it happens."""
+        if kind not in self._warned:
+            self._warned.add(kind)
+            warnings.warn(f"InvarianceMonitor: {message} (training continues; further such failures are silent)", stacklevel=2)
+
+    def _attempt(self, kind: str, action: Any, *args: Any) -> None:
+        try:
+            action(*args)
+        except Exception as error:  # a plotting or logging failure must never stop training
+            self.warn_once(kind, f"could not log {kind}: {type(error).__name__}: {error}")
+
+    def log(
+        self,
+        trainer: pl.Trainer,
+        figures: Mapping[str, Figure],
+        tables: Mapping[str, Table],
+        line_plots: Mapping[str, tuple[str, Table]],
+        epoch: int,
+    ) -> None:
+        """Log ``figures``/``tables``; ``line_plots`` maps a key to ``(title, table with x, y, series)``."""
+        loggers = trainer.loggers
+        for logger in loggers:
+            if isinstance(logger, WandbLogger):
+                self._attempt("W&B media", self._to_wandb, logger, trainer, figures, tables, line_plots)
+            elif isinstance(logger, TensorBoardLogger):
+                self._attempt("TensorBoard figures", self._to_tensorboard, logger, trainer, figures)
+        if not any(isinstance(logger, WandbLogger) for logger in loggers):
+            self._attempt("PNG files", self._to_files, trainer, figures, epoch)
+
+    @staticmethod
+    def _to_wandb(logger: WandbLogger, trainer: pl.Trainer, figures, tables, line_plots) -> None:
+        import wandb
+
+        payload: dict[str, Any] = {key: wandb.Image(fig) for key, fig in figures.items()}
+        for key, (columns, rows) in tables.items():
+            payload[key] = wandb.Table(columns=list(columns), data=[list(r) for r in rows])
+        for key, (title, (columns, rows)) in line_plots.items():
+            table = wandb.Table(columns=list(columns), data=[list(r) for r in rows])
+            payload[key] = wandb.plot.line(table, columns[0], columns[1], stroke=columns[2], title=title)
+        payload["trainer/global_step"] = trainer.global_step
+        logger.experiment.log(payload)
+
+    @staticmethod
+    def _to_tensorboard(logger: TensorBoardLogger, trainer: pl.Trainer, figures) -> None:
+        for key, fig in figures.items():
+            logger.experiment.add_figure(key, fig, global_step=trainer.global_step, close=False)
+
+    @staticmethod
+    def _to_files(trainer: pl.Trainer, figures, epoch: int) -> None:
+        folder = Path(trainer.log_dir or trainer.default_root_dir) / "invariance_plots"
+        folder.mkdir(parents=True, exist_ok=True)
+        for key, fig in figures.items():
+            fig.savefig(folder / f"{key.replace('/', '_')}_epoch{epoch:03d}.png")
