@@ -225,3 +225,62 @@ def test_bad_images():
         layer_equivariance(lambda x: x, torch.rand(2, 3, 8, 8))
     with pytest.raises(ValueError, match=r"'00' \(did you mean \['0'\]\?\)"):
         layer_equivariance(net, torch.rand(2, 3, 8, 8), layers=["00"])
+
+
+# --- the pretrained CIFAR-10 ResNet-20 (option-A shortcuts, zero padding) on real test images ---------------------
+
+STAGE_ENDS = ["layer1.0", "layer1.2", "layer2.0", "layer2.2", "layer3.0", "layer3.2"]
+
+
+@pytest.fixture(scope="module")
+def cifar_images(cifar10_dir) -> Tensor:
+    data = np.load(cifar10_dir / "cifar10_test.npz")
+    pick = np.random.default_rng(0).permutation(len(data["labels"]))[:64]  # rows are sorted by class
+    return torch.from_numpy(data["images"][pick]).permute(0, 3, 1, 2)
+
+
+def resnet20(weights_dir, **kwargs):
+    from invariance_lightning.models.cifar_resnet import CIFAR_RESNET_NORMALIZE, load_cifar_resnet
+
+    return load_cifar_resnet(weights_dir / "resnet20-12fca82f.th", **kwargs), CIFAR_RESNET_NORMALIZE
+
+
+@pytest.mark.shared_data
+def test_resnet20_is_equivariant_before_subsampling_up_to_its_zero_padded_border(cifar_images, cifar_resnet_weights_dir):
+    model, normalize = resnet20(cifar_resnet_weights_dir)
+    # Receptive-field radius of layer1's output: 7 convs of radius 1 = 7 px. A circular 1-px shift meets the
+    # zero padding at the image border, which spoils a band of the shift plus that radius: 8 px.
+    interior = layer_equivariance(model, cifar_images, STAGE_ENDS, border=8, normalize=normalize)
+    band = layer_equivariance(model, cifar_images, ["layer1.2"], border=7, normalize=normalize)["layer1.2"]
+    for name in STAGE_ENDS[:2]:
+        assert interior[name].stride == (1.0, 1.0) and interior[name].equivariance_error < 1e-5
+    assert band.equivariance_error > 1e-5  # one pixel of the band left in: zero padding is the only error source
+    for name in STAGE_ENDS[2:]:
+        assert not interior[name].comparable and interior[name].stride[0] in (2.0, 4.0)
+    # layer2.0 is still equivariant to 2-px shifts: radius 7 + 1 + 2 (conv2 at stride 2) = 10 px, plus the shift.
+    two = layer_equivariance(model, cifar_images, ["layer2.0"], shift=2, border=12, normalize=normalize)["layer2.0"]
+    assert two.feature_shift == (1, 1) and two.equivariance_error < 1e-5
+    # Zero padding alone already moves pooled layer1 features by a few %; after subsampling they move much more.
+    pooled = {name: interior[name].pooled_change for name in STAGE_ENDS}
+    assert 0.01 < pooled["layer1.2"] < pooled["layer2.2"] < pooled["layer3.2"]
+    assert min(pooled["layer3.0"], pooled["layer3.2"]) > 2.5 * max(pooled["layer1.0"], pooled["layer1.2"])
+
+
+@pytest.mark.shared_data
+def test_resnet20_with_circular_padding_is_invariant_only_to_multiples_of_its_stride(
+    cifar_images, cifar_resnet_weights_dir
+):
+    # The same weights with circular padding: only the subsampling breaks equivariance (Azulay & Weiss, 2019).
+    model, normalize = resnet20(cifar_resnet_weights_dir, padding_mode="circular")
+    layers = ["layer1", "layer2", "layer3", "linear"]
+    report = layer_equivariance(model, cifar_images, layers, shift=2, pooled_shifts=[1, 4], normalize=normalize)
+    for name in ("layer1", "layer2"):
+        assert report[name].feature_shift == (2 // int(report[name].stride[0]),) * 2
+        assert report[name].equivariance_error < 1e-5
+    assert not report["layer3"].comparable
+    for name, stride in {"layer1": 1, "layer2": 2, "layer3": 4, "linear": 4}.items():
+        for (s, _), change in report[name].pooled_change_by_shift.items():
+            if s % stride == 0:
+                assert change < 1e-5, (name, s)
+            else:
+                assert change > 1e-2, (name, s)  # at least 1000 times the float noise of the invariant cases
