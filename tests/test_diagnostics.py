@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from invariance_lightning.diagnostics import EquivarianceReport, default_layers, layer_equivariance
+from invariance_lightning.models.cifar_resnet import CIFAR_RESNET_NORMALIZE, load_cifar_resnet
 
 
 class Subsample(nn.Module):
@@ -240,13 +241,13 @@ def cifar_images(cifar10_dir) -> Tensor:
 
 
 def resnet20(weights_dir, **kwargs):
-    from invariance_lightning.models.cifar_resnet import CIFAR_RESNET_NORMALIZE, load_cifar_resnet
-
     return load_cifar_resnet(weights_dir / "resnet20-12fca82f.th", **kwargs), CIFAR_RESNET_NORMALIZE
 
 
 @pytest.mark.shared_data
-def test_resnet20_is_equivariant_before_subsampling_up_to_its_zero_padded_border(cifar_images, cifar_resnet_weights_dir):
+def test_resnet20_is_equivariant_before_subsampling_up_to_its_zero_padded_border(
+    cifar_images, cifar_resnet_weights_dir
+):
     model, normalize = resnet20(cifar_resnet_weights_dir)
     # Receptive-field radius of layer1's output: 7 convs of radius 1 = 7 px. A circular 1-px shift meets the
     # zero padding at the image border, which spoils a band of the shift plus that radius: 8 px.
