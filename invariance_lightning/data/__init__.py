@@ -2,16 +2,30 @@
 
 from invariance_lightning.data.base import SPLITS, ImageClassificationDataModule, holdout_split
 from invariance_lightning.data.cifar import CIFAR_STATS, DATA_DIR_ENV, CIFARDataModule, read_cifar_npz
+from invariance_lightning.data.folder import (
+    IMAGE_EXTENSIONS,
+    IMAGENET_STATS,
+    EncodedBatch,
+    ImageFileDataset,
+    ImageFolderDataModule,
+    decode_encoded_batch,
+)
 from invariance_lightning.data.loader import TensorBatchLoader, TensorImageDataset, epoch_sampler
 
 __all__ = [
     "CIFAR_STATS",
     "DATA_DIR_ENV",
+    "IMAGENET_STATS",
+    "IMAGE_EXTENSIONS",
     "SPLITS",
     "CIFARDataModule",
+    "EncodedBatch",
     "ImageClassificationDataModule",
+    "ImageFileDataset",
+    "ImageFolderDataModule",
     "TensorBatchLoader",
     "TensorImageDataset",
+    "decode_encoded_batch",
     "epoch_sampler",
     "holdout_split",
     "read_cifar_npz",

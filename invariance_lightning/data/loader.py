@@ -89,6 +89,8 @@ class TensorBatchLoader:
         self.labels = labels
         self.batch_size = batch_size
         self.drop_last = drop_last
+        # Lightning reads `batch_sampler` wherever it finds a `sampler`, as on a DataLoader that batches by itself.
+        self.batch_sampler = None
         self.sampler = epoch_sampler(
             images.shape[0], shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank
         )
