@@ -1,0 +1,75 @@
+"""A tiny LightningModule and data for callback tests (real Trainer runs on CPU, in seconds)."""
+
+from __future__ import annotations
+
+import torch
+import lightning.pytorch as pl
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+NUM_CLASSES = 6
+
+
+class TinyClassifier(pl.LightningModule):
+    """A strided CNN (not shift invariant), so that the metrics have something to measure."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(16, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        images, targets = batch
+        loss = nn.functional.cross_entropy(self(images), targets)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        images, targets = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(images), targets))
+
+    def test_step(self, batch, batch_idx):
+        images, targets = batch
+        self.log("test_loss", nn.functional.cross_entropy(self(images), targets))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+def tiny_data(num_images: int = 40, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(num_images, 3, size, size, generator=generator)
+    targets = torch.randint(0, NUM_CLASSES, (num_images,), generator=generator)
+    return images, targets
+
+
+def tiny_loader(num_images: int = 40, seed: int = 0, shuffle: bool = False, batch_size: int = 8) -> DataLoader:
+    dataset: Dataset = TensorDataset(*tiny_data(num_images, seed=seed))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle)
+
+
+def tiny_trainer(tmp_path, **kwargs) -> pl.Trainer:
+    defaults = dict(
+        default_root_dir=tmp_path,
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=pl.loggers.CSVLogger(tmp_path, name="csv"),
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
+    defaults.update(kwargs)
+    return pl.Trainer(**defaults)

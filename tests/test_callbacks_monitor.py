@@ -1,0 +1,245 @@
+"""InvarianceMonitor in real Trainer runs: logged values, checkpoints, resume, loggers, bad input."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import math
+import os
+import warnings
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning_helpers import NUM_CLASSES, TinyClassifier, tiny_data, tiny_loader, tiny_trainer
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from invariance_lightning import InvarianceMonitor, ScaleSequence, ShiftSequence, evaluate_invariance
+from invariance_lightning.callbacks.subsets import _draw_indices
+
+SEQUENCES = {"shift": ShiftSequence(max_shift=2, mode="zeros"), "scale": ScaleSequence([0.9, 1.0, 1.1])}
+
+
+def monitor(**kwargs) -> InvarianceMonitor:
+    options = dict(sequences=SEQUENCES, num_samples=16, log_plots=False, batch_size=20)
+    options.update(kwargs)
+    return InvarianceMonitor(**options)
+
+
+def test_logged_values_equal_evaluate_invariance_on_the_same_subset(tmp_path):
+    pl.seed_everything(0)
+    model = TinyClassifier()
+    callback = monitor()
+    trainer = tiny_trainer(tmp_path, max_epochs=1, callbacks=[callback])
+    trainer.fit(model, tiny_loader(40, seed=1), tiny_loader(24, seed=2))
+
+    val_images, val_targets = tiny_data(24, seed=2)
+    indices = _draw_indices(24, 16, seed=0, split="val")
+    assert callback.subsets["val"].indices == indices
+    for name, sequence in SEQUENCES.items():
+        expected = evaluate_invariance(model, val_images[indices], val_targets[indices], sequence)
+        for metric in ("flip_rate", "consistency", "mac", "top5_distance", "accuracy", "worst_case_accuracy"):
+            logged = trainer.callback_metrics[f"invariance/val/{name}/{metric}"]
+            assert float(logged) == pytest.approx(float(expected[metric]), abs=1e-6), (name, metric)
+    train_images, train_targets = tiny_data(40, seed=1)
+    train_indices = callback.subsets["train"].indices
+    expected = evaluate_invariance(model, train_images[train_indices], train_targets[train_indices], SEQUENCES["shift"])
+    assert float(trainer.callback_metrics["invariance/train/shift/flip_rate"]) == pytest.approx(float(expected["flip_rate"]))
+    assert model.training, "train mode must be restored"
+    assert [row["epoch"] for row in callback.history] == [0]
+
+
+def test_callback_does_not_change_training(tmp_path):
+    def train(callbacks):
+        pl.seed_everything(7)
+        model = TinyClassifier()
+        trainer = tiny_trainer(tmp_path, max_epochs=2, callbacks=callbacks, logger=False, enable_checkpointing=False)
+        trainer.fit(model, tiny_loader(40, seed=1, shuffle=True), tiny_loader(24, seed=2))
+        return model.state_dict()
+
+    without = train([])
+    with_monitor = train([monitor(log_plots=True)])
+    for key in without:
+        torch.testing.assert_close(with_monitor[key], without[key], rtol=0, atol=0, msg=key)
+
+
+def test_model_checkpoint_monitors_flip_rate(tmp_path):
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "best", monitor="invariance/val/shift/flip_rate", mode="min")
+    trainer = tiny_trainer(tmp_path, max_epochs=2, callbacks=[monitor(), checkpoint])
+    trainer.fit(TinyClassifier(), tiny_loader(40, seed=1), tiny_loader(24, seed=2))
+    assert checkpoint.best_model_path, "ModelCheckpoint must find the monitored invariance metric"
+    assert math.isfinite(float(checkpoint.best_model_score))
+
+
+def test_resumed_run_continues_history_identically(tmp_path):
+    def run(max_epochs, ckpt_path=None):
+        pl.seed_everything(0)
+        callback = monitor()
+        every_epoch = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1)
+        trainer = tiny_trainer(tmp_path, max_epochs=max_epochs, callbacks=[callback, every_epoch])
+        trainer.fit(TinyClassifier(), tiny_loader(40, seed=1), tiny_loader(24, seed=2), ckpt_path=ckpt_path)
+        return callback
+
+    uninterrupted = run(3)
+    interrupted = run(1)
+    resumed = run(3, ckpt_path=str(tmp_path / "ckpt" / "epoch=0.ckpt"))
+    assert [row["epoch"] for row in resumed.history] == [0, 1, 2]
+    assert resumed.history[:1] == interrupted.history
+    assert resumed.subsets["val"].indices == uninterrupted.subsets["val"].indices
+    for row, expected in zip(resumed.history, uninterrupted.history):
+        assert row["values"] == pytest.approx(expected["values"], abs=1e-6), row["epoch"]
+
+
+def test_csv_logger_gets_the_scalars_and_every_n_epochs(tmp_path):
+    pl.seed_everything(0)
+    trainer = tiny_trainer(tmp_path, max_epochs=3, callbacks=[monitor(every_n_epochs=2, log_plots=True)])
+    trainer.fit(TinyClassifier(), tiny_loader(40, seed=1), tiny_loader(24, seed=2))
+    with open(os.path.join(trainer.logger.log_dir, "metrics.csv")) as handle:
+        rows = list(csv.DictReader(handle))
+    measured = [r for r in rows if r.get("invariance/val/shift/flip_rate")]
+    assert sorted(int(r["epoch"]) for r in measured) == [0, 2]
+    assert all(0.0 <= float(r["invariance/train/scale/consistency"]) <= 1.0 for r in measured)
+    pngs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(trainer.logger.log_dir, "invariance_plots", "*.png")))
+    assert "invariance_plots_history_epoch002.png" in pngs
+    assert "invariance_plots_shift_flips_val_epoch000.png" in pngs
+
+
+def test_without_validation_it_measures_at_train_epoch_end(tmp_path):
+    callback = monitor(splits=("train",))
+    trainer = tiny_trainer(tmp_path, max_epochs=2, limit_val_batches=0, callbacks=[callback])
+    trainer.fit(TinyClassifier(), tiny_loader(40, seed=1))
+    assert [row["epoch"] for row in callback.history] == [0, 1]
+    assert "invariance/train/shift/flip_rate" in trainer.callback_metrics
+
+
+def test_bf16_mixed_precision_runs(tmp_path):
+    callback = monitor()
+    trainer = tiny_trainer(tmp_path, max_epochs=1, precision="bf16-mixed", callbacks=[callback])
+    trainer.fit(TinyClassifier(), tiny_loader(40, seed=1), tiny_loader(24, seed=2))
+    assert 0.0 <= float(trainer.callback_metrics["invariance/val/shift/flip_rate"]) <= 1.0
+
+
+def test_wandb_offline_run_has_scalars_and_images(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    logger = WandbLogger(project="invariance-tests", save_dir=str(tmp_path), offline=True)
+    trainer = tiny_trainer(tmp_path, max_epochs=1, logger=logger, callbacks=[monitor(log_plots=True)])
+    trainer.fit(TinyClassifier(), tiny_loader(40, seed=1), tiny_loader(24, seed=2))
+    run = logger.experiment
+    logged = float(trainer.callback_metrics["invariance/val/shift/flip_rate"])
+    assert run.summary["invariance/val/shift/flip_rate"] == pytest.approx(logged)
+    run_dir = run.dir
+    run.finish()
+    images = glob.glob(os.path.join(run_dir, "media", "images", "invariance_plots", "**", "*.png"), recursive=True)
+    assert any("per_frame" in p for p in images) and any("history" in p for p in images), images
+    tables = glob.glob(os.path.join(run_dir, "media", "table", "invariance_tables", "**", "*.json"), recursive=True)
+    assert tables, "per-frame tables must be logged"
+    (binary_log,) = glob.glob(os.path.join(os.path.dirname(run_dir), "*.wandb"))
+    with open(binary_log, "rb") as handle:
+        assert b"invariance/train/scale/worst_case_accuracy" in handle.read(), "scalars must reach the run file"
+
+
+def test_plot_failures_warn_once_and_training_continues(tmp_path, monkeypatch):
+    from invariance_lightning.callbacks import sinks
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sinks.FigureSink, "_to_files", staticmethod(broken))
+    callback = monitor(log_plots=True)
+    trainer = tiny_trainer(tmp_path, max_epochs=3, callbacks=[callback])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(TinyClassifier(), tiny_loader(40, seed=1), tiny_loader(24, seed=2))
+    messages = [str(w.message) for w in caught if "could not log PNG files" in str(w.message)]
+    assert len(messages) == 1 and "disk full" in messages[0]
+    assert len(callback.history) == 3
+    assert "invariance/val/shift/flip_rate" in trainer.callback_metrics
+
+
+def test_nonfinite_logits_log_nan_with_warning_or_raise(tmp_path):
+    class Exploding(TinyClassifier):
+        def forward(self, x):
+            out = super().forward(x)
+            return out if self.training else out * float("nan")
+
+    callback = monitor()
+    trainer = tiny_trainer(tmp_path, max_epochs=1, callbacks=[callback])
+    with pytest.warns(UserWarning, match="NaN or infinite logits"):
+        trainer.fit(Exploding(), tiny_loader(40, seed=1), tiny_loader(24, seed=2))
+    assert math.isnan(callback.history[0]["values"]["val/shift/flip_rate"])
+
+    trainer = tiny_trainer(tmp_path, max_epochs=1, callbacks=[monitor(on_nonfinite="raise")])
+    with pytest.raises(ValueError, match="NaN or infinite logits"):
+        trainer.fit(Exploding(), tiny_loader(40, seed=1), tiny_loader(24, seed=2))
+
+
+def test_bad_setups_fail_at_fit_start_with_clear_errors(tmp_path):
+    class Features(TinyClassifier):
+        def forward(self, x):
+            return self.net[:3](x)  # feature maps, not logits
+
+    with pytest.raises(ValueError, match=r"needs \(N, C\) logits"):
+        tiny_trainer(tmp_path, callbacks=[monitor()]).fit(Features(), tiny_loader(40), tiny_loader(24))
+    with pytest.raises(ValueError, match="no val data"):
+        tiny_trainer(tmp_path, callbacks=[monitor()]).fit(TinyClassifier(), tiny_loader(40))
+    empty = DataLoader(TensorDataset(torch.zeros(0, 3, 16, 16), torch.zeros(0, dtype=torch.long)), batch_size=4)
+    with pytest.raises(ValueError, match="'val' split is empty"):
+        tiny_trainer(tmp_path, callbacks=[monitor()]).fit(TinyClassifier(), tiny_loader(40), empty)
+    too_far = {"shift": ShiftSequence(max_shift=16)}
+    with pytest.raises(ValueError, match="sequence 'shift' does not fit the 'val' images"):
+        tiny_trainer(tmp_path, callbacks=[monitor(sequences=too_far)]).fit(TinyClassifier(), tiny_loader(40), tiny_loader(24))
+    callback = monitor(num_samples=100)
+    with pytest.warns(UserWarning, match="num_samples=100 exceeds the 24 images"):
+        tiny_trainer(tmp_path, max_epochs=1, callbacks=[callback]).fit(TinyClassifier(), tiny_loader(40), tiny_loader(24))
+    assert len(callback.subsets["val"]) == 24
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"splits": ("val", "holdout")}, "splits must be distinct names"),
+        ({"num_samples": 0}, "num_samples must be a positive int"),
+        ({"every_n_epochs": 0}, "every_n_epochs must be a positive int"),
+        ({"sequences": {}}, "non-empty dict"),
+        ({"sequences": {"a/b": ShiftSequence(max_shift=1)}}, "without '/'"),
+        ({"on_nonfinite": "ignore"}, "on_nonfinite must be one of"),
+        ({"normalize": ((0.5,), (0.0,))}, "std > 0"),
+    ],
+)
+def test_constructor_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        InvarianceMonitor(**kwargs)
+
+
+def test_dict_batches_with_batch_key_and_forward_fn(tmp_path):
+    class DictDataset(torch.utils.data.Dataset):
+        def __init__(self, seed):
+            self.images, self.targets = tiny_data(24, seed=seed)
+
+        def __len__(self):
+            return len(self.images)
+
+        def __getitem__(self, i):
+            return {"image": self.images[i], "label": self.targets[i]}
+
+    class DictModule(TinyClassifier):
+        def forward(self, x):
+            return {"logits": super().forward(x)}
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.cross_entropy(self(batch["image"])["logits"], batch["label"])
+
+        def validation_step(self, batch, batch_idx):
+            pass
+
+    callback = monitor(batch_key=("image", "label"), forward_fn=lambda module, x: module(x)["logits"])
+    trainer = tiny_trainer(tmp_path, max_epochs=1, callbacks=[callback])
+    trainer.fit(DictModule(), DataLoader(DictDataset(1), batch_size=8), DataLoader(DictDataset(2), batch_size=8))
+    assert "invariance/val/shift/accuracy" in trainer.callback_metrics
+    assert NUM_CLASSES == 6
