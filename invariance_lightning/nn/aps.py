@@ -1,0 +1,143 @@
+"""Adaptive polyphase sampling (Chaman & Dokmanic, CVPR 2021).
+
+Subsampling by ``s`` keeps one of the ``s * s`` polyphase components ``x[:, :, i::s, j::s]``.
+A plain strided layer always keeps ``(0, 0)``; a circular shift of the input then changes which
+pixels survive. APS keeps, per sample, the component with the largest norm instead: a circular
+shift of the input permutes the components (and circularly shifts each), so the chosen component
+is the same one, shifted, and a network built from circularly padded convs, pointwise layers,
+APS and global pooling is exactly invariant to circular shifts of its input.
+
+Residual blocks need care: the main path and the shortcut are both subsampled, and the two must
+keep the *same* component, or a shift by an odd number of pixels moves the two paths by different
+amounts. :class:`APS2dFollower` applies the component chosen by an :class:`APS2d` ("leader") in
+the same forward pass to another tensor (the block input on the shortcut).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from invariance_lightning.nn._checks import check_choice, check_feature_map, check_int
+
+Norm = Literal["l2", "l1"]
+NORMS: tuple[str, ...] = ("l2", "l1")
+
+
+def pad_to_multiple(x: Tensor, stride: int) -> Tensor:
+    """Zero-pad the bottom and right of ``x`` to sizes divisible by ``stride`` (output ``ceil(H / s)``)."""
+    pad_h, pad_w = -x.shape[-2] % stride, -x.shape[-1] % stride
+    return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+
+
+def _polyphase_view(x: Tensor, stride: int) -> Tensor:
+    """``(N, C, H, W) -> (N, C, H/s, s, W/s, s)``; ``[..., i, :, j]`` is component ``(i, j)``."""
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // stride, stride, w // stride, stride)
+
+
+def polyphase_norms(x: Tensor, stride: int, norm: Norm = "l2") -> Tensor:
+    """Per-sample norms ``(N, s * s)`` of the polyphase components, component ``(i, j)`` at ``i * s + j``.
+
+    ``x`` must have spatial sizes divisible by ``stride``. Computed in at least float32.
+    """
+    order = 2 if norm == "l2" else 1
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    norms = torch.linalg.vector_norm(_polyphase_view(x, stride), ord=order, dim=(1, 2, 4), dtype=dtype)
+    return norms.reshape(x.shape[0], stride * stride)
+
+
+def take_polyphase(x: Tensor, index: Tensor, stride: int) -> Tensor:
+    """Per-sample component ``index[n] = i * s + j`` of ``x``: ``x[n, :, i::s, j::s]`` -> ``(N, C, H/s, W/s)``."""
+    if index.shape != (x.shape[0],):
+        raise ValueError(f"index must have shape ({x.shape[0]},) (one component per sample), got {tuple(index.shape)}")
+    batch = torch.arange(x.shape[0], device=x.device)
+    index = index.to(x.device)
+    return _polyphase_view(x, stride)[batch, :, :, index // stride, :, index % stride]
+
+
+class APS2d(nn.Module):
+    """Keep, per sample, the polyphase component with the largest norm (adaptive polyphase sampling).
+
+    Norm: ``"l2"`` (default, as in the paper) or ``"l1"`` of the whole component, over all channels
+    and pixels, computed in at least float32. Ties go to the first component in the order
+    ``(0, 0), (0, 1), ..., (s-1, s-1)`` (row offset major; ``torch.argmax`` returns the first
+    maximum). Exactly equal norms only occur for components that are equal (e.g. constant maps,
+    where any choice gives the same output) or by coincidence; where they differ, the tie-break can
+    pick different content for shifted inputs, and rounding in the norm sums can in principle flip
+    a near-tie: invariance is exact up to such coincidences.
+
+    Maps whose sizes are not multiples of ``stride`` are zero-padded at the bottom/right first, so
+    the output is ``ceil(H / s) x ceil(W / s)`` like a strided conv; exact shift invariance needs
+    sizes divisible by the stride at every APS layer (e.g. 32 -> 16 -> 8).
+
+    When an :class:`APS2dFollower` is attached, each forward also records the chosen components
+    for it (consumed by the follower's next forward).
+
+    Args:
+        channels: expected channel count, only checked (None: any).
+        stride: subsampling factor.
+        norm: ``"l2"`` or ``"l1"``.
+    """
+
+    def __init__(self, channels: int | None = None, stride: int = 2, norm: Norm = "l2") -> None:
+        super().__init__()
+        self.channels = None if channels is None else check_int("channels", channels, 1)
+        self.stride = check_int("stride", stride, 1)
+        self.norm: Norm = check_choice("norm", norm, NORMS)  # type: ignore[assignment]
+        self.has_followers = False
+        self._index: Tensor | None = None
+
+    def select(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return the chosen components ``(N, C, H/s, W/s)`` and their indices ``(N,)`` (``i * s + j``)."""
+        check_feature_map("APS2d", x, self.channels)
+        x = pad_to_multiple(x, self.stride)
+        index = polyphase_norms(x, self.stride, self.norm).argmax(dim=1)
+        return take_polyphase(x, index, self.stride), index
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, index = self.select(x)
+        if self.has_followers:
+            self._index = index
+        return out
+
+    def pop_index(self) -> Tensor:
+        """The indices chosen by the last forward, cleared so that a stale choice is never reused."""
+        if self._index is None:
+            raise RuntimeError(
+                "APS2dFollower ran before its leader APS2d chose a component in this forward pass: the "
+                "leader (main path) must run before the follower (shortcut) in the block's forward"
+            )
+        index, self._index = self._index, None
+        return index
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, stride={self.stride}, norm={self.norm!r}"
+
+
+class APS2dFollower(nn.Module):
+    """Subsample with the components the ``leader`` :class:`APS2d` chose in the same forward pass.
+
+    The leader is registered as a submodule so that ``deepcopy`` and ``nn.DataParallel`` replicas
+    keep each follower paired with its own leader; it has no state_dict entries. The input must
+    have the spatial size of the leader's input (same zero-padding to a multiple of the stride).
+    """
+
+    def __init__(self, leader: APS2d) -> None:
+        super().__init__()
+        if not isinstance(leader, APS2d):
+            raise TypeError(f"leader must be an APS2d, got {type(leader).__name__}")
+        self.leader = leader
+        leader.has_followers = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_feature_map("APS2dFollower", x, None)
+        index = self.leader.pop_index()
+        if index.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"APS2dFollower got a batch of {x.shape[0]} but its leader chose components for {index.shape[0]}"
+            )
+        return take_polyphase(pad_to_multiple(x, self.leader.stride), index, self.leader.stride)

@@ -1,0 +1,127 @@
+"""BlurPool2d against a direct NumPy computation from its definition."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from invariance_lightning.nn import BlurPool2d, binomial_filter2d
+
+NUMPY_PAD = {"reflect": "reflect", "replicate": "edge", "zeros": "constant", "circular": "wrap"}
+
+
+def reference_blurpool(x: np.ndarray, filter_size: int, stride: int, mode: str) -> np.ndarray:
+    """Binomial filter from math.comb, pad (k-1)//2 before and k//2 after, correlate, keep every stride-th pixel."""
+    row = np.array([math.comb(filter_size - 1, i) for i in range(filter_size)], dtype=np.float64)
+    kernel = np.outer(row, row) / row.sum() ** 2
+    before, after = (filter_size - 1) // 2, filter_size // 2
+    padded = np.pad(x, ((0, 0), (0, 0), (before, after), (before, after)), mode=NUMPY_PAD[mode])
+    height, width = x.shape[-2:]
+    out_h, out_w = -(-height // stride), -(-width // stride)
+    out = np.zeros(x.shape[:2] + (out_h, out_w))
+    for i in range(out_h):
+        for j in range(out_w):
+            window = padded[:, :, stride * i : stride * i + filter_size, stride * j : stride * j + filter_size]
+            out[:, :, i, j] = (window * kernel).sum(axis=(-2, -1))
+    return out
+
+
+@pytest.mark.parametrize("filter_size", range(1, 8))
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "zeros", "circular"])
+@pytest.mark.parametrize("size", [(8, 8), (9, 12)])
+def test_matches_direct_computation(filter_size: int, stride: int, mode: str, size: tuple[int, int]) -> None:
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    layer = BlurPool2d(3, filter_size, stride, mode).double()
+    expected = reference_blurpool(x.numpy(), filter_size, stride, mode)
+    np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["replicate", "zeros", "circular"])
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (3, 2)])
+def test_maps_smaller_than_padding(mode: str, size: tuple[int, int]) -> None:
+    x = torch.randn(1, 2, *size, dtype=torch.float64)
+    layer = BlurPool2d(2, 7, 2, mode).double()
+    np.testing.assert_allclose(layer(x).numpy(), reference_blurpool(x.numpy(), 7, 2, mode), atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (3, 8)])
+def test_reflect_falls_back_to_replicate_on_tiny_maps(size: tuple[int, int]) -> None:
+    # Reflect padding of 3 needs maps of at least 4 pixels; smaller ones are replicate-padded.
+    x = torch.randn(2, 4, *size, dtype=torch.float64)
+    out = BlurPool2d(4, 7, 2, "reflect").double()(x)
+    np.testing.assert_allclose(out.numpy(), reference_blurpool(x.numpy(), 7, 2, "replicate"), atol=1e-12)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3, 4])
+@pytest.mark.parametrize("size", [(8, 8), (7, 10), (1, 5)])
+def test_filter_size_one_is_plain_subsampling(stride: int, size: tuple[int, int]) -> None:
+    x = torch.randn(2, 3, *size)
+    assert torch.equal(BlurPool2d(3, 1, stride)(x), x[:, :, ::stride, ::stride])
+
+
+@pytest.mark.parametrize("filter_size", [1, 2, 3, 4, 5, 6, 7])
+@pytest.mark.parametrize("height", [5, 8, 15, 32])
+def test_output_size_equals_strided_conv_and_maxpool(filter_size: int, height: int) -> None:
+    x = torch.randn(1, 4, height, height + 3)
+    expected = nn.Conv2d(4, 4, 3, stride=2, padding=1)(x).shape
+    assert nn.MaxPool2d(3, 2, 1)(x).shape == expected
+    assert BlurPool2d(4, filter_size, 2)(x).shape == expected
+
+
+def test_circular_padding_is_equivariant_to_circular_shifts_by_the_stride() -> None:
+    x = torch.randn(2, 3, 16, 12, dtype=torch.float64)
+    layer = BlurPool2d(3, 5, 2, "circular").double()
+    shifted = layer(torch.roll(x, (4, -6), (2, 3)))
+    torch.testing.assert_close(shifted, torch.roll(layer(x), (2, -3), (2, 3)), rtol=0, atol=1e-12)
+
+
+def test_filter_is_a_non_persistent_buffer() -> None:
+    layer = BlurPool2d(5, 4)
+    assert list(layer.parameters()) == []
+    assert layer.state_dict() == {}
+    assert layer.filter.shape == (5, 1, 4, 4)
+    torch.testing.assert_close(layer.filter.sum(dim=(1, 2, 3)), torch.ones(5))
+    assert layer.double().filter.dtype == torch.float64
+
+
+def test_binomial_filter2d() -> None:
+    expected = torch.tensor([[1.0, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16
+    torch.testing.assert_close(binomial_filter2d(3), expected)
+    assert torch.equal(binomial_filter2d(1), torch.ones(1, 1))
+
+
+def test_gradients_flow() -> None:
+    x = torch.randn(1, 2, 6, 5, dtype=torch.float64, requires_grad=True)
+    layer = BlurPool2d(2, 3, 2).double()
+    assert torch.autograd.gradcheck(layer, (x,))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"channels": 0}, ValueError, "channels must be >= 1, got 0"),
+        ({"channels": 3, "filter_size": 0}, ValueError, r"filter_size must be in \[1, 7\], got 0"),
+        ({"channels": 3, "filter_size": 8}, ValueError, r"filter_size must be in \[1, 7\], got 8"),
+        ({"channels": 3, "filter_size": 3.0}, TypeError, "filter_size must be an int, got float 3.0"),
+        ({"channels": 3, "stride": 0}, ValueError, "stride must be >= 1, got 0"),
+        ({"channels": 3, "padding_mode": "wrap"}, ValueError, "padding_mode must be one of .* got 'wrap'"),
+    ],
+)
+def test_invalid_arguments(kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        BlurPool2d(**kwargs)
+
+
+def test_invalid_inputs() -> None:
+    layer = BlurPool2d(3)
+    with pytest.raises(ValueError, match=r"4-D input .* got shape \(3, 8, 8\)"):
+        layer(torch.randn(3, 8, 8))
+    with pytest.raises(ValueError, match="channels=3, got an input with 4 channels"):
+        layer(torch.randn(1, 4, 8, 8))
+    with pytest.raises(TypeError, match="floating-point input, got dtype torch.int64"):
+        layer(torch.ones(1, 3, 8, 8, dtype=torch.long))
