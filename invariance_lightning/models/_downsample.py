@@ -1,0 +1,64 @@
+"""Build the antialiased subsamplers of a residual block's main path and shortcut."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import nn
+
+from invariance_lightning.nn import APS2d, APS2dFollower, BlurPool2d
+from invariance_lightning.nn._checks import check_choice, check_int
+from invariance_lightning.nn.blurpool import MAX_FILTER_SIZE, PaddingMode
+
+Method = Literal["blur", "aps"]
+METHODS: tuple[str, ...] = ("blur", "aps")
+
+
+def check_method(method: object, filter_size: object) -> None:
+    """Validate an antialiasing ``method`` and ``filter_size``."""
+    check_choice("method", method, METHODS)
+    check_int("filter_size", filter_size, 1, MAX_FILTER_SIZE)
+
+
+def blur_padding(conv_padding_mode: str) -> PaddingMode:
+    """Blur padding that matches a conv's: circular for circular convs (keeps exact equivariance), else reflect."""
+    return "circular" if conv_padding_mode == "circular" else "reflect"
+
+
+def _aps(
+    channels: int, stride: int, filter_size: int, padding_mode: PaddingMode, sampler: nn.Module
+) -> nn.Module:
+    """``sampler`` preceded by a stride-1 binomial low-pass when ``filter_size > 1``."""
+    if filter_size == 1:
+        return sampler
+    return nn.Sequential(BlurPool2d(channels, filter_size, stride=1, padding_mode=padding_mode), sampler)
+
+
+def make_downsample(
+    method: Method, channels: int, stride: int, filter_size: int, padding_mode: PaddingMode
+) -> nn.Module:
+    """One subsampler: ``BlurPool2d`` ("blur") or low-pass + ``APS2d`` ("aps"; no low-pass for ``filter_size=1``)."""
+    check_method(method, filter_size)
+    if method == "blur":
+        return BlurPool2d(channels, filter_size, stride, padding_mode)
+    return _aps(channels, stride, filter_size, padding_mode, APS2d(channels, stride))
+
+
+def make_downsample_pair(
+    method: Method,
+    main_channels: int,
+    shortcut_channels: int,
+    stride: int,
+    filter_size: int,
+    padding_mode: PaddingMode,
+) -> tuple[nn.Module, nn.Module]:
+    """Subsamplers for a residual block's main path and shortcut.
+
+    For "aps" the shortcut's sampler is an :class:`APS2dFollower` of the main path's
+    :class:`APS2d`, so both paths keep the same polyphase component (the main path must run first).
+    """
+    main = make_downsample(method, main_channels, stride, filter_size, padding_mode)
+    if method == "blur":
+        return main, BlurPool2d(shortcut_channels, filter_size, stride, padding_mode)
+    leader = main if isinstance(main, APS2d) else main[-1]
+    return main, _aps(shortcut_channels, stride, filter_size, padding_mode, APS2dFollower(leader))

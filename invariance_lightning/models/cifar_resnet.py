@@ -1,0 +1,214 @@
+"""CIFAR ResNets of He et al. (2016): 3 stages of 16/32/64 channels, option-A shortcuts.
+
+Layer names (``conv1, bn1, layer{1,2,3}.{i}.{conv1,bn1,conv2,bn2}, linear``) match the widely
+used pretrained CIFAR-10 checkpoints, which :func:`load_cifar_resnet` reads.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from collections.abc import Mapping
+from os import PathLike
+from typing import Any, Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from invariance_lightning.models._downsample import blur_padding, check_method, make_downsample_pair
+from invariance_lightning.nn import BlurPool2d
+from invariance_lightning.nn._checks import check_choice, check_int
+
+Downsample = Literal["stride", "blur", "aps"]
+DOWNSAMPLE_CHOICES: tuple[str, ...] = ("stride", "blur", "aps")
+CIFAR_RESNET_DEPTHS: tuple[int, ...] = (20, 32, 44, 56, 110)
+
+
+class Normalization(NamedTuple):
+    """Per-channel ``(mean, std)`` a model expects its ``[0, 1]`` RGB input to be normalized with."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+CIFAR_RESNET_NORMALIZE = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+"""Normalization of the pretrained CIFAR-10 ResNet-20/56 checkpoints (ImageNet statistics)."""
+
+
+class CifarBasicBlock(nn.Module):
+    """Two 3x3 convs with BN and a parameter-free option-A shortcut.
+
+    The shortcut subsamples ``x`` and zero-pads the new channels equally before and after the
+    existing ones. With ``downsample="stride"`` a stride-2 block uses a strided ``conv1`` and
+    ``x[:, :, ::2, ::2]``; otherwise ``conv1`` runs at stride 1 and ``down`` subsamples after
+    ``bn1`` + ReLU (Zhang's placement), while ``shortcut_down`` subsamples ``x`` with the same
+    method (for "aps", the component the main path chose).
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, padding_mode: str = "zeros") -> None:
+        super().__init__()
+        if stride == 1 and in_planes != planes:
+            raise ValueError(f"a stride-1 block keeps its width, got in_planes={in_planes}, planes={planes}")
+        self.stride = stride
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, padding=1, bias=False, padding_mode=padding_mode)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.down: nn.Module = nn.Identity()
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, padding=1, bias=False, padding_mode=padding_mode)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut_down: nn.Module = nn.Identity() if stride == 1 else BlurPool2d(in_planes, 1, stride)
+        extra = planes - in_planes
+        self.channel_padding = (0, 0, 0, 0, extra // 2, extra - extra // 2)
+
+    def set_downsample(self, method: Downsample, filter_size: int = 3) -> None:
+        """Switch a stride-2 block between "stride", "blur" and "aps" (no effect at stride 1); keeps all weights."""
+        check_choice("downsample", method, DOWNSAMPLE_CHOICES)
+        if self.stride == 1:
+            return
+        in_planes, planes = self.conv1.in_channels, self.conv1.out_channels
+        if method == "stride":
+            self.conv1.stride = (self.stride, self.stride)
+            self.down, self.shortcut_down = nn.Identity(), BlurPool2d(in_planes, 1, self.stride)
+            return
+        self.conv1.stride = (1, 1)
+        self.down, self.shortcut_down = make_downsample_pair(
+            method, planes, in_planes, self.stride, filter_size, blur_padding(self.conv1.padding_mode)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(self.down(out)))
+        # After the main path: an APS follower here reuses the component the main path chose.
+        shortcut = self.shortcut_down(x)
+        if self.channel_padding[-1]:
+            shortcut = F.pad(shortcut, self.channel_padding)
+        return F.relu(out + shortcut)
+
+
+class CifarResNet(nn.Module):
+    """conv3x3(16) -> BN -> ReLU -> 3 stages of ``n`` blocks (16, 32, 64 ch) -> global avg pool -> ``linear``."""
+
+    def __init__(
+        self, blocks_per_stage: int, num_classes: int = 10, padding_mode: str = "zeros"
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, padding=1, bias=False, padding_mode=padding_mode)
+        self.bn1 = nn.BatchNorm2d(16)
+        in_planes = 16
+        for stage, planes in enumerate((16, 32, 64), start=1):
+            blocks = []
+            for i in range(blocks_per_stage):
+                stride = 2 if stage > 1 and i == 0 else 1
+                blocks.append(CifarBasicBlock(in_planes, planes, stride, padding_mode))
+                in_planes = planes
+            self.add_module(f"layer{stage}", nn.Sequential(*blocks))
+        self.linear = nn.Linear(64, num_classes)
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.linear(out.mean(dim=(2, 3)))
+
+
+def cifar_resnet(
+    depth: int = 20,
+    num_classes: int = 10,
+    downsample: Downsample = "stride",
+    filter_size: int = 3,
+    padding_mode: Literal["zeros", "circular"] = "zeros",
+) -> CifarResNet:
+    """A CIFAR ResNet-``depth`` (``depth = 6n + 2``: 20, 32, 44, 56, 110) for 32x32 inputs.
+
+    Args:
+        depth: 20, 32, 44, 56 or 110.
+        num_classes: outputs of the final ``linear`` layer.
+        downsample: "stride" (the original strided convs), "blur" (stride-1 conv, BN, ReLU, then
+            ``BlurPool2d``; the shortcut is blurred and subsampled) or "aps" (stride-1 conv, BN, ReLU,
+            stride-1 binomial low-pass of size ``filter_size``, then ``APS2d``; the shortcut keeps the
+            same polyphase component). Same parameters and state_dict keys for all three.
+        filter_size: binomial filter length for "blur" and "aps" (1: no low-pass).
+        padding_mode: conv padding, "zeros" or "circular" (circular + "aps" makes the network exactly
+            invariant to circular shifts of the input; the low-pass then also pads circularly).
+    """
+    depth = check_int("depth", depth, 1)
+    if depth not in CIFAR_RESNET_DEPTHS:
+        raise ValueError(f"depth must be one of {CIFAR_RESNET_DEPTHS}, got {depth}")
+    check_int("num_classes", num_classes, 1)
+    check_choice("downsample", downsample, DOWNSAMPLE_CHOICES)
+    check_choice("padding_mode", padding_mode, ("zeros", "circular"))
+    if downsample != "stride":
+        check_method(downsample, filter_size)
+    model = CifarResNet((depth - 2) // 6, num_classes, padding_mode)
+    for module in model.modules():
+        if isinstance(module, CifarBasicBlock):
+            module.set_downsample(downsample, filter_size)
+    return model
+
+
+def _load_weights_only(path: str | PathLike[str]) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"refusing to load {str(path)!r}: it cannot be read with torch.load(weights_only=True) and "
+            "unpickling arbitrary objects can execute code. Re-save it as a plain state_dict "
+            "(torch.save(model.state_dict(), path)) or a dict of tensors."
+        ) from error
+
+
+def _find_prefix(keys: list[str]) -> str:
+    """The prefix (``""``, ``"module."``, ``"model."``, ...) under which a CIFAR ResNet's keys live."""
+    prefixes = sorted(
+        key[: -len("conv1.weight")]
+        for key in keys
+        if key.endswith("conv1.weight") and key[: -len("conv1.weight")] + "linear.weight" in keys
+    )
+    if len(prefixes) != 1:
+        found = prefixes or [key for key in keys if key.endswith("conv1.weight")][:5]
+        raise ValueError(
+            "expected exactly one CIFAR ResNet (keys '<prefix>conv1.weight' and '<prefix>linear.weight') in the "
+            f"checkpoint, found {found}"
+        )
+    return prefixes[0]
+
+
+def cifar_resnet_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Extract a plain :class:`CifarResNet` state dict from a loaded checkpoint.
+
+    Accepts a plain state dict, ``{"state_dict": ...}`` (the pretrained ``.th`` files, Lightning
+    checkpoints) and keys under one prefix such as ``module.`` (DataParallel) or ``model.``.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError(f"expected a checkpoint dict, got {type(checkpoint).__name__}")
+    state = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(state, Mapping):
+        raise TypeError(f"checkpoint['state_dict'] must be a dict, got {type(state).__name__}")
+    prefix = _find_prefix([key for key in state if isinstance(key, str)])
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+
+
+def load_cifar_resnet(path: str | PathLike[str], **kwargs: Any) -> CifarResNet:
+    """Build a :func:`cifar_resnet` whose depth and class count are read from a checkpoint, and load it.
+
+    Always ``torch.load(..., weights_only=True, map_location="cpu")``: a file that would need
+    arbitrary unpickling raises ``ValueError``. Missing ``num_batches_tracked`` entries (old
+    checkpoints) are filled in by BatchNorm; every other key must match (strict loading).
+    The returned model is in training mode, like any freshly built module; call ``.eval()``.
+
+    Args:
+        path: checkpoint file (see :func:`cifar_resnet_state_dict` for the accepted layouts).
+        **kwargs: other :func:`cifar_resnet` arguments (``downsample``, ``filter_size``,
+            ``padding_mode``); ``depth``/``num_classes`` must agree with the weights if given.
+    """
+    state = cifar_resnet_state_dict(_load_weights_only(path))
+    stage1 = {int(m.group(1)) for key in state if (m := re.fullmatch(r"layer1\.(\d+)\.conv1\.weight", key))}
+    inferred = {"depth": 6 * len(stage1) + 2, "num_classes": int(state["linear.weight"].shape[0])}
+    for name, value in inferred.items():
+        if name in kwargs and kwargs[name] != value:
+            raise ValueError(f"{name}={kwargs[name]!r} was given but the weights in {str(path)!r} have {name}={value}")
+    model = cifar_resnet(**{**kwargs, **inferred})
+    model.load_state_dict(state)
+    return model
