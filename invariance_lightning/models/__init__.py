@@ -1,0 +1,26 @@
+"""Backbones (CIFAR ResNets) and a converter that antialiases ResNets' strided layers."""
+
+from invariance_lightning.models.antialias import DownsampledInputConv2d, antialias
+from invariance_lightning.models.cifar_resnet import (
+    CIFAR_RESNET_DEPTHS,
+    CIFAR_RESNET_NORMALIZE,
+    CifarBasicBlock,
+    CifarResNet,
+    Normalization,
+    cifar_resnet,
+    cifar_resnet_state_dict,
+    load_cifar_resnet,
+)
+
+__all__ = [
+    "CIFAR_RESNET_DEPTHS",
+    "CIFAR_RESNET_NORMALIZE",
+    "CifarBasicBlock",
+    "CifarResNet",
+    "DownsampledInputConv2d",
+    "Normalization",
+    "antialias",
+    "cifar_resnet",
+    "cifar_resnet_state_dict",
+    "load_cifar_resnet",
+]

@@ -1,0 +1,241 @@
+"""Convert a ResNet's strided layers to antialiased ones (BlurPool or APS), keeping its trained weights.
+
+Placement (Zhang 2019 for BlurPool, Chaman & Dokmanic 2021 for APS):
+
+* strided max-pool -> max-pool at stride 1, then subsample (Zhang's MaxBlurPool);
+* strided conv -> conv at stride 1, then its BN and ReLU at full resolution, then subsample: the
+  subsampler is put in front of the *next* conv of the block (``conv2`` of a BasicBlock, ``conv3``
+  of a Bottleneck), i.e. right after the ReLU. The stem conv's subsampler goes in front of the
+  max-pool, after the stem's ReLU;
+* strided 1x1 shortcut conv -> subsample, then the 1x1 conv at stride 1 (equal to conv-then-
+  subsample for a pointwise conv, on 4x fewer pixels). For "aps" the shortcut keeps the component
+  the block's main path chose (:class:`~invariance_lightning.nn.APS2dFollower`).
+
+Subsampling after the ReLU rather than right after the conv evaluates the nonlinearity densely
+before low-passing it (what Zhang found best); the price is the strided conv at full resolution.
+All parameters keep their names and shapes (the low-pass filters are non-persistent buffers), so
+the converted model loads the plain model's ``state_dict`` with ``strict=True`` and vice versa.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from invariance_lightning.models._downsample import (
+    Method,
+    blur_padding,
+    check_method,
+    make_downsample,
+    make_downsample_pair,
+)
+from invariance_lightning.models.cifar_resnet import CifarBasicBlock
+
+_STRIDED_TYPES = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)
+_CONV_PAIRS = (("conv1", "conv2"), ("conv2", "conv3"))
+
+
+def _known_classes() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(ResNet model classes with a ``conv1``/``bn1``/``maxpool`` stem, their residual block classes)."""
+    from torchvision.models import resnet as tv
+
+    models: list[type] = [tv.ResNet]
+    blocks: list[type] = [tv.BasicBlock, tv.Bottleneck]
+    try:  # timm is optional
+        from timm.models import resnet as timm_resnet
+    except ImportError:
+        pass
+    else:
+        models.append(timm_resnet.ResNet)
+        blocks += [timm_resnet.BasicBlock, timm_resnet.Bottleneck]
+    return tuple(models), tuple(blocks)
+
+
+class DownsampledInputConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` whose input first goes through ``down``; shares the wrapped conv's parameters.
+
+    Being a ``Conv2d`` with the same ``weight``/``bias`` (``down`` has no state_dict entries), it
+    keeps the wrapped conv's checkpoint keys.
+    """
+
+    def __init__(self, conv: nn.Conv2d, down: nn.Module) -> None:
+        super().__init__(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device="meta",
+        )
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.down = down
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(self.down(x))
+
+
+def _stride(module: nn.Module) -> int:
+    """The stride of a layer with equal strides along both axes (0 for unequal strides)."""
+    stride_h, stride_w = _pair(module.stride)
+    return stride_h if stride_h == stride_w else 0
+
+
+def _is_strided(module: nn.Module) -> bool:
+    return isinstance(module, _STRIDED_TYPES) and any(s > 1 for s in _pair(module.stride))
+
+
+@dataclass(frozen=True)
+class _Rewrite:
+    """Replaces the strided layers ``converts`` by calling ``apply`` on the submodule at ``path``."""
+
+    path: str
+    converts: tuple[str, ...]
+    apply: Callable[[nn.Module, Method, int], None]
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _convert_cifar_block(block: nn.Module, method: Method, filter_size: int) -> None:
+    block.set_downsample(method, filter_size)
+
+
+def _block_rewrite(path: str, block: nn.Module) -> _Rewrite | None:
+    """A torchvision/timm BasicBlock/Bottleneck: strided conv, the conv after it, a strided 1x1-conv shortcut."""
+    pair = next((p for p in _CONV_PAIRS if _is_strided(getattr(block, p[0], nn.Identity()))), None)
+    shortcut = getattr(block, "downsample", None)
+    if pair is None or not isinstance(shortcut, nn.Sequential) or len(shortcut) == 0:
+        return None
+    strided, following, shortcut_conv = getattr(block, pair[0]), getattr(block, pair[1], None), shortcut[0]
+    stride = _stride(strided)
+    if not (
+        isinstance(strided, nn.Conv2d)
+        and isinstance(following, nn.Conv2d)
+        and not _is_strided(following)
+        and isinstance(shortcut_conv, nn.Conv2d)
+        and _pair(shortcut_conv.kernel_size) == (1, 1)
+        and stride > 1
+        and _stride(shortcut_conv) == stride
+    ):
+        return None
+
+    def apply(block: nn.Module, method: Method, filter_size: int) -> None:
+        strided, following, shortcut_conv = getattr(block, pair[0]), getattr(block, pair[1]), block.downsample[0]
+        strided.stride = shortcut_conv.stride = (1, 1)
+        main, short = make_downsample_pair(
+            method, following.in_channels, shortcut_conv.in_channels, stride, filter_size,
+            blur_padding(strided.padding_mode),
+        )
+        setattr(block, pair[1], DownsampledInputConv2d(following, main))
+        block.downsample[0] = DownsampledInputConv2d(shortcut_conv, short)
+
+    return _Rewrite(path, (_join(path, pair[0]), _join(path, "downsample.0")), apply)
+
+
+def _stem_rewrite(path: str, model: nn.Module) -> _Rewrite | None:
+    """A ResNet stem ``conv1 -> bn1 -> relu -> maxpool``: strided max-pool, and the conv if strided."""
+    conv, pool = getattr(model, "conv1", None), getattr(model, "maxpool", None)
+    if not (isinstance(pool, nn.MaxPool2d) and _stride(pool) > 1 and isinstance(model.bn1, nn.BatchNorm2d)):
+        return None
+    convert_conv = isinstance(conv, nn.Conv2d) and _stride(conv) > 1
+    converts = (_join(path, "conv1"),) * convert_conv + (_join(path, "maxpool"),)
+
+    def apply(model: nn.Module, method: Method, filter_size: int) -> None:
+        conv, pool, channels = model.conv1, model.maxpool, model.bn1.num_features
+        circular = isinstance(conv, nn.Conv2d) and conv.padding_mode == "circular"
+        padding = blur_padding("circular" if circular else "zeros")
+        layers: list[nn.Module] = []
+        if convert_conv:
+            layers.append(make_downsample(method, channels, _stride(conv), filter_size, padding))
+            conv.stride = (1, 1)
+        if circular:  # max-pool pads with -inf; pad circularly ourselves to stay circular-shift equivariant
+            layers += [nn.CircularPad2d(pool.padding), nn.MaxPool2d(pool.kernel_size, 1, 0, pool.dilation)]
+        else:
+            layers.append(nn.MaxPool2d(pool.kernel_size, 1, pool.padding, pool.dilation))
+        layers.append(make_downsample(method, channels, _stride(pool), filter_size, padding))
+        model.maxpool = nn.Sequential(*layers)
+
+    return _Rewrite(path, converts, apply)
+
+
+def _plan(model: nn.Module) -> list[_Rewrite]:
+    model_classes, block_classes = _known_classes()
+    plan: list[_Rewrite] = []
+    for path, module in model.named_modules():
+        rewrite = None
+        if isinstance(module, CifarBasicBlock) and _is_strided(module.conv1):
+            rewrite = _Rewrite(path, (_join(path, "conv1"),), _convert_cifar_block)
+        elif isinstance(module, block_classes):
+            rewrite = _block_rewrite(path, module)
+        elif isinstance(module, model_classes):
+            rewrite = _stem_rewrite(path, module)
+        if rewrite is not None:
+            plan.append(rewrite)
+    return plan
+
+
+def antialias(
+    model: nn.Module,
+    method: Method = "blur",
+    filter_size: int = 3,
+    inplace: bool = False,
+    circular_padding: bool = False,
+) -> nn.Module:
+    """Replace the strided convs and max-pools of a ResNet by stride-1 layers plus antialiased subsampling.
+
+    Supports ``torchvision.models.resnet*``, timm ``ResNet`` (``timm.create_model("resnet18")``
+    and other ResNets with the default stem and 1x1-conv shortcuts) and :func:`cifar_resnet`
+    (for which ``antialias(cifar_resnet(...), m, k)`` equals ``cifar_resnet(..., downsample=m,
+    filter_size=k)`` with the same weights). Raises ``ValueError`` listing any strided layer it
+    cannot place (e.g. deep stems, average-pool shortcuts, other architectures) before changing
+    anything. See the module docstring for where the subsamplers go.
+
+    Args:
+        model: the model to convert (its weights are kept and still load with ``strict=True``).
+        method: "blur" (:class:`BlurPool2d`) or "aps" (stride-1 binomial low-pass of
+            ``filter_size``, then :class:`APS2d`; the shortcut follows the main path's choice).
+        filter_size: binomial filter length, 1-7 (1: no low-pass; "blur" then equals the original
+            subsampling, evaluated at the converted positions).
+        inplace: modify ``model`` itself instead of a deep copy.
+        circular_padding: also switch every padded conv (and the stem max-pool) to circular
+            padding, so that an "aps" model is exactly invariant to circular shifts of inputs
+            whose size is a multiple of its total stride. Changes a pretrained model's outputs.
+
+    Returns:
+        The converted model (``model`` itself when ``inplace``).
+    """
+    check_method(method, filter_size)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    plan = _plan(model)
+    covered = {name for rewrite in plan for name in rewrite.converts}
+    missed = [
+        f"{name} ({type(module).__name__}, stride={module.stride})"
+        for name, module in model.named_modules()
+        if _is_strided(module) and name not in covered
+    ]
+    if missed:
+        raise ValueError(
+            f"antialias() cannot convert these strided layers of {type(model).__name__}: {', '.join(missed)}. "
+            "It supports torchvision/timm ResNets (conv1/bn1/maxpool stem, BasicBlock/Bottleneck with a "
+            "strided 1x1-conv shortcut) and cifar_resnet."
+        )
+    if not inplace:
+        model = copy.deepcopy(model)
+    if circular_padding:
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d) and module.padding not in ((0, 0), "valid"):
+                module.padding_mode = "circular"
+    for rewrite in plan:
+        rewrite.apply(model.get_submodule(rewrite.path), method, filter_size)
+    return model
