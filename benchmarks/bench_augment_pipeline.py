@@ -2,13 +2,19 @@
 against (b) the whole training set held as one uint8 tensor on the device, augmented per batch by
 ``build_augmentation("standard")`` (kornia).
 
-Both arms do the same augmentation (4-px zero-padded random crop, horizontal flip, normalize) and the same
-SGD step on batches of ``--batch-size``. The arms alternate in ``--rounds`` rounds (A B A B ...) so that a change
-in machine load hits both; each round times ``--steps`` steps after ``--warmup`` untimed ones, then
-``--data-steps`` batches of the input pipeline alone (no model). Results go to
-``benchmarks/results/augment_pipeline.{json,md}``.
+Both arms do the same augmentation (4-px zero-padded random crop, horizontal flip, normalize) and the same SGD step
+on batches of ``--batch-size``. The arms alternate in ``--rounds`` rounds (A B A B ...) so that a change in machine
+load hits both; each round times ``--steps`` training steps (wall clock) after ``--warmup`` untimed ones, then
+``--data-steps`` batches of each input pipeline alone, in this process (the DataLoader with ``num_workers=0``), as
+wall clock and CPU time. On a shared machine wall clock is noisy (the 1-min load average is recorded); the CPU time
+of the pipeline alone is not inflated by waiting for a core.
 
-    python benchmarks/bench_augment_pipeline.py              # CPU, as recorded in the results
+On a busy machine use ``--threads 1``: with more intra-op threads than free cores, every small parallel op waits for
+a descheduled thread, which penalizes pipelines made of many small ops like (b) unfairly. At a load average of about
+4.5 on 2 cores, (b) alone took 61 ms of CPU per batch with the default 2 threads and 7 ms with ``--threads 1``.
+Results go to ``benchmarks/results/augment_pipeline.{json,md}``.
+
+    python benchmarks/bench_augment_pipeline.py --threads 1  # CPU, as recorded in the results
     python benchmarks/bench_augment_pipeline.py --device cuda
 """
 
@@ -54,7 +60,9 @@ class PILCifar(Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
-def torchvision_batches(images: np.ndarray, labels: np.ndarray, args: argparse.Namespace) -> Iterator[Batch]:
+def torchvision_batches(
+    images: np.ndarray, labels: np.ndarray, workers: int, args: argparse.Namespace
+) -> Iterator[Batch]:
     """Arm (a): endless batches from a shuffling DataLoader with PIL transforms, moved to the device."""
     transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
     loader = DataLoader(
@@ -62,8 +70,8 @@ def torchvision_batches(images: np.ndarray, labels: np.ndarray, args: argparse.N
         batch_size=args.batch_size,
         shuffle=True,
         drop_last=True,
-        num_workers=args.workers,
-        persistent_workers=args.workers > 0,
+        num_workers=workers,
+        persistent_workers=workers > 0,
         pin_memory=args.device.type == "cuda",
     )
     while True:
@@ -91,16 +99,20 @@ def synchronize(device: torch.device) -> None:
 
 def time_steps(
     batches: Iterator[Batch], step: Callable[[Batch], None], steps: int, warmup: int, device: torch.device
-) -> float:
-    """Seconds per step, averaged over ``steps`` steps after ``warmup`` untimed ones."""
+) -> tuple[float, float]:
+    """(wall, CPU of this process) seconds per step, averaged over ``steps`` steps after ``warmup`` untimed ones."""
     for _ in range(warmup):
         step(next(batches))
     synchronize(device)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step(next(batches))
     synchronize(device)
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
+
+
+def summary(times: list[float]) -> dict[str, float | list[float]]:
+    return {"min": min(times), "median": statistics.median(times), "rounds": times}
 
 
 def main() -> None:
@@ -108,14 +120,18 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--device", type=torch.device, default=torch.device("cpu"))
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of arm (a)")
-    parser.add_argument("--steps", type=int, default=8, help="timed training steps per arm and round")
-    parser.add_argument("--data-steps", type=int, default=40, help="timed data-only batches per arm and round")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of arm (a) in the training steps")
+    parser.add_argument("--steps", type=int, default=6, help="timed training steps per arm and round")
+    parser.add_argument("--data-steps", type=int, default=30, help="timed pipeline-only batches per arm and round")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads of this process (0: default)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/augment_pipeline")
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     torch.manual_seed(0)
     with np.load(args.data) as archive:
         images, labels = archive["images"], archive["labels"]
@@ -129,27 +145,27 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
-    def data_only(batch: Batch) -> None:
+    def pipeline_only(batch: Batch) -> None:
         del batch
 
-    arms = {
-        "torchvision_dataloader": torchvision_batches(images, labels, args),
-        "on_device_kornia": on_device_batches(images, labels, args),
-    }
-    step_times: dict[str, list[float]] = {name: [] for name in arms}
-    data_times: dict[str, list[float]] = {name: [] for name in arms}
-    for round_index in range(args.rounds):
-        for name, batches in arms.items():
-            step_times[name].append(time_steps(batches, train_step, args.steps, args.warmup, args.device))
-            # The DataLoader's workers prefetch 2 batches each while the model trains: drain those first.
-            data_warmup = args.warmup + 2 * args.workers
-            data_times[name].append(time_steps(batches, data_only, args.data_steps, data_warmup, args.device))
-            print(f"round {round_index}: {name}: {step_times[name][-1] * 1e3:.1f} ms/step, "
-                  f"{data_times[name][-1] * 1e3:.1f} ms/batch data only", flush=True)
-
-    median = {name: statistics.median(times) for name, times in step_times.items()}
-    median_data = {name: statistics.median(times) for name, times in data_times.items()}
     a, b = "torchvision_dataloader", "on_device_kornia"
+    training = {a: torchvision_batches(images, labels, args.workers, args), b: on_device_batches(images, labels, args)}
+    pipelines = {a: torchvision_batches(images, labels, 0, args), b: on_device_batches(images, labels, args)}
+    step_wall: dict[str, list[float]] = {a: [], b: []}
+    pipe_wall: dict[str, list[float]] = {a: [], b: []}
+    pipe_cpu: dict[str, list[float]] = {a: [], b: []}
+    for round_index in range(args.rounds):
+        for name in (a, b):
+            step_wall[name].append(time_steps(training[name], train_step, args.steps, args.warmup, args.device)[0])
+            wall, cpu = time_steps(pipelines[name], pipeline_only, args.data_steps, args.warmup, args.device)
+            pipe_wall[name].append(wall)
+            pipe_cpu[name].append(cpu)
+            print(f"round {round_index}: {name}: {step_wall[name][-1] * 1e3:.1f} ms/step; pipeline alone "
+                  f"{wall * 1e3:.1f} ms/batch wall, {cpu * 1e3:.1f} ms/batch CPU", flush=True)
+
+    def ratio(times: dict[str, list[float]], stat: Callable[[list[float]], float]) -> float:
+        return stat(times[a]) / stat(times[b])
+
     result = {
         "benchmark": "augment_pipeline",
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
@@ -162,40 +178,62 @@ def main() -> None:
             "device_name": torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "cpu",
             "torch": torch.__version__,
             "python": platform.python_version(),
+            "load_average_1min_before_after": [load_before, os.getloadavg()[0]],
         },
         "settings": {
             "model": "invariance_lightning.models.cifar_resnet(20), SGD(lr=0.1, momentum=0.9, wd=5e-4)",
+            "augmentation": "4-px zero-padded random crop 32, horizontal flip, normalize",
             "batch_size": args.batch_size,
-            "dataloader_workers": args.workers,
-            "steps_per_round": args.steps,
-            "data_only_batches_per_round": args.data_steps,
+            "dataloader_workers_in_training": args.workers,
+            "dataloader_workers_pipeline_alone": 0,
+            "training_steps_per_round": args.steps,
+            "pipeline_batches_per_round": args.data_steps,
             "warmup_steps": args.warmup,
             "rounds": args.rounds,
-            "augmentation": "4-px zero-padded random crop 32, horizontal flip, normalize",
         },
-        "seconds_per_step": {name: {"median": median[name], "rounds": step_times[name]} for name in arms},
-        "seconds_per_batch_data_only": {name: {"median": median_data[name], "rounds": data_times[name]} for name in arms},
-        "speedup_on_device_over_dataloader": median[a] / median[b],
-        "data_only_speedup_on_device_over_dataloader": median_data[a] / median_data[b],
+        "training_step_wall_seconds": {name: summary(step_wall[name]) for name in (a, b)},
+        "pipeline_alone_wall_seconds_per_batch": {name: summary(pipe_wall[name]) for name in (a, b)},
+        "pipeline_alone_cpu_seconds_per_batch": {name: summary(pipe_cpu[name]) for name in (a, b)},
+        "speedup_training_step": {"min": ratio(step_wall, min), "median": ratio(step_wall, statistics.median)},
+        "speedup_pipeline_alone_cpu": {"min": ratio(pipe_cpu, min), "median": ratio(pipe_cpu, statistics.median)},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    machine = result["machine"]
-    args.out.with_suffix(".md").write_text(
-        "# Augmentation pipeline benchmark\n\n"
-        f"`{result['command']}` on {machine['device_name']} ({machine['platform']}, {machine['cpu_count']} CPUs, "
-        f"torch {machine['torch']}, {machine['torch_threads']} threads). ResNet-20 training step, batch "
-        f"{args.batch_size}, {args.rounds} alternating rounds of {args.steps} timed steps after {args.warmup} warm-up "
-        "steps; medians over rounds.\n\n"
-        "| pipeline | ms / training step | ms / batch, data only |\n|---|---:|---:|\n"
-        f"| (a) torchvision DataLoader, PIL transforms, {args.workers} workers | {median[a] * 1e3:.1f} | "
-        f"{median_data[a] * 1e3:.1f} |\n"
-        f"| (b) uint8 tensor on device + kornia `standard` | {median[b] * 1e3:.1f} | {median_data[b] * 1e3:.1f} |\n\n"
-        f"Speed-up of (b) over (a): **{result['speedup_on_device_over_dataloader']:.2f}x** per training step, "
-        f"{result['data_only_speedup_on_device_over_dataloader']:.2f}x for the input pipeline alone.\n"
+    args.out.with_suffix(".md").write_text(markdown(result))
+    print(json.dumps({key: result[key] for key in ("speedup_training_step", "speedup_pipeline_alone_cpu")}))
+
+
+def markdown(result: dict) -> str:
+    """The results as a short Markdown report."""
+    machine, settings = result["machine"], result["settings"]
+    step, wall, cpu = (result[key] for key in ("training_step_wall_seconds", "pipeline_alone_wall_seconds_per_batch",
+                                               "pipeline_alone_cpu_seconds_per_batch"))
+    rows = {
+        "torchvision_dataloader": "(a) torchvision DataLoader, PIL transforms "
+        f"({settings['dataloader_workers_in_training']} workers in training, in-process alone)",
+        "on_device_kornia": "(b) uint8 tensor on the device + kornia `standard`",
+    }
+    table = "".join(
+        f"| {label} | {step[name]['min'] * 1e3:.0f} / {step[name]['median'] * 1e3:.0f} | "
+        f"{wall[name]['median'] * 1e3:.1f} | {cpu[name]['median'] * 1e3:.1f} |\n"
+        for name, label in rows.items()
     )
-    print(json.dumps({k: result[k] for k in ("speedup_on_device_over_dataloader",
-                                             "data_only_speedup_on_device_over_dataloader")}))
+    load = machine["load_average_1min_before_after"]
+    return (
+        "# Augmentation pipeline benchmark\n\n"
+        f"`{result['command']}` on {machine['device_name']} ({machine['platform']}, {machine['cpu_count']} CPUs, torch "
+        f"{machine['torch']}, {machine['torch_threads']} threads; 1-min load average {load[0]:.1f} before and "
+        f"{load[1]:.1f} after). ResNet-20 SGD step on batches of {settings['batch_size']} real CIFAR-10 training "
+        f"images; {settings['rounds']} alternating rounds of {settings['training_steps_per_round']} timed steps and "
+        f"{settings['pipeline_batches_per_round']} pipeline-only batches, after {settings['warmup_steps']} warm-up "
+        "steps each.\n\n"
+        "| pipeline | ms / training step (min / median over rounds) | ms / batch, pipeline alone, wall (median) "
+        "| ms / batch, pipeline alone, CPU (median) |\n|---|---:|---:|---:|\n"
+        f"{table}\n"
+        f"Speed-up of (b) over (a) per training step: **{result['speedup_training_step']['min']:.2f}x** (min), "
+        f"{result['speedup_training_step']['median']:.2f}x (median); CPU cost of the input pipeline alone: "
+        f"(b) needs {1 / result['speedup_pipeline_alone_cpu']['median']:.2f}x the CPU time of (a) (median).\n"
+    )
 
 
 if __name__ == "__main__":

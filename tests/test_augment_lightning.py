@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import namedtuple
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -12,7 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from invariance_lightning.augment import BatchAugmentation, GPUAugmentationMixin, build_augmentation, map_batch_images
+from invariance_lightning.augment import (
+    BatchAugmentation,
+    ConsistencyRegularization,
+    GPUAugmentationMixin,
+    build_augmentation,
+    map_batch_images,
+)
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 N, SIZE, BATCH = 16, 8, 4
@@ -28,7 +35,7 @@ def make_augmentation() -> BatchAugmentation:
 
 
 def trainer(**kwargs: Any) -> pl.Trainer:
-    return pl.Trainer(
+    settings = dict(
         accelerator="cpu",
         max_epochs=1,
         limit_train_batches=3,
@@ -38,8 +45,8 @@ def trainer(**kwargs: Any) -> pl.Trainer:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        **kwargs,
     )
+    return pl.Trainer(**{**settings, **kwargs})
 
 
 class Recorder(pl.LightningModule):
@@ -127,6 +134,41 @@ def test_datamodule_mixin_with_dict_batches_and_true_half_precision() -> None:
     # With "bf16-true" the model runs in bfloat16: the mixin hands it bfloat16 inputs via the precision plugin.
     trainer(precision="bf16-true").fit(model, datamodule=AugmentedDictData())
     check_seen(model.seen, images, torch.bfloat16)
+
+
+def test_seeded_sequence_continues_after_resuming_from_a_checkpoint(tmp_path: Path) -> None:
+    images, labels = make_data()
+    loader = DataLoader(TensorDataset(images, labels), batch_size=BATCH)
+    settings = dict(limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=True, default_root_dir=tmp_path)
+    trainer(**settings).fit(AugmentedRecorder(), loader)
+    (checkpoint,) = tmp_path.rglob("*.ckpt")
+    resumed = AugmentedRecorder()
+    trainer(**{**settings, "max_epochs": 2}).fit(resumed, loader, ckpt_path=checkpoint)
+    reference = make_augmentation()
+    assert len(resumed.seen["train"]) == 3
+    for k, got in enumerate(resumed.seen["train"]):  # the second epoch's batches are training batches 3, 4, 5
+        assert torch.equal(got, reference(images.split(BATCH)[k], train=True, batch_id=(0, 3 + k)))
+
+
+def test_consistency_penalty_in_a_one_line_training_step() -> None:
+    class Regularized(AugmentedRecorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.consistency = ConsistencyRegularization(1.0)
+            self.penalties: list[float] = []
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            images, targets = batch
+            logits, penalty = self.consistency(self.net, images)
+            self.penalties.append(float(penalty.detach()))
+            return F.cross_entropy(logits, targets) + penalty
+
+    images, labels = make_data()
+    model = Regularized()
+    loader = DataLoader(TensorDataset(images, labels), batch_size=BATCH)
+    trainer().fit(model, loader)
+    # A linear model on pixels changes its outputs under a shift: the penalty is positive, and finite.
+    assert len(model.penalties) == 3 and all(0 < p < float("inf") for p in model.penalties)
 
 
 def test_mixin_without_augmentation_fails_clearly() -> None:

@@ -109,13 +109,19 @@ def test_antialiased_shrink_matches_interpolate_antialias_and_plain_affine_alias
     assert ours.var() < 1.2 * reference.var() < plain.var()
 
 
-def test_antialiased_affine_does_not_blur_when_enlarging() -> None:
-    images = torch.rand(6, 3, 16, 16)
-    ours = AntialiasedRandomAffine(scale=(1.0, 1.5))
-    plain = K.RandomAffine(degrees=0, scale=(1.0, 1.5), p=1.0)
-    out = ours(images)
-    assert ours.blur_kernel_size == 1
-    assert torch.equal(out, plain(images, params=ours._params))
+def test_antialiased_affine_blurs_only_the_images_it_shrinks() -> None:
+    images = torch.rand(32, 3, 16, 16)
+    enlarging = AntialiasedRandomAffine(scale=(1.0, 1.5))
+    out = enlarging(images)
+    assert enlarging.blur_kernel_size == 1
+    assert torch.equal(out, K.RandomAffine(degrees=0, scale=(1.0, 1.5), p=1.0)(images, params=enlarging._params))
+    mixed = AntialiasedRandomAffine(scale=(0.5, 2.0))
+    out = mixed(images)
+    plain = K.RandomAffine(degrees=0, scale=(0.5, 2.0), p=1.0)(images, params=mixed._params)
+    enlarged = mixed._params["scale"][:, 0] >= 1
+    assert 0 < int(enlarged.sum()) < len(images)
+    assert torch.equal(out[enlarged], plain[enlarged])  # the per-image blur is an exact identity for these
+    assert not torch.allclose(out[~enlarged], plain[~enlarged])
 
 
 def test_none_preset_and_eval_only_normalize() -> None:

@@ -99,7 +99,9 @@ class ConsistencyRegularization(nn.Module):
             self._shifts[size] = preset_sequence("translate", image_size=size, max_shift=self.max_shift)
         return self._shifts[size](images)
 
-    def forward(self, model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(logits on images, weighted penalty)``."""
         if self.weight == 0:
             logits = model(images)

@@ -42,7 +42,9 @@ def map_batch_images(batch: Any, fn: Callable[[torch.Tensor], torch.Tensor], key
         return type(batch)([images, *batch[1:]])
     if isinstance(batch, Mapping):
         raise TypeError("map_batch_images: a mapping batch needs `key` naming its images")
-    raise TypeError(f"map_batch_images: expected a tensor, a non-empty tuple/list or a mapping, got {type(batch).__name__}")
+    raise TypeError(
+        f"map_batch_images: expected a tensor, a non-empty tuple/list or a mapping, got {type(batch).__name__}"
+    )
 
 
 class GPUAugmentationMixin:

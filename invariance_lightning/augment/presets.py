@@ -43,7 +43,8 @@ def preset_sequence(
     if preset not in PRESETS:
         raise ValueError(f"preset_sequence: unknown preset {preset!r}; valid presets are {', '.join(PRESETS)}")
     height, width = _pair(image_size, "preset_sequence")
-    if isinstance(max_shift, bool) or not isinstance(max_shift, (int, float)) or not 0 <= max_shift < min(height, width):
+    is_number = isinstance(max_shift, (int, float)) and not isinstance(max_shift, bool)
+    if not is_number or not 0 <= max_shift < min(height, width):
         raise ValueError(
             f"preset_sequence: `max_shift` must be a number in [0, {min(height, width)}), got {max_shift!r}"
         )
@@ -54,7 +55,8 @@ def preset_sequence(
         if not float(max_shift).is_integer():
             raise ValueError(f"preset_sequence: preset {preset!r} needs an integer `max_shift`, got {max_shift!r}")
         crop = K.RandomCrop((height, width), padding=int(max_shift))
-        return K.AugmentationSequential(crop, K.RandomHorizontalFlip()) if preset == "standard" else K.AugmentationSequential(crop)
+        flips = [K.RandomHorizontalFlip()] if preset == "standard" else []
+        return K.AugmentationSequential(crop, *flips)
     if preset == "translate-subpixel":
         return K.AugmentationSequential(K.RandomAffine(degrees=0.0, translate=translate, p=1.0))
     if preset == "scale":
