@@ -1,0 +1,39 @@
+"""Process entry points for the distributed tests, in a light module (spawned children import only this)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+
+from invariance_lightning.metrics import TransformConsistency
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def metric_worker(rank: int, world_size: int, port: int, logits: torch.Tensor, target: torch.Tensor, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        metric = TransformConsistency(num_frames=logits.shape[1])
+        # rank 0 takes 7 images in two updates, rank 1 the other 6 (uneven shards)
+        shard = slice(0, 7) if rank == 0 else slice(7, None)
+        metric.update(logits[shard][:3], target[shard][:3])
+        metric.update(logits[shard][3:], target[shard][3:])
+        result = metric.compute()
+        # a second metric for which rank 1 sees nothing at all
+        lonely = TransformConsistency(num_frames=logits.shape[1])
+        if rank == 0:
+            lonely.update(logits, target)
+        lonely_result = lonely.compute()
+        if rank == 1:
+            out["uneven"] = {k: v.clone() for k, v in result.items()}
+            out["empty_rank"] = {k: v.clone() for k, v in lonely_result.items()}
+    finally:
+        dist.destroy_process_group()
