@@ -73,10 +73,14 @@ class InvarianceCallbackBase(Callback):
         self._sink = FigureSink()
 
     # -- setup -----------------------------------------------------------------------------------
-    def _resolve_normalize(self, trainer: pl.Trainer) -> Normalization | None:
-        """``"auto"``: the datamodule's ``mean``/``std`` if it has both, else no normalization."""
+    def _resolve_normalize(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Normalization | None:
+        """``"auto"``: the module's ``input_normalization`` (``(mean, std)``, as ``ImageClassifier`` has), else the
+        datamodule's ``mean``/``std`` attributes, else no normalization."""
         if self.normalize != "auto":
             return self.normalize  # type: ignore[return-value]
+        own = getattr(pl_module, "input_normalization", None)
+        if own is not None:
+            return check_normalize(own)
         datamodule = trainer.datamodule
         mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
         return check_normalize((mean, std)) if mean is not None and std is not None else None

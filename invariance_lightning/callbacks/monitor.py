@@ -42,9 +42,10 @@ class InvarianceMonitor(InvarianceCallbackBase):
         every_n_epochs: measure on epochs 0, n, 2n, ...
         batch_size: frames per forward pass (bounds memory).
         seed: chooses the subsets.
-        normalize: ``(mean, std)`` applied after the geometric transforms; ``"auto"`` takes the
-            datamodule's ``mean``/``std`` attributes when it has both; ``None`` passes the
-            images as they are (uint8 images are scaled to [0, 1] first).
+        normalize: ``(mean, std)`` applied after the geometric transforms (so ``fill=0`` stays
+            black); ``"auto"`` takes the module's ``input_normalization`` attribute (as
+            ``ImageClassifier`` has), else the datamodule's ``mean``/``std``, else none; ``None``
+            passes the images as they are. uint8 images are scaled to [0, 1] first.
         forward_fn: ``forward_fn(pl_module, x) -> logits`` if ``forward`` does not return logits.
         batch_key: where images/targets are in a batch: ``None`` for ``(images, targets)``
             tuples, or ``("image", "label")`` for dict batches (a single key: no targets).
@@ -99,7 +100,7 @@ class InvarianceMonitor(InvarianceCallbackBase):
 
     # -- Lightning hooks -------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._normalize_values = self._resolve_normalize(trainer)
+        self._normalize_values = self._resolve_normalize(trainer, pl_module)
         self.class_names = class_names_of(trainer)
         self.subsets = {}
         for split in self.splits:

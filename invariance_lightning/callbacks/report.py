@@ -82,7 +82,7 @@ class InvarianceReport(InvarianceCallbackBase):
         """Measure now; ``log`` sends scalars through ``pl_module.log`` (only valid inside a Lightning hook)."""
         self.class_names = class_names_of(trainer)
         subset = self._prepare_subset(trainer, pl_module, self.split, self.num_samples, self.seed)
-        measured = self._measure(trainer, pl_module, subset, self._resolve_normalize(trainer))
+        measured = self._measure(trainer, pl_module, subset, self._resolve_normalize(trainer, pl_module))
         if log:
             self._log_scalars(pl_module, self._scalars(self.split, subset, measured))
         self.results = {} if measured is None else {name: m.metrics for name, m in measured.items()}

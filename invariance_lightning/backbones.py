@@ -1,0 +1,56 @@
+"""Build a classification backbone by name, optionally antialiased: our CIFAR ResNets, torchvision or timm models."""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from invariance_lightning.models import CIFAR_RESNET_DEPTHS, antialias, cifar_resnet
+
+DOWNSAMPLING = ("stride", "blur", "aps")
+_CIFAR_NAME = re.compile(r"cifar_resnet(\d+)")
+
+
+def build_backbone(
+    name: str,
+    num_classes: int,
+    *,
+    downsample: str = "stride",
+    filter_size: int = 3,
+    padding_mode: str = "zeros",
+) -> nn.Module:
+    """A freshly initialized classifier returning ``(N, num_classes)`` logits.
+
+    Names: ``cifar_resnet{20,32,44,56,110}`` (ours, with ``padding_mode``), ``torchvision:<model>``
+    (any ``torchvision.models`` classifier, e.g. ``torchvision:resnet18``) or ``timm:<model>``
+    (e.g. ``timm:resnet18``). ``downsample="blur"``/``"aps"`` antialiases the strided layers
+    (BlurPool / adaptive polyphase sampling; see :func:`invariance_lightning.models.antialias`).
+    """
+    if downsample not in DOWNSAMPLING:
+        raise ValueError(f"downsample must be one of {list(DOWNSAMPLING)}, got {downsample!r}")
+    match = _CIFAR_NAME.fullmatch(name)
+    if match:
+        depth = int(match.group(1))
+        if depth not in CIFAR_RESNET_DEPTHS:
+            raise ValueError(f"unknown backbone {name!r}: CIFAR ResNet depths are {list(CIFAR_RESNET_DEPTHS)}")
+        return cifar_resnet(
+            depth, num_classes=num_classes, downsample=downsample, filter_size=filter_size, padding_mode=padding_mode
+        )
+    library, _, model_name = name.partition(":")
+    if library == "torchvision" and model_name:
+        import torchvision
+
+        model = torchvision.models.get_model(model_name, weights=None, num_classes=num_classes)
+    elif library == "timm" and model_name:
+        import timm
+
+        model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
+    else:
+        raise ValueError(
+            f"unknown backbone {name!r}; use cifar_resnet<depth> (depths {list(CIFAR_RESNET_DEPTHS)}), "
+            "torchvision:<model> or timm:<model>"
+        )
+    if padding_mode != "zeros":
+        raise ValueError(f"padding_mode={padding_mode!r} is only supported for cifar_resnet backbones")
+    return model if downsample == "stride" else antialias(model, method=downsample, filter_size=filter_size, inplace=True)

@@ -1,0 +1,187 @@
+"""``ImageClassifier``: a LightningModule for invariance experiments (any backbone, GPU augmentation, consistency)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from invariance_lightning.augment import ConsistencyRegularization, GPUAugmentationMixin, build_augmentation
+from invariance_lightning.backbones import build_backbone
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("onecycle", "cosine", "none")
+
+
+class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
+    """Train a classifier on uint8 or float image batches with optional GPU augmentation and antialiasing.
+
+    Batches ``(images, targets)`` are converted to float, augmented (training only, preset
+    ``augmentation``) and normalized with ``mean``/``std`` on the device, in
+    ``on_after_batch_transfer``; ``forward`` therefore takes normalized float images.
+    ``mean``/``std`` default to the datamodule's statistics, read at ``setup``.
+
+    Args:
+        backbone: a name for :func:`~invariance_lightning.backbones.build_backbone`
+            (``cifar_resnet20``, ``torchvision:resnet18``, ``timm:resnet18``, ...) or a module.
+        num_classes: output classes.
+        downsample: ``"stride"`` (plain), ``"blur"`` (BlurPool) or ``"aps"`` (adaptive polyphase).
+        filter_size: low-pass filter length of the antialiased variants.
+        padding_mode: ``"zeros"`` or ``"circular"`` (CIFAR ResNets).
+        augmentation: GPU augmentation preset (``none``, ``standard``, ``translate``,
+            ``translate-subpixel``, ``scale``, ``translate+scale``).
+        max_shift, scale_range: parameters of the translate/scale presets.
+        augmentation_seed: seed of the augmentation draws (None: the global RNG).
+        image_size: height/width of the batches (checked by the augmentation).
+        mean, std: per-channel normalization, or None to use the datamodule's ``mean``/``std``.
+        optimizer: ``"sgd"`` (momentum, Nesterov) or ``"adamw"``.
+        lr, momentum, weight_decay: optimizer settings (``lr`` is the peak with one-cycle).
+        schedule: ``"onecycle"``, ``"cosine"`` (per step, to zero) or ``"none"``.
+        label_smoothing: cross-entropy label smoothing.
+        channels_last: run the backbone in channels-last memory format.
+        consistency_weight: weight of the consistency penalty between each image and a random
+            shift of it (0 disables it); ``consistency_kind``/``consistency_max_shift`` configure it.
+    """
+
+    def __init__(
+        self,
+        backbone: str | nn.Module = "cifar_resnet20",
+        num_classes: int = 10,
+        downsample: str = "stride",
+        filter_size: int = 3,
+        padding_mode: str = "zeros",
+        augmentation: str = "standard",
+        max_shift: int = 4,
+        scale_range: tuple[float, float] = (0.8, 1.2),
+        augmentation_seed: int | None = None,
+        image_size: int = 32,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        optimizer: str = "sgd",
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        schedule: str = "onecycle",
+        label_smoothing: float = 0.0,
+        channels_last: bool = False,
+        consistency_weight: float = 0.0,
+        consistency_kind: str = "symmetric_kl",
+        consistency_max_shift: int = 1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std, or neither (then the datamodule's are used)")
+        if isinstance(backbone, nn.Module):
+            self.backbone = backbone
+        else:
+            self.backbone = build_backbone(
+                backbone, num_classes, downsample=downsample, filter_size=filter_size, padding_mode=padding_mode
+            )
+        if channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self.consistency = ConsistencyRegularization(
+            consistency_weight, kind=consistency_kind, max_shift=consistency_max_shift
+        )
+        self.train_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.input_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+        if mean is not None and std is not None:
+            self._build_augmentation(mean, std)
+        self._epoch_started = 0.0
+        self._epoch_images = 0
+
+    def _build_augmentation(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        hp = self.hparams
+        self.input_normalization = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
+        self.gpu_augmentation = build_augmentation(
+            hp.augmentation,
+            image_size=hp.image_size,
+            mean=self.input_normalization[0],
+            std=self.input_normalization[1],
+            max_shift=hp.max_shift,
+            scale_range=tuple(hp.scale_range),
+            seed=hp.augmentation_seed,
+        )
+
+    def setup(self, stage: str) -> None:
+        if self.input_normalization is None:
+            datamodule = self.trainer.datamodule
+            mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
+            if mean is None or std is None:
+                raise ValueError(
+                    "ImageClassifier needs mean/std: pass them, or use a datamodule with `mean` and `std` attributes"
+                )
+            self._build_augmentation(mean, std)
+            self.gpu_augmentation.to(self.device)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Logits for normalized float images ``(N, C, H, W)``."""
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.backbone(images)
+
+    # -- steps ---------------------------------------------------------------------------------------
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, targets = batch
+        logits, penalty = self.consistency(self, images)
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+        self.train_accuracy(logits, targets)
+        self._epoch_images += images.shape[0]
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", self.train_accuracy, on_step=False, on_epoch=True)
+        if self.consistency.weight:
+            self.log("train/consistency_penalty", penalty)
+        return loss + penalty
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy) -> None:
+        images, targets = batch
+        logits = self(images)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, targets), sync_dist=True)
+        accuracy(logits, targets)
+        self.log(f"{stage}/acc", accuracy, prog_bar=stage == "val")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_accuracy)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_accuracy)
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_started, self._epoch_images = time.perf_counter(), 0
+
+    def on_train_epoch_end(self) -> None:
+        seconds = time.perf_counter() - self._epoch_started
+        if self._epoch_images and seconds > 0:
+            # per process; includes data loading and augmentation, as a user experiences it
+            self.log("train/images_per_second", self._epoch_images / seconds)
+
+    # -- optimization --------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        decay = [p for p in self.parameters() if p.ndim > 1]
+        no_decay = [p for p in self.parameters() if p.ndim <= 1]
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.momentum > 0)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=hp.lr)
+        if hp.schedule == "none":
+            return optimizer
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        if hp.schedule == "onecycle":
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=steps)
+        else:
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
