@@ -171,7 +171,7 @@ class _TinyClassifier(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-@pytest.mark.parametrize(("decode", "num_workers"), [("workers", 2), ("device", 0)])
+@pytest.mark.parametrize(("decode", "num_workers"), [("workers", 2), ("device", 2)])
 def test_trainer_fits_on_generated_folders(tree, decode, num_workers):
     model = _TinyClassifier()
     trainer = pl.Trainer(
