@@ -16,6 +16,10 @@ from invariance_lightning.metrics.evaluate import Normalization
 from invariance_lightning.transforms import TransformSequence, sequence_preset
 
 
+#: Images per split under ``Trainer(fast_dev_run=...)``.
+FAST_DEV_RUN_SAMPLES = 8
+
+
 class InvarianceMonitor(InvarianceCallbackBase):
     """Log how invariant the model is, every epoch, next to loss and accuracy.
 
@@ -28,6 +32,8 @@ class InvarianceMonitor(InvarianceCallbackBase):
     ``top5_distance``, ``accuracy``, ``worst_case_accuracy``), so that ``ModelCheckpoint`` and
     ``EarlyStopping`` can monitor them. With ``log_plots`` it also draws per-frame curves, the
     history over epochs and the most-flipping images (W&B media, TensorBoard figures, or PNGs).
+
+    Under ``fast_dev_run`` the subsets shrink to 8 images per split.
 
     Cost per measured epoch: ``len(splits) * num_samples * sum(len(s) for s in sequences)`` forward
     passes (the defaults: 2 * 512 * 7 = 7,168, about 5% of the forward passes of one training
@@ -103,8 +109,11 @@ class InvarianceMonitor(InvarianceCallbackBase):
         self._normalize_values = self._resolve_normalize(trainer, pl_module)
         self.class_names = class_names_of(trainer)
         self.subsets = {}
+        num_samples = self.num_samples
+        if trainer.fast_dev_run:  # a quick check of the code path, like Lightning's own callbacks
+            num_samples = min(num_samples, FAST_DEV_RUN_SAMPLES)
         for split in self.splits:
-            subset = self._prepare_subset(trainer, pl_module, split, self.num_samples, self.seed)
+            subset = self._prepare_subset(trainer, pl_module, split, num_samples, self.seed)
             restored = self._restored_indices.get(split)
             if restored is not None and restored != subset.indices:
                 warnings.warn(

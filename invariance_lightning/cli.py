@@ -1,0 +1,133 @@
+"""The ``invariance-lightning`` command: LightningCLI ``fit``/``validate``/``test`` plus ``evaluate``.
+
+    invariance-lightning fit --config configs/cifar10/resnet20_blur.yaml
+    invariance-lightning fit --config configs/cifar10/resnet20_plain.yaml --no_wandb true
+    invariance-lightning evaluate --model runs/x/checkpoints/last.ckpt --output results/x
+
+W&B runs offline unless you are logged in (or ``WANDB_MODE`` says otherwise); ``--no_wandb true``
+(or a missing ``wandb`` package) replaces the configured loggers with a ``CSVLogger``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import netrc
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.cli import LightningCLI
+
+from invariance_lightning.classifier import ImageClassifier
+from invariance_lightning.data import CIFARDataModule, ImageFolderDataModule
+from invariance_lightning.loading import load_classifier
+from invariance_lightning.metrics import evaluate_invariance
+from invariance_lightning.reporting import report_markdown, results_to_dict
+from invariance_lightning.transforms import SEQUENCE_PRESETS, sequence_preset
+
+CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
+
+
+def wandb_logged_in() -> bool:
+    """Whether W&B credentials exist (``WANDB_API_KEY`` or a netrc entry), without importing wandb."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return any("wandb" in host for host in netrc.netrc().hosts)
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def configure_wandb_mode() -> None:
+    """Offline W&B unless the user is logged in or has chosen a mode."""
+    if "WANDB_MODE" not in os.environ and not wandb_logged_in():
+        os.environ["WANDB_MODE"] = "offline"
+
+
+class InvarianceCLI(LightningCLI):
+    """LightningCLI for :class:`ImageClassifier` with any datamodule, and a ``--no_wandb`` switch."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--no_wandb", type=bool, default=False, help="log to CSV files instead of W&B")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        no_wandb = config.get("no_wandb") or importlib.util.find_spec("wandb") is None
+        if no_wandb and "Wandb" in json.dumps(config.trainer.get("logger"), default=str):
+            save_dir = config.trainer.get("default_root_dir") or "."
+            config.trainer.logger = {"class_path": CSV_LOGGER, "init_args": {"save_dir": save_dir}}
+
+
+def evaluate_main(argv: Sequence[str]) -> Path:
+    """``evaluate``: the full invariance report of a model on a dataset split, as Markdown/JSON/PNG."""
+    parser = argparse.ArgumentParser(prog="invariance-lightning evaluate", description=evaluate_main.__doc__)
+    parser.add_argument("--model", required=True, help="ImageClassifier .ckpt or pretrained CIFAR ResNet weights (.th)")
+    parser.add_argument("--data", default="cifar10", help="cifar10, cifar100, or an ImageFolder root")
+    parser.add_argument("--data_dir", default=None, help="folder with local CIFAR .npz files (else $INVARIANCE_DATA_DIR)")
+    parser.add_argument("--image_size", type=int, default=128, help="ImageFolder evaluation size")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--preset", default="report", choices=sorted(SEQUENCE_PRESETS))
+    parser.add_argument("--num_images", type=int, default=None, help="seeded subset size (default: the whole split)")
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--output", type=Path, default=None, help="default: results/evaluate/<model name>")
+    args = parser.parse_args(list(argv))
+
+    loaded = load_classifier(args.model)
+    if args.data in ("cifar10", "cifar100"):
+        datamodule: LightningDataModule = CIFARDataModule(args.data, data_dir=args.data_dir, val_split=0)
+    else:
+        datamodule = ImageFolderDataModule(args.data, image_size=args.image_size, test_dir="val")
+    datamodule.setup("test" if args.split == "test" else "fit")
+    images, targets = datamodule.split_arrays(args.split, args.num_images)
+    sequences = sequence_preset(args.preset)
+    results = {
+        name: evaluate_invariance(
+            loaded.model, images, targets, sequence, batch_size=args.batch_size, normalize=loaded.normalize, progress=True
+        )
+        for name, sequence in sequences.items()
+    }
+    output = args.output or Path("results") / "evaluate" / loaded.name
+    output.mkdir(parents=True, exist_ok=True)
+    payload = {"model": str(args.model), "data": args.data, "split": args.split, "num_images": len(images)}
+    payload["results"] = results_to_dict(results, sequences)
+    (output / "report.json").write_text(json.dumps(payload, indent=1))
+    title = f"Invariance of {loaded.name} on {args.data} {args.split} ({len(images)} images, preset {args.preset})"
+    command = "invariance-lightning evaluate " + " ".join(argv)
+    (output / "report.md").write_text(report_markdown(results, sequences, title, notes=f"Command: `{command}`"))
+    _write_per_frame_plots(results, sequences, output)
+    print(f"report written to {output / 'report.md'}")
+    return output
+
+
+def _write_per_frame_plots(results, sequences, output: Path) -> None:
+    try:
+        from invariance_lightning.callbacks.plots import per_frame_figure
+
+        for name, metrics in results.items():
+            per_frame_figure(sequences[name], {"": metrics}, name).savefig(output / f"{name}_per_frame.png")
+    except ImportError as error:  # matplotlib is an optional extra
+        print(f"plots skipped ({error}); pip install 'invariance-lightning[wandb]' for matplotlib")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``invariance-lightning`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    configure_wandb_mode()
+    if argv and argv[0] == "evaluate":
+        evaluate_main(argv[1:])
+        return
+    InvarianceCLI(
+        ImageClassifier,
+        LightningDataModule,
+        subclass_mode_data=True,
+        args=argv,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Load a trained classifier for evaluation: our Lightning checkpoints or the classic pretrained CIFAR ResNets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+from torch import nn
+
+from invariance_lightning.classifier import ImageClassifier
+from invariance_lightning.data import CIFAR_STATS
+from invariance_lightning.models import CIFAR_RESNET_NORMALIZE, load_cifar_resnet
+from invariance_lightning.metrics.evaluate import Normalization
+
+
+class LoadedClassifier(NamedTuple):
+    """A model in eval mode, the ``(mean, std)`` its inputs need, and a short name for reports."""
+
+    model: nn.Module
+    normalize: Normalization
+    name: str
+
+
+def load_classifier(path: str | Path, map_location: str = "cpu") -> LoadedClassifier:
+    """Load ``path``: a Lightning ``.ckpt`` of :class:`ImageClassifier`, or CIFAR ResNet weights (``.th``/``.pt``/``.pth``).
+
+    Checkpoints are read with ``weights_only=True``. An ``ImageClassifier`` trained without explicit
+    ``mean``/``std`` used its datamodule's statistics; CIFAR-10's are assumed then. Pretrained CIFAR
+    ResNet weights use the normalization they were trained with (ImageNet statistics).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}: give a Lightning .ckpt or CIFAR ResNet weights (.th/.pt)")
+    if path.suffix == ".ckpt":
+        model = ImageClassifier.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+        mean, std = model.hparams.mean, model.hparams.std
+        if mean is None or std is None:
+            mean, std = CIFAR_STATS["cifar10"]
+        return LoadedClassifier(model.eval(), (tuple(mean), tuple(std)), path.stem)
+    model = load_cifar_resnet(path)
+    return LoadedClassifier(model.eval(), tuple(CIFAR_RESNET_NORMALIZE), path.stem.split("-")[0])
