@@ -9,6 +9,7 @@ import timm
 import torch
 import torchvision
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from invariance_lightning.models import antialias, cifar_resnet, load_cifar_resnet
 from invariance_lightning.nn import APS2d, APS2dFollower, BlurPool2d
@@ -28,7 +29,7 @@ def strided_layers(model: nn.Module) -> list[str]:
     return [
         name
         for name, module in model.named_modules()
-        if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)) and max(nn.modules.utils._pair(module.stride)) > 1
+        if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)) and max(_pair(module.stride)) > 1
     ]
 
 
@@ -37,7 +38,9 @@ def strided_layers(model: nn.Module) -> list[str]:
 def test_converted_backbone_keeps_shapes_and_weights(name: str, method: str) -> None:
     plain = BACKBONES[name]().eval()
     converted = antialias(plain, method).eval()
-    assert strided_layers(converted) == []
+    # "blur" keeps the stem conv strided by default (Zhang's pool_only); "aps" converts everything.
+    assert strided_layers(converted) == (["conv1"] if method == "blur" else [])
+    assert strided_layers(antialias(plain, method, stem_conv=True)) == []
     assert strided_layers(plain) != []  # the original is untouched
     assert converted.state_dict().keys() == plain.state_dict().keys()
     converted.load_state_dict(plain.state_dict(), strict=True)
@@ -55,7 +58,7 @@ def test_blur_with_filter_size_one_keeps_the_original_sampling_grid(name: str) -
     # With no low-pass, every subsampler keeps exactly the pixels the strided layer computed,
     # so the converted network must reproduce the original outputs: this pins down the placement.
     plain = BACKBONES[name]().eval()
-    converted = antialias(plain, "blur", filter_size=1).eval()
+    converted = antialias(plain, "blur", filter_size=1, stem_conv=True).eval()
     x = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
         torch.testing.assert_close(converted(x), plain(x), rtol=1e-4, atol=1e-4)
@@ -104,9 +107,19 @@ def test_aps_conversion_with_circular_padding_is_invariant_to_circular_shifts() 
         assert change > 1e-3 * blurred(images).abs().max()
 
 
+def test_stem_conv_placement() -> None:
+    kept = antialias(torchvision.models.resnet18(), "blur")
+    assert kept.conv1.stride == (2, 2)
+    assert [type(m).__name__ for m in kept.maxpool] == ["MaxPool2d", "BlurPool2d"]
+    converted = antialias(torchvision.models.resnet18(), "blur", stem_conv=True)
+    assert converted.conv1.stride == (1, 1)
+    assert [type(m).__name__ for m in converted.maxpool] == ["BlurPool2d", "MaxPool2d", "BlurPool2d"]
+    assert antialias(torchvision.models.resnet18(), "aps").conv1.stride == (1, 1)
+
+
 def test_inplace() -> None:
     model = torchvision.models.resnet18()
-    assert antialias(model, inplace=True) is model
+    assert antialias(model, "aps", inplace=True) is model
     assert strided_layers(model) == []
     copy = torchvision.models.resnet18()
     assert antialias(copy) is not copy and strided_layers(copy) != []

@@ -5,14 +5,16 @@ Placement (Zhang 2019 for BlurPool, Chaman & Dokmanic 2021 for APS):
 * strided max-pool -> max-pool at stride 1, then subsample (Zhang's MaxBlurPool);
 * strided conv -> conv at stride 1, then its BN and ReLU at full resolution, then subsample: the
   subsampler is put in front of the *next* conv of the block (``conv2`` of a BasicBlock, ``conv3``
-  of a Bottleneck), i.e. right after the ReLU. The stem conv's subsampler goes in front of the
-  max-pool, after the stem's ReLU;
+  of a Bottleneck), i.e. right after the ReLU. A converted stem conv's subsampler goes in front
+  of the max-pool, after the stem's ReLU (by default only for "aps", see ``stem_conv``);
 * strided 1x1 shortcut conv -> subsample, then the 1x1 conv at stride 1 (equal to conv-then-
   subsample for a pointwise conv, on 4x fewer pixels). For "aps" the shortcut keeps the component
   the block's main path chose (:class:`~invariance_lightning.nn.APS2dFollower`).
 
-Subsampling after the ReLU rather than right after the conv evaluates the nonlinearity densely
-before low-passing it (what Zhang found best); the price is the strided conv at full resolution.
+Subsampling after the ReLU (Zhang's placement) keeps everything the original layer computed,
+densely: only the subsampling step changes, so with ``filter_size=1`` the converted network
+reproduces the original exactly (tested), and a low-pass placed before the ReLU would instead
+change what the pretrained ReLU and BN see. The price is the strided conv at full resolution.
 All parameters keep their names and shapes (the low-pass filters are non-persistent buffers), so
 the converted model loads the plain model's ``state_dict`` with ``strict=True`` and vice versa.
 """
@@ -142,24 +144,33 @@ def _block_rewrite(path: str, block: nn.Module) -> _Rewrite | None:
     return _Rewrite(path, (_join(path, pair[0]), _join(path, "downsample.0")), apply)
 
 
-def _stem_rewrite(path: str, model: nn.Module) -> _Rewrite | None:
-    """A ResNet stem ``conv1 -> bn1 -> relu -> maxpool``: strided max-pool, and the conv if strided."""
+def _stem_rewrite(path: str, model: nn.Module, stem_conv: bool) -> _Rewrite | None:
+    """A ResNet stem ``conv1 -> bn1 -> relu -> maxpool``: strided max-pool, and the conv if strided and ``stem_conv``.
+
+    A strided stem conv left strided on purpose counts as handled.
+    """
     conv, pool = getattr(model, "conv1", None), getattr(model, "maxpool", None)
-    if not (isinstance(pool, nn.MaxPool2d) and _stride(pool) > 1 and isinstance(model.bn1, nn.BatchNorm2d)):
-        return None
-    convert_conv = isinstance(conv, nn.Conv2d) and _stride(conv) > 1
-    converts = (_join(path, "conv1"),) * convert_conv + (_join(path, "maxpool"),)
+    strided_conv = isinstance(conv, nn.Conv2d) and _stride(conv) > 1
+    strided_pool = isinstance(pool, nn.MaxPool2d) and _stride(pool) > 1
+    convert_conv = strided_conv and stem_conv
+    if not (strided_pool or strided_conv) or (convert_conv and not strided_pool):
+        return None  # nothing to do, or no max-pool to put the conv's subsampler in front of
+    converts = (_join(path, "conv1"),) * strided_conv + (_join(path, "maxpool"),) * strided_pool
 
     def apply(model: nn.Module, method: Method, filter_size: int) -> None:
+        if not strided_pool:  # only a stem conv deliberately left strided
+            return
         conv, pool, channels = model.conv1, model.maxpool, model.bn1.num_features
-        circular = isinstance(conv, nn.Conv2d) and conv.padding_mode == "circular"
-        padding = blur_padding("circular" if circular else "zeros")
+        padding = blur_padding(conv.padding_mode if isinstance(conv, nn.Conv2d) else "zeros")
+        circular = padding == "circular"
         layers: list[nn.Module] = []
         if convert_conv:
             layers.append(make_downsample(method, channels, _stride(conv), filter_size, padding))
             conv.stride = (1, 1)
         if circular:  # max-pool pads with -inf; pad circularly ourselves to stay circular-shift equivariant
-            layers += [nn.CircularPad2d(pool.padding), nn.MaxPool2d(pool.kernel_size, 1, 0, pool.dilation)]
+            pad_h, pad_w = _pair(pool.padding)
+            layers.append(nn.CircularPad2d((pad_w, pad_w, pad_h, pad_h)))
+            layers.append(nn.MaxPool2d(pool.kernel_size, 1, 0, pool.dilation))
         else:
             layers.append(nn.MaxPool2d(pool.kernel_size, 1, pool.padding, pool.dilation))
         layers.append(make_downsample(method, channels, _stride(pool), filter_size, padding))
@@ -168,7 +179,7 @@ def _stem_rewrite(path: str, model: nn.Module) -> _Rewrite | None:
     return _Rewrite(path, converts, apply)
 
 
-def _plan(model: nn.Module) -> list[_Rewrite]:
+def _plan(model: nn.Module, stem_conv: bool) -> list[_Rewrite]:
     model_classes, block_classes = _known_classes()
     plan: list[_Rewrite] = []
     for path, module in model.named_modules():
@@ -178,7 +189,7 @@ def _plan(model: nn.Module) -> list[_Rewrite]:
         elif isinstance(module, block_classes):
             rewrite = _block_rewrite(path, module)
         elif isinstance(module, model_classes):
-            rewrite = _stem_rewrite(path, module)
+            rewrite = _stem_rewrite(path, module, stem_conv)
         if rewrite is not None:
             plan.append(rewrite)
     return plan
@@ -190,6 +201,7 @@ def antialias(
     filter_size: int = 3,
     inplace: bool = False,
     circular_padding: bool = False,
+    stem_conv: bool | None = None,
 ) -> nn.Module:
     """Replace the strided convs and max-pools of a ResNet by stride-1 layers plus antialiased subsampling.
 
@@ -210,6 +222,11 @@ def antialias(
         circular_padding: also switch every padded conv (and the stem max-pool) to circular
             padding, so that an "aps" model is exactly invariant to circular shifts of inputs
             whose size is a multiple of its total stride. Changes a pretrained model's outputs.
+        stem_conv: also convert a strided stem conv (``conv1`` of torchvision/timm ResNets), which
+            then runs at full input resolution: ~1.4x the training time of ResNet-18 for "blur"
+            (see docs/models.md). Default: False for "blur" (Zhang's ``pool_only`` default: the
+            stem conv stays strided, its max-pool is antialiased), True for "aps" (exact
+            invariance needs every subsampling to be adaptive).
 
     Returns:
         The converted model (``model`` itself when ``inplace``).
@@ -217,7 +234,9 @@ def antialias(
     check_method(method, filter_size)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    plan = _plan(model)
+    if stem_conv is None:
+        stem_conv = method == "aps"
+    plan = _plan(model, stem_conv)
     covered = {name for rewrite in plan for name in rewrite.converts}
     missed = [
         f"{name} ({type(module).__name__}, stride={module.stride})"

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from torch import Tensor
+
+T = TypeVar("T")
 
 
 def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
@@ -15,11 +19,11 @@ def check_int(name: str, value: object, low: int, high: int | None = None) -> in
     return value
 
 
-def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+def check_choice(name: str, value: T, choices: tuple[str, ...]) -> T:
     """Return ``value`` if it is one of ``choices``, else raise naming ``name`` and the value."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def check_feature_map(layer: str, x: object, channels: int | None) -> None:

@@ -87,7 +87,7 @@ class APS2d(nn.Module):
         super().__init__()
         self.channels = None if channels is None else check_int("channels", channels, 1)
         self.stride = check_int("stride", stride, 1)
-        self.norm: Norm = check_choice("norm", norm, NORMS)  # type: ignore[assignment]
+        self.norm = check_choice("norm", norm, NORMS)
         self.has_followers = False
         self._index: Tensor | None = None
 
@@ -121,9 +121,11 @@ class APS2d(nn.Module):
 class APS2dFollower(nn.Module):
     """Subsample with the components the ``leader`` :class:`APS2d` chose in the same forward pass.
 
-    The leader is registered as a submodule so that ``deepcopy`` and ``nn.DataParallel`` replicas
-    keep each follower paired with its own leader; it has no state_dict entries. The input must
-    have the spatial size of the leader's input (same zero-padding to a multiple of the stride).
+    The leader is registered as a submodule (it has no state_dict entries), so that a
+    ``copy.deepcopy`` of the model pairs each copied follower with its copied leader. The input
+    must have the spatial size of the leader's input (same zero-padding to a multiple of the
+    stride). The pairing is state passed between two modules within one forward pass: the leader
+    must run first, and both must run in the same thread.
     """
 
     def __init__(self, leader: APS2d) -> None:

@@ -82,7 +82,7 @@ class BlurPool2d(nn.Module):
         self.channels = check_int("channels", channels, 1)
         self.filter_size = check_int("filter_size", filter_size, 1, MAX_FILTER_SIZE)
         self.stride = check_int("stride", stride, 1)
-        self.padding_mode: PaddingMode = check_choice("padding_mode", padding_mode, PADDING_MODES)  # type: ignore[assignment]
+        self.padding_mode = check_choice("padding_mode", padding_mode, PADDING_MODES)
         before = (filter_size - 1) // 2
         after = filter_size - 1 - before
         self.padding = (before, after, before, after)
