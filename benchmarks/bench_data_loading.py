@@ -19,6 +19,7 @@ busy machine, torch's thread pool can stall small CPU copies. Results: ``benchma
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -40,6 +41,9 @@ SHARED = Path(os.environ.get("INVARIANCE_SHARED_DIR", ROOT.parent / "shared"))
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities", category=DeprecationWarning)
 
 
+Arms = dict[str, tuple[Iterator[Any], Callable[[Any], Any]]]  # name -> (endless batches, transfer to the device)
+
+
 def _endless(loader: Iterable[Any]) -> Iterator[Any]:
     while True:
         yield from loader
@@ -57,7 +61,7 @@ def _time(batches: Iterator[Any], transfer: Callable[[Any], Any], warmup: int, c
     return count / (time.perf_counter() - start)
 
 
-def _cifar_arms(args: argparse.Namespace) -> dict[str, tuple[Iterator[Any], Callable[[Any], Any]]]:
+def _cifar_arms(args: argparse.Namespace) -> Arms:
     common = {"data_dir": SHARED / "data" / "cifar10", "download": False, "batch_size": 128}
     device = torch.device(args.device)
 
@@ -80,7 +84,7 @@ def _cifar_arms(args: argparse.Namespace) -> dict[str, tuple[Iterator[Any], Call
     return arms
 
 
-def _folder_arms(args: argparse.Namespace) -> dict[str, tuple[Iterator[Any], Callable[[Any], Any]]]:
+def _folder_arms(args: argparse.Namespace) -> Arms:
     root = SHARED / "data" / "imagenette-128"
     device = torch.device(args.device)
     arms = {}
@@ -90,11 +94,12 @@ def _folder_arms(args: argparse.Namespace) -> dict[str, tuple[Iterator[Any], Cal
         ('decode="device", 2 workers read', {"num_workers": 2, "decode": "device"}),
     ):
         dm = ImageFolderDataModule(root, image_size=128, batch_size=64, **kwargs)
-        arms[name] = (_endless(dm.train_dataloader()), lambda batch, dm=dm: dm.transfer_batch_to_device(batch, device, 0))
+        transfer = functools.partial(dm.transfer_batch_to_device, device=device, dataloader_idx=0)
+        arms[name] = (_endless(dm.train_dataloader()), transfer)
     return arms
 
 
-def _run(arms: dict[str, tuple[Iterator[Any], Callable[[Any], Any]]], args: argparse.Namespace, count: int) -> dict[str, Any]:
+def _run(arms: Arms, args: argparse.Namespace, count: int) -> dict[str, Any]:
     rates: dict[str, list[float]] = {name: [] for name in arms}
     for _ in range(args.rounds):
         for name, (batches, transfer) in arms.items():

@@ -189,7 +189,11 @@ def test_corrupt_arrays_name_the_file_and_key(tmp_path, override, message):
 def test_unreadable_files_are_named(tmp_path):
     path = tmp_path / "cifar10_train.npz"
     path.write_bytes(b"not a zip archive at all")
-    with pytest.raises(ValueError, match=f"{path}: not a readable .npz archive"):
+    with pytest.raises(ValueError, match=f"{path}: not an .npz archive"):
+        read_cifar_npz(path, 10)
+    np.savez(path, images=np.zeros((2, 32, 32, 3), np.uint8), labels=np.zeros(2, np.int64))
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.raises(ValueError, match=f"{path}: unreadable .npz archive"):
         read_cifar_npz(path, 10)
     np.savez(path, pictures=np.zeros((2, 32, 32, 3), np.uint8))
     with pytest.raises(ValueError, match=r"missing key\(s\) \['images', 'labels'\].*\['pictures'\]"):

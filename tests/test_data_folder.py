@@ -70,7 +70,9 @@ def test_generated_folders_shapes_labels_and_classes(tree):
 
 def test_short_side_resize_and_centre_crop(tmp_path):
     # a lossless 32x64 image: red | green (32 wide, centred) | blue; the centre crop keeps only the green
-    image = torch.cat([_solid(COLOURS["a_red"], 32, 16), _solid(COLOURS["b_green"], 32, 32), _solid(COLOURS["c_blue"], 32, 16)], 2)
+    widths = {"a_red": 16, "b_green": 32, "c_blue": 16}
+    red, green, blue = (_solid(COLOURS[name], 32, width) for name, width in widths.items())
+    image = torch.cat([red, green, blue], 2)
     for folder in COLOURS:
         (tmp_path / "train" / folder).mkdir(parents=True)
         write_file(str(tmp_path / "train" / folder / "wide.png"), encode_png(image))
@@ -129,7 +131,8 @@ def test_held_out_validation_and_train_subset(tree):
 def test_missing_and_inconsistent_folders_are_reported(tree, tmp_path):
     with pytest.raises(FileNotFoundError, match="`root` .* is not a folder"):
         _module(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match=rf"`val_dir`='validation': no folder {tree / 'validation'}.*\['train', 'val'\]"):
+    missing = rf"`val_dir`='validation': no folder {tree / 'validation'}; .* has the folders \['train', 'val'\]"
+    with pytest.raises(FileNotFoundError, match=missing):
         _module(tree, val_dir="validation").setup()
     with pytest.raises(ValueError, match=r"no test split; pass `test_dir`"):
         _module(tree).test_dataloader()
@@ -174,19 +177,10 @@ class _TinyClassifier(pl.LightningModule):
 @pytest.mark.parametrize(("decode", "num_workers"), [("workers", 2), ("device", 2)])
 def test_trainer_fits_on_generated_folders(tree, decode, num_workers):
     model = _TinyClassifier()
-    trainer = pl.Trainer(
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    # fast_dev_run=2: two training and two validation batches, no logger or checkpoints
+    trainer = pl.Trainer(fast_dev_run=2, accelerator="cpu", enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, _module(tree, decode=decode, num_workers=num_workers, train_crop="random-resized"))
-    assert trainer.global_step == 2 and model.shapes == [(torch.uint8, (3, 32, 32))] * 3
+    assert trainer.global_step == 2 and model.shapes == [(torch.uint8, (3, 32, 32))] * 4
 
 
 # -- the shared Imagenette subset ------------------------------------------------------------------------------------

@@ -113,6 +113,20 @@ class ImageClassificationDataModule(pl.LightningDataModule):
     def _gather(self, split: str, indices: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Un-augmented uint8 ``(n, 3, H, W)`` images and labels of ``split`` at ``indices`` (all if None)."""
 
+    @abstractmethod
+    def _loader(self, split: str, train: bool) -> Any:
+        """The loader of ``split``, shuffling (and augmenting, where the module does) if ``train``; ``[]`` for an
+        empty split, which Lightning skips."""
+
+    def train_dataloader(self) -> Any:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> Any:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> Any:
+        return self._loader("test", train=False)
+
     def split_arrays(
         self, split: str, num: int | None = None, seed: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,6 @@ Where the data comes from, in this order:
 from __future__ import annotations
 
 import os
-import pickle
 import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -39,7 +38,7 @@ CIFAR_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, flo
 
 _NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 _TORCHVISION = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}
-_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError)
+_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile)
 
 
 class CIFARArrays(NamedTuple):
@@ -53,7 +52,7 @@ class CIFARArrays(NamedTuple):
 def check_cifar_arrays(images: Any, labels: Any, classes: Any, num_classes: int, source: str) -> CIFARArrays:
     """Check one split's arrays and return them as :class:`CIFARArrays`; ``ValueError`` naming ``source`` and the
     offending key otherwise."""
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.shape[1:] != (32, 32, 3):
         got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
         raise ValueError(f"{source}: key 'images' must be uint8 (N, 32, 32, 3) (RGB, HWC), got {got}")
     if len(images) == 0:
@@ -79,14 +78,15 @@ def check_cifar_arrays(images: Any, labels: Any, classes: Any, num_classes: int,
 def read_cifar_npz(path: str | os.PathLike[str], num_classes: int) -> CIFARArrays:
     """Read and check a CIFAR ``.npz`` split (keys ``images``, ``labels``, optional ``classes``)."""
     path = Path(path)
+    with path.open("rb") as file:
+        if file.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):  # .npz files are zip archives
+            raise ValueError(f"{path}: not an .npz archive (no zip header); replace it with a good copy")
     try:
         archive = np.load(path, allow_pickle=False)
     except _READ_ERRORS as err:
         raise ValueError(
-            f"{path}: not a readable .npz archive ({type(err).__name__}: {err}); replace it with a good copy"
+            f"{path}: unreadable .npz archive ({type(err).__name__}: {err}); replace it with a good copy"
         ) from err
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: holds a single array, expected an .npz archive with keys 'images' and 'labels'")
     with archive:
         missing = [key for key in ("images", "labels") if key not in archive.files]
         if missing:
@@ -221,12 +221,16 @@ class CIFARDataModule(ImageClassificationDataModule):
         return None
 
     def _torchvision_arrays(self) -> tuple[CIFARArrays, CIFARArrays]:
-        """torchvision's copy under :meth:`download_root`, downloaded first if missing and ``download``."""
+        """torchvision's copy under :meth:`download_root`, downloaded first if missing and ``download``; the
+        "no data found" error if that fails too."""
         root = self.download_root()
         dataset_class = _TORCHVISION[self.name]
         splits = []
         for train in (True, False):
-            dataset = dataset_class(str(root), train=train, download=self.download)
+            try:
+                dataset = dataset_class(str(root), train=train, download=self.download)
+            except (RuntimeError, OSError) as err:  # torchvision: "Dataset not found or corrupted"; URLError: offline
+                raise self._missing_error(err) from err
             source = f"torchvision {dataset_class.__name__} in {root}"
             splits.append(
                 check_cifar_arrays(
@@ -262,20 +266,14 @@ class CIFARDataModule(ImageClassificationDataModule):
             if train.classes and test.classes and train.classes != test.classes:
                 raise ValueError(f"{found[1]}: key 'classes' differs from the one in {found[0]}")
             return train, test
-        try:
-            arrays = self._torchvision_arrays()
-        except (RuntimeError, OSError) as err:  # torchvision: "Dataset not found or corrupted"; URLError: offline
-            raise self._missing_error(err) from err
+        arrays = self._torchvision_arrays()
         self.source = str(self.download_root())
         return arrays
 
     def prepare_data(self) -> None:
         """Download through torchvision if there is no local copy (Lightning runs this on one process per node)."""
         if self._find_npz() is None:
-            try:
-                self._torchvision_arrays()
-            except (RuntimeError, OSError) as err:
-                raise self._missing_error(err) from err
+            self._torchvision_arrays()
 
     def setup(self, stage: str | None = None) -> None:
         """Load the arrays and draw the validation hold-out (idempotent)."""
@@ -340,11 +338,3 @@ class CIFARDataModule(ImageClassificationDataModule):
             **self._sampler_kwargs(),
         )
 
-    def train_dataloader(self) -> Any:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> Any:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> Any:
-        return self._loader("test", train=False)

@@ -193,7 +193,9 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         if not isinstance(root, (str, os.PathLike)):
             raise TypeError(f"{owner}: `root` must be a path, got {type(root).__name__}")
         if not Path(root).is_dir():
-            raise FileNotFoundError(f"{owner}: `root` {str(root)!r} is not a folder; expected <root>/{train_dir}/<class>/<images>")
+            raise FileNotFoundError(
+                f"{owner}: `root` {str(root)!r} is not a folder; expected <root>/{train_dir}/<class>/<images>"
+            )
         check_int(owner, "image_size", image_size, 1)
         check_int(owner, "resize_size", resize_size, image_size, optional=True)
         check_int(owner, "train_subset", train_subset, 1, optional=True)
@@ -271,7 +273,9 @@ class ImageFolderDataModule(ImageClassificationDataModule):
             )
         samples = make_dataset(folder, class_to_idx, IMAGE_EXTENSIONS, allow_empty=True)
         if not samples:
-            raise FileNotFoundError(f"ImageFolderDataModule: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
+            raise FileNotFoundError(
+                f"ImageFolderDataModule: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {folder}"
+            )
         return samples
 
     def _scan(self) -> None:
@@ -344,14 +348,6 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         transform = self.train_transform if train else self.eval_transform
         return self._dataloader(ImageFileDataset(samples, transform), train=train)
 
-    def train_dataloader(self) -> Any:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> Any:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> Any:
-        return self._loader("test", train=False)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Decode :class:`EncodedBatch` batches on ``device`` (``decode="device"``); move others as usual.
