@@ -175,10 +175,12 @@ class _TinyClassifier(pl.LightningModule):
 
 
 @pytest.mark.parametrize(("decode", "num_workers"), [("workers", 2), ("device", 2)])
-def test_trainer_fits_on_generated_folders(tree, decode, num_workers):
+def test_trainer_fits_on_generated_folders(tree, tmp_path, decode, num_workers):
     model = _TinyClassifier()
     # fast_dev_run=2: two training and two validation batches, no logger or checkpoints
-    trainer = pl.Trainer(fast_dev_run=2, accelerator="cpu", enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        fast_dev_run=2, accelerator="cpu", default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False
+    )
     trainer.fit(model, _module(tree, decode=decode, num_workers=num_workers, train_crop="random-resized"))
     assert trainer.global_step == 2 and model.shapes == [(torch.uint8, (3, 32, 32))] * 4
 
