@@ -37,7 +37,7 @@ def per_frame_figure(sequence: TransformSequence, metrics_by_split: Mapping[str,
     )
     for ax in (acc_ax, flip_ax):
         ax.grid(alpha=0.3)
-        if ax.lines:
+        if ax.lines and any(metrics_by_split):  # unnamed single series need no legend
             ax.legend()
     fig.suptitle(title)
     return fig

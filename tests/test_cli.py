@@ -1,0 +1,129 @@
+"""The invariance-lightning CLI: every config starts (fast_dev_run), W&B falls back to CSV, evaluate writes a report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from invariance_lightning.cli import main, wandb_logged_in
+from invariance_lightning.models import cifar_resnet
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR_CONFIGS = sorted((REPO / "configs" / "cifar10").glob("*.yaml"))
+IMAGENETTE_CONFIGS = sorted((REPO / "configs" / "imagenette").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar_dir(tmp_path_factory) -> Path:
+    """A tiny CIFAR-10 in the shared .npz format, so that the CLI runs without ../shared."""
+    folder = tmp_path_factory.mktemp("cifar10")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 64), ("test", 32)):
+        np.savez(
+            folder / f"cifar10_{split}.npz",
+            images=rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8),
+            labels=rng.integers(0, 10, count).astype(np.int64),
+            classes=np.array([f"class{i}" for i in range(10)]),
+        )
+    return folder
+
+
+def test_configs_exist_for_every_variant():
+    assert {p.stem for p in CIFAR_CONFIGS} == {
+        f"resnet20_{v}" for v in ("plain", "augmented", "translate_scale", "blur", "aps", "augmented_blur", "consistency")
+    }
+    assert {p.stem for p in IMAGENETTE_CONFIGS} == {
+        f"resnet18_{v}" for v in ("plain", "augmented", "blur", "aps", "augmented_blur")
+    }
+    for path in CIFAR_CONFIGS + IMAGENETTE_CONFIGS:
+        config = yaml.safe_load(path.read_text())
+        callbacks = [c["class_path"] for c in config["trainer"]["callbacks"]]
+        assert "invariance_lightning.callbacks.InvarianceMonitor" in callbacks, path
+        assert config["trainer"]["logger"]["class_path"].endswith("WandbLogger"), path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", CIFAR_CONFIGS, ids=lambda p: p.stem)
+def test_every_cifar_config_fits_with_fast_dev_run(config, tiny_cifar_dir, tmp_path):
+    main(
+        [
+            "fit", "--config", str(config), "--trainer.fast_dev_run", "true", "--no_wandb", "true",
+            "--trainer.default_root_dir", str(tmp_path), "--data.data_dir", str(tiny_cifar_dir),
+            "--data.val_split", "16", "--data.batch_size", "16", "--trainer.enable_progress_bar", "false",
+        ]
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", IMAGENETTE_CONFIGS, ids=lambda p: p.stem)
+def test_every_imagenette_config_fits_with_fast_dev_run(config, imagenette_dir, tmp_path):
+    main(
+        [
+            "fit", "--config", str(config), "--trainer.fast_dev_run", "true", "--no_wandb", "true",
+            "--trainer.default_root_dir", str(tmp_path), "--data.root", str(imagenette_dir),
+            "--data.batch_size", "4", "--data.num_workers", "0", "--data.image_size", "64", "--model.image_size", "64",
+            "--trainer.enable_progress_bar", "false",
+        ]
+    )
+
+
+def test_no_wandb_switch_logs_to_csv(tiny_cifar_dir, tmp_path):
+    main(
+        [
+            "fit", "--config", str(REPO / "configs" / "cifar10" / "resnet20_plain.yaml"), "--no_wandb", "true",
+            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+            "--trainer.default_root_dir", str(tmp_path), "--data.data_dir", str(tiny_cifar_dir),
+            "--data.val_split", "16", "--data.batch_size", "16", "--trainer.enable_progress_bar", "false",
+        ]
+    )
+    metrics = list(tmp_path.rglob("metrics.csv"))
+    assert metrics, "a CSVLogger must replace the WandbLogger"
+    header = metrics[0].read_text().splitlines()[0]
+    assert "invariance/val/shift/flip_rate" in header and "val/acc" in header
+    assert not (tmp_path / "wandb").exists()
+
+
+def test_wandb_offline_run_directory_is_produced(tiny_cifar_dir, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_root = tmp_path / "run"
+    main(
+        [
+            "fit", "--config", str(REPO / "configs" / "cifar10" / "resnet20_plain.yaml"),  # fast_dev_run drops loggers
+            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+            "--trainer.default_root_dir", str(run_root),
+            "--trainer.logger.init_args.save_dir", str(run_root), "--data.data_dir", str(tiny_cifar_dir),
+            "--data.val_split", "16", "--data.batch_size", "16", "--trainer.enable_progress_bar", "false",
+        ]
+    )
+    assert list(run_root.glob("wandb/offline-run-*/*.wandb")), "an offline W&B run must be written"
+
+
+def test_evaluate_writes_a_report_for_pretrained_weights(tiny_cifar_dir, tmp_path):
+    weights = tmp_path / "resnet20-test.th"
+    torch.save({"state_dict": cifar_resnet(20).state_dict()}, weights)
+    output = tmp_path / "report"
+    main(
+        [
+            "evaluate", "--model", str(weights), "--data_dir", str(tiny_cifar_dir), "--preset", "monitor",
+            "--num_images", "12", "--output", str(output),
+        ]
+    )
+    report = json.loads((output / "report.json").read_text())
+    assert report["num_images"] == 12 and set(report["results"]) == {"shift", "scale"}
+    assert 0.0 <= report["results"]["shift"]["metrics"]["flip_rate"] <= 1.0
+    assert "| shift |" in (output / "report.md").read_text()
+    assert (output / "shift_per_frame.png").exists()
+
+
+def test_wandb_login_detection_reads_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert not wandb_logged_in()
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_logged_in()
