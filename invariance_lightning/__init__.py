@@ -1,13 +1,17 @@
 """invariance-lightning: measure and fix the shift/scale (in)variance of image classifiers.
 
-The torch-only layer (transforms, metrics) is imported eagerly; names from the Lightning layer
-(callbacks, ...) are imported on first use, so ``import invariance_lightning`` stays light.
+The torch-only layers (transforms, metrics, diagnostics, nn, models) are imported eagerly; names
+from the Lightning layer (callbacks, augmentation, data, the classifier) are imported on first use,
+so ``import invariance_lightning`` stays light for plain-PyTorch users.
 """
 
 from importlib import import_module
 from typing import Any
 
+from invariance_lightning.diagnostics import EquivarianceReport, LayerEquivariance, layer_equivariance
 from invariance_lightning.metrics import TransformConsistency, evaluate_invariance, transform_consistency
+from invariance_lightning.models import antialias, cifar_resnet, load_cifar_resnet
+from invariance_lightning.nn import APS2d, BlurPool2d
 from invariance_lightning.transforms import ScaleSequence, ShiftSequence, TransformSequence, sequence_preset
 
 __version__ = "0.1.0"
@@ -15,6 +19,14 @@ __version__ = "0.1.0"
 _LAZY = {
     "InvarianceMonitor": "invariance_lightning.callbacks",
     "InvarianceReport": "invariance_lightning.callbacks",
+    "BatchAugmentation": "invariance_lightning.augment",
+    "ConsistencyRegularization": "invariance_lightning.augment",
+    "GPUAugmentationMixin": "invariance_lightning.augment",
+    "build_augmentation": "invariance_lightning.augment",
+    "consistency_loss": "invariance_lightning.augment",
+    "CIFARDataModule": "invariance_lightning.data",
+    "ImageFolderDataModule": "invariance_lightning.data",
+    "ImageClassifier": "invariance_lightning.classifier",
 }
 
 
@@ -25,13 +37,29 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "APS2d",
+    "BatchAugmentation",
+    "BlurPool2d",
+    "CIFARDataModule",
+    "ConsistencyRegularization",
+    "EquivarianceReport",
+    "GPUAugmentationMixin",
+    "ImageClassifier",
+    "ImageFolderDataModule",
     "InvarianceMonitor",
     "InvarianceReport",
+    "LayerEquivariance",
     "ScaleSequence",
     "ShiftSequence",
     "TransformConsistency",
     "TransformSequence",
+    "antialias",
+    "build_augmentation",
+    "cifar_resnet",
+    "consistency_loss",
     "evaluate_invariance",
+    "layer_equivariance",
+    "load_cifar_resnet",
     "sequence_preset",
     "transform_consistency",
 ]
