@@ -208,7 +208,11 @@ class InvarianceCallbackBase(Callback):
             )
             split, result = next(iter(measured.items()))  # the first split's images, this process's shard
             figures[f"{self.prefix}_plots/{name}/flips_{split}"] = flip_grid_figure(
-                shards[split].images.cpu(), result[name].predictions, sequence, self.class_names
+                shards[split].images.cpu(),
+                result[name].predictions,
+                sequence,
+                self.class_names,
+                targets=None if shards[split].targets is None else shards[split].targets.cpu(),
             )
         return figures, tables, line_plots
 

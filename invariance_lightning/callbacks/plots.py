@@ -81,11 +81,12 @@ def flip_grid_figure(
     sequence: TransformSequence,
     class_names: Sequence[str] | None = None,
     max_images: int = 6,
+    targets: Tensor | None = None,
 ) -> Figure:
     """The images whose predictions flip most, each as a strip of its frames titled with the prediction.
 
-    ``images`` (n, C, H, W) and ``predictions`` (n, T). A title is red where the prediction differs
-    from the previous frame's.
+    ``images`` (n, C, H, W), ``predictions`` (n, T) and optional ``targets`` (n,) (shown at the left of
+    each row). A title is red where the prediction differs from the previous frame's.
     """
     flips = (predictions[:, 1:] != predictions[:, :-1]).sum(dim=1)
     order = torch.argsort(flips, descending=True, stable=True)[:max_images]
@@ -93,15 +94,20 @@ def flip_grid_figure(
     fig = _figure(1.2 * num_frames + 0.6, 1.35 * max(len(order), 1) + 0.4)
     axes = fig.subplots(max(len(order), 1), num_frames, squeeze=False)
     shown = displayable(images[order])
+
+    def name_of(label: int) -> str:
+        return class_names[label] if class_names and label < len(class_names) else str(label)
+
     for row, image_index in enumerate(order.tolist()):
         for t in range(num_frames):
             ax = axes[row][t]
             frame = sequence.frame(shown[row : row + 1], t)[0].clamp(0, 1)
             ax.imshow(frame.permute(1, 2, 0).squeeze(-1).cpu().numpy(), cmap="gray" if frame.shape[0] == 1 else None)
             label = int(predictions[image_index, t])
-            name = class_names[label] if class_names and label < len(class_names) else str(label)
             changed = t > 0 and label != int(predictions[image_index, t - 1])
-            ax.set_title(name, fontsize=7, color="red" if changed else "black")
+            ax.set_title(name_of(label), fontsize=7, color="red" if changed else "black")
+            if t == 0 and targets is not None:
+                ax.set_ylabel(f"true: {name_of(int(targets[image_index]))}", fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
