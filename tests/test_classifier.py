@@ -1,0 +1,101 @@
+"""ImageClassifier and build_backbone: backbones by name, training on uint8 batches, options and errors."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from invariance_lightning import BlurPool2d, ImageClassifier
+from invariance_lightning.backbones import build_backbone
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def uint8_loader(num: int = 32, size: int = 16, seed: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (num, 3, size, size), dtype=torch.uint8, generator=generator)
+    targets = torch.randint(0, 10, (num,), generator=generator)
+    return DataLoader(TensorDataset(images, targets), batch_size=8)
+
+
+def tiny_backbone() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+
+def trainer(tmp_path, **kwargs) -> pl.Trainer:
+    options = dict(
+        default_root_dir=tmp_path, max_epochs=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    options.update(kwargs)
+    return pl.Trainer(**options)
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet20", "torchvision:resnet18", "timm:resnet18"])
+def test_build_backbone_by_name_with_antialiasing(name):
+    model = build_backbone(name, 7, downsample="blur").eval()
+    assert any(isinstance(m, BlurPool2d) for m in model.modules()), "blur must insert BlurPool layers"
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_build_backbone_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown backbone 'resnet20'; use cifar_resnet<depth>"):
+        build_backbone("resnet20", 10)
+    with pytest.raises(ValueError, match="CIFAR ResNet depths"):
+        build_backbone("cifar_resnet21", 10)
+    with pytest.raises(ValueError, match="downsample must be one of"):
+        build_backbone("cifar_resnet20", 10, downsample="max")
+    with pytest.raises(ValueError, match="only supported for cifar_resnet"):
+        build_backbone("torchvision:resnet18", 10, padding_mode="circular")
+
+
+@pytest.mark.parametrize("schedule,optimizer", [("onecycle", "sgd"), ("cosine", "adamw"), ("none", "sgd")])
+def test_trains_on_uint8_batches_and_logs(tmp_path, schedule, optimizer):
+    pl.seed_everything(0)
+    model = ImageClassifier(
+        tiny_backbone(), augmentation="standard", image_size=16, mean=MEAN, std=STD,
+        schedule=schedule, optimizer=optimizer, lr=0.05, channels_last=True,
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    run = trainer(tmp_path)
+    run.fit(model, uint8_loader(seed=0), uint8_loader(seed=1))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "weights must change"
+    metrics = run.callback_metrics
+    assert {"train/loss", "val/acc", "val/loss", "train/images_per_second"} <= set(metrics)
+    assert float(metrics["train/images_per_second"]) > 0
+    assert model.input_normalization == (MEAN, STD)
+
+
+def test_consistency_penalty_is_logged_and_added(tmp_path):
+    pl.seed_everything(0)
+    model = ImageClassifier(tiny_backbone(), augmentation="none", image_size=16, mean=MEAN, std=STD, consistency_weight=2.0)
+    run = trainer(tmp_path, limit_val_batches=0)
+    run.fit(model, uint8_loader())
+    assert float(run.callback_metrics["train/consistency_penalty"]) > 0
+
+
+def test_mean_and_std_come_from_the_datamodule_or_fail_clearly(tmp_path):
+    class StatsDataModule(pl.LightningDataModule):
+        mean, std = MEAN, STD
+
+        def train_dataloader(self):
+            return uint8_loader()
+
+    model = ImageClassifier(tiny_backbone(), augmentation="none", image_size=16)
+    trainer(tmp_path, max_steps=1).fit(model, datamodule=StatsDataModule())
+    assert model.input_normalization == (MEAN, STD)
+    with pytest.raises(ValueError, match="ImageClassifier needs mean/std"):
+        trainer(tmp_path, max_steps=1).fit(ImageClassifier(tiny_backbone(), image_size=16), uint8_loader())
+
+
+def test_bad_options_are_rejected():
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        ImageClassifier(tiny_backbone(), optimizer="lamb")
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        ImageClassifier(tiny_backbone(), schedule="step")
+    with pytest.raises(ValueError, match="give both mean and std"):
+        ImageClassifier(tiny_backbone(), mean=MEAN)
