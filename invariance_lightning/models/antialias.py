@@ -108,10 +108,6 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def _convert_cifar_block(block: nn.Module, method: Method, filter_size: int) -> None:
-    block.set_downsample(method, filter_size)
-
-
 def _block_rewrite(path: str, block: nn.Module) -> _Rewrite | None:
     """A torchvision/timm BasicBlock/Bottleneck: strided conv, the conv after it, a strided 1x1-conv shortcut."""
     pair = next((p for p in _CONV_PAIRS if _is_strided(getattr(block, p[0], nn.Identity()))), None)
@@ -126,6 +122,7 @@ def _block_rewrite(path: str, block: nn.Module) -> _Rewrite | None:
         and not _is_strided(following)
         and isinstance(shortcut_conv, nn.Conv2d)
         and _pair(shortcut_conv.kernel_size) == (1, 1)
+        and _pair(shortcut_conv.padding) == (0, 0)
         and stride > 1
         and _stride(shortcut_conv) == stride
     ):
@@ -185,7 +182,7 @@ def _plan(model: nn.Module, stem_conv: bool) -> list[_Rewrite]:
     for path, module in model.named_modules():
         rewrite = None
         if isinstance(module, CifarBasicBlock) and _is_strided(module.conv1):
-            rewrite = _Rewrite(path, (_join(path, "conv1"),), _convert_cifar_block)
+            rewrite = _Rewrite(path, (_join(path, "conv1"),), CifarBasicBlock.set_downsample)
         elif isinstance(module, block_classes):
             rewrite = _block_rewrite(path, module)
         elif isinstance(module, model_classes):
