@@ -9,6 +9,10 @@ import pytest
 import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
+# One intra-op thread: the tests run tiny tensors, where a second thread only adds contention (badly so on a
+# loaded 2-core machine and in the 2-process DDP tests); spawned processes inherit the variable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 os.environ.setdefault("WANDB_SILENT", "true")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
