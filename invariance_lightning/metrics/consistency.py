@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -87,6 +89,17 @@ class TransformConsistency(Metric):
             if current.numel() != value.numel():  # first update fixes T for per-frame states
                 current = torch.zeros_like(value, dtype=current.dtype)
             setattr(self, name, current + value)
+
+    def _wrap_compute(self, compute: Callable) -> Callable:
+        # torchmetrics squeezes one-element results to 0-d; per-frame curves stay 1-D (T=2 has one transition)
+        wrapped = super()._wrap_compute(compute)
+
+        @functools.wraps(wrapped)
+        def per_frame_kept_1d(*args: Any, **kwargs: Any) -> dict[str, Tensor]:
+            values = wrapped(*args, **kwargs)
+            return {name: value.reshape(-1) if name.startswith("per_frame_") else value for name, value in values.items()}
+
+        return per_frame_kept_1d
 
     def compute(self) -> dict[str, Tensor]:
         """The metric dict; raises ValueError if no image was measured."""
