@@ -45,7 +45,7 @@ from invariance_lightning.loading import load_classifier
 from invariance_lightning.metrics.evaluate import Normalization
 from invariance_lightning.models import CIFAR_RESNET_DEPTHS
 from invariance_lightning.reporting import per_frame_markdown, results_to_dict, summary_markdown
-from invariance_lightning.transforms import TransformSequence
+from invariance_lightning.transforms import ShiftSequence, TransformSequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_ENV = "INVARIANCE_SHARED_DIR"
@@ -349,7 +349,7 @@ def train_test_gap(
 # -- plots ---------------------------------------------------------------------------------------------------------
 def flip_rate_figure(sequences: Mapping[str, TransformSequence], results: Mapping[str, Mapping[str, Tensor]]) -> Figure:
     """Per-frame flip rate (from the previous frame) of every protocol: shifts on one axes, scalings on another."""
-    groups = {"shift": [n for n, s in sequences.items() if "Shift" in type(s).__name__]}
+    groups = {"shift": [n for n, s in sequences.items() if isinstance(s, ShiftSequence)]}
     groups["scale"] = [n for n in sequences if n not in groups["shift"]]
     groups = {kind: names for kind, names in groups.items() if names}
     fig = Figure(figsize=(5.2 * len(groups), 3.6), dpi=100, layout="constrained")
