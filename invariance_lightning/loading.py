@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PosixPath, PurePosixPath, PureWindowsPath, WindowsPath
 from typing import NamedTuple
 
+import torch
 from torch import nn
 
 from invariance_lightning.classifier import ImageClassifier
@@ -32,7 +33,9 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> LoadedClassi
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}: give a Lightning .ckpt or CIFAR ResNet weights (.th/.pt)")
     if path.suffix == ".ckpt":
-        model = ImageClassifier.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+        # a datamodule given a pathlib folder saves it among its hyperparameters; paths are safe to unpickle
+        with torch.serialization.safe_globals([PurePosixPath, PureWindowsPath, PosixPath, WindowsPath]):
+            model = ImageClassifier.load_from_checkpoint(path, map_location=map_location, weights_only=True)
         mean, std = model.hparams.mean, model.hparams.std
         if mean is None or std is None:
             mean, std = CIFAR_STATS["cifar10"]
