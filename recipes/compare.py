@@ -9,11 +9,11 @@ For each variant (``configs/<family>/<label>_<variant>.yaml``) the recipe
    fixed by ``max_epochs``);
 2. evaluates ``last.ckpt`` with the full protocol (``sequence_preset("report")``: diagonal shifts 0..8 px and
    scales 0.8..1.2) on the test split (a seeded subset below ``--preset full``);
-3. reads the last epoch's ``InvarianceMonitor`` flip rates (train vs val subset) and ``train/images_per_second``
-   from the run's ``metrics.csv``;
+3. reads the ``InvarianceMonitor``'s last flip rates (train vs val subset) from ``last.ckpt`` and the last
+   epoch's ``train/images_per_second`` from the run's ``metrics.csv``;
 
 and writes ``comparison.md``, ``comparison.csv``, ``comparison.json`` and PNG plots to ``--output``
-(default ``results/compare_<family>_<preset>``), updated after every variant. With W&B enabled (offline unless you
+(default ``results/compare_<family>_<preset>``); the tables are rewritten after every variant. With W&B enabled (offline unless you
 are logged in) the training runs and a summary run with the table and plots share one W&B group.
 Run from the repository root, e.g.::
 
@@ -122,12 +122,11 @@ COLUMNS: dict[str, str | None] = {
 }
 #: Scalars of the report protocol copied into the table for each sequence.
 SEQUENCE_METRICS = ("flip_rate", "consistency", "mac", "worst_case_accuracy")
+#: ``InvarianceMonitor`` values (logged as ``invariance/<key>``) read from its last measurement saved in
+#: ``last.ckpt``, with their table column: the checkpoint has them whichever logger the run used.
+MONITORED = {"train/shift/flip_rate": "monitor_train_shift_flip_rate", "val/shift/flip_rate": "monitor_val_shift_flip_rate"}
 #: ``metrics.csv`` columns read from the last logged epoch, with their table column.
-LOGGED = {
-    "invariance/train/shift/flip_rate": "monitor_train_shift_flip_rate",
-    "invariance/val/shift/flip_rate": "monitor_val_shift_flip_rate",
-    "train/images_per_second": "train_images_per_second",
-}
+LOGGED = {"train/images_per_second": "train_images_per_second"}
 
 DEFINITIONS = """\
 - **test acc**: top-1 accuracy on the unshifted test images (frame (0, 0) of the shift sequence).
@@ -136,10 +135,12 @@ DEFINITIONS = """\
   frames; **worst acc**: fraction of images classified correctly in every frame.
 - **shift**: 9 frames, diagonal 1-px steps from (0, 0) to (8, 8), zero fill; **scale**: 9 frames, factors 0.8 to 1.2
   about the centre, zero padding or centre crop (`sequence_preset("report")`).
-- **train/val flip (monitor)**: shift flip rate logged by `InvarianceMonitor` in the last trained epoch on its fixed
-  training-subset and validation-subset images (diagonal shifts to (3, 3)).
-- **train img/s**: `train/images_per_second` of the last trained epoch (one process, data loading and augmentation
-  included)."""
+- **train/val flip (monitor)**: shift flip rate that `InvarianceMonitor` measured in the last trained epoch on its
+  fixed training-subset and validation-subset images (diagonal 1-px steps to (3, 3), zero fill), as saved in
+  `last.ckpt` (the values it logs as `invariance/{train,val}/shift/flip_rate`).
+- **train img/s**: `train/images_per_second` of the last trained epoch, as `ImageClassifier` logs it: training images
+  over the time from the start to the end of the training epoch, which includes data loading, augmentation, the
+  epoch's validation and the `InvarianceMonitor` measurement."""
 
 
 # -- configs -------------------------------------------------------------------------------------------------------
@@ -259,9 +260,15 @@ def load_test_split(
 
 
 # -- one variant ---------------------------------------------------------------------------------------------------
-def trained_epochs(checkpoint: Path) -> int:
-    """Epochs completed when ``checkpoint`` was saved (Lightning stores the 0-based epoch it was saved in)."""
-    return int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"]) + 1
+def read_checkpoint(checkpoint: Path) -> tuple[int, dict[str, float]]:
+    """Epochs completed when ``checkpoint`` was saved (Lightning stores the 0-based epoch it was saved in), and the
+    :data:`MONITORED` values of the InvarianceMonitor's last measurement in it (NaN without one)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    last: dict[str, float] = {}
+    for key, callback in (state.get("callbacks") or {}).items():
+        if key.startswith(MONITOR) and callback.get("history"):
+            last = callback["history"][-1]["values"]
+    return int(state["epoch"]) + 1, {key: float(last.get(key, math.nan)) for key in MONITORED}
 
 
 def last_logged(run_dir: Path, keys: Sequence[str]) -> dict[str, float]:
@@ -340,7 +347,7 @@ def training_action(run: VariantRun, reuse: bool) -> str:
         return "trained"
     if not reuse:
         raise ValueError(f"{run.checkpoint} exists: pass --reuse to use or resume it")
-    done = trained_epochs(run.checkpoint)
+    done = read_checkpoint(run.checkpoint)[0]
     if done >= run.max_epochs:
         return "reused"
     planned = planned_epochs(run.run_dir)
@@ -403,10 +410,12 @@ def table_row(
     row: dict[str, Any] = {"variant": run.variant, "test_accuracy": float(results["shift"]["per_frame_accuracy"][0])}
     for name, metrics in results.items():
         row.update({f"{name}_{metric}": float(metrics[metric]) for metric in SEQUENCE_METRICS})
+    epochs, monitored = read_checkpoint(run.checkpoint)
+    row.update({column: monitored[key] for key, column in MONITORED.items()})
     logged = last_logged(run.run_dir, list(LOGGED))
     row.update({column: logged[key] for key, column in LOGGED.items()})
     row.update(
-        epochs=trained_epochs(run.checkpoint),
+        epochs=epochs,
         test_images=num_images,
         training=training,
         preset=preset,
@@ -658,4 +667,7 @@ def _load_average() -> str:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FileNotFoundError as error:  # missing data: the datamodule's message says where it looked and what to do
+        sys.exit(f"compare.py: error: {error}")

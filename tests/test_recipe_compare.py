@@ -132,13 +132,17 @@ def test_interrupted_run_is_resumed_then_reused_on_generated_data(recipe, genera
     recipe.main([*base, "--reuse"])
     (row,) = read_rows(output)[1]
     assert (row["training"], row["epochs"]) == ("resumed", "2")
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * 2  # 2 epochs of 64 images in batches of 32
+    steps = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert steps == 2 * 2  # 2 epochs of 64 images in batches of 32
     versions = sorted(run_dir.rglob("metrics.csv"))
     assert len(versions) == 2  # the resumed fit logged to a second version
     with versions[1].open(newline="") as file:
-        second = [r for r in csv.DictReader(file) if r.get("invariance/val/shift/flip_rate")]
-    assert [r["epoch"] for r in second] == ["1"]
-    assert float(row["monitor_val_shift_flip_rate"]) == float(second[0]["invariance/val/shift/flip_rate"])
+        second = list(csv.DictReader(file))
+    measured = [r for r in second if r.get("invariance/val/shift/flip_rate")]
+    assert [r["epoch"] for r in measured] == ["1"]
+    assert float(row["monitor_val_shift_flip_rate"]) == pytest.approx(float(measured[0]["invariance/val/shift/flip_rate"]))
+    (speed,) = [float(r["train/images_per_second"]) for r in second if r.get("train/images_per_second")]
+    assert float(row["train_images_per_second"]) == pytest.approx(speed)
 
     recipe.main([*base, "--reuse"])
     (row,) = read_rows(output)[1]
