@@ -1,0 +1,240 @@
+"""Logger faults never stop training: no W&B package, W&B disabled, failing media, unwritable logs, failing loggers."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import pickle
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning_helpers import TinyClassifier, tiny_loader, tiny_trainer
+
+from invariance_lightning import InvarianceMonitor, ShiftSequence
+from invariance_lightning.loggers import FaultTolerantLogger
+
+REPO = Path(__file__).resolve().parents[1]
+SCALARS = ("invariance/val/shift/flip_rate", "invariance/train/shift/consistency", "val_loss")
+
+
+def monitor(**kwargs) -> InvarianceMonitor:
+    """A cheap monitor: one 2-frame sequence (plots are most of the cost), 8 images per split."""
+    options = dict(sequences={"shift": ShiftSequence(max_shift=1)}, num_samples=8, batch_size=16, log_plots=True)
+    options.update(kwargs)
+    return InvarianceMonitor(**options)
+
+
+def fit(
+    tmp_path: Path, max_epochs: int = 2, log_plots: bool = True, **trainer_kwargs
+) -> tuple[pl.Trainer, InvarianceMonitor, list[str]]:
+    """Train the tiny model with a monitor; returns the trainer, the callback and every warning message."""
+    callback = monitor(log_plots=log_plots)
+    trainer_kwargs.setdefault("callbacks", [])
+    trainer_kwargs["callbacks"] = [callback, *trainer_kwargs["callbacks"]]
+    trainer = tiny_trainer(tmp_path, max_epochs=max_epochs, limit_train_batches=2, **trainer_kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(TinyClassifier(), tiny_loader(16, seed=1), tiny_loader(8, seed=2))
+    assert [row["epoch"] for row in callback.history] == list(range(max_epochs)), "every epoch must be measured"
+    for name in SCALARS:
+        assert name in trainer.callback_metrics, name
+    return trainer, callback, [str(w.message) for w in caught]
+
+
+def matching(messages: list[str], text: str) -> list[str]:
+    return [m for m in messages if text in m]
+
+
+class BrokenLogger(CSVLogger):
+    """A CSVLogger whose tracking backend fails on every call."""
+
+    def log_metrics(self, metrics, step=None):
+        raise ConnectionError("tracking server unreachable")
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        raise ConnectionError("tracking server unreachable")
+
+
+class HparamsClassifier(TinyClassifier):
+    def __init__(self, num_classes: int = 6) -> None:
+        super().__init__(num_classes)
+        self.save_hyperparameters()
+
+
+@pytest.fixture
+def hide_wandb(monkeypatch):
+    """Make ``import wandb`` fail as if it were not installed; the real module (if any) comes back afterwards."""
+    if importlib.util.find_spec("wandb") is not None:
+        import wandb  # noqa: F401  (loaded first so that undoing the patch restores a whole package)
+
+    def hide() -> None:
+        monkeypatch.setitem(sys.modules, "wandb", None)
+        with pytest.raises(ImportError):
+            import wandb  # noqa: F401
+
+    return hide
+
+
+def test_without_the_wandb_package_plots_go_to_png_files(tmp_path, hide_wandb):
+    hide_wandb()
+    trainer, _, messages = fit(tmp_path, max_epochs=1)
+    assert not matching(messages, "could not"), messages
+    pngs = {p.name for p in Path(trainer.log_dir, "invariance_plots").glob("*.png")}
+    assert {"invariance_plots_history_epoch000.png", "invariance_plots_shift_per_frame_epoch000.png"} <= pngs
+
+
+def build_cli(args: list[str]):
+    """Parse and instantiate like ``invariance-lightning fit`` without running anything."""
+    from lightning.pytorch import LightningDataModule
+
+    from invariance_lightning.classifier import ImageClassifier
+    from invariance_lightning.cli import InvarianceCLI
+
+    return InvarianceCLI(ImageClassifier, LightningDataModule, subclass_mode_data=True, args=args, run=False)
+
+
+def test_cli_replaces_a_wandb_logger_by_csv_when_wandb_is_missing(tmp_path, hide_wandb):
+    config = yaml.safe_load((REPO / "configs" / "cifar10" / "resnet20_plain.yaml").read_text())
+    del config["trainer"]["logger"]["init_args"]["group"]  # see the strict xfail below
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    args = ["--config", str(path), "--trainer.default_root_dir", str(tmp_path)]
+    if importlib.util.find_spec("wandb") is not None:
+        assert type(build_cli(args).trainer.logger).__name__ == "WandbLogger", "with wandb installed the logger stays"
+    hide_wandb()
+    cli = build_cli(args)
+    assert type(cli.trainer.logger) is CSVLogger and cli.trainer.logger.save_dir == str(tmp_path)
+
+
+# A fresh interpreter: once jsonargparse has resolved WandbLogger's signature with wandb present, it stays cached.
+WITHOUT_WANDB = """
+import sys
+sys.modules["wandb"] = None
+from lightning.pytorch import LightningDataModule
+from invariance_lightning.classifier import ImageClassifier
+from invariance_lightning.cli import InvarianceCLI
+cli = InvarianceCLI(ImageClassifier, LightningDataModule, subclass_mode_data=True, args=sys.argv[1:], run=False)
+print("logger:", type(cli.trainer.logger).__name__)
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug: without wandb, jsonargparse cannot resolve WandbLogger's **kwargs, so the shipped configs' "
+    "'group' fails to parse (Option 'group' is not accepted) before InvarianceCLI can swap in a CSVLogger",
+)
+def test_cli_falls_back_to_csv_for_the_shipped_configs_when_wandb_is_missing(tmp_path):
+    config = str(REPO / "configs" / "cifar10" / "resnet20_plain.yaml")
+    args = ["--config", config, "--trainer.default_root_dir", str(tmp_path)]
+    done = subprocess.run([sys.executable, "-c", WITHOUT_WANDB, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "logger: CSVLogger" in done.stdout, done.stderr[-2000:]
+
+
+def test_wandb_disabled_mode_trains_and_keeps_scalars(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    logger = WandbLogger(project="invariance-tests", save_dir=str(tmp_path))
+    _, _, messages = fit(tmp_path, max_epochs=1, logger=logger)
+    assert not matching(messages, "could not"), messages
+    assert not list(tmp_path.rglob("*.wandb")), "disabled W&B must write no run files"
+
+
+def test_failing_tensorboard_figures_warn_once_and_scalars_are_still_logged(tmp_path):
+    pytest.importorskip("tensorboard")
+
+    class FigureFailingLogger(TensorBoardLogger):
+        @property
+        def experiment(self):
+            writer = super().experiment
+            writer.add_figure = self._fail
+            return writer
+
+        @staticmethod
+        def _fail(*args, **kwargs):
+            raise RuntimeError("figure backend crashed")
+
+    logger = FigureFailingLogger(tmp_path, name="tb")
+    trainer, _, messages = fit(tmp_path, logger=logger)
+    (warning,) = matching(messages, "could not log TensorBoard figures")
+    assert "figure backend crashed" in warning and "training continues" in warning
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(logger.log_dir)
+    events.Reload()
+    logged = events.Scalars("invariance/val/shift/flip_rate")
+    assert [e.value for e in logged][-1] == pytest.approx(float(trainer.callback_metrics["invariance/val/shift/flip_rate"]))
+    assert len(logged) == 2
+
+
+def test_unwritable_log_directory_warns_and_training_finishes(tmp_path):
+    blocker = tmp_path / "not_a_directory"
+    blocker.write_text("a regular file: nothing can be created below it (works as root, unlike chmod)")
+    logger = FaultTolerantLogger(CSVLogger(blocker / "logs", name="csv"))
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="invariance/val/shift/flip_rate")
+    _, _, messages = fit(tmp_path, logger=logger, callbacks=[checkpoint])
+    assert len(matching(messages, "could not log PNG files")) == 1
+    assert len(matching(messages, "CSVLogger.experiment failed")) == 1
+    assert len(matching(messages, "CSVLogger.log_metrics failed")) == 1
+    assert logger.failures["log_metrics"] > 1, "later failures are counted, not warned about"
+    assert checkpoint.best_model_path, "checkpointing to a writable folder is unaffected"
+
+
+def test_logger_failures_warn_once_per_method_and_training_continues(tmp_path):
+    logger = FaultTolerantLogger(BrokenLogger(tmp_path, name="broken"))
+    callback = monitor(log_plots=False)
+    trainer = tiny_trainer(tmp_path, max_epochs=2, limit_train_batches=2, logger=logger, callbacks=[callback])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(HparamsClassifier(), tiny_loader(16, seed=1), tiny_loader(8, seed=2))
+    messages = [str(w.message) for w in caught if "FaultTolerantLogger" in str(w.message)]
+    assert sorted(m.split(".")[1].split(" ")[0] for m in messages) == ["log_hyperparams", "log_metrics"], messages
+    assert all("BrokenLogger" in m and "tracking server unreachable" in m for m in messages)
+    assert logger.failures["log_metrics"] >= 2 and logger.failures["log_hyperparams"] == 1
+    assert len(callback.history) == 2
+    assert "invariance/val/shift/flip_rate" in trainer.callback_metrics
+
+
+def test_a_working_logger_behaves_the_same_wrapped(tmp_path):
+    def run(folder: Path, wrap: bool) -> tuple[list[dict[str, str]], str]:
+        pl.seed_everything(0)
+        logger: Logger = CSVLogger(folder, name="csv")
+        checkpoint = ModelCheckpoint()
+        trainer = tiny_trainer(
+            folder, max_epochs=2, limit_train_batches=2, logger=FaultTolerantLogger(logger) if wrap else logger,
+            callbacks=[monitor(log_plots=False), checkpoint],
+        )
+        trainer.fit(TinyClassifier(), tiny_loader(16, seed=1), tiny_loader(8, seed=2))
+        with open(Path(logger.log_dir) / "metrics.csv") as handle:
+            rows = list(csv.DictReader(handle))
+        return rows, str(Path(checkpoint.best_model_path).relative_to(folder))
+
+    plain_rows, plain_checkpoint = run(tmp_path / "plain", wrap=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="FaultTolerantLogger")  # the wrapper must never warn here
+        wrapped_rows, wrapped_checkpoint = run(tmp_path / "wrapped", wrap=True)
+    assert wrapped_rows == plain_rows and "invariance/val/shift/mac" in wrapped_rows[-1]
+    assert wrapped_checkpoint == plain_checkpoint == "csv/version_0/checkpoints/epoch=1-step=4.ckpt"
+
+
+def test_wrapper_forwards_attributes_pickles_and_rejects_non_loggers(tmp_path):
+    inner = CSVLogger(tmp_path, name="csv", version=3)
+    logger = FaultTolerantLogger(inner)
+    assert (logger.name, logger.version, logger.save_dir, logger.log_dir) == ("csv", 3, str(tmp_path), inner.log_dir)
+    assert logger.experiment is inner.experiment and logger.logger is inner
+    assert logger.log_hyperparams({"lr": 0.1}) is None and not logger.failures
+    restored = pickle.loads(pickle.dumps(logger))
+    assert restored.name == "csv" and isinstance(restored.logger, CSVLogger)
+    with pytest.raises(AttributeError):
+        logger.no_such_attribute
+    with pytest.raises(TypeError, match="logger must be a lightning.pytorch Logger.*got str"):
+        FaultTolerantLogger("csv")
