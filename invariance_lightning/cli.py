@@ -16,9 +16,11 @@ import json
 import netrc
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
@@ -48,18 +50,41 @@ def configure_wandb_mode() -> None:
         os.environ["WANDB_MODE"] = "offline"
 
 
+def _csv_logger(save_dir: str | None) -> dict:
+    return {"class_path": CSV_LOGGER, "init_args": {"save_dir": save_dir or "."}}
+
+
+def _config_without_wandb(path: str) -> str:
+    """A copy of the YAML config at ``path`` whose W&B logger is a CSVLogger (``path`` itself if it has none)."""
+    config = yaml.safe_load(Path(path).read_text()) or {}
+    trainer = config.get("trainer") or {}
+    if "Wandb" not in json.dumps(trainer.get("logger"), default=str):
+        return path
+    trainer["logger"] = _csv_logger(trainer.get("default_root_dir"))
+    handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="config-csv-", delete=False)
+    with handle:
+        yaml.safe_dump(config, handle)
+    return handle.name
+
+
 class InvarianceCLI(LightningCLI):
     """LightningCLI for :class:`ImageClassifier` with any datamodule, and a ``--no_wandb`` switch."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--no_wandb", type=bool, default=False, help="log to CSV files instead of W&B")
 
+    def parse_arguments(self, parser, args) -> None:
+        if importlib.util.find_spec("wandb") is None and isinstance(args, (list, tuple)):
+            # without wandb, jsonargparse cannot resolve WandbLogger's options, so a config naming one fails to
+            # parse before before_instantiate_classes could swap it: swap it in the config files first
+            args = [_config_without_wandb(a) if i and args[i - 1] in ("--config", "-c") else a for i, a in enumerate(args)]
+        super().parse_arguments(parser, args)
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         no_wandb = config.get("no_wandb") or importlib.util.find_spec("wandb") is None
         if no_wandb and "Wandb" in json.dumps(config.trainer.get("logger"), default=str):
-            save_dir = config.trainer.get("default_root_dir") or "."
-            config.trainer.logger = {"class_path": CSV_LOGGER, "init_args": {"save_dir": save_dir}}
+            config.trainer.logger = _csv_logger(config.trainer.get("default_root_dir"))
 
 
 def evaluate_main(argv: Sequence[str]) -> Path:
