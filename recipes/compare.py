@@ -13,8 +13,8 @@ For each variant (``configs/<family>/<label>_<variant>.yaml``) the recipe
    epoch's ``train/images_per_second`` from the run's ``metrics.csv``;
 
 and writes ``comparison.md``, ``comparison.csv``, ``comparison.json`` and PNG plots to ``--output``
-(default ``results/compare_<family>_<preset>``); the tables are rewritten after every variant. With W&B enabled (offline unless you
-are logged in) the training runs and a summary run with the table and plots share one W&B group.
+(default ``results/compare_<family>_<preset>``); the tables are rewritten after every variant. With W&B enabled
+(offline unless you are logged in) the training runs and a summary run with the table and plots share one W&B group.
 Run from the repository root, e.g.::
 
     python recipes/compare.py --preset quick --no-wandb          # smoke run: minutes on a CPU
@@ -29,6 +29,7 @@ import csv
 import json
 import math
 import os
+import pathlib
 import platform
 import shlex
 import sys
@@ -48,6 +49,7 @@ from invariance_lightning import evaluate_invariance, sequence_preset
 from invariance_lightning.callbacks.plots import per_frame_figure
 from invariance_lightning.cli import configure_wandb_mode
 from invariance_lightning.cli import main as cli_main
+from invariance_lightning.data import ImageClassificationDataModule
 from invariance_lightning.loading import load_classifier
 from invariance_lightning.metrics.evaluate import Normalization
 from invariance_lightning.reporting import results_to_dict
@@ -124,7 +126,10 @@ COLUMNS: dict[str, str | None] = {
 SEQUENCE_METRICS = ("flip_rate", "consistency", "mac", "worst_case_accuracy")
 #: ``InvarianceMonitor`` values (logged as ``invariance/<key>``) read from its last measurement saved in
 #: ``last.ckpt``, with their table column: the checkpoint has them whichever logger the run used.
-MONITORED = {"train/shift/flip_rate": "monitor_train_shift_flip_rate", "val/shift/flip_rate": "monitor_val_shift_flip_rate"}
+MONITORED = {
+    "train/shift/flip_rate": "monitor_train_shift_flip_rate",
+    "val/shift/flip_rate": "monitor_val_shift_flip_rate",
+}
 #: ``metrics.csv`` columns read from the last logged epoch, with their table column.
 LOGGED = {"train/images_per_second": "train_images_per_second"}
 
@@ -245,25 +250,23 @@ def data_location(family: str, data_dir: Path | None, config: Mapping[str, Any])
     return data_dir
 
 
-def load_test_split(
-    config: Mapping[str, Any], data_overrides: Mapping[str, Any], num: int | None, seed: int
-) -> tuple[Tensor, Tensor, Normalization]:
-    """The test split of the config's datamodule (with the overrides): uint8 images and labels (all, or a subset of
-    ``num`` drawn with ``seed``), and the datamodule's ``(mean, std)``."""
+def build_datamodule(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> ImageClassificationDataModule:
+    """The config's datamodule with ``overrides`` applied, set up (data found and read)."""
     data = config["data"]
     module_name, class_name = data["class_path"].rsplit(".", 1)
-    datamodule = getattr(import_module(module_name), class_name)(**{**data.get("init_args", {}), **data_overrides})
-    datamodule.setup("test")
-    size = datamodule.split_size("test")
-    images, labels = datamodule.split_arrays("test", None if num is None or num >= size else num, seed=seed)
-    return images, labels, (tuple(datamodule.mean), tuple(datamodule.std))
+    datamodule = getattr(import_module(module_name), class_name)(**{**data.get("init_args", {}), **overrides})
+    datamodule.setup("fit")
+    return datamodule
 
 
 # -- one variant ---------------------------------------------------------------------------------------------------
 def read_checkpoint(checkpoint: Path) -> tuple[int, dict[str, float]]:
     """Epochs completed when ``checkpoint`` was saved (Lightning stores the 0-based epoch it was saved in), and the
     :data:`MONITORED` values of the InvarianceMonitor's last measurement in it (NaN without one)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    # a datamodule given a pathlib folder saves it among its hyperparameters; paths are safe to unpickle
+    with torch.serialization.safe_globals([pathlib.PurePosixPath, pathlib.PosixPath, pathlib.PureWindowsPath,
+                                           pathlib.WindowsPath]):
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     last: dict[str, float] = {}
     for key, callback in (state.get("callbacks") or {}).items():
         if key.startswith(MONITOR) and callback.get("history"):
@@ -576,10 +579,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Run the comparison; returns the path of ``comparison.md``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+@dataclass
+class EvaluationData:
+    """The images every variant is evaluated on, and how the training data is overridden."""
+
+    images: Tensor
+    labels: Tensor
+    normalization: Normalization  # the datamodule's (mean, std)
+    overrides: dict[str, Any]  # datamodule arguments for the CLI
+    preset: Preset  # with train_subset dropped when the split is smaller
+
+
+def prepare_data(args: argparse.Namespace, preset: Preset, config: Mapping[str, Any]) -> EvaluationData:
+    """Find the data (before anything trains), choose the test images and the training-data overrides."""
+    location = data_location(args.family, args.data_dir, config)
+    overrides: dict[str, Any] = {} if location is None else {FAMILIES[args.family].data_key: str(location)}
+    overrides.update(preset.data)
+    datamodule = build_datamodule(config, overrides)
+    available = datamodule.split_size("train")
+    if preset.train_subset is not None and preset.train_subset >= available:
+        print(f"note: the training split has {available} images, fewer than {preset.train_subset}: training on all")
+        preset = replace(preset, train_subset=None)
+    if preset.train_subset is not None:
+        overrides["train_subset"] = preset.train_subset
+    wanted = preset.test_images
+    count = None if wanted is None or wanted >= datamodule.split_size("test") else wanted
+    images, labels = datamodule.split_arrays("test", count, seed=args.seed)
+    return EvaluationData(images, labels, (tuple(datamodule.mean), tuple(datamodule.std)), overrides, preset)
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, Path]]:
+    """Parsed and checked arguments with the output folders filled in, and the chosen variants' configs."""
     args = parser.parse_args(argv)
     for option in ("epochs", "train_subset", "test_images", "batch_size", "threads"):
         if getattr(args, option) is not None and getattr(args, option) < 1:
@@ -588,27 +618,26 @@ def main(argv: Sequence[str] | None = None) -> Path:
         variants = resolve_variants(args.family, args.variants)
     except ValueError as error:
         parser.error(str(error))
+    args.output = args.output or Path("results") / f"compare_{args.family}_{args.preset}"
+    args.runs_dir = args.runs_dir or (Path("runs") if args.preset == "full" else args.output / "runs")
+    return args, variants
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Run the comparison; returns the path of ``comparison.md``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, variants = parse_args(parser, argv)
     started, load_start = time.perf_counter(), _load_average()
     if args.threads:
         torch.set_num_threads(args.threads)
-    preset = replace(
-        PRESETS[args.preset],
-        max_epochs=args.epochs or PRESETS[args.preset].max_epochs,
-        train_subset=args.train_subset or PRESETS[args.preset].train_subset,
-        test_images=args.test_images or PRESETS[args.preset].test_images,
-    )
-    args.output = args.output or Path("results") / f"compare_{args.family}_{args.preset}"
-    args.runs_dir = args.runs_dir or (Path("runs") if args.preset == "full" else args.output / "runs")
-
+    preset = PRESETS[args.preset]
+    preset = replace(preset, max_epochs=args.epochs or preset.max_epochs,
+                     train_subset=args.train_subset or preset.train_subset,
+                     test_images=args.test_images or preset.test_images)
     first = yaml.safe_load(next(iter(variants.values())).read_text())
-    data_overrides: dict[str, Any] = {}
-    location = data_location(args.family, args.data_dir, first)
-    if location is not None:
-        data_overrides[FAMILIES[args.family].data_key] = str(location)
-    if preset.train_subset is not None:
-        data_overrides["train_subset"] = preset.train_subset
-    data_overrides.update(preset.data)
-    runs = [plan_variant(variant, path, args, preset, data_overrides) for variant, path in variants.items()]
+    data = prepare_data(args, preset, first)
+    runs = [plan_variant(variant, path, args, data.preset, data.overrides) for variant, path in variants.items()]
     actions, problems = {}, []
     for run in runs:
         try:
@@ -619,10 +648,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         parser.error("\n".join(problems) + "\n(or choose another --runs-dir / --output)")
 
     sequences = sequence_preset("report")
-    images, labels, data_normalization = load_test_split(runs[0].config, data_overrides, preset.test_images, args.seed)
     setup: dict[str, Any] = {
         "family": args.family, "variants": list(variants), "preset": args.preset, "smoke": preset.smoke,
-        "preset_description": describe(preset), "test_images": len(labels), "seed": args.seed,
+        "preset_description": describe(data.preset), "test_images": len(data.labels), "seed": args.seed,
         "device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
         "command": "python recipes/compare.py " + shlex.join(argv), "load_start": load_start,
@@ -634,9 +662,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
         tick = time.perf_counter()
         train(run, actions[run.variant])
         trained = time.perf_counter()
-        results[run.variant] = evaluate(run, images, labels, sequences, args.batch_size, data_normalization)
-        rows.append(table_row(run, results[run.variant], len(labels), actions[run.variant], args.preset))
-        setup["seconds_per_variant"][run.variant] = {"training": trained - tick, "evaluation": time.perf_counter() - trained}
+        results[run.variant] = evaluate(run, data.images, data.labels, sequences, args.batch_size, data.normalization)
+        rows.append(table_row(run, results[run.variant], len(data.labels), actions[run.variant], args.preset))
+        setup["seconds_per_variant"][run.variant] = {"training": trained - tick,
+                                                     "evaluation": time.perf_counter() - trained}
         setup.update(load_end=_load_average(), seconds=time.perf_counter() - started)
         write_tables(args.output, rows, results, sequences, setup)
         print(f"== {run.variant}: " + ", ".join(f"{k} {_cell(v, k)}" for k, v in rows[-1].items()

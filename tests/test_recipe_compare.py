@@ -115,7 +115,7 @@ def test_interrupted_run_is_resumed_then_reused_on_generated_data(recipe, genera
     def stop_after_this_epoch(module):  # as if the 2-epoch run were killed after its first epoch
         module.trainer.should_stop = True
 
-    monkeypatch.setitem(recipe.main.__globals__, "write_plots", lambda *args: [])  # tested above; seconds per call on a CPU
+    monkeypatch.setitem(recipe.main.__globals__, "write_plots", lambda *args: [])  # tested above; seconds per call
     with monkeypatch.context() as patch:
         patch.setattr(ImageClassifier, "on_train_epoch_end", stop_after_this_epoch)
         recipe.main(base)
@@ -140,7 +140,8 @@ def test_interrupted_run_is_resumed_then_reused_on_generated_data(recipe, genera
         second = list(csv.DictReader(file))
     measured = [r for r in second if r.get("invariance/val/shift/flip_rate")]
     assert [r["epoch"] for r in measured] == ["1"]
-    assert float(row["monitor_val_shift_flip_rate"]) == pytest.approx(float(measured[0]["invariance/val/shift/flip_rate"]))
+    logged = float(measured[0]["invariance/val/shift/flip_rate"])
+    assert float(row["monitor_val_shift_flip_rate"]) == pytest.approx(logged)
     (speed,) = [float(r["train/images_per_second"]) for r in second if r.get("train/images_per_second")]
     assert float(row["train_images_per_second"]) == pytest.approx(speed)
 
@@ -178,7 +179,8 @@ def test_config_copy_moves_the_run_directory_and_groups_wandb(recipe, tmp_path):
     assert wandb_logger["init_args"] == {**wandb_logger["init_args"], "group": "compare_x", "name": "aps",
                                          "save_dir": str(run_dir)}
     assert csv_logger == {"class_path": recipe.CSV_LOGGER, "init_args": {"save_dir": str(run_dir)}}
-    assert recipe.find_callback(config, "InvarianceMonitor")["init_args"] == {**recipe.PRESETS["quick"].monitor, "batch_size": 256}
+    monitor = recipe.find_callback(config, "InvarianceMonitor")["init_args"]
+    assert monitor == {**recipe.PRESETS["quick"].monitor, "batch_size": 256}
     assert source["trainer"]["default_root_dir"] == "runs/cifar10/resnet20_aps"  # the source is left alone
     assert "runs/cifar10" not in yaml.safe_dump(config).replace(str(run_dir), "")  # nothing left at the old place
 
@@ -210,5 +212,30 @@ def test_checkpoint_without_mean_std_is_evaluated_with_the_datamodule_statistics
     results = recipe.evaluate(run, images, labels, sequences, 64, IMAGENET_STATS)
     expected = evaluate_invariance(model.eval(), images, labels, sequences["shift"], normalize=IMAGENET_STATS)
     torch.testing.assert_close(results["shift"]["mac"], expected["mac"])
-    cifar = evaluate_invariance(model, images, labels, sequences["shift"], normalize=load_classifier(checkpoint).normalize)
+    assumed = load_classifier(checkpoint).normalize
+    cifar = evaluate_invariance(model, images, labels, sequences["shift"], normalize=assumed)
     assert not torch.allclose(cifar["mac"], expected["mac"])  # load_classifier alone would assume CIFAR-10's
+
+
+def test_imagenette_data_plumbing_on_generated_folders(recipe, tmp_path):
+    from PIL import Image
+
+    from invariance_lightning.data import IMAGENET_STATS
+
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 3), ("val", 2)):
+        for wnid in ("n01", "n02"):
+            folder = tmp_path / "imagenette" / split / wnid
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    argv = ["--family", "imagenette", "--data-dir", str(tmp_path / "imagenette")]
+    args, _ = recipe.parse_args(recipe.build_parser(), argv)
+    config = yaml.safe_load((REPO_ROOT / "configs" / "imagenette" / "resnet18_plain.yaml").read_text())
+    preset = recipe.PRESETS["quick"]
+    data = recipe.prepare_data(args, preset, config)
+    assert data.preset.train_subset is None  # 6 training images < the preset's 2,000: all of them
+    assert data.overrides == {"root": str(tmp_path / "imagenette")}
+    assert data.images.shape == (4, 3, 128, 128) and data.images.dtype == torch.uint8  # the whole val folder
+    assert sorted(data.labels.tolist()) == [0, 0, 1, 1]
+    assert data.normalization == tuple(tuple(v) for v in IMAGENET_STATS)
