@@ -37,6 +37,8 @@ def check_logits(
     if not logits.is_floating_point():
         raise TypeError(f"logits must be floating point, got dtype {logits.dtype}")
     num_frames, classes = logits.shape[1], logits.shape[2]
+    if classes < 1:
+        raise ValueError(f"logits need at least C=1 class, got shape {tuple(logits.shape)}")
     if num_frames < 2:
         raise ValueError(f"logits need at least T=2 frames to compare, got T={num_frames} (shape {tuple(logits.shape)})")
     if num_classes is not None and classes != num_classes:

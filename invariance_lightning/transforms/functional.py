@@ -36,11 +36,16 @@ def resize(images: Tensor, height: int, width: int) -> Tensor:
     """Bilinear resize, antialiased when shrinking.
 
     ``F.interpolate(antialias=True)`` is used rather than kornia's ``resize``, whose antialiasing is
-    a Gaussian pre-blur approximation; torch's matches PIL's area-correct triangle filter.
+    a Gaussian pre-blur approximation; torch's matches PIL's area-correct triangle filter. It has
+    no CPU kernel for float16/bfloat16, so those resize in float32 and are cast back.
     """
     if (height, width) == tuple(images.shape[-2:]):
         return images
-    return F.interpolate(images, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    work_dtype = torch.promote_types(images.dtype, torch.float32)
+    resized = F.interpolate(
+        images.to(work_dtype), size=(height, width), mode="bilinear", antialias=True, align_corners=False
+    )
+    return resized.to(images.dtype)
 
 
 def fit_to_size(images: Tensor, height: int, width: int, mode: str, fill: float = 0.0) -> Tensor:
