@@ -125,6 +125,7 @@ print("logger:", type(cli.trainer.logger).__name__)
 """
 
 
+@pytest.mark.slow  # a fresh interpreter: ~5-15 s of imports
 @pytest.mark.xfail(
     strict=True,
     reason="known bug: without wandb, jsonargparse cannot resolve WandbLogger's **kwargs, so the shipped configs' "
