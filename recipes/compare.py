@@ -17,7 +17,7 @@ and writes ``comparison.md``, ``comparison.csv``, ``comparison.json`` and PNG pl
 (offline unless you are logged in) the training runs and a summary run with the table and plots share one W&B group.
 Run from the repository root, e.g.::
 
-    python recipes/compare.py --preset quick --no-wandb          # smoke run: minutes on a CPU
+    python recipes/compare.py --preset quick --no-wandb          # smoke run: ~11 min on 2 CPU cores (docs/recipes.md)
     python recipes/compare.py --preset full --reuse              # the configs' schedules, for a GPU
     python recipes/compare.py --family imagenette --variants plain blur --preset full
 """
