@@ -563,8 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-subset", type=int, help="override the preset's training images")
     parser.add_argument("--test-images", type=int, help="override the preset's test images")
     parser.add_argument("--data-dir", type=Path, default=None,
-                        help="the data, or a folder holding data/<name>/ (default: ../shared beside the repository, "
-                        "else $INVARIANCE_DATA_DIR or the config's)")
+                        help="the data, or a folder holding data/<name>/ (default: $INVARIANCE_DATA_DIR for CIFAR "
+                        "when set, else ../shared beside the repository when it has the data, else the config's)")
     parser.add_argument("--output", type=Path, default=None, help="default: results/compare_<family>_<preset>")
     parser.add_argument("--runs-dir", type=Path, default=None,
                         help="training runs go to <runs-dir>/<family>/<config name> (default: runs for --preset "
