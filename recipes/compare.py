@@ -552,13 +552,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python recipes/compare.py",
         description="Train the variants of a config family and compare their accuracy and shift/scale invariance.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--family", default="cifar10", choices=sorted(FAMILIES), help="configs/<family>/")
+    parser.add_argument("--family", default="cifar10", choices=sorted(FAMILIES), help="configs/<family>/ (default: cifar10)")
     parser.add_argument("--variants", nargs="+", default=None,
                         help=f"variants to compare, or 'all' (default: those of {list(MAIN_VARIANTS)} the family has)")
     parser.add_argument("--preset", default="quick", choices=list(PRESETS),
-                        help="; ".join(f"{name}: {describe(p)}" for name, p in PRESETS.items()))
+                        help="default quick; " + "; ".join(f"{name}: {describe(p)}" for name, p in PRESETS.items()))
     parser.add_argument("--epochs", type=int, help="override the preset's epochs")
     parser.add_argument("--train-subset", type=int, help="override the preset's training images")
     parser.add_argument("--test-images", type=int, help="override the preset's test images")
@@ -573,8 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="use runs whose last.ckpt covers the epochs; resume runs stopped before their "
                         "max_epochs (--ckpt_path last)")
     parser.add_argument("--no-wandb", action="store_true", help="CSV logs only, no W&B runs")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the test subset")
-    parser.add_argument("--batch-size", type=int, default=256, help="frames per evaluation forward pass")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the test subset (default: 0)")
+    parser.add_argument("--batch-size", type=int, default=256, help="frames per evaluation forward pass (default: 256)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     return parser
 
