@@ -12,6 +12,7 @@ import weakref
 
 import pytest
 import torch
+from test_evaluate import strided_net
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -48,22 +49,10 @@ class LiveTensorBytes(TorchDispatchMode):
         return out
 
 
-def conv_net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, 10),
-    )
-
-
 def measure(num_frames: int, batch_size: int) -> tuple[int, list[int]]:
     """Peak live bytes and the frames per forward of evaluating a ``num_frames`` horizontal translation."""
-    model, images = conv_net(), torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model, images = strided_net(), torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     sequence = ShiftSequence(max_shift=num_frames - 1, direction="horizontal", mode="zeros")
     forward_batches: list[int] = []
     hook = model.register_forward_pre_hook(lambda module, args: forward_batches.append(args[0].shape[0]))
@@ -108,3 +97,16 @@ def test_frames_per_forward_never_exceed_batch_size_around_the_sequence_length(b
     images = torch.rand(5, 3, 48, 48)
     evaluate_invariance(model, images, None, ShiftSequence(max_shift=40, direction="vertical"), batch_size=batch_size)
     assert max(forward_batches) <= batch_size and sum(forward_batches) == 5 * 41
+
+
+if __name__ == "__main__":  # the peaks quoted in docs/reliability.md
+    torch.set_num_threads(1)
+    for num_frames, batch_size in ((11, 8), (41, 8), (41, 32), (41, 64)):
+        peak, forward_batches = measure(num_frames, batch_size)
+        print(f"T={num_frames} batch_size={batch_size}: largest forward {max(forward_batches)} frames, "
+              f"peak {peak / 2**20:.2f} MiB = {peak / FRAME_BYTES:.1f} frames")
+    images = torch.rand(3, 3, SIZE, SIZE)
+    for num_frames in (11, 41):
+        with LiveTensorBytes(images) as tracker:
+            ShiftSequence(max_shift=num_frames - 1, direction="horizontal")(images)
+        print(f"sequence(images), all T={num_frames} frames stacked: peak {tracker.peak / 2**20:.2f} MiB")
