@@ -101,6 +101,7 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
             self._build_augmentation(mean, std)
         self._epoch_started = 0.0
         self._epoch_images = 0
+        self._training_seconds: float | None = None
 
     def _build_augmentation(self, mean: Sequence[float], std: Sequence[float]) -> None:
         hp = self.hparams
@@ -159,13 +160,26 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
         self._evaluate(batch, "test", self.test_accuracy)
 
     def on_train_epoch_start(self) -> None:
-        self._epoch_started, self._epoch_images = time.perf_counter(), 0
+        self._epoch_started, self._epoch_images, self._training_seconds = time.perf_counter(), 0, None
+
+    def on_validation_start(self) -> None:
+        if self.trainer.training and self._training_seconds is None:  # validation inside fit: stop the clock
+            self._training_seconds = time.perf_counter() - self._epoch_started
 
     def on_train_epoch_end(self) -> None:
-        seconds = time.perf_counter() - self._epoch_started
+        seconds = self._training_seconds or time.perf_counter() - self._epoch_started
         if self._epoch_images and seconds > 0:
-            # per process; includes data loading and augmentation, as a user experiences it
+            # per process, training batches only (data loading and augmentation included, validation excluded)
             self.log("train/images_per_second", self._epoch_images / seconds)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the statistics actually used (possibly the datamodule's), so that the checkpoint is usable on its own
+        checkpoint["input_normalization"] = self.input_normalization
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        normalization = checkpoint.get("input_normalization")
+        if normalization is not None and self.input_normalization is None:
+            self._build_augmentation(*normalization)
 
     # -- optimization --------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

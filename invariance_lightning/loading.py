@@ -14,6 +14,9 @@ from invariance_lightning.models import CIFAR_RESNET_NORMALIZE, load_cifar_resne
 from invariance_lightning.metrics.evaluate import Normalization
 
 
+_LEGACY_NORMALIZATION = CIFAR_STATS["cifar10"]
+
+
 class LoadedClassifier(NamedTuple):
     """A model in eval mode, the ``(mean, std)`` its inputs need, and a short name for reports."""
 
@@ -25,9 +28,10 @@ class LoadedClassifier(NamedTuple):
 def load_classifier(path: str | Path, map_location: str = "cpu") -> LoadedClassifier:
     """Load ``path``: a Lightning ``.ckpt`` of :class:`ImageClassifier`, or CIFAR ResNet weights (``.th``/``.pt``/``.pth``).
 
-    Checkpoints are read with ``weights_only=True``. An ``ImageClassifier`` trained without explicit
-    ``mean``/``std`` used its datamodule's statistics; CIFAR-10's are assumed then. Pretrained CIFAR
-    ResNet weights use the normalization they were trained with (ImageNet statistics).
+    Checkpoints are read with ``weights_only=True``. An ``ImageClassifier`` checkpoint carries the
+    normalization it trained with (its ``mean``/``std`` or its datamodule's); for checkpoints saved
+    before that was stored, CIFAR-10's statistics are assumed. Pretrained CIFAR ResNet weights use the
+    normalization they were trained with (ImageNet statistics).
     """
     path = Path(path)
     if not path.is_file():
@@ -36,9 +40,7 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> LoadedClassi
         # a datamodule given a pathlib folder saves it among its hyperparameters; paths are safe to unpickle
         with torch.serialization.safe_globals([PurePosixPath, PureWindowsPath, PosixPath, WindowsPath]):
             model = ImageClassifier.load_from_checkpoint(path, map_location=map_location, weights_only=True)
-        mean, std = model.hparams.mean, model.hparams.std
-        if mean is None or std is None:
-            mean, std = CIFAR_STATS["cifar10"]
-        return LoadedClassifier(model.eval(), (tuple(mean), tuple(std)), path.stem)
+        normalization = model.input_normalization or _LEGACY_NORMALIZATION
+        return LoadedClassifier(model.eval(), normalization, path.stem)
     model = load_cifar_resnet(path)
     return LoadedClassifier(model.eval(), tuple(CIFAR_RESNET_NORMALIZE), path.stem.split("-")[0])
