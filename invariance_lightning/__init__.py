@@ -27,6 +27,7 @@ _LAZY = {
     "CIFARDataModule": "invariance_lightning.data",
     "ImageFolderDataModule": "invariance_lightning.data",
     "ImageClassifier": "invariance_lightning.classifier",
+    "FaultTolerantLogger": "invariance_lightning.loggers",
 }
 
 
@@ -43,6 +44,7 @@ __all__ = [
     "CIFARDataModule",
     "ConsistencyRegularization",
     "EquivarianceReport",
+    "FaultTolerantLogger",
     "GPUAugmentationMixin",
     "ImageClassifier",
     "ImageFolderDataModule",

@@ -139,9 +139,6 @@ def test_wandb_offline_run_has_scalars_and_images(tmp_path, monkeypatch):
     assert any("per_frame" in p for p in images) and any("history" in p for p in images), images
     tables = glob.glob(os.path.join(run_dir, "media", "table", "invariance_tables", "**", "*.json"), recursive=True)
     assert tables, "per-frame tables must be logged"
-    (binary_log,) = glob.glob(os.path.join(os.path.dirname(run_dir), "*.wandb"))
-    with open(binary_log, "rb") as handle:
-        assert b"invariance/train/scale/worst_case_accuracy" in handle.read(), "scalars must reach the run file"
 
 
 def test_plot_failures_warn_once_and_training_continues(tmp_path, monkeypatch):

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
+from invariance_lightning.loggers import FaultTolerantLogger
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -49,7 +51,8 @@ class FigureSink:
         epoch: int,
     ) -> None:
         """Log ``figures``/``tables``; ``line_plots`` maps a key to ``(title, table with x, y, series)``."""
-        loggers = trainer.loggers
+        # a FaultTolerantLogger delivers what its wrapped logger can take
+        loggers = [logger.logger if isinstance(logger, FaultTolerantLogger) else logger for logger in trainer.loggers]
         for logger in loggers:
             if isinstance(logger, WandbLogger):
                 self._attempt("W&B media", self._to_wandb, logger, trainer, figures, tables, line_plots)
