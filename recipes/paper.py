@@ -218,8 +218,8 @@ def load_checkpoint(path: Path) -> LoadedModel:
         )
     # Datamodules given a pathlib folder save it in their hyperparameters; a path is safe to unpickle.
     with torch.serialization.safe_globals([type(Path())]):
-        loaded = load_classifier(path)
         saved = torch.load(path, map_location="cpu", weights_only=True).get("datamodule_hyper_parameters") or {}
+    loaded = load_classifier(path)  # allow-lists paths itself (nesting safe_globals would drop the outer list)
     name = saved.get("name") if saved else "cifar10"
     if name not in CIFAR_STATS:
         raise ValueError(

@@ -127,7 +127,8 @@ def test_wandb_disabled_mode_trains_and_keeps_scalars(tmp_path, monkeypatch):
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    logger = WandbLogger(project="invariance-tests", save_dir=str(tmp_path))
+    # mode passed explicitly too: wandb keeps process-wide settings from earlier (offline) runs in the same session
+    logger = WandbLogger(project="invariance-tests", save_dir=str(tmp_path), mode="disabled")
     _, _, messages = fit(tmp_path, max_epochs=1, logger=logger)
     assert not matching(messages, "could not"), messages
     assert not list(tmp_path.rglob("*.wandb")), "disabled W&B must write no run files"
