@@ -54,13 +54,25 @@ def _csv_logger(save_dir: str | None) -> dict:
     return {"class_path": CSV_LOGGER, "init_args": {"save_dir": save_dir or "."}}
 
 
-def _config_without_wandb(path: str) -> str:
-    """A copy of the YAML config at ``path`` whose W&B logger is a CSVLogger (``path`` itself if it has none)."""
+def _option_value(args: Sequence[str], name: str) -> str | None:
+    """The last value given to ``name`` in ``args`` (``--name value`` or ``--name=value``)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _config_without_wandb(path: str, root: str | None = None) -> str:
+    """A temporary copy of the YAML config at ``path`` whose W&B logger is a CSVLogger saving under ``root`` (else
+    the file's ``default_root_dir``); ``path`` itself if it has no W&B logger."""
     config = yaml.safe_load(Path(path).read_text()) or {}
     trainer = config.get("trainer") or {}
     if "Wandb" not in json.dumps(trainer.get("logger"), default=str):
         return path
-    trainer["logger"] = _csv_logger(trainer.get("default_root_dir"))
+    trainer["logger"] = _csv_logger(root or trainer.get("default_root_dir"))
     handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="config-csv-", delete=False)
     with handle:
         yaml.safe_dump(config, handle)
@@ -77,7 +89,17 @@ class InvarianceCLI(LightningCLI):
         if importlib.util.find_spec("wandb") is None and isinstance(args, (list, tuple)):
             # without wandb, jsonargparse cannot resolve WandbLogger's options, so a config naming one fails to
             # parse before before_instantiate_classes could swap it: swap it in the config files first
-            args = [_config_without_wandb(a) if i and args[i - 1] in ("--config", "-c") else a for i, a in enumerate(args)]
+            root = _option_value(args, "--trainer.default_root_dir")
+            rewritten = [
+                _config_without_wandb(a, root) if i and args[i - 1] in ("--config", "-c") else a for i, a in enumerate(args)
+            ]
+            try:
+                super().parse_arguments(parser, rewritten)
+            finally:
+                for original, copy in zip(args, rewritten):
+                    if copy != original:
+                        os.unlink(copy)
+            return
         super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:

@@ -97,7 +97,8 @@ def test_wandb_offline_run_directory_is_produced(tiny_cifar_dir, tmp_path, monke
             "fit", "--config", str(REPO / "configs" / "cifar10" / "resnet20_plain.yaml"),  # fast_dev_run drops loggers
             "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
             "--trainer.default_root_dir", str(run_root),
-            "--trainer.logger.init_args.save_dir", str(run_root), "--data.data_dir", str(tiny_cifar_dir),
+            "--trainer.logger.init_args.save_dir", str(run_root), "--trainer.logger.init_args.mode", "offline",
+            "--data.data_dir", str(tiny_cifar_dir),
             "--data.val_split", "16", "--data.batch_size", "16", "--trainer.enable_progress_bar", "false",
         ]
     )

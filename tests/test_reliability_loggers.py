@@ -109,12 +109,6 @@ def test_cli_replaces_the_configured_wandb_logger_by_csv_when_wandb_is_missing(t
     assert type(build_cli(args).trainer.logger) is CSVLogger
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: without wandb the CSVLogger is put into a copy of the config file before parsing, so its "
-    "save_dir is the file's default_root_dir and a --trainer.default_root_dir given after --config is ignored "
-    "(--no_wandb with wandb installed honours it)",
-)
 def test_cli_csv_fallback_logs_under_the_default_root_dir_given_on_the_command_line(tmp_path, hide_wandb):
     hide_wandb()
     cli = build_cli(["--config", SHIPPED_CONFIG, "--trainer.default_root_dir", str(tmp_path)])
