@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,6 +43,19 @@ def imagenette_dir() -> Path:
 @pytest.fixture(scope="session")
 def cifar_resnet_weights_dir() -> Path:
     return _require(shared_root() / "weights" / "cifar10-resnet")
+
+
+def write_random_cifar10(folder: Path, train: int, test: int) -> Path:
+    """Random uint8 images and labels in the shared ``cifar10_{train,test}.npz`` format, for runs without ../shared."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train), ("test", test)):
+        np.savez(
+            folder / f"cifar10_{split}.npz",
+            images=rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8),
+            labels=rng.integers(0, 10, count).astype(np.int64),
+            classes=np.array([f"class{i}" for i in range(10)]),
+        )
+    return folder
 
 
 @pytest.fixture(autouse=True)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import write_random_cifar10
 
 from invariance_lightning.cli import main, wandb_logged_in
 from invariance_lightning.models import cifar_resnet
@@ -21,16 +21,7 @@ IMAGENETTE_CONFIGS = sorted((REPO / "configs" / "imagenette").glob("*.yaml"))
 @pytest.fixture(scope="module")
 def tiny_cifar_dir(tmp_path_factory) -> Path:
     """A tiny CIFAR-10 in the shared .npz format, so that the CLI runs without ../shared."""
-    folder = tmp_path_factory.mktemp("cifar10")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 64), ("test", 32)):
-        np.savez(
-            folder / f"cifar10_{split}.npz",
-            images=rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8),
-            labels=rng.integers(0, 10, count).astype(np.int64),
-            classes=np.array([f"class{i}" for i in range(10)]),
-        )
-    return folder
+    return write_random_cifar10(tmp_path_factory.mktemp("cifar10"), train=64, test=32)
 
 
 def test_configs_exist_for_every_variant():

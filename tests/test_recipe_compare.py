@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import write_random_cifar10
 
 from invariance_lightning.classifier import ImageClassifier
 from invariance_lightning.data import CIFARDataModule
@@ -94,15 +95,7 @@ def test_tiny_comparison_on_shared_cifar10(recipe, cifar10_dir, tmp_path):
 @pytest.fixture(scope="module")
 def generated_cifar(tmp_path_factory) -> Path:
     """Random images in the shared .npz format; the configs hold out 5,000 training images for validation."""
-    folder = tmp_path_factory.mktemp("generated_cifar10")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 5064), ("test", 40)):
-        np.savez(
-            folder / f"cifar10_{split}.npz",
-            images=rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8),
-            labels=rng.integers(0, 10, count).astype(np.int64),
-        )
-    return folder
+    return write_random_cifar10(tmp_path_factory.mktemp("generated_cifar10"), train=5064, test=40)
 
 
 def test_interrupted_run_is_resumed_then_reused_on_generated_data(recipe, generated_cifar, tmp_path, capsys,
