@@ -103,7 +103,7 @@ def test_interrupted_run_is_resumed_then_reused_on_generated_data(recipe, genera
     output = tmp_path / "out"
     run_dir = output / "runs" / "cifar10" / "resnet20_plain"
     base = ["--preset", "tiny", "--variants", "plain", "--epochs", "2", "--train-subset", "64", "--test-images", "16",
-            "--no-wandb", "--data-dir", str(generated_cifar), "--output", str(output)]
+            "--no-wandb", "--data-dir", str(generated_cifar), "--output", str(output), "--monitor-samples", "24"]
 
     def stop_after_this_epoch(module):  # as if the 2-epoch run were killed after its first epoch
         module.trainer.should_stop = True
@@ -114,6 +114,8 @@ def test_interrupted_run_is_resumed_then_reused_on_generated_data(recipe, genera
         recipe.main(base)
     (row,) = read_rows(output)[1]
     assert (row["training"], row["epochs"], row["test_images"]) == ("trained", "1", "16")
+    trained = yaml.safe_load((run_dir / "compare_config.yaml").read_text())
+    assert recipe.find_callback(trained, "InvarianceMonitor")["init_args"]["num_samples"] == 24
 
     with pytest.raises(SystemExit) as stop:
         recipe.main(base)  # the run exists: no silent retraining
@@ -156,6 +158,9 @@ def test_unknown_names_list_the_valid_ones(recipe, capsys):
     with pytest.raises(SystemExit):
         recipe.main(["--epochs", "0"])
     assert "--epochs must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        recipe.main(["--monitor-samples", "-3"])
+    assert "--monitor-samples must be at least 1, got -3" in capsys.readouterr().err
     with pytest.raises(ValueError, match="valid families"):
         recipe.resolve_variants("mnist", None)
     assert list(recipe.resolve_variants("cifar10", None)) == list(recipe.MAIN_VARIANTS)
