@@ -264,18 +264,24 @@ def build_datamodule(config: Mapping[str, Any], overrides: Mapping[str, Any]) ->
 
 
 # -- one variant ---------------------------------------------------------------------------------------------------
-def read_checkpoint(checkpoint: Path) -> tuple[int, dict[str, float]]:
+def read_checkpoint(checkpoint: Path) -> tuple[int, list[dict[str, Any]]]:
     """Epochs completed when ``checkpoint`` was saved (Lightning stores the 0-based epoch it was saved in), and the
-    :data:`MONITORED` values of the InvarianceMonitor's last measurement in it (NaN without one)."""
+    InvarianceMonitor's measurement history saved in it (rows ``{"epoch", "values"}``; empty without a monitor)."""
     # a datamodule given a pathlib folder saves it among its hyperparameters; paths are safe to unpickle
     with torch.serialization.safe_globals([pathlib.PurePosixPath, pathlib.PosixPath, pathlib.PureWindowsPath,
                                            pathlib.WindowsPath]):
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    last: dict[str, float] = {}
+    history: list[dict[str, Any]] = []
     for key, callback in (state.get("callbacks") or {}).items():
         if key.startswith(MONITOR) and callback.get("history"):
-            last = callback["history"][-1]["values"]
-    return int(state["epoch"]) + 1, {key: float(last.get(key, math.nan)) for key in MONITORED}
+            history = callback["history"]
+    return int(state["epoch"]) + 1, history
+
+
+def last_monitored(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The :data:`MONITORED` values of the last measurement in a monitor history (NaN without one)."""
+    last = history[-1]["values"] if history else {}
+    return {key: float(last.get(key, math.nan)) for key in MONITORED}
 
 
 def last_logged(run_dir: Path, keys: Sequence[str]) -> dict[str, float]:
@@ -417,7 +423,8 @@ def table_row(
     row: dict[str, Any] = {"variant": run.variant, "test_accuracy": float(results["shift"]["per_frame_accuracy"][0])}
     for name, metrics in results.items():
         row.update({f"{name}_{metric}": float(metrics[metric]) for metric in SEQUENCE_METRICS})
-    epochs, monitored = read_checkpoint(run.checkpoint)
+    epochs, history = read_checkpoint(run.checkpoint)
+    monitored = last_monitored(history)
     row.update({column: monitored[key] for key, column in MONITORED.items()})
     logged = last_logged(run.run_dir, list(LOGGED))
     row.update({column: logged[key] for key, column in LOGGED.items()})
@@ -466,6 +473,7 @@ def comparison_markdown(rows: Sequence[Mapping[str, Any]], setup: Mapping[str, A
         f"{setup['seconds']:.0f} s in total (timings under load are not comparable across machines).",
         "\n".join(table),
         "![accuracy vs flip rate](accuracy_vs_flip_rate.png)",
+        "![InvarianceMonitor flip rates over the epochs](monitor_history.png)",
         "![shift: per-frame accuracy and flip rate](shift_per_frame.png)",
         "![scale: per-frame accuracy and flip rate](scale_per_frame.png)",
         "## Commands",
@@ -514,15 +522,33 @@ def write_tables(
     (output / "comparison.json").write_text(json.dumps(payload, indent=1))
 
 
+def monitor_history_figure(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure:
+    """The InvarianceMonitor's :data:`MONITORED` values over the training epochs, one panel per value, one line per
+    variant."""
+    fig = Figure(figsize=(4.6 * len(MONITORED), 3.8), dpi=100, layout="constrained")
+    for ax, key in zip(fig.subplots(1, len(MONITORED), squeeze=False, sharey=True)[0], MONITORED):
+        for variant, history in histories.items():
+            points = [(row["epoch"], row["values"][key]) for row in history if key in row["values"]]
+            if points:
+                ax.plot(*zip(*points), marker=".", label=variant)
+        ax.set(title=f"monitor: {key}", xlabel="epoch", ylabel="flip rate", ylim=(0, None))
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize="small")
+    return fig
+
+
 def write_plots(
     output: Path,
     rows: Sequence[Mapping[str, Any]],
     results: Mapping[str, Mapping[str, Mapping[str, Tensor]]],
     sequences: Mapping[str, TransformSequence],
 ) -> list[Path]:
-    """The PNG plots: accuracy vs flip rate, and per sequence the per-frame accuracy and flip rate of every
-    variant; returns their paths."""
-    figures = {"accuracy_vs_flip_rate": accuracy_flip_figure(rows, list(sequences))}
+    """The PNG plots: accuracy vs flip rate, the monitor's flip rates over the epochs, and per sequence the
+    per-frame accuracy and flip rate of every variant; returns their paths."""
+    histories = {row["variant"]: read_checkpoint(Path(row["checkpoint"]))[1] for row in rows}
+    figures = {"accuracy_vs_flip_rate": accuracy_flip_figure(rows, list(sequences)),
+               "monitor_history": monitor_history_figure(histories)}
     for name, sequence in sequences.items():
         by_variant = {variant: r[name] for variant, r in results.items()}
         figures[f"{name}_per_frame"] = per_frame_figure(sequence, by_variant, f"{name}: {sequence!r}")

@@ -23,7 +23,7 @@ from invariance_lightning.loading import load_classifier
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPE = REPO_ROOT / "recipes" / "compare.py"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-PLOTS = ("accuracy_vs_flip_rate.png", "shift_per_frame.png", "scale_per_frame.png")
+PLOTS = ("accuracy_vs_flip_rate.png", "monitor_history.png", "shift_per_frame.png", "scale_per_frame.png")
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +181,24 @@ def test_config_copy_moves_the_run_directory_and_groups_wandb(recipe, tmp_path):
     assert monitor == {**recipe.PRESETS["quick"].monitor, "batch_size": 256}
     assert source["trainer"]["default_root_dir"] == "runs/cifar10/resnet20_aps"  # the source is left alone
     assert "runs/cifar10" not in yaml.safe_dump(config).replace(str(run_dir), "")  # nothing left at the old place
+
+
+def test_monitor_history_figure_draws_each_variants_values_per_epoch(recipe):
+    histories = {
+        "plain": [{"epoch": 0, "values": {"val/shift/flip_rate": 0.3, "train/shift/flip_rate": 0.2}},
+                  {"epoch": 2, "values": {"val/shift/flip_rate": 0.1, "train/shift/flip_rate": 0.05}}],
+        "blur": [{"epoch": 1, "values": {"val/shift/flip_rate": 0.25}}],  # no train split measured
+        "none": [],  # a run without a monitor draws nothing
+    }
+    figure = recipe.monitor_history_figure(histories)
+    train_ax, val_ax = figure.axes
+    assert train_ax.get_title() == "monitor: train/shift/flip_rate" and val_ax.get_title().endswith("val/shift/flip_rate")
+    assert [line.get_label() for line in train_ax.lines] == ["plain"]
+    assert [(line.get_label(), list(line.get_xdata()), list(line.get_ydata())) for line in val_ax.lines] == [
+        ("plain", [0, 2], [0.3, 0.1]), ("blur", [1], [0.25])]
+    assert recipe.last_monitored(histories["blur"])["val/shift/flip_rate"] == 0.25
+    assert math.isnan(recipe.last_monitored(histories["blur"])["train/shift/flip_rate"])
+    assert all(math.isnan(v) for v in recipe.last_monitored([]).values())
 
 
 def test_last_logged_takes_the_latest_epoch_over_logger_versions(recipe, tmp_path):
