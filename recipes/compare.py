@@ -618,7 +618,7 @@ class EvaluationData:
     labels: Tensor
     normalization: Normalization  # the datamodule's (mean, std)
     overrides: dict[str, Any]  # datamodule arguments for the CLI
-    preset: Preset  # with train_subset dropped when the split is smaller
+    preset: Preset  # with train_subset and test_images dropped where the split is smaller
 
 
 def prepare_data(args: argparse.Namespace, preset: Preset, config: Mapping[str, Any]) -> EvaluationData:
@@ -635,6 +635,7 @@ def prepare_data(args: argparse.Namespace, preset: Preset, config: Mapping[str, 
         overrides["train_subset"] = preset.train_subset
     wanted = preset.test_images
     count = None if wanted is None or wanted >= datamodule.split_size("test") else wanted
+    preset = replace(preset, test_images=count)  # the report says "all test images" rather than a larger number
     images, labels = datamodule.split_arrays("test", count, seed=args.seed)
     return EvaluationData(images, labels, (tuple(datamodule.mean), tuple(datamodule.std)), overrides, preset)
 

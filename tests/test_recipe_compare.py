@@ -251,6 +251,7 @@ def test_imagenette_data_plumbing_on_generated_folders(recipe, tmp_path):
     preset = recipe.PRESETS["quick"]
     data = recipe.prepare_data(args, preset, config)
     assert data.preset.train_subset is None  # 6 training images < the preset's 2,000: all of them
+    assert data.preset.test_images is None and "all test images" in recipe.describe(data.preset)  # 4 < 1,000
     assert data.overrides == {"root": str(tmp_path / "imagenette")}
     assert data.images.shape == (4, 3, 128, 128) and data.images.dtype == torch.uint8  # the whole val folder
     assert sorted(data.labels.tolist()) == [0, 0, 1, 1]
