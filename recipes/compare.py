@@ -18,6 +18,7 @@ and writes ``comparison.md``, ``comparison.csv``, ``comparison.json`` and PNG pl
 Run from the repository root, e.g.::
 
     python recipes/compare.py --preset quick --no-wandb          # smoke run: ~11 min on 2 CPU cores (docs/recipes.md)
+    python recipes/compare.py --preset cpu --variants all        # 20 epochs on 5,000 images: docs/results.md
     python recipes/compare.py --preset full --reuse              # the configs' schedules, for a GPU
     python recipes/compare.py --family imagenette --variants plain blur --preset full
 """
