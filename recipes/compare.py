@@ -418,13 +418,18 @@ def evaluate(
 
 
 def table_row(
-    run: VariantRun, results: Mapping[str, Mapping[str, Tensor]], num_images: int, training: str, preset: str
+    run: VariantRun,
+    results: Mapping[str, Mapping[str, Tensor]],
+    saved: tuple[int, Sequence[Mapping[str, Any]]],
+    num_images: int,
+    training: str,
+    preset: str,
 ) -> dict[str, Any]:
-    """One row of the comparison table (see :data:`COLUMNS`)."""
+    """One row of the comparison table (see :data:`COLUMNS`); ``saved`` is :func:`read_checkpoint` of the run."""
     row: dict[str, Any] = {"variant": run.variant, "test_accuracy": float(results["shift"]["per_frame_accuracy"][0])}
     for name, metrics in results.items():
         row.update({f"{name}_{metric}": float(metrics[metric]) for metric in SEQUENCE_METRICS})
-    epochs, history = read_checkpoint(run.checkpoint)
+    epochs, history = saved
     monitored = last_monitored(history)
     row.update({column: monitored[key] for key, column in MONITORED.items()})
     logged = last_logged(run.run_dir, list(LOGGED))
@@ -544,10 +549,11 @@ def write_plots(
     rows: Sequence[Mapping[str, Any]],
     results: Mapping[str, Mapping[str, Mapping[str, Tensor]]],
     sequences: Mapping[str, TransformSequence],
+    histories: Mapping[str, Sequence[Mapping[str, Any]]],
 ) -> list[Path]:
-    """The PNG plots: accuracy vs flip rate, the monitor's flip rates over the epochs, and per sequence the
-    per-frame accuracy and flip rate of every variant; returns their paths."""
-    histories = {row["variant"]: read_checkpoint(Path(row["checkpoint"]))[1] for row in rows}
+    """The PNG plots: accuracy vs flip rate, the monitor's flip rates over the epochs (``histories``: each
+    variant's monitor history), and per sequence the per-frame accuracy and flip rate of every variant; returns
+    their paths."""
     figures = {"accuracy_vs_flip_rate": accuracy_flip_figure(rows, list(sequences)),
                "monitor_history": monitor_history_figure(histories)}
     for name, sequence in sequences.items():
@@ -693,19 +699,22 @@ def main(argv: Sequence[str] | None = None) -> Path:
     }
     rows: list[dict[str, Any]] = []
     results: dict[str, dict[str, dict[str, Tensor]]] = {}
+    histories: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         tick = time.perf_counter()
         train(run, actions[run.variant])
         trained = time.perf_counter()
         results[run.variant] = evaluate(run, data.images, data.labels, sequences, args.batch_size, data.normalization)
-        rows.append(table_row(run, results[run.variant], len(data.labels), actions[run.variant], args.preset))
+        saved = read_checkpoint(run.checkpoint)
+        histories[run.variant] = saved[1]
+        rows.append(table_row(run, results[run.variant], saved, len(data.labels), actions[run.variant], args.preset))
         setup["seconds_per_variant"][run.variant] = {"training": trained - tick,
                                                      "evaluation": time.perf_counter() - trained}
         setup.update(load_end=_load_average(), seconds=time.perf_counter() - started)
         write_tables(args.output, rows, results, sequences, setup)
         print(f"== {run.variant}: " + ", ".join(f"{k} {_cell(v, k)}" for k, v in rows[-1].items()
                                                  if isinstance(v, float)), flush=True)
-    plots = write_plots(args.output, rows, results, sequences)
+    plots = write_plots(args.output, rows, results, sequences, histories)
     if not args.no_wandb:
         configure_wandb_mode()
         project = (first["trainer"].get("logger") or {}).get("init_args", {}).get("project", "invariance-lightning")
