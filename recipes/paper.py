@@ -12,7 +12,10 @@ For one model (a shared pretrained CIFAR ResNet, or a Lightning checkpoint of ``
    equivariance error and pooled-feature change under small input shifts, layer by layer.
 
 and writes ``report.md`` (tables, plots, the command), ``report.json`` and PNG plots to ``--output``
-(default ``results/paper/<model>/``). Run from the repository root, e.g.::
+(default ``results/paper/<model>/``). What is not found locally (``../shared`` beside the repository,
+``$INVARIANCE_SHARED_DIR``, ``$INVARIANCE_DATA_DIR``) is downloaded into ``~/.cache/invariance_lightning``: CIFAR-10
+through torchvision, the ResNet-20/56 weights from their GitHub release, checked by sha256 (``--no-download`` forbids
+it). Run from the repository root, e.g.::
 
     python recipes/paper.py --model resnet20 --preset quick
     python recipes/paper.py --checkpoint runs/last.ckpt --preset full
@@ -43,7 +46,8 @@ from invariance_lightning.data import CIFAR_STATS, DATA_DIR_ENV, CIFARDataModule
 from invariance_lightning.diagnostics import EquivarianceReport, default_layers, layer_equivariance
 from invariance_lightning.loading import load_classifier
 from invariance_lightning.metrics.evaluate import Normalization
-from invariance_lightning.models import CIFAR_RESNET_DEPTHS
+from invariance_lightning.models import CIFAR_RESNET_DEPTHS, PRETRAINED_CIFAR_RESNETS, cifar_resnet_weights
+from invariance_lightning.models.pretrained import WEIGHTS_URL_ENV, DownloadError, weights_cache_dir
 from invariance_lightning.reporting import per_frame_markdown, results_to_dict, summary_markdown
 from invariance_lightning.transforms import ShiftSequence, TransformSequence
 
@@ -142,15 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--checkpoint", type=Path, help="a Lightning checkpoint of ImageClassifier instead")
     parser.add_argument(
         "--weights-dir", type=Path, default=None,
-        help=f"folder with resnet<depth>-*.th (default: ${SHARED_ENV}/weights/cifar10-resnet or "
-        "../shared/weights/cifar10-resnet beside the repository)",
+        help=f"folder with resnet<depth>-*.th, looked in first; then ${SHARED_ENV}/weights/cifar10-resnet (or "
+        f"../shared/weights/cifar10-resnet beside the repository), then the cache {weights_cache_dir()}, where "
+        f"resnet20/resnet56 are downloaded (from ${WEIGHTS_URL_ENV} if set) when missing",
     )
     parser.add_argument(
         "--data-dir", type=Path, default=None,
         help=f"folder with cifar10_{{train,test}}.npz (or its cifar10/, data/cifar10/ subfolders) or torchvision's "
         f"copy (default: ${DATA_DIR_ENV}, else the shared folder, else ~/.cache/invariance_lightning)",
     )
-    parser.add_argument("--download", action="store_true", help="download CIFAR-10 with torchvision if not found")
+    parser.add_argument(
+        "--download", action=argparse.BooleanOptionalAction, default=True,
+        help="download what is not found locally: CIFAR-10 through torchvision, the pretrained weights from their "
+        "GitHub release (default: on; --no-download forbids both)",
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick",
                         help="sizes: quick (default) = 500 test + 500 train images, 64 for the per-layer profile; "
                         "full = 10,000 + 10,000 and 512")
@@ -182,26 +191,25 @@ def load_model(args: argparse.Namespace) -> LoadedModel:
     """The pretrained ResNet named by ``--model``, or the ``--checkpoint``; clear errors when files are missing."""
     if args.checkpoint is not None:
         return load_checkpoint(args.checkpoint)
-    weights_dir = args.weights_dir or default_weights_dir()
-    found = sorted(weights_dir.glob(f"{args.model}-*.th")) if weights_dir.is_dir() else []
-    if not found:
-        origin = "--weights-dir" if args.weights_dir else (
-            f"${SHARED_ENV}" if os.environ.get(SHARED_ENV) else "the default, ../shared beside the repository"
-        )
-        state = "has no" if weights_dir.is_dir() else "does not exist, so no"
-        raise FileNotFoundError(
-            f"no pretrained weights for {args.model}: {weights_dir} (from {origin}) {state} {args.model}-*.th file.\n"
-            f"Fix it: pass --weights-dir FOLDER with {args.model}-<hash>.th (e.g. resnet20-12fca82f.th), set "
-            f"{SHARED_ENV} to the folder holding weights/cifar10-resnet/, or measure your own model with "
-            "--checkpoint PATH."
-        )
-    loaded = load_classifier(found[0])
+    folders = [args.weights_dir] if args.weights_dir is not None else []
+    try:
+        path = cifar_resnet_weights(args.model, search_dirs=[*folders, default_weights_dir()], download=args.download)
+    except (FileNotFoundError, DownloadError) as err:
+        origin = f"from ${SHARED_ENV}" if os.environ.get(SHARED_ENV) else "../shared beside the repository"
+        fixes = [f"pass --weights-dir FOLDER with {args.model}-<hash>.th (e.g. resnet20-12fca82f.th)",
+                 f"set {SHARED_ENV} to the folder holding weights/cifar10-resnet/ (now: {shared_root()}, {origin})"]
+        if args.model in PRETRAINED_CIFAR_RESNETS:
+            fixes.append("download it (drop --no-download)" if not args.download else "retry on a machine with "
+                         f"internet access, or set {WEIGHTS_URL_ENV} to a mirror of the release")
+        fixes.append("measure your own model with --checkpoint PATH")
+        raise type(err)(f"{err}\nFix it: " + "; or ".join(fixes) + ".") from err
+    loaded = load_classifier(path)
     return LoadedModel(
         name=args.model,
         model=loaded.model,
         layer_model=loaded.model,
         normalize=loaded.normalize,
-        source=str(found[0]),
+        source=str(path),
         datamodule_kwargs={"name": "cifar10", "val_split": 0},
         train_note="the pretrained weights were trained on all 50,000 CIFAR-10 training images",
     )
@@ -273,7 +281,7 @@ def load_images(
     except FileNotFoundError as err:
         raise FileNotFoundError(
             f"{err}\nWith this recipe: pass --data-dir FOLDER, set {DATA_DIR_ENV} (or {SHARED_ENV} to the folder "
-            "holding data/cifar10/), or add --download on a machine with internet access."
+            "holding data/cifar10/), or run it on a machine with internet access without --no-download."
         ) from err
     subsets = {}
     for split, wanted in (("test", sizes.test), ("train", sizes.train)):
@@ -546,10 +554,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
-    """The command line: :func:`main`, with missing files and bad input reported without a traceback (status 1)."""
+    """The command line: :func:`main`, with missing files, failed downloads and bad input reported without a
+    traceback (status 1)."""
     try:
         main(argv)
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError) as error:
         sys.exit(f"paper.py: error: {error}")
 
 

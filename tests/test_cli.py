@@ -50,6 +50,7 @@ def test_every_cifar_config_fits_with_fast_dev_run(config, tiny_cifar_dir, tmp_p
     )
 
 
+@pytest.mark.shared_data
 @pytest.mark.slow
 @pytest.mark.parametrize("config", IMAGENETTE_CONFIGS, ids=lambda p: p.stem)
 def test_every_imagenette_config_fits_with_fast_dev_run(config, imagenette_dir, tmp_path):

@@ -264,6 +264,7 @@ def shared_cifar(cifar10_dir) -> CIFARDataModule:
     return dm
 
 
+@pytest.mark.shared_data
 def test_shared_cifar10_splits(shared_cifar, cifar10_dir):
     assert shared_cifar.classes[:3] == ("airplane", "automobile", "bird")
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = (
@@ -279,6 +280,7 @@ def test_shared_cifar10_splits(shared_cifar, cifar10_dir):
     assert torch.equal(same_seed.split_arrays("val")[0], val_x)
 
 
+@pytest.mark.shared_data
 def test_shared_cifar10_statistics_match_the_constants(shared_cifar):
     # exact population statistics of all 50,000 training images from per-channel histograms of the 256 values
     histogram = torch.zeros(3, 256, dtype=torch.float64)
@@ -295,6 +297,7 @@ def test_shared_cifar10_statistics_match_the_constants(shared_cifar):
     assert std.tolist() == pytest.approx(shared_cifar.std, abs=1e-4)
 
 
+@pytest.mark.shared_data
 def test_shared_cifar10_fast_and_standard_path_agree(shared_cifar, cifar10_dir):
     standard = CIFARDataModule(data_dir=cifar10_dir, download=False, seed=0, fast_path=False).val_dataloader()
     fast_batch, standard_batch = next(iter(shared_cifar.val_dataloader())), next(iter(standard))

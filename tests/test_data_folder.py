@@ -186,6 +186,7 @@ def test_trainer_fits_on_generated_folders(tree, tmp_path, decode, num_workers):
 
 
 # -- the shared Imagenette subset ------------------------------------------------------------------------------------
+@pytest.mark.shared_data
 def test_shared_imagenette(imagenette_dir):
     dm = ImageFolderDataModule(imagenette_dir, image_size=128, batch_size=50, num_workers=0)
     assert dm.num_classes == 10 and dm.classes[0] == "n01440764" and dm.class_names[0] == "tench"

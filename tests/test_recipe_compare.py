@@ -60,6 +60,7 @@ def hand_made_shift_metrics(checkpoint: Path, images: torch.Tensor, labels: torc
     }
 
 
+@pytest.mark.shared_data
 def test_tiny_comparison_on_shared_cifar10(recipe, cifar10_dir, tmp_path):
     output = tmp_path / "out"
     recipe.main(["--preset", "tiny", "--variants", "plain", "blur", "--no-wandb", "--data-dir", str(cifar10_dir),

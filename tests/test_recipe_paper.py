@@ -1,9 +1,12 @@
 """End-to-end tests of ``recipes/paper.py``: the shared pretrained ResNet-20 on real CIFAR-10, a freshly trained
-checkpoint on generated data (no ../shared needed), and the missing-file errors."""
+checkpoint on generated data (no ../shared needed), the main job on a machine without ../shared (data and weights
+"downloaded" from stand-ins: a fake torchvision dataset and a local HTTP server), and the missing-file errors."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import io
 import json
 import math
 import sys
@@ -18,7 +21,9 @@ import torch
 
 from invariance_lightning.classifier import ImageClassifier
 from invariance_lightning.data import CIFAR_STATS, CIFARDataModule
-from invariance_lightning.models import CIFAR_RESNET_NORMALIZE, load_cifar_resnet
+from http_server import FileServer
+from invariance_lightning.models import CIFAR_RESNET_NORMALIZE, PRETRAINED_CIFAR_RESNETS, load_cifar_resnet
+from invariance_lightning.models.pretrained import WEIGHTS_URL_ENV, PretrainedFile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPE = REPO_ROOT / "recipes" / "paper.py"
@@ -106,6 +111,7 @@ def check_outputs(report_path: Path, payload: dict, protocols: set[str]) -> str:
     return markdown
 
 
+@pytest.mark.shared_data
 def test_pretrained_resnet20_on_cifar10(recipe, cifar10_dir, cifar_resnet_weights_dir, tmp_path):
     out = tmp_path / "out"
     argv = ["--model", "resnet20", "--weights-dir", str(cifar_resnet_weights_dir), "--data-dir", str(cifar10_dir),
@@ -199,21 +205,118 @@ def test_missing_data_says_where_it_looked(recipe, generated, tmp_path, monkeypa
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no data found") as info:
-        recipe.main(["--checkpoint", str(generated[1]), "--data-dir", str(empty), "--output", str(tmp_path / "o")])
-    assert str(empty) in str(info.value) and "--data-dir" in str(info.value) and "--download" in str(info.value)
+        recipe.main(["--checkpoint", str(generated[1]), "--data-dir", str(empty), "--output", str(tmp_path / "o"),
+                     "--no-download"])
+    message = str(info.value)
+    assert str(empty) in message and "download=False" in message
+    assert "--data-dir" in message and "without --no-download" in message
 
 
-def test_missing_weights_fail_with_a_clear_message(recipe, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def trained_resnet20(generated) -> bytes:
+    """The generated checkpoint's ResNet-20 as a weights file in the release's ``{"state_dict": ...}`` layout (a
+    fresh network would predict one class for every image, which any model reproduces)."""
+    with torch.serialization.safe_globals([type(Path())]):
+        model = ImageClassifier.load_from_checkpoint(generated[1], map_location="cpu", weights_only=True)
+    buffer = io.BytesIO()
+    torch.save({"state_dict": model.backbone.state_dict()}, buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def fresh_machine(tmp_path, monkeypatch) -> Path:
+    """No ../shared, no INVARIANCE_DATA_DIR, an empty user cache (returned): what a new user's machine has. The
+    weights URL points at a closed local port, so that no test reaches the internet."""
+    monkeypatch.setenv(WEIGHTS_URL_ENV, "http://127.0.0.1:9/closed")
+    (tmp_path / "no-shared").mkdir()
+    monkeypatch.setenv("INVARIANCE_SHARED_DIR", str(tmp_path / "no-shared"))
+    monkeypatch.delenv("INVARIANCE_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "invariance_lightning"
+
+
+def test_downloads_are_on_unless_no_download(recipe):
+    assert recipe.build_parser().parse_args([]).download is True
+    assert recipe.build_parser().parse_args(["--no-download"]).download is False
+
+
+def test_main_job_downloads_data_and_weights_on_a_fresh_machine(recipe, generated, trained_resnet20, fresh_machine,
+                                                                 tmp_path, monkeypatch):
+    downloads = []
+
+    class TorchvisionCIFAR10:  # stands in for torchvision.datasets.CIFAR10 (no internet here)
+        base_folder = "cifar-10-batches-py"
+
+        def __init__(self, root, train, download):
+            downloads.append((root, train, download))
+            with np.load(generated[0] / f"cifar10_{'train' if train else 'test'}.npz") as arrays:
+                self.data, self.targets = arrays["images"], arrays["labels"].tolist()
+            self.classes = [f"class{i}" for i in range(10)]
+
+    monkeypatch.setattr("invariance_lightning.data.cifar._TORCHVISION", {"cifar10": TorchvisionCIFAR10})
+    sha256 = hashlib.sha256(trained_resnet20).hexdigest()
+    monkeypatch.setitem(PRETRAINED_CIFAR_RESNETS, "resnet20", PretrainedFile("resnet20-random.th", 0, sha256))
+    out = tmp_path / "out"
+    with FileServer({"/resnet20-random.th": trained_resnet20}) as release:
+        monkeypatch.setenv(WEIGHTS_URL_ENV, release.url)
+        report = recipe.main(["--model", "resnet20", "--num-images", "8", "--layer-images", "2", "--layers",
+                              "conv1,linear", "--protocols", "shift_circular", "--output", str(out)])
+    assert release.requests == ["/resnet20-random.th"]
+    cached = fresh_machine / "weights" / "resnet20-random.th"
+    assert hashlib.sha256(cached.read_bytes()).hexdigest() == sha256
+    assert downloads == [(str(fresh_machine), True, True), (str(fresh_machine), False, True)]
+    payload = json.loads((out / "report.json").read_text())
+    assert report == out / "report.md" and payload["model"]["source"] == str(cached)
+    assert payload["data"]["source"] == str(fresh_machine)
+    # the numbers are those of the downloaded model on the "downloaded" images
+    images, labels = CIFARDataModule(download=True, val_split=0).split_arrays("test", 8, seed=0)
+    predictions = rolled_predictions(load_cifar_resnet(cached), images, CIFAR_RESNET_NORMALIZE, 8)
+    check_split(payload["results"]["test"]["shift_circular"]["metrics"], predictions, labels)
+    assert payload["results"]["test"]["shift_circular"]["metrics"]["flip_rate"] > 0  # a non-trivial comparison
+
+
+def test_explicit_then_shared_weights_win_over_cache_and_download(recipe, trained_resnet20, fresh_machine, tmp_path,
+                                                                    monkeypatch):
+    shared = tmp_path / "shared" / "weights" / "cifar10-resnet"
+    shared.mkdir(parents=True)
+    (shared / "resnet20-shared.th").write_bytes(trained_resnet20)
+    monkeypatch.setenv("INVARIANCE_SHARED_DIR", str(tmp_path / "shared"))
+    explicit = tmp_path / "explicit"
+    explicit.mkdir()
+    args = recipe.build_parser().parse_args(["--model", "resnet20", "--weights-dir", str(explicit)])
+    with FileServer({}) as release:  # a download attempt would show up here (and fail with 404)
+        monkeypatch.setenv(WEIGHTS_URL_ENV, release.url)
+        assert recipe.load_model(args).source == str(shared / "resnet20-shared.th")  # --weights-dir lacks it
+        (explicit / "resnet20-mine.th").write_bytes(trained_resnet20)
+        assert recipe.load_model(args).source == str(explicit / "resnet20-mine.th")
+    assert release.requests == [] and not fresh_machine.exists()
+
+
+def test_missing_weights_fail_with_a_clear_message(recipe, fresh_machine, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     empty = tmp_path / "weights"
     empty.mkdir()
     with pytest.raises(SystemExit) as info:
-        recipe.cli(["--model", "resnet56", "--weights-dir", str(empty)])
+        recipe.cli(["--model", "resnet56", "--weights-dir", str(empty), "--no-download"])
     message = str(info.value.code)  # sys.exit(message): printed to stderr, exit status 1
-    assert message.startswith("paper.py: error: no pretrained weights for resnet56")
-    assert f"{empty} (from --weights-dir) has no resnet56-*.th" in message
-    assert "--checkpoint" in message and "INVARIANCE_SHARED_DIR" in message
-    assert not (tmp_path / "results").exists()
+    assert message.startswith("paper.py: error: no weights for resnet56: looked for ")
+    for place in (empty, tmp_path / "no-shared" / "weights" / "cifar10-resnet"):
+        assert f"{place}/resnet56-*.th" in message
+    assert f"{fresh_machine / 'weights' / 'resnet56-4bfd9763.th'}, and downloading is disabled" in message
+    assert "drop --no-download" in message and "--checkpoint" in message and "INVARIANCE_SHARED_DIR" in message
+
+    with pytest.raises(SystemExit) as info:  # no pinned release file to download
+        recipe.cli(["--model", "resnet32"])
+    message = str(info.value.code)
+    assert "resnet32 has no pinned download" in message and WEIGHTS_URL_ENV not in message
+
+    with FileServer({}) as release, pytest.raises(SystemExit) as info:  # the release answers 404
+        monkeypatch.setenv(WEIGHTS_URL_ENV, release.url)
+        recipe.cli(["--model", "resnet20"])
+    message = str(info.value.code)
+    assert f"download of {release.url}/resnet20-12fca82f.th failed: HTTPError: HTTP Error 404" in message
+    assert f"set {WEIGHTS_URL_ENV} to a mirror" in message
+    assert not (tmp_path / "results").exists() and not list((fresh_machine / "weights").iterdir())
 
 
 def test_checkpoint_must_be_a_lightning_ckpt(recipe, tmp_path):

@@ -11,6 +11,7 @@ from invariance_lightning.models.cifar_resnet import (
     cifar_resnet_state_dict,
     load_cifar_resnet,
 )
+from invariance_lightning.models.pretrained import PRETRAINED_CIFAR_RESNETS, cifar_resnet_weights
 
 __all__ = [
     "CIFAR_RESNET_DEPTHS",
@@ -19,8 +20,10 @@ __all__ = [
     "CifarResNet",
     "DownsampledInputConv2d",
     "Normalization",
+    "PRETRAINED_CIFAR_RESNETS",
     "antialias",
     "cifar_resnet",
     "cifar_resnet_state_dict",
+    "cifar_resnet_weights",
     "load_cifar_resnet",
 ]
