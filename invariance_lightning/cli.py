@@ -24,10 +24,12 @@ import yaml
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
+from invariance_lightning.callbacks.subsets import SplitStream
 from invariance_lightning.classifier import ImageClassifier
 from invariance_lightning.data import CIFARDataModule, ImageFolderDataModule
 from invariance_lightning.loading import load_classifier
 from invariance_lightning.metrics import evaluate_invariance
+from invariance_lightning.metrics.evaluate import module_device
 from invariance_lightning.reporting import report_markdown, results_to_dict
 from invariance_lightning.transforms import SEQUENCE_PRESETS, sequence_preset
 
@@ -110,7 +112,11 @@ class InvarianceCLI(LightningCLI):
 
 
 def evaluate_main(argv: Sequence[str]) -> Path:
-    """``evaluate``: the full invariance report of a model on a dataset split, as Markdown/JSON/PNG."""
+    """``evaluate``: the full invariance report of a model on a dataset split, as Markdown/JSON/PNG.
+
+    The split is streamed from the datamodule's dataset ``--batch_size`` images at a time (once per sequence), so
+    memory holds one batch, never the split.
+    """
     parser = argparse.ArgumentParser(prog="invariance-lightning evaluate", description=evaluate_main.__doc__)
     parser.add_argument("--model", required=True, help="ImageClassifier .ckpt or pretrained CIFAR ResNet weights (.th)")
     parser.add_argument("--data", default="cifar10", help="cifar10, cifar100, or an ImageFolder root")
@@ -122,6 +128,8 @@ def evaluate_main(argv: Sequence[str]) -> Path:
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--output", type=Path, default=None, help="default: results/evaluate/<model name>")
     args = parser.parse_args(list(argv))
+    if args.num_images is not None and args.num_images < 1:
+        parser.error(f"--num_images must be a positive int, got {args.num_images}")
 
     loaded = load_classifier(args.model)
     if args.data in ("cifar10", "cifar100"):
@@ -129,20 +137,29 @@ def evaluate_main(argv: Sequence[str]) -> Path:
     else:
         datamodule = ImageFolderDataModule(args.data, image_size=args.image_size, test_dir="val")
     datamodule.setup("test" if args.split == "test" else "fit")
-    images, targets = datamodule.split_arrays(args.split, args.num_images)
+    device = module_device(loaded.model)
+    images = SplitStream(
+        getattr(datamodule, f"{args.split}_dataloader")(),
+        args.split,
+        args.num_images,
+        datamodule.seed,  # the subset datamodule.split_arrays(split, num_images) would draw
+        batch_size=args.batch_size,
+        transfer=lambda batch: datamodule.transfer_batch_to_device(batch, device, 0),
+        plain_loader=datamodule.val_dataloader() if args.split == "train" else None,
+    )
     sequences = sequence_preset(args.preset)
     results = {
         name: evaluate_invariance(
-            loaded.model, images, targets, sequence, batch_size=args.batch_size, normalize=loaded.normalize, progress=True
+            loaded.model, images, None, sequence, batch_size=args.batch_size, normalize=loaded.normalize, progress=True
         )
         for name, sequence in sequences.items()
     }
     output = args.output or Path("results") / "evaluate" / loaded.name
     output.mkdir(parents=True, exist_ok=True)
-    payload = {"model": str(args.model), "data": args.data, "split": args.split, "num_images": len(images)}
+    payload = {"model": str(args.model), "data": args.data, "split": args.split, "num_images": images.num_images}
     payload["results"] = results_to_dict(results, sequences)
     (output / "report.json").write_text(json.dumps(payload, indent=1))
-    title = f"Invariance of {loaded.name} on {args.data} {args.split} ({len(images)} images, preset {args.preset})"
+    title = f"Invariance of {loaded.name} on {args.data} {args.split} ({images.num_images} images, preset {args.preset})"
     command = "invariance-lightning evaluate " + " ".join(argv)
     (output / "report.md").write_text(report_markdown(results, sequences, title, notes=f"Command: `{command}`"))
     _write_per_frame_plots(results, sequences, output)

@@ -27,12 +27,15 @@ class FaultTolerantLogger(Logger):
     ``after_save_checkpoint`` and ``experiment`` (None when it cannot be created). The first
     failure of each warns (with the error); later ones are only counted in ``failures``.
     ``name``, ``version``, ``save_dir``, ``root_dir``, ``log_dir`` and ``group_separator`` are the
-    wrapped logger's, so checkpoints land where they would without the wrapper; any other
-    attribute (``log_image``, ``watch``, ...) is looked up on the wrapped logger and called
-    unguarded. The wrapped logger is ``.logger``.
+    wrapped logger's; any other attribute (``log_image``, ``watch``, ...) is looked up on the
+    wrapped logger and called unguarded. The wrapped logger is ``.logger``.
 
-    Note that code dispatching on the logger's type (``isinstance(logger, WandbLogger)``) sees a
-    ``FaultTolerantLogger``; such code should look at ``.logger``.
+    The wrapper also passes as an instance of the wrapped logger's class (``__class__`` is that
+    class, as for ``unittest.mock`` specs), because Lightning picks directories by type:
+    ``Trainer.log_dir`` is ``log_dir`` for a ``CSVLogger``/``TensorBoardLogger`` but ``save_dir``
+    for any other logger. So ``trainer.log_dir``, checkpoints, ``SaveConfigCallback``'s config and
+    the monitor's plots land where they would without the wrapper. ``type(logger)`` still is
+    ``FaultTolerantLogger``, and so is ``isinstance(logger, FaultTolerantLogger)``.
 
     Example:
         >>> from lightning.pytorch.loggers import CSVLogger
@@ -116,6 +119,15 @@ class FaultTolerantLogger(Logger):
     @property
     def group_separator(self) -> str:
         return self.logger.group_separator
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        """The wrapped logger's class (see above)."""
+        return type(self.logger)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle would rebuild the class __class__ names; rebuild the wrapper instead
+        return type(self), (self.logger,), vars(self)
 
     def __getattr__(self, name: str) -> Any:
         # only reached for attributes the wrapper lacks; "logger" itself is absent while unpickling

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import lightning.pytorch as pl
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 NUM_CLASSES = 6
@@ -73,3 +75,23 @@ def tiny_trainer(tmp_path, **kwargs) -> pl.Trainer:
     )
     defaults.update(kwargs)
     return pl.Trainer(**defaults)
+
+
+class LargestImageBatch(TorchDispatchMode):
+    """Inside the ``with`` block, the largest N of any (N, C, height, width) tensor an operator creates.
+
+    A stream that holds one batch at a time never creates an image tensor larger than the batch; gathering a
+    whole split into memory creates one of the split's size.
+    """
+
+    def __init__(self, height: int, width: int) -> None:
+        super().__init__()
+        self.size = (height, width)
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for value in tree_flatten(out)[0]:
+            if isinstance(value, torch.Tensor) and value.ndim == 4 and tuple(value.shape[-2:]) == self.size:
+                self.largest = max(self.largest, value.shape[0])
+        return out

@@ -155,6 +155,7 @@ def test_plot_failures_warn_once_and_training_continues(tmp_path, monkeypatch):
         trainer.fit(TinyClassifier(), tiny_loader(40, seed=1), tiny_loader(24, seed=2))
     messages = [str(w.message) for w in caught if "could not log PNG files" in str(w.message)]
     assert len(messages) == 1 and "disk full" in messages[0]
+    assert messages[0].startswith("InvarianceMonitor: "), "a sink warning names the callback that raised it"
     assert len(callback.history) == 3
     assert "invariance/val/shift/flip_rate" in trainer.callback_metrics
 

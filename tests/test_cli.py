@@ -9,8 +9,13 @@ import pytest
 import torch
 import yaml
 from conftest import write_random_cifar10
+from lightning_helpers import LargestImageBatch
+from torchvision.io import write_png
 
+from invariance_lightning import evaluate_invariance, sequence_preset
 from invariance_lightning.cli import main, wandb_logged_in
+from invariance_lightning.data import ImageFolderDataModule
+from invariance_lightning.loading import load_classifier
 from invariance_lightning.models import cifar_resnet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,6 +117,36 @@ def test_evaluate_writes_a_report_for_pretrained_weights(tiny_cifar_dir, tmp_pat
     assert 0.0 <= report["results"]["shift"]["metrics"]["flip_rate"] <= 1.0
     assert "| shift |" in (output / "report.md").read_text()
     assert (output / "shift_per_frame.png").exists()
+
+
+def test_evaluate_streams_the_split_and_never_builds_a_tensor_of_its_size(tmp_path):
+    root = tmp_path / "folder"
+    generator = torch.Generator().manual_seed(0)
+    for split, per_class in (("train", 2), ("val", 10)):
+        for label in ("a", "b"):
+            (root / split / label).mkdir(parents=True)
+            for i in range(per_class):
+                image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=generator)
+                write_png(image, str(root / split / label / f"{i}.png"))
+    weights = tmp_path / "resnet20-test.th"
+    torch.save({"state_dict": cifar_resnet(20).state_dict()}, weights)
+    output = tmp_path / "report"
+    args = ["evaluate", "--model", str(weights), "--data", str(root), "--image_size", "32", "--preset", "monitor"]
+    with LargestImageBatch(32, 32) as tracker:
+        main([*args, "--batch_size", "8", "--output", str(output)])
+    assert tracker.largest <= 8, f"an image tensor of {tracker.largest} images was built for a 20-image split"
+
+    report = json.loads((output / "report.json").read_text())
+    assert report["num_images"] == 20
+    datamodule = ImageFolderDataModule(root, image_size=32, test_dir="val", num_workers=0)
+    datamodule.setup("test")
+    images, targets = datamodule.split_arrays("test")
+    loaded = load_classifier(weights)
+    for name, sequence in sequence_preset("monitor").items():
+        expected = evaluate_invariance(loaded.model, images, targets, sequence, normalize=loaded.normalize)
+        for metric in ("flip_rate", "consistency", "accuracy", "worst_case_accuracy"):
+            logged = report["results"][name]["metrics"][metric]
+            assert logged == pytest.approx(float(expected[metric]), abs=1e-6), (name, metric)
 
 
 def test_wandb_login_detection_reads_the_environment(monkeypatch, tmp_path):

@@ -1,19 +1,33 @@
-"""Distributed correctness on CPU (gloo, 2 processes): synced values equal single-process values exactly."""
+"""Distributed correctness on CPU (gloo, 2 processes): disjoint and complete shards, single-process values."""
 
 from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
 import torch.multiprocessing as mp
 from distributed_workers import free_port, metric_worker
-from lightning_helpers import NUM_CLASSES, tiny_data, tiny_loader, tiny_trainer
+from lightning_helpers import NUM_CLASSES, tiny_data, tiny_trainer
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-from invariance_lightning import InvarianceMonitor, ScaleSequence, ShiftSequence, TransformConsistency, evaluate_invariance
+from invariance_lightning import (
+    InvarianceMonitor,
+    InvarianceReport,
+    ScaleSequence,
+    ShiftSequence,
+    TransformConsistency,
+    evaluate_invariance,
+)
 from invariance_lightning.callbacks.subsets import _draw_indices
 
 pytestmark = pytest.mark.slow
+
+SEQUENCES = {"shift": ShiftSequence(max_shift=2, mode="zeros"), "scale": ScaleSequence([0.9, 1.0, 1.1])}
 
 
 def test_metric_under_gloo_equals_single_process_with_uneven_and_empty_shards():
@@ -32,48 +46,121 @@ def test_metric_under_gloo_equals_single_process_with_uneven_and_empty_shards():
             torch.testing.assert_close(results[case][key], value, rtol=0, atol=0, msg=f"{case}: {key}")
 
 
-class NoBatchNorm(pl.LightningModule):
-    """No BatchNorm: every process holds identical weights, so shards are measured on one model."""
+FRAMES = 6  # frames per image: SEQUENCES' 3 shifts and 3 scales
 
-    def __init__(self) -> None:
+
+def with_ids(images: torch.Tensor, first_id: int) -> torch.Tensor:
+    """``images`` whose channel 0 is the constant ``id + 1`` (its maximum in every shifted or rescaled frame)."""
+    images = images.clone()
+    images[:, 0] = torch.arange(first_id + 1, first_id + 1 + len(images), dtype=images.dtype)[:, None, None]
+    return images
+
+
+def id_loader(num_images: int, seed: int, first_id: int) -> DataLoader:
+    images, targets = tiny_data(num_images, seed=seed)
+    return DataLoader(TensorDataset(with_ids(images, first_id), targets), batch_size=8)
+
+
+class Recorder(pl.LightningModule):
+    """No BatchNorm (every process holds identical weights, so shards are measured on one model). ``forward``, which
+    only the callbacks call, counts the images it sees by id; each process writes its counts to ``folder``."""
+
+    def __init__(self, folder: Path) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, NUM_CLASSES)
+            nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(8, NUM_CLASSES),
         )
+        self.folder = str(folder)
+        self.seen: Counter[int] = Counter()
 
     def forward(self, x):
+        self.seen.update((x[:, 0].amax(dim=(1, 2)).round().long() - 1).tolist())
         return self.net(x)
 
     def training_step(self, batch, batch_idx):
         images, targets = batch
-        return nn.functional.cross_entropy(self(images), targets)
+        return nn.functional.cross_entropy(self.net(images), targets)
 
     def validation_step(self, batch, batch_idx):
+        pass
+
+    def test_step(self, batch, batch_idx):
         pass
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
+    def on_fit_end(self) -> None:
+        self._write("fit")
 
-def test_monitor_under_ddp_spawn_equals_single_process(tmp_path):
-    sequences = {"shift": ShiftSequence(max_shift=2, mode="zeros"), "scale": ScaleSequence([0.9, 1.0, 1.1])}
-    callback = InvarianceMonitor(sequences, num_samples=15, log_plots=False, batch_size=16)
+    def on_test_end(self) -> None:
+        self._write("test")
+
+    def _write(self, stage: str) -> None:
+        Path(self.folder, f"{stage}_rank{self.global_rank}.json").write_text(json.dumps(self.seen))
+
+
+def measured_per_rank(folder: Path, stage: str) -> list[set[int]]:
+    """The images each process measured: all FRAMES frames of an image went through its model, once.
+
+    A process also forwards the first two images once to check the module's output, hence ``count % FRAMES`` of 1.
+    """
+    shares = []
+    for rank in range(2):
+        counts = {int(i): n for i, n in json.loads((folder / f"{stage}_rank{rank}.json").read_text()).items()}
+        assert all(n in (1, FRAMES, FRAMES + 1) for n in counts.values()), (rank, counts)
+        shares.append({i for i, n in counts.items() if n >= FRAMES})
+    return shares
+
+
+def assert_disjoint_and_complete(shares: list[set[int]], expected: set[int]) -> None:
+    assert not shares[0] & shares[1], f"images measured on both processes: {sorted(shares[0] & shares[1])}"
+    assert shares[0] | shares[1] == expected
+
+
+def ddp_trainer(tmp_path: Path, callback) -> pl.Trainer:
+    return tiny_trainer(
+        tmp_path, max_epochs=1, strategy="ddp_spawn", devices=2, logger=False, enable_checkpointing=False,
+        callbacks=[callback],
+    )
+
+
+def test_monitor_under_ddp_spawn_measures_disjoint_complete_shards_and_equals_single_process(tmp_path):
+    callback = InvarianceMonitor(SEQUENCES, num_samples=15, log_plots=False, batch_size=16, normalize=None)
     pl.seed_everything(0)
-    model = NoBatchNorm()
-    trainer = tiny_trainer(tmp_path, max_epochs=1, strategy="ddp_spawn", devices=2, logger=False, enable_checkpointing=False)
-    trainer.callbacks.append(callback)
+    model = Recorder(tmp_path)
     # val has a single image: rank 1's shard is empty; train's 15 images split 8 / 7
-    trainer.fit(model, tiny_loader(40, seed=1), tiny_loader(1, seed=2))
+    trainer = ddp_trainer(tmp_path, callback)
+    trainer.fit(model, id_loader(40, seed=1, first_id=0), id_loader(1, seed=2, first_id=100))
 
-    train_images, train_targets = tiny_data(40, seed=1)
     train_indices = _draw_indices(40, 15, seed=0, split="train")
+    assert_disjoint_and_complete(measured_per_rank(tmp_path, "fit"), set(train_indices) | {100})
+    train_images, train_targets = tiny_data(40, seed=1)
     val_images, val_targets = tiny_data(1, seed=2)
-    for name, sequence in sequences.items():
+    for name, sequence in SEQUENCES.items():
         for split, images, targets in (
-            ("train", train_images[train_indices], train_targets[train_indices]),
-            ("val", val_images, val_targets),
+            ("train", with_ids(train_images, 0)[train_indices], train_targets[train_indices]),
+            ("val", with_ids(val_images, 100), val_targets),
         ):
             expected = evaluate_invariance(model, images, targets, sequence)
             for metric in ("flip_rate", "consistency", "mac", "accuracy", "worst_case_accuracy"):
                 logged = float(trainer.callback_metrics[f"invariance/{split}/{name}/{metric}"])
                 assert logged == pytest.approx(float(expected[metric]), abs=1e-6), (split, name, metric)
+
+
+def test_report_under_ddp_spawn_measures_disjoint_complete_shards_of_the_whole_split(tmp_path):
+    report = InvarianceReport(SEQUENCES, log_plots=False, batch_size=16, normalize=None)
+    model = Recorder(tmp_path)
+    trainer = ddp_trainer(tmp_path, report)
+    trainer.test(model, id_loader(13, seed=3, first_id=0))
+
+    assert_disjoint_and_complete(measured_per_rank(tmp_path, "test"), set(range(13)))
+    images, targets = tiny_data(13, seed=3)
+    for name, sequence in SEQUENCES.items():
+        expected = evaluate_invariance(model, with_ids(images, 0), targets, sequence)
+        logged = float(trainer.callback_metrics[f"invariance_report/test/{name}/flip_rate"])
+        assert logged == pytest.approx(float(expected["flip_rate"]), abs=1e-6), name

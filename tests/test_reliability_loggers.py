@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning_helpers import TinyClassifier, tiny_loader, tiny_trainer
 
@@ -217,3 +218,66 @@ def test_wrapper_forwards_attributes_pickles_and_rejects_non_loggers(tmp_path):
         logger.no_such_attribute
     with pytest.raises(TypeError, match="logger must be a lightning.pytorch Logger.*got str"):
         FaultTolerantLogger("csv")
+
+
+def make_logger(kind: str, root: Path) -> Logger:
+    if kind == "csv":
+        return CSVLogger(root, name="csv")
+    if kind == "tensorboard":
+        return TensorBoardLogger(root, name="tb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    return WandbLogger(project="invariance-tests", save_dir=str(root), offline=True, id="fixed-run")
+
+
+def finish_wandb_run() -> None:
+    import wandb
+
+    wandb.finish()
+
+
+@pytest.mark.parametrize("kind,package", [("csv", None), ("tensorboard", "tensorboard"), ("wandb", "wandb")])
+def test_wrapping_changes_no_directory_a_trainer_or_callback_reads(tmp_path, kind, package, monkeypatch):
+    if package:
+        pytest.importorskip(package)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+
+    def run(root: Path, wrap: bool) -> tuple[dict[str, str], list[str]]:
+        """Where one short fit puts things, with ``root`` written as <root>; and the files it writes."""
+        if kind == "wandb":
+            finish_wandb_run()  # WandbLogger would join a run an earlier test left open
+        inner = make_logger(kind, root)
+        logger = FaultTolerantLogger(inner) if wrap else inner
+        parser = LightningArgumentParser()
+        parser.add_argument("--seed", type=int, default=0)
+        checkpoint = ModelCheckpoint()
+        save_config = SaveConfigCallback(parser, parser.parse_args([]))  # what LightningCLI adds
+        trainer = tiny_trainer(
+            root, max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=logger,
+            callbacks=[checkpoint, save_config],
+        )
+        trainer.fit(TinyClassifier(), tiny_loader(8))
+        seen = {
+            "trainer.log_dir": trainer.log_dir,
+            "checkpoint": checkpoint.best_model_path,
+            "isinstance": isinstance(trainer.logger, type(inner)),  # Lightning dispatches on the logger's type
+        }
+        for name in ("log_dir", "save_dir", "name", "version", "root_dir"):
+            seen[f"logger.{name}"] = getattr(trainer.logger, name, "<no such attribute>")
+        if kind == "wandb":
+            finish_wandb_run()
+        files = sorted(
+            str(path.relative_to(root).parent / ("events" if path.name.startswith("events.out") else path.name))
+            for path in root.rglob("*")
+            if path.is_file() and path.relative_to(root).parts[0] != "wandb"  # W&B run folders are timestamped
+        )
+        return {key: str(value).replace(str(root), "<root>") for key, value in seen.items()}, files
+
+    bare, bare_files = run(tmp_path / "bare", wrap=False)
+    wrapped, wrapped_files = run(tmp_path / "wrapped", wrap=True)
+    assert {key: (bare[key], wrapped[key]) for key in bare if wrapped[key] != bare[key]} == {}
+    assert wrapped_files == bare_files
+    config = Path(bare["trainer.log_dir"].replace("<root>", str(tmp_path / "wrapped"))) / "config.yaml"
+    assert config.is_file(), "SaveConfigCallback writes into trainer.log_dir"
+    if kind != "wandb":  # CSV/TensorBoard runs keep their config in their own version folder
+        assert bare["trainer.log_dir"] == bare["logger.log_dir"] and bare["trainer.log_dir"].endswith("version_0")

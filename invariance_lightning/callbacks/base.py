@@ -1,27 +1,29 @@
-"""What the invariance callbacks share: configuration, subset preparation and checks, measuring, plotting."""
+"""What the invariance callbacks share: configuration, input checks, measuring, plotting."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
 from invariance_lightning.callbacks.measure import (
     ModuleForward,
     NonFiniteLogitsError,
     SequenceMeasurement,
-    evaluation_mode,
     measure_sequences,
+    targets_error,
 )
-from invariance_lightning.callbacks.plots import flip_grid_figure, per_frame_figure
+from invariance_lightning.callbacks.plots import FLIP_GRID_IMAGES, flip_grid_figure, per_frame_figure
 from invariance_lightning.callbacks.sinks import FigureSink, Table
-from invariance_lightning.callbacks.subsets import BatchKey, ImageSubset, draw_subset
+from invariance_lightning.callbacks.subsets import BatchKey
 from invariance_lightning.metrics.evaluate import Normalization, as_float_images, check_normalize
+from invariance_lightning.metrics.mode import evaluation_mode
 from invariance_lightning.transforms import TransformSequence
 
 NONFINITE_POLICIES = ("warn", "raise")
@@ -70,7 +72,8 @@ class InvarianceCallbackBase(Callback):
         self.on_nonfinite = on_nonfinite
         self.prefix = prefix
         self.class_names: list[str] | None = None
-        self._sink = FigureSink()
+        self._num_classes: int | None = None
+        self._sink = FigureSink(type(self).__name__)
 
     # -- setup -----------------------------------------------------------------------------------
     def _resolve_normalize(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Normalization | None:
@@ -85,64 +88,64 @@ class InvarianceCallbackBase(Callback):
         mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
         return check_normalize((mean, std)) if mean is not None and std is not None else None
 
-    def _prepare_subset(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str, num_samples: int | None, seed: int
-    ) -> ImageSubset:
-        """Draw the subset, check that every sequence fits it and that the module returns logits, move it to the device."""
-        subset = draw_subset(trainer, split, num_samples, seed, self.batch_key)
-        if subset.images.ndim != 4:
+    def _check_images(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, images: Tensor, targets: Tensor | None, split: str
+    ) -> None:
+        """Check that ``images`` of ``split`` are NCHW and fit every sequence, and that the module gives ``(N, C)``
+        logits for them whose classes cover ``targets``."""
+        if images.ndim != 4:
             raise ValueError(
-                f"the {split!r} images must have shape (N, C, H, W), got {tuple(subset.images.shape)}; "
+                f"the {split!r} images must have shape (N, C, H, W), got {tuple(images.shape)}; "
                 "pass batch_key if batches are not (images, targets)"
             )
-        height, width = subset.images.shape[-2:]
+        height, width = images.shape[-2:]
         for name, sequence in self.sequences.items():
             try:
                 sequence.output_size(height, width)
             except ValueError as error:
                 raise ValueError(f"sequence {name!r} does not fit the {split!r} images: {error}") from None
-        subset = subset.to(pl_module.device)
-        self._check_logits_shape(trainer, pl_module, subset, split)
-        return subset
-
-    def _check_logits_shape(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, subset: ImageSubset, split: str
-    ) -> None:
-        probe = as_float_images(subset.images[:2])
+        probe = as_float_images(images[:2].to(pl_module.device))
         with evaluation_mode(pl_module), trainer.precision_plugin.val_step_context():
             output = self.forward_fn(pl_module, probe) if self.forward_fn else pl_module(probe)
         if not isinstance(output, Tensor) or output.ndim != 2 or output.shape[0] != probe.shape[0]:
             shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
             raise ValueError(
-                f"InvarianceMonitor needs (N, C) logits from the module on {split!r} images, got {shape}; "
+                f"{type(self).__name__} needs (N, C) logits from the module on {split!r} images, got {shape}; "
                 "pass forward_fn=lambda module, x: ... to extract them"
             )
         if self.top_k is not None and self.top_k > output.shape[1]:
             rank_zero_info(f"InvarianceMonitor: the module has {output.shape[1]} classes; top_k lowered to {output.shape[1]}")
             self.top_k = output.shape[1]
-        if subset.targets is not None and subset.targets.numel():
-            if int(subset.targets.max()) >= output.shape[1] or int(subset.targets.min()) < 0:
-                raise ValueError(
-                    f"{split!r} targets range over [{int(subset.targets.min())}, {int(subset.targets.max())}] but the "
-                    f"module returns {output.shape[1]} logits"
-                )
+        self._num_classes = output.shape[1]
+        error = targets_error(targets, self._num_classes, split)
+        if error is not None:
+            raise ValueError(error)
 
     # -- measuring -------------------------------------------------------------------------------
     def _measure(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, subset: ImageSubset, normalize: Normalization | None
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batches: Iterable[tuple[Tensor, Tensor | None]],
+        normalize: Normalization | None,
+        split: str,
     ) -> dict[str, SequenceMeasurement] | None:
-        """Measure this process's shard of ``subset``; None (after a warning) on non-finite logits with ``"warn"``."""
-        shard = subset.shard(trainer.global_rank, trainer.world_size)
+        """Measure this process's ``batches`` of ``split`` (checked with :meth:`_check_images` first); None (after a
+        warning) on non-finite logits with ``"warn"``."""
+        assert self._num_classes is not None, "_check_images sets the number of classes"
         try:
             return measure_sequences(
                 trainer,
                 pl_module,
-                shard,
+                batches,
                 self.sequences,
+                split=split,
+                num_classes=self._num_classes,
                 batch_size=self.batch_size,
                 normalize=normalize,
                 forward_fn=self.forward_fn,
                 top_k=self.top_k,
+                examples=FLIP_GRID_IMAGES if self.log_plots else 0,
             )
         except NonFiniteLogitsError as error:
             if self.on_nonfinite == "raise":
@@ -159,12 +162,12 @@ class InvarianceCallbackBase(Callback):
         return names
 
     def _scalars(
-        self, split: str, subset: ImageSubset, results: dict[str, SequenceMeasurement] | None
+        self, split: str, has_targets: bool, results: dict[str, SequenceMeasurement] | None
     ) -> dict[str, float]:
         """``{"{split}/{sequence}/{metric}": value}`` for every scalar metric (NaN where measuring failed)."""
         values = {}
         for name in self.sequences:
-            for metric in self._scalar_names(subset.targets is not None):
+            for metric in self._scalar_names(has_targets):
                 value = math.nan if results is None else float(results[name].metrics[metric])
                 values[f"{split}/{name}/{metric}"] = value
         return values
@@ -178,7 +181,6 @@ class InvarianceCallbackBase(Callback):
     def _figures_and_tables(
         self,
         results_by_split: Mapping[str, dict[str, SequenceMeasurement] | None],
-        shards: Mapping[str, ImageSubset],
         epoch: int,
     ) -> tuple[dict[str, Any], dict[str, Table], dict[str, tuple[str, Table]]]:
         figures: dict[str, Any] = {}
@@ -207,12 +209,13 @@ class InvarianceCallbackBase(Callback):
                 f"{name}: flip rate along the sequence", (["frame_value", "flip_rate", "split"], flips)
             )
             split, result = next(iter(measured.items()))  # the first split's images, this process's shard
+            examples = result[name].examples  # rank zero's shard is never empty
             figures[f"{self.prefix}_plots/{name}/flips_{split}"] = flip_grid_figure(
-                shards[split].images.cpu(),
-                result[name].predictions,
+                examples.images.cpu(),
+                examples.predictions.cpu(),
                 sequence,
                 self.class_names,
-                targets=None if shards[split].targets is None else shards[split].targets.cpu(),
+                targets=None if examples.targets is None else examples.targets.cpu(),
             )
         return figures, tables, line_plots
 
@@ -224,7 +227,6 @@ class InvarianceCallbackBase(Callback):
         self,
         trainer: pl.Trainer,
         results_by_split: Mapping[str, dict[str, SequenceMeasurement] | None],
-        subsets: Mapping[str, ImageSubset],
     ) -> None:
         """Build and deliver the figures on global rank zero; failures warn once.
 
@@ -233,9 +235,8 @@ class InvarianceCallbackBase(Callback):
         if not (self.log_plots and trainer.is_global_zero):
             return
         epoch = trainer.current_epoch
-        shards = {split: subset.shard(trainer.global_rank, trainer.world_size) for split, subset in subsets.items()}
         try:
-            figures, tables, line_plots = self._figures_and_tables(results_by_split, shards, epoch)
+            figures, tables, line_plots = self._figures_and_tables(results_by_split, epoch)
             figures.update(self._extra_figures())
         except Exception as error:  # no matplotlib, or a figure that cannot be drawn: never stop training
             self._sink.warn_once("plots", f"could not draw plots ({type(error).__name__}: {error})")
@@ -248,3 +249,12 @@ def class_names_of(trainer: pl.Trainer) -> list[str] | None:
     classes = getattr(trainer.datamodule, "classes", None)
     return [str(c) for c in classes] if classes is not None else None
 
+
+def device_transfer(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Callable[[Any], Any]:
+    """Move a batch to the module's device with the ``transfer_batch_to_device`` hook Lightning would use (the
+    datamodule's where it overrides it, e.g. to decode images there), without the before/after-transfer hooks,
+    which may augment or normalize."""
+    datamodule = trainer.datamodule
+    overrides = datamodule is not None and is_overridden("transfer_batch_to_device", datamodule)
+    owner = datamodule if overrides else pl_module
+    return lambda batch: owner.transfer_batch_to_device(batch, pl_module.device, 0)

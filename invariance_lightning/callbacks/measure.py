@@ -1,18 +1,17 @@
-"""Measure a LightningModule on an image subset, sharded over processes, with synced metrics."""
+"""Measure a LightningModule on a stream of image batches (this process's shard), with synced metrics."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from invariance_lightning.callbacks.subsets import ImageSubset
 from invariance_lightning.metrics import TransformConsistency, iter_frame_logits
 from invariance_lightning.metrics.evaluate import Normalization
+from invariance_lightning.metrics.mode import evaluation_mode
 from invariance_lightning.transforms import TransformSequence
 
 ModuleForward = Callable[[pl.LightningModule, Tensor], Tensor]
@@ -22,67 +21,107 @@ class NonFiniteLogitsError(ValueError):
     """The model produced NaN or infinite logits on some frame (on any process)."""
 
 
+def targets_error(targets: Tensor | None, num_classes: int, split: str) -> str | None:
+    """Why ``targets`` cannot be class indices for ``num_classes`` logits, or None if they can."""
+    if targets is None or not targets.numel():
+        return None
+    low, high = int(targets.min()), int(targets.max())
+    if low < 0 or high >= num_classes:
+        return f"{split!r} targets range over [{low}, {high}] but the module returns {num_classes} logits"
+    return None
+
+
+@dataclass
+class FlipExamples:
+    """The (at most ``limit``) images seen so far whose top-1 prediction flips most often along a sequence.
+
+    Offered batch by batch; ties go to the image offered first, so the result is what a stable sort
+    of all images by flip count would keep, while only ``limit`` images are ever held.
+    """
+
+    limit: int
+    images: Tensor | None = None
+    predictions: Tensor | None = None
+    targets: Tensor | None = None
+
+    def add(self, images: Tensor, predictions: Tensor, targets: Tensor | None) -> None:
+        """Offer ``images`` (n, C, H, W) with their ``predictions`` (n, T) and ``targets`` (n,) or None."""
+        if self.images is not None:
+            images = torch.cat([self.images, images])
+            predictions = torch.cat([self.predictions, predictions])
+            targets = None if targets is None or self.targets is None else torch.cat([self.targets, targets])
+        flips = (predictions[:, 1:] != predictions[:, :-1]).sum(dim=1)
+        keep = torch.argsort(flips, descending=True, stable=True)[: self.limit]
+        self.images, self.predictions = images[keep], predictions[keep]
+        self.targets = None if targets is None else targets[keep]
+
+
 @dataclass
 class SequenceMeasurement:
-    """Synced metric values for one sequence, and this process's per-image predictions (n_local, T)."""
+    """Synced metric values for one sequence, and this process's most-flipping images."""
 
     metrics: dict[str, Tensor]
-    predictions: Tensor
-    indices: list[int]
-
-
-@contextmanager
-def evaluation_mode(module: nn.Module) -> Iterator[None]:
-    """Eval mode and no grad inside; every submodule's own training flag restored afterwards."""
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for submodule, training in flags:
-            submodule.training = training
+    examples: FlipExamples
 
 
 def measure_sequences(
     trainer: pl.Trainer,
     pl_module: pl.LightningModule,
-    shard: ImageSubset,
+    batches: Iterable[tuple[Tensor, Tensor | None]],
     sequences: Mapping[str, TransformSequence],
     *,
+    split: str,
+    num_classes: int,
     batch_size: int,
     normalize: Normalization | None,
     forward_fn: ModuleForward | None,
     top_k: int | None,
+    examples: int,
 ) -> dict[str, SequenceMeasurement]:
-    """Run every sequence over this process's ``shard`` and return metrics synced over all processes.
+    """Run every sequence over this process's ``batches`` in one pass and return metrics synced over all processes.
 
-    Every process must call this (metric syncing is collective), also with an empty shard. Raises
-    :class:`NonFiniteLogitsError` on every process if any process saw non-finite logits.
+    Batches are used one at a time (``batch_size`` bounds the frames per forward pass); each
+    measurement keeps this process's ``examples`` most-flipping images. Every process must call
+    this (syncing is collective), also with no batches. Raises on every process: ``ValueError`` if
+    any process met targets outside ``[0, num_classes)``, then :class:`NonFiniteLogitsError` if
+    any process saw non-finite logits.
     """
-    results = {}
-    for name, sequence in sequences.items():
-        metric = TransformConsistency(top_k=top_k, num_frames=len(sequence)).to(pl_module.device)
-        predictions, finite = [], True
-        with evaluation_mode(pl_module), trainer.precision_plugin.val_step_context():
-            chunks = iter_frame_logits(
-                pl_module,
-                shard.images,
-                sequence,
-                shard.targets,
-                batch_size=batch_size,
-                normalize=normalize,
-                forward_fn=forward_fn,
-                device=pl_module.device,
-            )
-            for logits, targets in chunks:
-                if not bool(torch.isfinite(logits).all()):
-                    finite = False
+    device = pl_module.device
+    metrics = {name: TransformConsistency(top_k=top_k, num_frames=len(s)).to(device) for name, s in sequences.items()}
+    kept = {name: FlipExamples(examples) for name in sequences}
+    bad_targets = nonfinite = None
+    with evaluation_mode(pl_module), trainer.precision_plugin.val_step_context():
+        for images, targets in batches:
+            if not len(images):
+                continue
+            bad_targets = targets_error(targets, num_classes, split)
+            if bad_targets is not None:
+                break
+            for name, sequence in sequences.items():
+                chunks = iter_frame_logits(
+                    pl_module,
+                    images,
+                    sequence,
+                    targets,
+                    batch_size=batch_size,
+                    normalize=normalize,
+                    forward_fn=forward_fn,
+                    device=device,
+                )
+                predictions = []
+                for logits, chunk_targets in chunks:
+                    if not bool(torch.isfinite(logits).all()):
+                        nonfinite = f"the model produced NaN or infinite logits on the {name!r} sequence"
+                        break
+                    metrics[name].update(logits.float(), chunk_targets)
+                    predictions.append(logits.argmax(dim=-1))
+                if nonfinite is not None:
                     break
-                metric.update(logits.float(), targets)
-                predictions.append(logits.argmax(dim=-1).cpu())
-        if not trainer.strategy.reduce_boolean_decision(finite, all=True):
-            raise NonFiniteLogitsError(f"the model produced NaN or infinite logits on the {name!r} sequence")
-        local_predictions = torch.cat(predictions) if predictions else torch.empty(0, len(sequence), dtype=torch.long)
-        results[name] = SequenceMeasurement(metric.compute(), local_predictions, list(shard.indices))
-    return results
+                kept[name].add(images, torch.cat(predictions).to(images.device), targets)
+            if nonfinite is not None:
+                break
+    if not trainer.strategy.reduce_boolean_decision(bad_targets is None, all=True):
+        raise ValueError(bad_targets or f"another process met {split!r} targets outside [0, {num_classes})")
+    if not trainer.strategy.reduce_boolean_decision(nonfinite is None, all=True):
+        raise NonFiniteLogitsError(nonfinite or "the model produced NaN or infinite logits on another process")
+    return {name: SequenceMeasurement(metrics[name].compute(), kept[name]) for name in sequences}

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_warn
 
-from invariance_lightning.callbacks.base import InvarianceCallbackBase, _check_positive_int, class_names_of
+from invariance_lightning.callbacks.base import (
+    InvarianceCallbackBase,
+    _check_positive_int,
+    class_names_of,
+    device_transfer,
+)
 from invariance_lightning.callbacks.measure import ModuleForward, SequenceMeasurement
 from invariance_lightning.callbacks.plots import history_figure
-from invariance_lightning.callbacks.subsets import BatchKey, ImageSubset, check_splits
+from invariance_lightning.callbacks.subsets import BatchKey, ImageSubset, check_splits, draw_subset
 from invariance_lightning.metrics.evaluate import Normalization
 from invariance_lightning.transforms import TransformSequence, sequence_preset
 
@@ -112,14 +117,17 @@ class InvarianceMonitor(InvarianceCallbackBase):
         num_samples = self.num_samples
         if trainer.fast_dev_run:  # a quick check of the code path, like Lightning's own callbacks
             num_samples = min(num_samples, FAST_DEV_RUN_SAMPLES)
+        transfer = device_transfer(trainer, pl_module)
         for split in self.splits:
-            subset = self._prepare_subset(trainer, pl_module, split, num_samples, self.seed)
+            subset = draw_subset(
+                trainer, split, num_samples, self.seed, self.batch_key, batch_size=self.batch_size, transfer=transfer
+            ).to(pl_module.device)
+            self._check_images(trainer, pl_module, subset.images, subset.targets, split)
             restored = self._restored_indices.get(split)
             if restored is not None and restored != subset.indices:
-                warnings.warn(
+                rank_zero_warn(
                     f"InvarianceMonitor: the {split!r} subset drawn now differs from the one in the checkpoint "
-                    "(different data or seed); the history mixes two subsets",
-                    stacklevel=2,
+                    "(different data or seed); the history mixes two subsets"
                 )
             self.subsets[split] = subset
         if self.history:
@@ -146,11 +154,13 @@ class InvarianceMonitor(InvarianceCallbackBase):
         results: dict[str, dict[str, SequenceMeasurement] | None] = {}
         values: dict[str, float] = {}
         for split, subset in self.subsets.items():
-            results[split] = self._measure(trainer, pl_module, subset, self._normalize_values)
-            values.update(self._scalars(split, subset, results[split]))
+            shard = subset.shard(trainer.global_rank, trainer.world_size)
+            batches = [(shard.images, shard.targets)]
+            results[split] = self._measure(trainer, pl_module, batches, self._normalize_values, split)
+            values.update(self._scalars(split, subset.targets is not None, results[split]))
         self._log_scalars(pl_module, values)
         self.history.append({"epoch": trainer.current_epoch, "global_step": trainer.global_step, "values": values})
-        self._log_plots(trainer, results, self.subsets)
+        self._log_plots(trainer, results)
         return values
 
     def _extra_figures(self) -> dict[str, Any]:

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 HISTORY_METRICS = ("flip_rate", "consistency", "mac", "worst_case_accuracy")
+#: Images in the grid of the most-flipping images.
+FLIP_GRID_IMAGES = 6
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -80,7 +82,7 @@ def flip_grid_figure(
     predictions: Tensor,
     sequence: TransformSequence,
     class_names: Sequence[str] | None = None,
-    max_images: int = 6,
+    max_images: int = FLIP_GRID_IMAGES,
     targets: Tensor | None = None,
 ) -> Figure:
     """The images whose predictions flip most, each as a strip of its frames titled with the prediction.

@@ -10,9 +10,9 @@ from typing import Any
 import lightning.pytorch as pl
 from torch import Tensor
 
-from invariance_lightning.callbacks.base import InvarianceCallbackBase, class_names_of
+from invariance_lightning.callbacks.base import InvarianceCallbackBase, class_names_of, device_transfer
 from invariance_lightning.callbacks.measure import ModuleForward
-from invariance_lightning.callbacks.subsets import SPLITS, BatchKey
+from invariance_lightning.callbacks.subsets import SPLITS, BatchKey, split_stream
 from invariance_lightning.metrics.evaluate import Normalization
 from invariance_lightning.reporting import report_markdown, results_to_dict
 from invariance_lightning.transforms import TransformSequence, sequence_preset
@@ -23,6 +23,8 @@ class InvarianceReport(InvarianceCallbackBase):
 
     ``trainer.test(model, datamodule=dm)`` with this callback evaluates every image of the test
     split (each process a disjoint shard: no duplicates, unlike a padded ``DistributedSampler``),
+    streaming it from the split's dataset ``batch_size`` images at a time (a :class:`SplitStream`:
+    memory holds one batch and the few most-flipping images for the plot, never the split), and
     logs ``invariance_report/{split}/{sequence}/{metric}`` scalars, and with ``output_dir`` writes
     ``invariance_report.json`` and ``invariance_report.md`` there (global rank zero). ``run()``
     does the same at any time after the Trainer has been set up (without logging scalars outside a
@@ -81,14 +83,24 @@ class InvarianceReport(InvarianceCallbackBase):
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, log: bool = False) -> dict[str, dict[str, Tensor]]:
         """Measure now; ``log`` sends scalars through ``pl_module.log`` (only valid inside a Lightning hook)."""
         self.class_names = class_names_of(trainer)
-        subset = self._prepare_subset(trainer, pl_module, self.split, self.num_samples, self.seed)
-        measured = self._measure(trainer, pl_module, subset, self._resolve_normalize(trainer, pl_module))
+        stream = split_stream(
+            trainer,
+            self.split,
+            self.num_samples,
+            self.seed,
+            batch_size=self.batch_size,
+            batch_key=self.batch_key,
+            transfer=device_transfer(trainer, pl_module),
+        )
+        probe_images, probe_targets = stream.probe()
+        self._check_images(trainer, pl_module, probe_images, probe_targets, self.split)
+        measured = self._measure(trainer, pl_module, stream, self._resolve_normalize(trainer, pl_module), self.split)
         if log:
-            self._log_scalars(pl_module, self._scalars(self.split, subset, measured))
+            self._log_scalars(pl_module, self._scalars(self.split, probe_targets is not None, measured))
         self.results = {} if measured is None else {name: m.metrics for name, m in measured.items()}
         if self.results and self.output_dir is not None and trainer.is_global_zero:
-            self._write(len(subset))
-        self._log_plots(trainer, {self.split: measured}, {self.split: subset})
+            self._write(stream.num_images)
+        self._log_plots(trainer, {self.split: measured})
         return self.results
 
     def _write(self, num_images: int) -> None:

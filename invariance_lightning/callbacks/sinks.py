@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
 
 from invariance_lightning.loggers import FaultTolerantLogger
 
@@ -24,17 +24,19 @@ class FigureSink:
 
     W&B gets ``wandb.Image`` panels, ``wandb.Table`` s and native line plots; TensorBoard gets
     ``add_figure``; without a W&B logger, PNG files are written under ``<log_dir>/invariance_plots``.
-    Call it on global rank zero only.
+    Call :meth:`log` on global rank zero only. Warnings start with ``owner`` (the callback's name)
+    and are emitted on global rank zero only.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
         self._warned: set[str] = set()
 
     def warn_once(self, kind: str, message: str) -> None:
-        """Warn about a failure of ``kind`` the first time it happens."""
+        """Warn (on global rank zero) about a failure of ``kind`` the first time it happens."""
         if kind not in self._warned:
             self._warned.add(kind)
-            warnings.warn(f"InvarianceMonitor: {message} (training continues; further such failures are silent)", stacklevel=2)
+            rank_zero_warn(f"{self.owner}: {message} (training continues; further such failures are silent)")
 
     def _attempt(self, kind: str, action: Any, *args: Any) -> None:
         try:
@@ -51,7 +53,8 @@ class FigureSink:
         epoch: int,
     ) -> None:
         """Log ``figures``/``tables``; ``line_plots`` maps a key to ``(title, table with x, y, series)``."""
-        # a FaultTolerantLogger delivers what its wrapped logger can take
+        # a FaultTolerantLogger's wrapped logger itself, so that a failure warns with its own error, not the
+        # wrapper's None experiment
         loggers = [logger.logger if isinstance(logger, FaultTolerantLogger) else logger for logger in trainer.loggers]
         for logger in loggers:
             if isinstance(logger, WandbLogger):

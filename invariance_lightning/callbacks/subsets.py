@@ -1,17 +1,19 @@
-"""Fixed, seeded subsets of un-augmented images drawn from a Trainer's data, and batch unpacking."""
+"""Un-augmented images of a Trainer's data: streamed per process in batches, or drawn into fixed subsets."""
 
 from __future__ import annotations
 
 import copy
-import warnings
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, default_collate
+
+from invariance_lightning.data.loader import TensorBatchLoader, TensorImageDataset
 
 #: How to find images and targets in a batch: None (a tensor, or a tuple/list ``(images, targets, ...)``),
 #: one key/index for the images (no targets), or an ``(images_key, targets_key)`` pair.
@@ -91,30 +93,175 @@ def _without_train_augmentation(train_set: Dataset, val_set: Dataset | None) -> 
     return plain
 
 
+def _indexable(loader: Any) -> tuple[Dataset | None, Callable[[list[Any]], Any]]:
+    """The map-style dataset behind ``loader`` and how the loader collates its items (None: not indexable)."""
+    if isinstance(loader, TensorBatchLoader):  # the CIFAR fast path: batches cut from two tensors
+        return TensorImageDataset(loader.images, loader.labels), default_collate
+    dataset = getattr(loader, "dataset", None)
+    if dataset is None or isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+        return None, default_collate
+    return dataset, getattr(loader, "collate_fn", None) or default_collate
+
+
 def _draw_indices(size: int, num_samples: int | None, seed: int, split: str) -> list[int]:
     if size == 0:
         raise ValueError(f"the {split!r} split is empty: nothing to measure invariance on")
     if num_samples is None:
         return list(range(size))
     if num_samples > size:
-        warnings.warn(
-            f"num_samples={num_samples} exceeds the {size} images of the {split!r} split; using all of them",
-            stacklevel=3,
-        )
+        rank_zero_warn(f"num_samples={num_samples} exceeds the {size} images of the {split!r} split; using all of them")
         num_samples = size
     generator = torch.Generator().manual_seed(seed)
     return sorted(torch.randperm(size, generator=generator)[:num_samples].tolist())
 
 
+class SplitStream:
+    """One process's disjoint share of a split (all of it, or a seeded subset), read ``batch_size`` images at a time.
+
+    A map-style dataset (the loader's ``dataset``; for :class:`TensorBatchLoader` its tensors) is
+    indexed directly: the images are ``indices`` (sorted; ``num_samples`` of them drawn by ``seed``,
+    or all) and this process reads ``indices[rank::world_size]``, so shares are disjoint, unpadded
+    and together hold every image once. Items are collated by the loader's ``collate_fn`` and
+    batches pass through ``transfer`` (e.g. Lightning's ``transfer_batch_to_device``) before
+    ``batch_key`` picks images and targets. A training split is read with ``plain_loader``'s
+    transform and collate function (the validation loader's), to skip random augmentation.
+
+    Otherwise (an iterable dataset) every process reads the loader from the start until
+    ``num_samples`` images (or the end) and keeps every ``world_size``-th image, with a warning:
+    the images are "the first ones it yields", fixed only if the loader is deterministic.
+
+    Iterating yields ``(images, targets or None)``; memory holds one batch, never the split.
+    ``num_images`` is the number of images over all processes (for an iterable dataset: None until
+    it has been iterated).
+    """
+
+    def __init__(
+        self,
+        loader: Any,
+        split: str,
+        num_samples: int | None,
+        seed: int,
+        *,
+        batch_size: int,
+        batch_key: BatchKey = None,
+        transfer: Callable[[Any], Any] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        plain_loader: Any = None,
+    ) -> None:
+        self.loader = loader
+        self.split = split
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.batch_key = batch_key
+        self.transfer = transfer or (lambda batch: batch)
+        self.rank, self.world_size = rank, world_size
+        self.dataset, self.collate_fn = _indexable(loader)
+        self.indices: list[int] | None = None
+        self.num_images: int | None = None
+        if self.dataset is None:
+            rank_zero_warn(
+                f"the {split!r} dataset cannot be indexed; the invariance images are the first ones it yields "
+                "(fixed only if the loader is deterministic)"
+            )
+            return
+        if split == "train":
+            plain_dataset, plain_collate = _indexable(plain_loader)
+            if plain_dataset is not None:
+                self.dataset = _without_train_augmentation(self.dataset, plain_dataset)
+                self.collate_fn = plain_collate
+        self.indices = _draw_indices(len(self.dataset), num_samples, seed, split)
+        self.num_images = len(self.indices)
+
+    def _unpack(self, batch: Any) -> tuple[Tensor, Tensor | None]:
+        return unpack_batch(self.transfer(batch), self.batch_key)
+
+    def probe(self) -> tuple[Tensor, Tensor | None]:
+        """The first (at most two) images of the split and their targets: the same on every process."""
+        if self.indices is not None:
+            return self._unpack(self.collate_fn([self.dataset[i] for i in self.indices[:2]]))
+        for batch in self.loader:
+            images, targets = self._unpack(batch)
+            return images[:2], None if targets is None else targets[:2]
+        raise ValueError(f"the {self.split!r} split is empty: nothing to measure invariance on")
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor | None]]:
+        if self.indices is not None:
+            share = Subset(self.dataset, self.indices[self.rank :: self.world_size])
+            # its own generator: iterating a DataLoader draws a worker seed, which must not consume the global RNG
+            reader = DataLoader(
+                share,
+                batch_size=self.batch_size,
+                collate_fn=self.collate_fn,
+                num_workers=getattr(self.loader, "num_workers", 0),
+                generator=torch.Generator(),
+            )
+            for batch in reader:
+                yield self._unpack(batch)
+            return
+        position = 0
+        for batch in self.loader:
+            images, targets = self._unpack(batch)
+            if self.num_samples is not None:
+                images = images[: self.num_samples - position]
+                targets = None if targets is None else targets[: len(images)]
+            mine = slice((self.rank - position) % self.world_size, None, self.world_size)
+            yield images[mine], None if targets is None else targets[mine]
+            position += len(images)
+            if self.num_samples is not None and position >= self.num_samples:
+                break
+        self.num_images = position
+
+
+def split_stream(
+    trainer: pl.Trainer,
+    split: str,
+    num_samples: int | None,
+    seed: int,
+    *,
+    batch_size: int,
+    batch_key: BatchKey = None,
+    transfer: Callable[[Any], Any] | None = None,
+    sharded: bool = True,
+) -> SplitStream:
+    """A :class:`SplitStream` over the data Lightning itself uses for ``split``; ``sharded``: this process's share."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    loader = _split_loader(trainer, split)
+    if loader is None:
+        raise ValueError(
+            f"the Trainer has no {split} data to draw the invariance images from; give the Trainer a "
+            f"{split}_dataloader (or a datamodule that has one), or drop {split!r} from splits"
+        )
+    return SplitStream(
+        loader,
+        split,
+        num_samples,
+        seed,
+        batch_size=batch_size,
+        batch_key=batch_key,
+        transfer=transfer,
+        rank=trainer.global_rank if sharded else 0,
+        world_size=trainer.world_size if sharded else 1,
+        plain_loader=_split_loader(trainer, "val") if split == "train" else None,
+    )
+
+
 def draw_subset(
-    trainer: pl.Trainer, split: str, num_samples: int | None, seed: int, batch_key: BatchKey = None
+    trainer: pl.Trainer,
+    split: str,
+    num_samples: int | None,
+    seed: int,
+    batch_key: BatchKey = None,
+    *,
+    batch_size: int = 256,
+    transfer: Callable[[Any], Any] | None = None,
 ) -> ImageSubset:
-    """Draw ``num_samples`` images (None: all) of ``split`` by ``seed``, without training augmentation.
+    """Draw ``num_samples`` images (None: all) of ``split`` by ``seed``, without training augmentation, into memory.
 
     Sources, in order: a datamodule method ``split_arrays(split) -> (images, targets)`` (the
-    project's data modules provide it); else the split's dataset, indexed directly, where a
-    torchvision-style train dataset is read with the validation dataset's ``transform``; else the
-    first images an iterable dataset yields.
+    project's data modules provide it); else the split's data as :class:`SplitStream` reads it
+    (whole, on every process), ``batch_size`` images at a time.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
@@ -124,43 +271,16 @@ def draw_subset(
         indices = _draw_indices(images.shape[0], num_samples, seed, split)
         chosen = torch.as_tensor(indices)
         return ImageSubset(images[chosen], None if targets is None else targets[chosen], indices)
-
-    loader = _split_loader(trainer, split)
-    if loader is None:
-        raise ValueError(
-            f"the Trainer has no {split} data to draw the invariance subset from; give the Trainer a "
-            f"{split}_dataloader (or a datamodule that has one), or drop {split!r} from splits"
-        )
-    dataset = loader.dataset
-    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
-        return _first_images(loader, split, num_samples, batch_key)
-    if split == "train":
-        val_loader = _split_loader(trainer, "val")
-        dataset = _without_train_augmentation(dataset, None if val_loader is None else val_loader.dataset)
-    indices = _draw_indices(len(dataset), num_samples, seed, split)
-    images, targets = unpack_batch(default_collate([dataset[i] for i in indices]), batch_key)
-    return ImageSubset(images, targets, indices)
-
-
-def _first_images(loader: DataLoader, split: str, num_samples: int | None, batch_key: BatchKey) -> ImageSubset:
-    warnings.warn(
-        f"the {split!r} dataset cannot be indexed; the invariance subset is the first images it yields "
-        "(fixed only if the loader is deterministic)",
-        stacklevel=3,
+    stream = split_stream(
+        trainer, split, num_samples, seed, batch_size=batch_size, batch_key=batch_key, transfer=transfer, sharded=False
     )
-    images, targets = [], []
-    for batch in loader:
-        batch_images, batch_targets = unpack_batch(batch, batch_key)
-        images.append(batch_images)
-        targets.append(batch_targets)
-        if num_samples is not None and sum(len(x) for x in images) >= num_samples:
-            break
-    if not images:
+    batches = [batch for batch in stream if len(batch[0])]
+    if not batches:
         raise ValueError(f"the {split!r} split is empty: nothing to measure invariance on")
-    all_images = torch.cat(images)[:num_samples]
-    has_targets = all(t is not None for t in targets)
-    all_targets = torch.cat(targets)[:num_samples] if has_targets else None
-    return ImageSubset(all_images, all_targets, list(range(len(all_images))))
+    images = torch.cat([images for images, _ in batches])
+    has_targets = all(targets is not None for _, targets in batches)
+    targets = torch.cat([targets for _, targets in batches]) if has_targets else None
+    return ImageSubset(images, targets, stream.indices or list(range(len(images))))
 
 
 def check_splits(splits: Sequence[str]) -> tuple[str, ...]:
