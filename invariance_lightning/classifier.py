@@ -46,7 +46,8 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         channels_last: run the backbone in channels-last memory format.
         consistency_weight: weight of the consistency penalty between each image and a random
-            shift of it (0 disables it); ``consistency_kind``/``consistency_max_shift`` configure it.
+            shift of it whose vacated border is black (``(0 - mean) / std`` after normalization);
+            0 disables it. ``consistency_kind``/``consistency_max_shift`` configure it.
     """
 
     def __init__(
@@ -90,9 +91,7 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
             )
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
-        self.consistency = ConsistencyRegularization(
-            consistency_weight, kind=consistency_kind, max_shift=consistency_max_shift
-        )
+        self.consistency = self._consistency_regularization()  # rebuilt with the black fill once mean/std are known
         self.train_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
@@ -103,9 +102,18 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
         self._epoch_images = 0
         self._training_seconds: float | None = None
 
+    def _consistency_regularization(
+        self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+    ) -> ConsistencyRegularization:
+        hp = self.hparams
+        return ConsistencyRegularization(
+            hp.consistency_weight, kind=hp.consistency_kind, max_shift=hp.consistency_max_shift, mean=mean, std=std
+        )
+
     def _build_augmentation(self, mean: Sequence[float], std: Sequence[float]) -> None:
         hp = self.hparams
         self.input_normalization = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
+        self.consistency = self._consistency_regularization(*self.input_normalization)
         self.gpu_augmentation = build_augmentation(
             hp.augmentation,
             image_size=hp.image_size,

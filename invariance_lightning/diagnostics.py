@@ -39,6 +39,7 @@ from kornia.enhance import normalize as kornia_normalize
 from torch import Tensor, nn
 
 from invariance_lightning.metrics.evaluate import Normalization, as_float_images, check_normalize, module_device
+from invariance_lightning.metrics.mode import evaluation_mode
 from invariance_lightning.transforms.functional import integer_shift
 
 __all__ = ["EquivarianceReport", "LayerEquivariance", "default_layers", "layer_equivariance"]
@@ -223,7 +224,7 @@ def layer_equivariance(
     device = module_device(model)
     stats = {name: _LayerStats(size, main_shift, mode, border) for name in names}
     order: dict[str, None] = {}
-    with _eval_mode(model), _capture(model, names) as run, torch.no_grad():
+    with evaluation_mode(model), _capture(model, names) as run:
         for batch in images.split(batch_size):
             batch = batch.to(device)
             reference = run(_normalized(batch, normalize))
@@ -314,18 +315,6 @@ def _pool(out: Tensor) -> Tensor:
 def _crop(maps: Tensor, margin: tuple[int, int]) -> Tensor:
     top, left = margin
     return maps[..., top : maps.shape[-2] - top, left : maps.shape[-1] - left]
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode inside; every submodule's own ``training`` flag restored on exit."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in flags:
-            module.training = training
 
 
 @contextmanager

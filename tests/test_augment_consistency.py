@@ -79,6 +79,44 @@ def test_regularizer_outputs_and_gradients() -> None:
         assert any(torch.equal(view[i], padded[:, t : t + 16, l : l + 16]) for t in range(3) for l in range(3))
 
 
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
+
+
+def test_default_view_fills_the_vacated_border_with_normalized_black() -> None:
+    # The images a model gets are normalized, so a zero fill would be the mean colour, not black.
+    mean, std = torch.tensor(CIFAR_MEAN), torch.tensor(CIFAR_STD)
+    black = (0 - mean) / std  # float32, as the input pipeline computes it
+    raw = torch.rand(8, 3, 6, 7, generator=torch.Generator().manual_seed(0))
+    images = (raw - mean[:, None, None]) / std[:, None, None]
+    captured: list[torch.Tensor] = []
+    reg = ConsistencyRegularization(1.0, max_shift=2, mean=CIFAR_MEAN, std=CIFAR_STD)
+    reg(lambda x: captured.append(x) or x.flatten(1), images)
+    view = captured[0][len(images) :]
+    offsets = []
+    for original, shifted in zip(images, view):
+        canvas = black[:, None, None].repeat(1, 6 + 4, 7 + 4)
+        canvas[:, 2:-2, 2:-2] = original
+        matches = [(t, l) for t in range(5) for l in range(5) if torch.equal(shifted, canvas[:, t : t + 6, l : l + 7])]
+        assert matches, "the view must be the image shifted by whole pixels over a black border"
+        offsets.append(matches[0])
+    assert any(offset != (2, 2) for offset in offsets), "some images must be shifted for the border to show"
+    no_stats = ConsistencyRegularization(1.0, max_shift=2)
+    captured.clear()
+    no_stats(lambda x: captured.append(x) or x.flatten(1), images)
+    assert no_stats.fill == 0.0 and reg.fill == tuple(black.tolist())
+
+
+def test_mean_and_std_are_checked() -> None:
+    with pytest.raises(ValueError, match="give both `mean` and `std`"):
+        ConsistencyRegularization(1.0, mean=CIFAR_MEAN)
+    with pytest.raises(ValueError, match="a custom `view` fills its own border"):
+        ConsistencyRegularization(1.0, view=lambda x: x, mean=CIFAR_MEAN, std=CIFAR_STD)
+    with pytest.raises(ValueError, match="`std` must be positive"):
+        ConsistencyRegularization(1.0, mean=CIFAR_MEAN, std=(0.2, 0.0, 0.2))
+    with pytest.raises(ValueError, match="mean/std have 3 values but images have 1 channels"):
+        ConsistencyRegularization(1.0, mean=CIFAR_MEAN, std=CIFAR_STD)(nn.Flatten(), torch.zeros(2, 1, 4, 4))
+
+
 def tiny_cnn() -> nn.Module:
     # Stride-2 convolutions without antialiasing: far from shift-invariant, as in Azulay & Weiss.
     def block(c_in: int, c_out: int) -> list[nn.Module]:
@@ -101,7 +139,7 @@ def one_pixel_flip_rate(model: nn.Module, images: torch.Tensor) -> float:
 def train(weight: float, images: torch.Tensor, labels: torch.Tensor, steps: int = 200) -> nn.Module:
     torch.manual_seed(0)
     model = tiny_cnn()
-    reg = ConsistencyRegularization(weight)
+    reg = ConsistencyRegularization(weight, mean=CIFAR_MEAN, std=CIFAR_STD)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     order = torch.Generator().manual_seed(0)
     model.train()
@@ -120,7 +158,7 @@ def load_cifar(path: Path, count: int, seed: int) -> tuple[torch.Tensor, torch.T
         rows = np.random.default_rng(seed).permutation(len(data["labels"]))[:count]  # files are sorted by class
         images = torch.from_numpy(data["images"][rows]).permute(0, 3, 1, 2).float() / 255
         labels = torch.from_numpy(data["labels"][rows])
-    mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.247, 0.243, 0.261])
+    mean, std = torch.tensor(CIFAR_MEAN), torch.tensor(CIFAR_STD)
     return (images - mean[:, None, None]) / std[:, None, None], labels
 
 

@@ -78,6 +78,22 @@ def test_consistency_penalty_is_logged_and_added(tmp_path):
     assert float(run.callback_metrics["train/consistency_penalty"]) > 0
 
 
+def test_consistency_view_border_is_black_after_normalization():
+    # A white image normalized by the classifier's pipeline; the shifted view may only hold white and, where it
+    # was shifted, the normalized black (0 - mean) / std: not 0, which is the mean colour after normalization.
+    mean, std = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
+    model = ImageClassifier(tiny_backbone(), augmentation="none", image_size=8, mean=mean, std=std, consistency_weight=1.0)
+    white = model.gpu_augmentation(torch.full((16, 3, 8, 8), 255, dtype=torch.uint8), train=False)
+    black = (0 - torch.tensor(mean)) / torch.tensor(std)
+    captured = []
+    model.consistency(lambda x: captured.append(x) or x.flatten(1), white)
+    view = captured[0][16:]
+    is_white = view == white[:1]
+    is_black = view == black[None, :, None, None]
+    assert bool((is_white | is_black).all())
+    assert int(is_black.sum()) > 0, "some images must be shifted for the border to show"
+
+
 def test_mean_and_std_come_from_the_datamodule_or_fail_clearly(tmp_path):
     class StatsDataModule(pl.LightningDataModule):
         mean, std = MEAN, STD
@@ -85,9 +101,10 @@ def test_mean_and_std_come_from_the_datamodule_or_fail_clearly(tmp_path):
         def train_dataloader(self):
             return uint8_loader()
 
-    model = ImageClassifier(tiny_backbone(), augmentation="none", image_size=16)
+    model = ImageClassifier(tiny_backbone(), augmentation="none", image_size=16, consistency_weight=1.0)
     trainer(tmp_path, max_steps=1).fit(model, datamodule=StatsDataModule())
     assert model.input_normalization == (MEAN, STD)
+    assert model.consistency.fill == (-2.0, -2.0, -2.0)  # black, (0 - 0.5) / 0.25, once the statistics are known
     with pytest.raises(ValueError, match="ImageClassifier needs mean/std"):
         trainer(tmp_path, max_steps=1).fit(ImageClassifier(tiny_backbone(), image_size=16), uint8_loader())
 

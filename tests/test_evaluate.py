@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from invariance_lightning import ScaleSequence, ShiftSequence, evaluate_invariance, transform_consistency
+from invariance_lightning.diagnostics import layer_equivariance
 
 
 def circular_invariant_net(num_classes: int = 10) -> nn.Module:
@@ -129,3 +130,36 @@ def test_bad_input_is_rejected_early():
         evaluate_invariance(model, torch.rand(4, 3, 8, 8), None, [(0, 0), (1, 1)])
     with pytest.raises(ValueError, match="do not fit 8x8"):
         evaluate_invariance(model, torch.rand(4, 3, 8, 8), None, ShiftSequence(max_shift=8))
+
+
+@pytest.mark.parametrize(
+    "measure",
+    [
+        lambda model, images: evaluate_invariance(model, images, None, ShiftSequence(max_shift=2)),
+        lambda model, images: layer_equivariance(model, images),
+    ],
+    ids=["evaluate_invariance", "layer_equivariance"],
+)
+def test_a_frozen_batchnorm_stays_frozen_in_a_training_model(measure):
+    torch.manual_seed(4)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    ).train()
+    model[1].eval()  # the user froze this BatchNorm
+    statistics = [model[1].running_mean.clone(), model[1].running_var.clone()]
+    measure(model, torch.rand(5, 3, 8, 8))
+    assert [m.training for m in model] == [True, False, True, True, True, True]
+    assert model.training
+    assert torch.equal(model[1].running_mean, statistics[0]) and torch.equal(model[1].running_var, statistics[1])
+
+
+def test_default_top_k_on_a_three_class_model_is_the_full_ranking_distance():
+    # The model returns the 3 pixels of a 1x3 image as logits. Frames (dx = 0, +1, -1, fill 0):
+    # [1, 3, 2] -> [0, 1, 3] -> [3, 2, 0]; ranks [1, 2, 0] -> [2, 1, 0] -> [0, 1, 2]: 2 and 2 of 3 positions change.
+    images = torch.tensor([[[[1.0, 3.0, 2.0]]]])
+    sequence = ShiftSequence(shifts=[(0, 0), (1, 0), (-1, 0)], mode="zeros")
+    out = evaluate_invariance(nn.Flatten(), images, None, sequence)  # top_k=5 by default, C=3
+    assert out["top5_distance"].item() == 2.0
+    assert evaluate_invariance(nn.Flatten(), images, None, sequence, top_k=3)["top3_distance"].item() == 2.0
+    assert evaluate_invariance(nn.Flatten(), images, None, sequence, top_k=2)["top2_distance"].item() == 1.5
+    assert out["flip_rate"].item() == 1.0

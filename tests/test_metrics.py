@@ -108,7 +108,6 @@ def test_metric_reset_and_empty_batches():
         (torch.randn(4, 3, 10), torch.tensor([0, 1, 2, -1]), ValueError, r"class indices in \[0, 10\)"),
         (torch.randn(4, 3, 10), torch.zeros(4), TypeError, "integer class indices"),
         (torch.randint(0, 3, (4, 3, 10)), None, TypeError, "floating point"),
-        (torch.randn(4, 3, 3), None, ValueError, "top_k=5 needs at least 5 classes"),
     ],
 )
 def test_bad_input_raises_a_clear_error(logits, target, error, match):
@@ -116,6 +115,59 @@ def test_bad_input_raises_a_clear_error(logits, target, error, match):
         transform_consistency(logits, target)
     with pytest.raises(error, match=match):
         TransformConsistency().update(logits, target)
+
+
+@pytest.mark.parametrize("top_k", [0, -1, True, 2.0])
+def test_bad_top_k_is_rejected_by_the_function_and_the_metric(top_k):
+    with pytest.raises(ValueError, match="top_k must be None or an int >= 1"):
+        transform_consistency(torch.randn(2, 3, 4), top_k=top_k)
+    with pytest.raises(ValueError, match="top_k must be None or an int >= 1"):
+        TransformConsistency(top_k=top_k)
+
+
+def test_function_rejects_logits_without_images():
+    with pytest.raises(ValueError, match="at least one image, got N=0"):
+        transform_consistency(torch.randn(0, 3, 4))
+
+
+# One image, 3 frames, C = 3 classes. Ranks by decreasing logit: [1, 2, 0] -> [2, 1, 0] -> [0, 1, 2].
+# Positions that change: frame 0 -> 1: 1st and 2nd (2 of 3); frame 1 -> 2: 1st and 3rd (2 of 3).
+# top-3 distance (the full ranking) = (2 + 2) / 2 = 2; top-2 distance = (2 + 1) / 2 = 1.5.
+FULL_RANKING_LOGITS = torch.tensor([[[1.0, 3.0, 2.0], [0.0, 1.0, 3.0], [3.0, 2.0, 0.0]]])
+
+
+def test_top_k_above_the_class_count_is_the_full_ranking_distance():
+    assert transform_consistency(FULL_RANKING_LOGITS, top_k=2)["top2_distance"].item() == 1.5
+    assert transform_consistency(FULL_RANKING_LOGITS, top_k=3)["top3_distance"].item() == 2.0
+    out = transform_consistency(FULL_RANKING_LOGITS, top_k=5)  # default top_k on a 3-class model
+    assert "top3_distance" not in out  # the key keeps the requested k
+    assert out["top5_distance"].item() == 2.0
+    for metric in (TransformConsistency(top_k=5), TransformConsistency(num_classes=3, top_k=5)):
+        metric.update(FULL_RANKING_LOGITS)
+        assert metric.compute()["top5_distance"].item() == 2.0
+
+
+def test_hand_worked_mac_follows_the_top1_class_of_the_previous_frame():
+    # Probabilities per frame (logits = log p, so softmax gives p back); the top-1 class changes at every step.
+    probs = torch.tensor(
+        [
+            [[0.70, 0.20, 0.10], [0.30, 0.65, 0.05], [0.50, 0.30, 0.20]],  # top-1: 0, 1, 0
+            [[0.10, 0.10, 0.80], [0.10, 0.80, 0.10], [0.20, 0.20, 0.60]],  # top-1: 2, 1, 2
+        ],
+        dtype=torch.float64,
+    )
+    # c = top-1 class of frame t-1:
+    # image 0: t=1, c=0: |0.30 - 0.70| = 0.40; t=2, c=1: |0.30 - 0.65| = 0.35
+    # image 1: t=1, c=2: |0.10 - 0.80| = 0.70; t=2, c=1: |0.20 - 0.80| = 0.60
+    # Following frame t's class instead would give (0.45 + 0.20 + 0.70 + 0.50) / 4 = 0.4625, and the change of
+    # the largest probability (0.05 + 0.15 + 0.00 + 0.20) / 4 = 0.1.
+    expected = (0.40 + 0.35 + 0.70 + 0.60) / 4  # 0.5125
+    logits = probs.log()
+    assert transform_consistency(logits, top_k=None)["mac"].item() == pytest.approx(expected, abs=1e-6)
+    metric = TransformConsistency(top_k=None)
+    metric.update(logits[:1])
+    metric.update(logits[1:])
+    assert metric.compute()["mac"].item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_metric_rejects_changing_frame_count_class_count_and_mixed_targets():
@@ -130,5 +182,3 @@ def test_metric_rejects_changing_frame_count_class_count_and_mixed_targets():
         metric.compute()
     with pytest.raises(ValueError, match="num_frames must be"):
         TransformConsistency(num_frames=1)
-    with pytest.raises(ValueError, match="exceeds num_classes"):
-        TransformConsistency(num_classes=3, top_k=5)

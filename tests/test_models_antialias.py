@@ -64,6 +64,26 @@ def test_blur_with_filter_size_one_keeps_the_original_sampling_grid(name: str) -
         torch.testing.assert_close(converted(x), plain(x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "build",
+    [lambda: torchvision.models.resnet50(), lambda: timm.create_model("resnet50", pretrained=False)],
+    ids=["torchvision_resnet50", "timm_resnet50"],
+)
+def test_full_resnet50_round_trips_weights_and_keeps_outputs_with_filter_size_one(build) -> None:
+    torch.manual_seed(0)
+    plain = build().eval()
+    converted = antialias(plain, "blur", filter_size=1, stem_conv=True).eval()
+    assert strided_layers(converted) == []
+    assert converted.state_dict().keys() == plain.state_dict().keys()
+    converted.load_state_dict(plain.state_dict(), strict=True)
+    plain.load_state_dict(converted.state_dict(), strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected, out = plain(x), converted(x)
+    assert out.shape == expected.shape == (1, 1000)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
+
+
 def test_placement_in_a_torchvision_basic_block() -> None:
     block = antialias(torchvision.models.resnet18(), "aps", filter_size=3).layer2[0]
     assert block.conv1.stride == (1, 1) and block.downsample[0].stride == (1, 1)

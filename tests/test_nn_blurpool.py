@@ -89,6 +89,38 @@ def test_filter_is_a_non_persistent_buffer() -> None:
     assert layer.double().filter.dtype == torch.float64
 
 
+# Binomial taps C(k-1, i) / 2^(k-1), written out by hand for every supported filter_size.
+HAND_TAPS = {
+    1: [1.0],
+    2: [1 / 2, 1 / 2],
+    3: [1 / 4, 2 / 4, 1 / 4],
+    4: [1 / 8, 3 / 8, 3 / 8, 1 / 8],
+    5: [1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16],
+    6: [1 / 32, 5 / 32, 10 / 32, 10 / 32, 5 / 32, 1 / 32],
+    7: [1 / 64, 6 / 64, 15 / 64, 20 / 64, 15 / 64, 6 / 64, 1 / 64],
+}
+
+
+@pytest.mark.parametrize("filter_size", sorted(HAND_TAPS))
+def test_filter_taps_are_the_normalized_binomial_outer_product(filter_size: int) -> None:
+    taps = torch.tensor(HAND_TAPS[filter_size], dtype=torch.float64)
+    expected = taps[:, None] * taps[None, :]  # 2-D filter: outer product of the 1-D taps
+    assert torch.equal(binomial_filter2d(filter_size, torch.float64), expected)
+    layer = BlurPool2d(2, filter_size)
+    assert torch.equal(layer.filter, expected.float().expand(2, 1, filter_size, filter_size))
+
+
+def test_default_padding_is_reflect() -> None:
+    # 3x3 impulse of 4 at the centre; outputs sit on input pixels (0, 0), (0, 2), (2, 0), (2, 2). Reflect
+    # padding mirrors row/column -1 onto row/column 1, so each output's 3x3 window holds the impulse in all
+    # four corners (weight 1/16 each): 4 * 4 / 16 = 1. Zero, replicate or circular padding would see it once: 0.25.
+    x = torch.tensor([[[[0.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 0.0]]]])
+    layer = BlurPool2d(1)
+    assert (layer.filter_size, layer.stride, layer.padding_mode) == (3, 2, "reflect")
+    assert torch.equal(layer(x), torch.ones(1, 1, 2, 2))
+    assert torch.equal(BlurPool2d(1, padding_mode="zeros")(x), torch.full((1, 1, 2, 2), 0.25))
+
+
 def test_binomial_filter2d() -> None:
     expected = torch.tensor([[1.0, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16
     torch.testing.assert_close(binomial_filter2d(3), expected)

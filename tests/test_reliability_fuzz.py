@@ -1,23 +1,30 @@
-"""Property-based fuzzing of the measurement core: right answers or clear errors, never anything else.
+"""Property-based fuzzing of the measurement core against an oracle that knows which inputs are valid.
 
-Every call below either returns a result that satisfies independently computed invariants, or
-raises ``ValueError``/``TypeError``/``IndexError`` whose message names the offending argument.
-Any other exception type, a wrong result or a slow call (``deadline``) fails the test. Runs are
-derandomized (the same cases every run, so CI cannot flake); ``INVARIANCE_FUZZ_EXAMPLES=2000``
-with ``INVARIANCE_FUZZ_RANDOM=1`` explores further.
+Hypothesis draws valid inputs: sequences, images, logits, targets and settings that the documentation
+allows. Each must give the right result, compared with an independent calculation where that is cheap
+(index arithmetic and ``torch.roll`` for whole-pixel shifts, argmax counting for flip rates, a Python softmax
+for the MAC, sorting for top-k ranks). Whether a sequence fits an image size is decided by the oracle from the
+documented rules; a misfit must raise ``ValueError`` naming the image size. Next to every drawn case, each
+argument in turn is replaced by every value of its invalid list (``fill=inf``, ``T=1`` logits, ``top_k=0``,
+integer images, ...): each must raise the documented exception with a message that names the argument.
+So a clear error on a valid input fails, and so does a result for an invalid one.
+
+The cases are fixed: ``derandomize=True``, no example database, and every setting that shapes generation is
+given here, not taken from a profile, so every run tries the same inputs whatever else is collected.
 """
 
 from __future__ import annotations
 
 import math
-import os
+import pickle
+import re
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, event, given, note, settings
+from hypothesis import HealthCheck, Phase, Verbosity, event, given, note, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
@@ -25,130 +32,202 @@ from invariance_lightning import ScaleSequence, ShiftSequence, TransformConsiste
 from invariance_lightning.metrics import transform_consistency
 
 FUZZ = settings(
-    max_examples=int(os.environ.get("INVARIANCE_FUZZ_EXAMPLES", "100")),
-    deadline=2000,  # ms per case: a (near-)hang fails instead of stalling the suite
-    derandomize=not os.environ.get("INVARIANCE_FUZZ_RANDOM"),
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-    print_blob=True,
+    max_examples=150,
+    derandomize=True,
     database=None,
+    phases=(Phase.explicit, Phase.generate, Phase.shrink),
+    deadline=5000,  # ms per case: a (near-)hang fails instead of stalling the suite
+    backend="hypothesis",
+    report_multiple_bugs=False,
+    print_blob=False,
+    stateful_step_count=50,
+    verbosity=Verbosity.normal,
+    suppress_health_check=[HealthCheck.too_slow],
 )
-CLEAR_ERRORS = (ValueError, TypeError, IndexError)
-SEQUENCE_ARGS = ("max_shift", "step", "direction", "shifts", "grid", "mode", "fill", "crop_size", "embed", "factors")
-FRAME_ARGS = ("images", "index", "shift", "crop", "embed", "factor", "reflect")
-METRIC_ARGS = ("logits", "target", "top_k", "num_classes", "num_frames", "frames", "images")
-EVALUATE_ARGS = ("images", "targets", "batch_size", "top_k", "shift", "crop", "embed", "factor", "reflect", "logits")
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-DTYPES = (*FLOAT_DTYPES, torch.uint8, torch.int64, torch.bool)
+NON_FINITE = (math.inf, -math.inf, math.nan)
 
 
-def outcome(call: Callable[[], Any], names: tuple[str, ...]) -> Any:
-    """``call()``'s result, or None if it raised a clear error that mentions one of ``names``."""
-    try:
-        result = call()
-    except CLEAR_ERRORS as error:
-        message = str(error)
-        note(f"{type(error).__name__}: {message}")
-        event(f"raised {type(error).__name__}")
-        assert any(name in message for name in names), f"error does not name the argument: {message!r}"
-        return None
-    event("returned a result")
-    return result
+def rejects(call: Callable[[], Any], error: type[Exception], names: str, what: str) -> None:
+    """Assert that ``call()`` raises ``error`` with a message containing ``names`` (``what`` describes the input)."""
+    with pytest.raises(error, match=re.escape(names)):
+        note(f"invalid: {what}")
+        call()
 
 
-# -- strategies ----------------------------------------------------------------------------------
-def rarely(invalid: st.SearchStrategy, valid: st.SearchStrategy, one_in: int = 6) -> st.SearchStrategy:
-    """``valid`` most of the time, ``invalid`` about once in ``one_in`` draws (not the simplest choice)."""
-    return st.sampled_from([valid] * (one_in - 1) + [invalid]).flatmap(lambda chosen: chosen)
+def mostly(usual: st.SearchStrategy, rare: st.SearchStrategy, one_in: int = 4) -> st.SearchStrategy:
+    """``usual`` most of the time, ``rare`` about once in ``one_in`` draws (and never as the simplest choice)."""
+    return st.sampled_from([usual] * (one_in - 1) + [rare]).flatmap(lambda chosen: chosen)
 
 
-odd_values = st.sampled_from([None, True, "2", math.nan, math.inf, -1, 0, [1, 2]])
-small_numbers = st.one_of(st.integers(-3, 4), st.floats(-3, 4).map(lambda v: round(v * 4) / 4))
+# -- sequences: construction ---------------------------------------------------------------------
+small_numbers = st.one_of(st.integers(-3, 4), st.integers(-12, 16).map(lambda v: v / 4))
 shift_pairs = st.tuples(small_numbers, small_numbers)
 
 
-def maybe(draw, strategy: st.SearchStrategy, present: bool) -> Any:
-    """A value for an optional argument that should be ``present``, or (rarely) a misplaced/odd one."""
-    return draw(rarely(st.one_of(odd_values, strategy), strategy if present else st.just(None)))
+def common_kwargs(draw, modes: tuple[str, ...]) -> dict[str, Any]:
+    """Valid ``mode``, ``fill``, ``embed`` and (crop mode only) ``crop_size``."""
+    kwargs = {"mode": draw(st.sampled_from(modes)), "fill": draw(st.sampled_from([0.0, 0.5, -1.0, 2]))}
+    embed = draw(mostly(st.none(), st.sampled_from([0.3, 0.5, 0.75, 1.0]), 3))
+    if embed is not None:
+        kwargs["embed"] = embed
+    if kwargs["mode"] == "crop" and draw(st.booleans()):
+        kwargs["crop_size"] = draw(st.integers(1, 8) | st.tuples(st.integers(1, 8), st.integers(1, 8)))
+    return kwargs
 
 
-def common_kwargs(draw, modes: tuple[str, ...], bad_mode: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``mode``, ``fill``, ``crop_size`` (crop mode only) and ``embed``; each rarely invalid."""
-    kwargs["mode"] = draw(rarely(st.just(bad_mode), st.sampled_from(modes)))
-    kwargs["fill"] = draw(rarely(odd_values, st.sampled_from([0.0, 0.5, -1.0])))
-    kwargs["crop_size"] = maybe(draw, st.integers(1, 8) | st.tuples(st.integers(1, 8), st.integers(1, 8)),
-                                kwargs["mode"] == "crop" and draw(st.booleans()))
-    kwargs["embed"] = maybe(draw, st.floats(0.3, 1.0), draw(st.booleans()))
-    return {key: value for key, value in kwargs.items() if value is not None}
-
-
-@st.composite
-def shift_kwargs(draw) -> dict[str, Any]:
-    """Keyword arguments for ShiftSequence, each rarely invalid."""
-    kwargs: dict[str, Any] = {}
-    form = draw(rarely(st.sampled_from(["both", "neither"]), st.sampled_from(["max_shift", "shifts"]), 12))
-    if form in ("max_shift", "both"):
-        step = draw(rarely(odd_values, st.sampled_from([1, 0.5, 0.25, 2])))
-        multiple = draw(st.integers(1, 4)) * step if isinstance(step, (int, float)) else 1
-        kwargs["step"] = step
-        kwargs["max_shift"] = draw(rarely(st.one_of(odd_values, st.just(multiple + 0.1)), st.just(multiple)))
-        kwargs["direction"] = draw(rarely(st.just("up"), st.sampled_from(["diagonal", "horizontal", "vertical"])))
-        kwargs["grid"] = draw(st.booleans())
-    if form in ("shifts", "both"):
-        invalid = st.one_of(st.lists(odd_values, max_size=3), st.lists(shift_pairs, max_size=1))
-        kwargs["shifts"] = draw(rarely(invalid, st.lists(shift_pairs, min_size=2, max_size=6)))
-        kwargs["grid"] = draw(rarely(st.just(True), st.just(False), 12))
-    return common_kwargs(draw, ShiftSequence.modes, "wrap", kwargs)
+def common_invalid(kwargs: dict[str, Any], bad_mode: str) -> list[tuple[str, Any]]:
+    """Every invalid value of the arguments both sequence classes share, for valid ``kwargs``."""
+    # crop_size is only allowed in crop mode, where it must be a positive int or (height, width) pair
+    crop_sizes = [0, -1, (1, 2, 3), (0, 3), 2.5, True] if kwargs["mode"] == "crop" else [4]
+    return [
+        ("mode", bad_mode),
+        *(("fill", v) for v in (*NON_FINITE, "0", None, True)),
+        *(("embed", v) for v in (*NON_FINITE, 0.0, -0.5, 1.5, True, "0.5")),
+        *(("crop_size", v) for v in crop_sizes),
+    ]
 
 
 @st.composite
-def scale_kwargs(draw) -> dict[str, Any]:
-    """Keyword arguments for ScaleSequence, each rarely invalid."""
-    factor = rarely(st.sampled_from([0.0, -1.0, math.nan, "1"]), st.floats(0.5, 1.6).map(lambda v: round(v, 2)), 12)
-    factors = draw(rarely(st.one_of(odd_values, st.lists(factor, max_size=1)), st.lists(factor, min_size=2, max_size=5)))
-    return common_kwargs(draw, ScaleSequence.modes, "circular", {"factors": factors})
+def shift_cases(draw) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """Valid ShiftSequence kwargs and every (argument, invalid value) to try in their place."""
+    kwargs = common_kwargs(draw, ShiftSequence.modes)
+    invalid = common_invalid(kwargs, "wrap")
+    if draw(st.booleans()):
+        step = draw(st.sampled_from([1, 0.5, 0.25, 2]))
+        kwargs.update(step=step, max_shift=draw(st.integers(1, 3)) * step, grid=draw(st.booleans()))
+        kwargs["direction"] = draw(st.sampled_from(["diagonal", "horizontal", "vertical"]))
+        invalid += [("max_shift", v) for v in (*NON_FINITE, 0, -1, True, "2", None, kwargs["max_shift"] + 0.1)]
+        invalid += [("step", v) for v in (*NON_FINITE, 0, -1, True, "1")]
+        invalid += [("shifts", [(0, 0), (1, 1)])]  # together with max_shift
+    else:
+        kwargs["shifts"] = draw(st.lists(shift_pairs, min_size=2, max_size=6))
+        bad_shifts = [[], [(0, 0)], [(0, 0), (1,)], [(0, 0), ("1", 0)], [(0, 0), (True, 0)], "ab"]
+        bad_shifts += [[(0, 0), (v, 1)] for v in NON_FINITE]
+        invalid += [("shifts", v) for v in bad_shifts] + [("grid", True)]
+    invalid += [("direction", v) for v in ("up", "diagnol", None)]
+    return kwargs, invalid
 
 
 @st.composite
-def sequences(draw):
-    """A constructible shift or scale sequence (whether it fits a given image size is not guaranteed)."""
-    while True:  # the kwargs are valid most of the time, so this rarely loops
-        kwargs = draw(st.one_of(shift_kwargs(), scale_kwargs()))
-        try:
-            return (ScaleSequence if "factors" in kwargs else ShiftSequence)(**kwargs)
-        except CLEAR_ERRORS:
-            continue
+def scale_cases(draw) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """Valid ScaleSequence kwargs and every (argument, invalid value) to try in their place."""
+    factors = draw(st.lists(st.integers(50, 160).map(lambda v: v / 100), min_size=2, max_size=5))
+    kwargs = {"factors": factors, **common_kwargs(draw, ScaleSequence.modes)}
+    bad_factors = [[], [1.0], "1.0", 3, [1.0, 0.0], [1.0, -1.0], [1.0, "1"], [1.0, True]]
+    bad_factors += [[1.0, v] for v in NON_FINITE]
+    return kwargs, common_invalid(kwargs, "circular") + [("factors", v) for v in bad_factors]
 
 
-@st.composite
-def image_batches(draw, max_side: int = 14) -> Tensor:
-    """(N, C, H, W) batches of any dtype, N may be 0; deterministic content from a drawn seed."""
-    side = rarely(st.integers(1, 3), st.integers(4, max_side))
-    shape = (draw(rarely(st.just(0), st.integers(1, 3), 10)), draw(st.integers(1, 3)), draw(side), draw(side))
-    dtype = draw(rarely(st.sampled_from(DTYPES), st.sampled_from(FLOAT_DTYPES), 4))
-    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
-    values = torch.rand(shape, generator=generator) * draw(st.sampled_from([1.0, 255.0]))
-    if dtype == torch.bool:
-        return values > 0.5
-    return values.to(dtype)
+def build(kwargs: dict[str, Any]) -> ShiftSequence | ScaleSequence:
+    return (ScaleSequence if "factors" in kwargs else ShiftSequence)(**kwargs)
 
 
-# -- sequences -----------------------------------------------------------------------------------
+def expected_shifts(kwargs: dict[str, Any]) -> list[tuple[float, float]]:
+    """The frames ShiftSequence documents for ``kwargs``, computed directly."""
+    if "shifts" in kwargs:
+        return [(float(dx), float(dy)) for dx, dy in kwargs["shifts"]]
+    count = round(kwargs["max_shift"] / kwargs["step"])
+    offsets = [k * kwargs["step"] for k in range(count + 1)]
+    if kwargs["grid"]:  # one row per dy; even rows left to right, odd rows right to left
+        return [(float(dx), float(dy)) for row, dy in enumerate(offsets) for dx in (offsets if row % 2 == 0 else offsets[::-1])]
+    unit = {"diagonal": (1, 1), "horizontal": (1, 0), "vertical": (0, 1)}[kwargs["direction"]]
+    return [(float(d * unit[0]), float(d * unit[1])) for d in offsets]
+
+
 @FUZZ
-@given(kwargs=st.one_of(shift_kwargs(), scale_kwargs()))
-def test_sequence_construction_succeeds_or_names_the_argument(kwargs):
-    build = ScaleSequence if "factors" in kwargs else ShiftSequence
-    sequence = outcome(lambda: build(**kwargs), SEQUENCE_ARGS)
-    if sequence is None:
-        return
-    assert len(sequence) >= 2
-    assert len(sequence.frame_values) == len(sequence.frame_labels) == len(sequence)
+@given(case=st.one_of(shift_cases(), scale_cases()))
+def test_sequence_construction(case):
+    kwargs, invalid = case
+    note(f"kwargs={kwargs!r}")
+    sequence = build(kwargs)
+    if isinstance(sequence, ShiftSequence):
+        assert [(float(dx), float(dy)) for dx, dy in sequence.shifts] == expected_shifts(kwargs)
+    else:
+        assert sequence.factors == [float(f) for f in kwargs["factors"]]
+    assert (sequence.mode, sequence.fill, sequence.embed) == (kwargs["mode"], float(kwargs["fill"]), kwargs.get("embed"))
+    assert len(sequence.frame_values) == len(sequence.frame_labels) == len(sequence) >= 2
     assert all(math.isfinite(v) for v in sequence.frame_values)
-    assert sequence == build(**kwargs) and hash(sequence) == hash(build(**kwargs))
-    assert repr(sequence).startswith(f"{build.__name__}(")
+    assert sequence == build(kwargs) and hash(sequence) == hash(build(kwargs))
+    assert pickle.loads(pickle.dumps(sequence)) == sequence
+    for name, value in invalid:
+        rejects(lambda: build({**kwargs, name: value}), ValueError, name, f"{name}={value!r}")
 
 
-def reference_integer_shift(images: Tensor, dx: int, dy: int, mode: str, fill: float) -> Tensor:
-    """Frame by explicit source-index arithmetic: out[y, x] = in[y - dy, x - dx] with the mode's boundary."""
+# -- sequences: frames ---------------------------------------------------------------------------
+def images_of(draw, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """Deterministic content from a drawn seed: [0, 1) for float dtypes, [0, 255) for uint8."""
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    values = torch.rand(shape, generator=generator)
+    return (values * 255).to(dtype) if dtype == torch.uint8 else values.to(dtype)
+
+
+def embedded_box(height: int, width: int, embed: float | None) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the object on the canvas: ``embed`` of the size, at least 1 px, centred."""
+    if embed is None:
+        return 0, 0, height, width
+    obj_h, obj_w = max(1, round(height * embed)), max(1, round(width * embed))
+    return (height - obj_h) // 2, (width - obj_w) // 2, obj_h, obj_w
+
+
+def crop_window(sequence: ShiftSequence, height: int, width: int) -> tuple[int, int]:
+    """``crop_size``, or the largest centred window that every (ceil of the) shift keeps inside the image."""
+    max_dx = math.ceil(max(abs(dx) for dx, _ in sequence.shifts))
+    max_dy = math.ceil(max(abs(dy) for _, dy in sequence.shifts))
+    return sequence.crop_size or (height - 2 * max_dy, width - 2 * max_dx)
+
+
+def rescaled(size: int, factor: float) -> int:
+    return max(1, round(size * factor))
+
+
+def fit_problem(sequence: ShiftSequence | ScaleSequence, height: int, width: int) -> str | None:
+    """Why ``sequence`` cannot make frames of ``height`` x ``width`` images (None if it can), from the documented rules."""
+    if isinstance(sequence, ShiftSequence):
+        max_dx = max(abs(dx) for dx, _ in sequence.shifts)
+        max_dy = max(abs(dy) for _, dy in sequence.shifts)
+        if sequence.embed is not None:  # the whole object must stay on the canvas
+            top, left, _, _ = embedded_box(height, width, sequence.embed)
+            if max_dx > left or max_dy > top:
+                return "shift beyond the embed margin"
+        if sequence.mode != "crop":
+            return None if max_dx < width and max_dy < height else "shift as large as the image"
+        crop_h, crop_w = crop_window(sequence, height, width)
+        top, left = (height - crop_h) // 2, (width - crop_w) // 2
+        inside = all(
+            0 <= top - dy and top - dy + crop_h <= height and 0 <= left - dx and left - dx + crop_w <= width
+            for dx, dy in sequence.shifts
+        )
+        return None if crop_h > 0 and crop_w > 0 and inside else "crop window leaves the image"
+    if sequence.embed is not None and sequence.embed * max(sequence.factors) > 1 + 1e-9:
+        return "object enlarged beyond the canvas"
+    small_h, small_w = rescaled(height, min(sequence.factors)), rescaled(width, min(sequence.factors))
+    if sequence.mode == "reflect" and (height - small_h >= small_h or width - small_w >= small_w):
+        return "reflection padding as large as the shrunk image"
+    if sequence.mode == "crop":
+        crop_h, crop_w = sequence.crop_size or (small_h, small_w)
+        if crop_h > small_h or crop_w > small_w:
+            return "crop larger than the smallest rescaled image"
+    return None
+
+
+def canvas_of(sequence: ShiftSequence | ScaleSequence, images: Tensor) -> Tensor:
+    """The input of the geometric transform: ``images``, or with ``embed`` the shrunk image centred on ``fill``."""
+    if sequence.embed is None:
+        return images
+    height, width = images.shape[-2:]
+    top, left, obj_h, obj_w = embedded_box(height, width, sequence.embed)
+    small = images
+    if (obj_h, obj_w) != (height, width):  # antialiased bilinear, in float32 at least (no CPU half kernel)
+        work = images.to(torch.promote_types(images.dtype, torch.float32))
+        small = F.interpolate(work, size=(obj_h, obj_w), mode="bilinear", antialias=True, align_corners=False)
+    canvas = torch.full_like(images, sequence.fill)
+    canvas[..., top : top + obj_h, left : left + obj_w] = small.to(images.dtype)
+    return canvas
+
+
+def integer_shift_by_indexing(images: Tensor, dx: int, dy: int, mode: str, fill: float) -> Tensor:
+    """out[y, x] = in[y - dy, x - dx], with the mode's rule for source indices outside the image."""
     height, width = images.shape[-2:]
     rows, cols = torch.arange(height) - dy, torch.arange(width) - dx
     if mode == "circular":
@@ -162,132 +241,201 @@ def reference_integer_shift(images: Tensor, dx: int, dy: int, mode: str, fill: f
     return torch.where(inside, gathered, torch.full_like(gathered, fill))
 
 
-def value_range_tolerance(images: Tensor) -> float:
+def tolerance(images: Tensor) -> float:
     return {torch.float16: 1e-2, torch.bfloat16: 5e-2}.get(images.dtype, 1e-4) * max(1.0, float(images.abs().max()))
 
 
-@FUZZ
-@given(sequence=sequences(), images=image_batches(), data=st.data())
-def test_frame_is_correct_or_raises_a_clear_error(sequence, images, data):
-    note(repr(sequence))
-    index = data.draw(rarely(st.sampled_from([-1, len(sequence), 50]), st.integers(0, len(sequence) - 1)), "index")
-    frame = outcome(lambda: sequence.frame(images, index), FRAME_ARGS)
-    if frame is None:
-        return
+def output_size(sequence: ShiftSequence | ScaleSequence, height: int, width: int) -> tuple[int, int]:
+    if sequence.mode != "crop":
+        return height, width
+    if isinstance(sequence, ShiftSequence):
+        return crop_window(sequence, height, width)
+    return sequence.crop_size or (rescaled(height, min(sequence.factors)), rescaled(width, min(sequence.factors)))
+
+
+def check_frame(sequence: ShiftSequence | ScaleSequence, images: Tensor, index: int, frame: Tensor) -> None:
+    """Compare a frame with an independent construction where one is cheap, else with bounds it must obey."""
     height, width = images.shape[-2:]
-    assert 0 <= index < len(sequence) and images.is_floating_point()
-    assert frame.shape == (*images.shape[:2], *sequence.output_size(height, width))
-    assert frame.dtype == images.dtype
+    out_h, out_w = output_size(sequence, height, width)
+    assert frame.shape == (*images.shape[:2], out_h, out_w) and frame.dtype == images.dtype
     if images.numel() == 0:
         return
-    exact_pixels = isinstance(sequence, ShiftSequence) and all(float(v).is_integer() for v in sequence.shifts[index])
-    if exact_pixels and sequence.embed is None:
+    assert bool(torch.isfinite(frame).all()), "finite images and a finite fill give finite frames"
+    canvas = canvas_of(sequence, images)
+    if isinstance(sequence, ShiftSequence) and all(float(v).is_integer() for v in sequence.shifts[index]):
         dx, dy = (int(v) for v in sequence.shifts[index])
-        if sequence.mode == "crop":
-            crop_h, crop_w = frame.shape[-2:]
-            top, left = (height - crop_h) // 2 - dy, (width - crop_w) // 2 - dx
-            expected = images[..., top : top + crop_h, left : left + crop_w]
+        if sequence.mode == "crop":  # the window moves against the content
+            top, left = (height - out_h) // 2 - dy, (width - out_w) // 2 - dx
+            expected = canvas[..., top : top + out_h, left : left + out_w]
         else:
-            expected = reference_integer_shift(images, dx, dy, sequence.mode, sequence.fill)
-        assert torch.equal(frame, expected.to(frame.dtype)), "whole-pixel frames must copy pixels exactly"
+            expected = integer_shift_by_indexing(canvas, dx, dy, sequence.mode, sequence.fill)
+            if sequence.mode == "circular":
+                assert torch.equal(frame, torch.roll(canvas, shifts=(dy, dx), dims=(-2, -1)))
+        assert torch.equal(frame, expected), "whole-pixel frames must copy pixels exactly"
         return
-    if isinstance(sequence, ScaleSequence) and sequence.factors[index] == 1.0 and sequence.embed is None:
-        crop_h, crop_w = frame.shape[-2:]
-        top, left = (height - crop_h) // 2, (width - crop_w) // 2
-        assert torch.equal(frame, images[..., top : top + crop_h, left : left + crop_w]), "factor 1 is the identity"
+    if isinstance(sequence, ScaleSequence) and sequence.factors[index] == 1.0:
+        top, left = (height - out_h) // 2, (width - out_w) // 2
+        assert torch.equal(frame, canvas[..., top : top + out_h, left : left + out_w]), "factor 1 is the identity"
         return
-    if isinstance(sequence, ShiftSequence) and sequence.mode == "circular" and sequence.embed is None:
+    if isinstance(sequence, ShiftSequence) and sequence.mode == "circular":
         # a band-limited circular shift keeps every channel's mean (the spectrum's DC term)
-        torch.testing.assert_close(
-            frame.double().mean((-2, -1)), images.double().mean((-2, -1)), atol=value_range_tolerance(images), rtol=0
-        )
+        torch.testing.assert_close(frame.double().mean((-2, -1)), canvas.double().mean((-2, -1)), atol=tolerance(images), rtol=0)
         return
-    # bilinear shifts, antialiased resizing, padding and embedding only mix pixels (and fill) convexly
+    if isinstance(sequence, ScaleSequence) and sequence.mode == "zeros" and sequence.embed is None:
+        # a shrunk image is centred on fill: everything outside its box is exactly fill
+        small_h, small_w = (min(n, rescaled(n, sequence.factors[index])) for n in (height, width))
+        top, left = (height - small_h) // 2, (width - small_w) // 2
+        outside = torch.ones(height, width, dtype=torch.bool)
+        outside[top : top + small_h, left : left + small_w] = False
+        assert bool((frame[..., outside] == sequence.fill).all()), "the padding of a shrunk image is fill"
+    # bilinear shifts, antialiased resizing and padding only mix pixels (and fill) convexly
     fill = [sequence.fill] if sequence.mode == "zeros" or sequence.embed is not None else []
     low, high = min([float(images.min()), *fill]), max([float(images.max()), *fill])
-    tolerance = value_range_tolerance(images)
-    assert low - tolerance <= float(frame.min()) and float(frame.max()) <= high + tolerance
+    assert low - tolerance(images) <= float(frame.min()) and float(frame.max()) <= high + tolerance(images)
+
+
+@st.composite
+def valid_sequences(draw) -> ShiftSequence | ScaleSequence:
+    """A constructible sequence; whether it fits a given image size is up to :func:`fit_problem`."""
+    kwargs, _ = draw(st.one_of(shift_cases(), scale_cases()))
+    return build(kwargs)
+
+
+def image_shapes(max_side: int, min_count: int) -> st.SearchStrategy:
+    """(N, C, H, W): sides mostly from 4 up, sometimes 1 to 3 (where most sequences no longer fit)."""
+    side = mostly(st.integers(4, max_side), st.integers(1, 3))
+    count = mostly(st.integers(max(min_count, 1), 3), st.just(min_count))
+    return st.tuples(count, st.integers(1, 3), side, side)
 
 
 @FUZZ
-@given(images=image_batches(max_side=10), data=st.data())
-def test_circular_integer_shift_equals_torch_roll(images, data):
-    height, width = images.shape[-2:]
-    dx = data.draw(rarely(st.sampled_from([width, -width]), st.integers(1 - width, width - 1)), "dx")
-    dy = data.draw(rarely(st.sampled_from([height, -height]), st.integers(1 - height, height - 1)), "dy")
+@given(sequence=valid_sequences(), shape=image_shapes(12, 0), dtype=st.sampled_from(FLOAT_DTYPES), data=st.data())
+def test_frame(sequence, shape, dtype, data):
+    images = images_of(data.draw, shape, dtype)
+    height, width = shape[-2:]
+    problem = fit_problem(sequence, height, width)
+    note(f"{sequence!r}; images {shape} {dtype}; fit problem: {problem}")
+    event("fits" if problem is None else "does not fit")
+    for index in range(len(sequence)):
+        if problem is None:
+            check_frame(sequence, images, index, sequence.frame(images, index))
+        else:
+            rejects(lambda: sequence.frame(images, index), ValueError, f"{height}x{width}", problem)
+    index = data.draw(st.integers(0, len(sequence) - 1), "index")
+    bad_images = [(images.to(torch.uint8), TypeError), (images.to(torch.bool), TypeError), (images.tolist(), TypeError),
+                  (images.flatten(0, 1), ValueError), (images[None], ValueError)]
+    for bad, error in bad_images:
+        rejects(lambda: sequence.frame(bad, index), error, "images", f"images {type(bad).__name__}")
+    for bad, error in ((-1, IndexError), (len(sequence), IndexError), (50, IndexError), (0.0, TypeError), (True, TypeError)):
+        rejects(lambda: sequence.frame(images, bad), error, "index", f"index {bad!r}")
+
+
+@FUZZ
+@given(data=st.data(), height=st.integers(1, 10), width=st.integers(1, 10), dtype=st.sampled_from(FLOAT_DTYPES))
+def test_circular_integer_shift_equals_torch_roll(data, height, width, dtype):
+    images = images_of(data.draw, (2, 2, height, width), dtype)
+    dx = data.draw(st.integers(1 - width, width - 1), "dx")
+    dy = data.draw(st.integers(1 - height, height - 1), "dy")
     sequence = ShiftSequence(shifts=[(0, 0), (dx, dy)], mode="circular")
-    frame = outcome(lambda: sequence.frame(images, 1), FRAME_ARGS)
-    if frame is not None:
-        assert torch.equal(frame, torch.roll(images, shifts=(dy, dx), dims=(-2, -1)))
-        assert torch.equal(sequence.frame(images, 0), images)
+    assert torch.equal(sequence.frame(images, 1), torch.roll(images, shifts=(dy, dx), dims=(-2, -1)))
+    assert torch.equal(sequence.frame(images, 0), images)
+    for too_far in ((width, dy), (-width, dy), (dx, height), (dx, -height)):
+        rejects(lambda: ShiftSequence(shifts=[(0, 0), too_far], mode="circular").frame(images, 1), ValueError,
+                f"{height}x{width}", f"shift {too_far}")
 
 
 # -- metrics -------------------------------------------------------------------------------------
 @st.composite
-def logits_and_targets(draw) -> tuple[Any, Any, int | None]:
-    """(logits, target, top_k): mostly well-formed with many ties, sometimes malformed."""
-    shape = (draw(rarely(st.just(0), st.integers(1, 5), 10)), draw(rarely(st.integers(0, 1), st.integers(2, 5), 10)),
-             draw(rarely(st.just(0), st.integers(1, 6), 10)))
+def metric_cases(draw) -> tuple[Tensor, Tensor | None, int | None]:
+    """Valid (logits, target, top_k): many ties, every float dtype, top_k also above C."""
+    shape = (draw(st.integers(1, 5)), draw(st.integers(2, 5)), draw(st.integers(1, 6)))
     count = shape[0] * shape[1] * shape[2]
-    special = st.one_of(st.floats(-50, 50), st.sampled_from([math.nan, math.inf, -math.inf]))
-    pool = draw(rarely(st.just(special), st.sampled_from([st.integers(-2, 2).map(float), st.floats(-50, 50)]), 8))
+    pool = draw(st.sampled_from([st.integers(-2, 2).map(float), st.floats(-50, 50)]))
     values = torch.tensor(draw(st.lists(pool, min_size=count, max_size=count)), dtype=torch.float64).reshape(shape)
-    logits: Any = values.to(draw(rarely(st.just(torch.int64), st.sampled_from(FLOAT_DTYPES), 10)))
-    if draw(rarely(st.just(True), st.just(False), 15)):
-        logits = draw(st.sampled_from([values[0] if shape[0] else values.reshape(-1), values.tolist(), None]))
-    target: Any = None
+    logits = values.to(draw(st.sampled_from(FLOAT_DTYPES)))
+    target = None
     if draw(st.booleans()):
-        labels = draw(st.lists(st.integers(0, max(shape[2] - 1, 0)), min_size=shape[0], max_size=shape[0]))
-        if labels and draw(rarely(st.just(True), st.just(False), 10)):
-            labels[draw(st.integers(0, len(labels) - 1))] = draw(st.sampled_from([-1, shape[2]]))
-        target = torch.tensor(labels, dtype=torch.long)
-        if draw(rarely(st.just(True), st.just(False), 10)):
-            target = draw(st.sampled_from([target.float(), target[:-1], target.tolist(), target[None]]))
-    top_k = draw(rarely(st.just(shape[2] + 1), st.sampled_from([None, *range(1, min(shape[2], 5) + 1)]), 10))
-    return logits, target, top_k
+        target = torch.tensor(draw(st.lists(st.integers(0, shape[2] - 1), min_size=shape[0], max_size=shape[0])))
+    return logits, target, draw(st.sampled_from([None, *range(1, 9)]))
 
 
-def independent_metrics(logits: Tensor, target: Tensor | None) -> dict[str, float]:
-    """Flip rate, consistency and accuracies by direct counting over images and frame pairs."""
-    preds = logits.argmax(-1).tolist()
-    num_frames = len(preds[0])
-    flips = [p[t] != p[t - 1] for p in preds for t in range(1, num_frames)]
+def invalid_metric_inputs(logits: Tensor, target: Tensor | None) -> list[tuple[str, Any, Any, type[Exception]]]:
+    """Every (argument, logits, target, documented error) obtained by breaking one of the valid inputs."""
+    cases: list[tuple[str, Any, Any, type[Exception]]] = []
+    for bad, error in ((logits.tolist(), TypeError), (None, TypeError), (logits.to(torch.int64), TypeError),
+                       (logits[0], ValueError), (logits[None], ValueError), (logits[:, :1], ValueError),
+                       (logits[:, :, :0], ValueError), (logits[:0], ValueError)):
+        cases.append(("logits", bad, None, error))
+    for value in NON_FINITE:
+        broken = logits.clone()
+        broken.view(-1)[broken.numel() // 2] = value
+        cases.append(("logits", broken, None, ValueError))
+    if target is not None:
+        for bad, error in ((target.float(), TypeError), (target.tolist(), TypeError), (target[:-1], ValueError),
+                           (target[None], ValueError)):
+            cases.append(("target", logits, bad, error))
+        for value in (-1, logits.shape[2]):  # outside [0, C)
+            broken = target.clone()
+            broken[-1] = value
+            cases.append(("target", logits, broken, ValueError))
+    return cases
+
+
+def first_max(row: list[float]) -> int:
+    """Index of the first largest value (torch.argmax's documented tie rule)."""
+    return max(range(len(row)), key=lambda c: (row[c], -c))
+
+
+def softmax(frame: list[float]) -> list[float]:
+    exps = [math.exp(v - max(frame)) for v in frame]
+    return [e / sum(exps) for e in exps]
+
+
+def independent_metrics(logits: Tensor, target: Tensor | None, top_k: int | None) -> dict[str, Any]:
+    """Every metric by direct counting in Python; ``top{k}_distance`` only when no frame has tied logits."""
+    rows = logits.double().tolist()  # (N, T, C) nested lists, exact for every float dtype
+    num_images, num_frames, num_classes = len(rows), len(rows[0]), len(rows[0][0])
+    preds = [[first_max(frame) for frame in image] for image in rows]
+    transitions = [(i, t) for i in range(num_images) for t in range(1, num_frames)]
     agree = [p[a] == p[b] for p in preds for a in range(num_frames) for b in range(a + 1, num_frames)]
-    out = {"flip_rate": sum(flips) / len(flips), "consistency": sum(agree) / len(agree)}
+    # MAC: the probability of frame t-1's top-1 class, before and after
+    changes = [abs(softmax(rows[i][t])[preds[i][t - 1]] - softmax(rows[i][t - 1])[preds[i][t - 1]]) for i, t in transitions]
+    per_transition = [sum(preds[i][t] != preds[i][t - 1] for i in range(num_images)) / num_images for t in range(1, num_frames)]
+    out: dict[str, Any] = {
+        "flip_rate": sum(preds[i][t] != preds[i][t - 1] for i, t in transitions) / len(transitions),
+        "consistency": sum(agree) / len(agree),
+        "mac": sum(changes) / len(changes),
+        "per_frame_flip_rate": per_transition,
+    }
+    if top_k is not None and all(len(set(frame)) == num_classes for image in rows for frame in image):
+        ranks = [[sorted(range(num_classes), key=lambda c: -frame[c])[:top_k] for frame in image] for image in rows]
+        moved = [sum(a != b for a, b in zip(ranks[i][t - 1], ranks[i][t])) for i, t in transitions]
+        out[f"top{top_k}_distance"] = sum(moved) / len(moved)  # slicing [:k] keeps all C ranks when k > C
     if target is not None:
         hits = [[p == int(y) for p in row] for row, y in zip(preds, target)]
-        out["accuracy"] = sum(map(sum, hits)) / (len(hits) * num_frames)
-        out["worst_case_accuracy"] = sum(all(h) for h in hits) / len(hits)
+        out["accuracy"] = sum(map(sum, hits)) / (num_images * num_frames)
+        out["worst_case_accuracy"] = sum(all(h) for h in hits) / num_images
+        out["per_frame_accuracy"] = [sum(h[t] for h in hits) / num_images for t in range(num_frames)]
     return out
 
 
-def check_metric_values(result: dict[str, Tensor], top_k: int | None) -> None:
-    for key, value in result.items():
-        assert torch.isfinite(value).all(), key
-        upper = top_k if key.endswith("_distance") else 1.0
-        assert ((value >= 0) & (value <= upper + 1e-6)).all(), (key, value)
-    if "worst_case_accuracy" in result:
-        per_frame = result["per_frame_accuracy"]
-        assert result["worst_case_accuracy"] <= per_frame.min() + 1e-6 and per_frame.min() <= result["accuracy"] + 1e-6
-    assert bool(result["consistency"] == 1) == bool(result["flip_rate"] == 0)
-
-
 @FUZZ
-@given(case=logits_and_targets(), cuts=st.lists(st.integers(0, 5), max_size=3))
-def test_metric_is_correct_or_raises_a_clear_error(case, cuts):
+@given(case=metric_cases(), cuts=st.lists(st.integers(0, 5), max_size=3))
+def test_metric(case, cuts):
     logits, target, top_k = case
-    result = outcome(lambda: transform_consistency(logits, target, top_k=top_k), METRIC_ARGS)
-    metric = TransformConsistency(top_k=top_k)
-    if result is None:
-        with pytest.raises(CLEAR_ERRORS):  # the metric rejects what the function rejects
-            metric.update(logits, target)
-            metric.compute()
-        return
-    check_metric_values(result, top_k)
-    for key, value in independent_metrics(logits, target).items():
-        assert float(result[key]) == pytest.approx(value, abs=1e-6), key
-    assert result["per_frame_flip_rate"].shape == (logits.shape[1] - 1,)
+    note(f"logits {tuple(logits.shape)} {logits.dtype}, target {target}, top_k={top_k}")
+    result = transform_consistency(logits, target, top_k=top_k)
+    expected = independent_metrics(logits, target, top_k)
+    keys = {"flip_rate", "consistency", "mac", "per_frame_flip_rate"}
+    keys |= {f"top{top_k}_distance"} if top_k is not None else set()
+    keys |= {"accuracy", "worst_case_accuracy", "per_frame_accuracy"} if target is not None else set()
+    assert set(result) == keys
+    for key, value in expected.items():
+        torch.testing.assert_close(result[key].double(), torch.tensor(value, dtype=torch.float64), atol=1e-5, rtol=0, msg=key)
+    if top_k is not None:
+        assert 0 <= float(result[f"top{top_k}_distance"]) <= min(top_k, logits.shape[2])
     # the metric over arbitrary (possibly empty) consecutive batches equals the function on all images
+    metric = TransformConsistency(top_k=top_k)
     bounds = sorted({0, logits.shape[0], *(min(c, logits.shape[0]) for c in cuts)})
     for start, stop in zip(bounds, bounds[1:]):
         metric.update(logits[start:stop], None if target is None else target[start:stop])
@@ -296,6 +444,19 @@ def test_metric_is_correct_or_raises_a_clear_error(case, cuts):
     for key in result:
         assert merged[key].shape == result[key].shape, key
         torch.testing.assert_close(merged[key], result[key], atol=1e-6, rtol=0, msg=key)
+    # every broken input: the function and the metric raise the documented error naming the argument
+    for name, bad_logits, bad_target, error in invalid_metric_inputs(logits, target):
+        what = f"{name}: logits {getattr(bad_logits, 'shape', type(bad_logits))}, target {bad_target!r}"
+        rejects(lambda: transform_consistency(bad_logits, bad_target, top_k=top_k), error, name, what)
+        if isinstance(bad_logits, Tensor) and bad_logits.ndim == 3 and bad_logits.shape[0] == 0 and bad_target is None:
+            empty = TransformConsistency(top_k=top_k)
+            empty.update(bad_logits)  # an empty batch is a valid update (a DDP rank without data)...
+            rejects(empty.compute, ValueError, "no images", what)  # ...but there is nothing to compute
+        else:
+            rejects(lambda: TransformConsistency(top_k=top_k).update(bad_logits, bad_target), error, name, what)
+    for bad_top_k in (0, -1, True, 2.5):
+        rejects(lambda: transform_consistency(logits, target, top_k=bad_top_k), ValueError, "top_k", f"top_k={bad_top_k}")
+        rejects(lambda: TransformConsistency(top_k=bad_top_k), ValueError, "top_k", f"top_k={bad_top_k}")
 
 
 # -- evaluate_invariance --------------------------------------------------------------------------
@@ -308,31 +469,57 @@ class QuadrantModel(nn.Module):
 
 @FUZZ
 @given(
-    sequence=sequences(),
-    images=image_batches(max_side=10),
+    sequence=valid_sequences(),
+    shape=image_shapes(10, 1),
+    dtype=st.sampled_from([*FLOAT_DTYPES, torch.uint8]),
     with_targets=st.booleans(),
-    batch_size=rarely(st.sampled_from([-1, 0, True, 2.0]), st.sampled_from([1, 2, 3, 5, 8, 13, 100]), 10),
-    top_k=rarely(st.just(5), st.sampled_from([None, 1, 3, 4]), 10),
+    batch_size=st.sampled_from([1, 2, 3, 5, 8, 13, 100]),
+    top_k=st.sampled_from([None, 1, 3, 4, 5, 6]),  # 5 and 6 exceed the model's 4 classes
     loader_batch=st.integers(1, 3),
+    data=st.data(),
 )
-def test_evaluate_invariance_is_correct_or_raises_a_clear_error(sequence, images, with_targets, batch_size, top_k, loader_batch):
-    note(repr(sequence))
+def test_evaluate_invariance(sequence, shape, dtype, with_targets, batch_size, top_k, loader_batch, data):
+    images = images_of(data.draw, shape, dtype)
+    targets = torch.arange(shape[0]) % 4 if with_targets else None
+    height, width = shape[-2:]
+    problem = fit_problem(sequence, height, width)
+    note(f"{sequence!r}; images {shape} {dtype}; batch_size={batch_size}, top_k={top_k}; fit problem: {problem}")
     model = QuadrantModel()
-    targets = torch.arange(images.shape[0]) % 4 if with_targets else None
-    run = lambda data, labels: evaluate_invariance(model, data, labels, sequence, batch_size=batch_size, top_k=top_k)  # noqa: E731
-    result = outcome(lambda: run(images, targets), EVALUATE_ARGS)
-    if result is None:
+
+    def run(data: Any = images, labels: Any = targets, **overrides: Any) -> dict[str, Tensor]:
+        options = {"batch_size": batch_size, "top_k": top_k, **overrides}
+        return evaluate_invariance(model, data, labels, sequence, **options)
+
+    for name, call, error, names in (
+        ("images", lambda: run(images[:0], None), ValueError, "images is empty"),
+        ("images", lambda: run(images.to(torch.int64), None), TypeError, "images"),
+        ("images", lambda: run(images > 0, None), TypeError, "images"),
+        ("images", lambda: run(images[0], None), ValueError, "images"),
+        ("targets", lambda: run(labels=torch.zeros(shape[0] + 1, dtype=torch.long)), ValueError, "targets"),
+        *(("batch_size", lambda v=v: run(batch_size=v), ValueError, "batch_size") for v in (0, -1, True, 2.0)),
+        *(("top_k", lambda v=v: run(top_k=v), ValueError, "top_k") for v in (0, -2, 1.5)),
+    ):
+        rejects(call, error, names, name)
+    if problem is not None:
+        event("does not fit")
+        rejects(run, ValueError, f"{height}x{width}", problem)
         return
+    event("fits")
+    result = run()
     floats = images.float() / 255 if images.dtype == torch.uint8 else images
     direct = torch.stack([model(sequence.frame(floats, t)) for t in range(len(sequence))], dim=1)
     expected = transform_consistency(direct, targets, top_k=top_k)
-    check_metric_values(result, top_k)
     assert result.keys() == expected.keys()
+    if top_k is not None:
+        assert f"top{top_k}_distance" in result  # named after the requested k, also above the 4 classes
     for key in result:
         torch.testing.assert_close(result[key], expected[key], atol=1e-5, rtol=0, msg=key)
+    counted = independent_metrics(direct, targets, None)
+    for key in ("flip_rate", "consistency"):
+        assert float(result[key]) == pytest.approx(counted[key], abs=1e-6), key
     # a loader of (images, targets) batches gives the same numbers as one tensor
     batches = [(images[i : i + loader_batch], None if targets is None else targets[i : i + loader_batch])
-               for i in range(0, images.shape[0], loader_batch)]
+               for i in range(0, shape[0], loader_batch)]
     from_batches = run(batches, None)
     for key in result:
         torch.testing.assert_close(from_batches[key], result[key], atol=1e-6, rtol=0, msg=key)

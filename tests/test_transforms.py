@@ -96,6 +96,12 @@ def test_fractional_circular_shift_composes_exactly():
     torch.testing.assert_close(shifted[0, 0, 0], expected, rtol=0, atol=1e-10)
 
 
+def test_fractional_circular_shift_of_an_empty_batch():
+    # found by fuzzing: MKL's FFT raised "Inconsistent configuration parameters" for N = 0
+    frame = ShiftSequence(shifts=[(0, 0), (0, 0.25)], mode="circular").frame(torch.rand(0, 1, 4, 4), 1)
+    assert frame.shape == (0, 1, 4, 4)
+
+
 def test_fractional_zero_shift_is_bilinear():
     x = torch.rand(1, 1, 6, 6)
     frame = ShiftSequence(shifts=[(0, 0), (0.5, 0)], mode="zeros", fill=2.0).frame(x, 1)
@@ -158,6 +164,30 @@ def test_sequences_are_picklable_printable_and_comparable():
 def test_shift_sequence_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ShiftSequence(**kwargs)
+
+
+@pytest.mark.parametrize("fill", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda fill: ShiftSequence(max_shift=1, fill=fill),
+        lambda fill: ShiftSequence(shifts=[(0, 0), (0.5, 0)], mode="zeros", fill=fill),
+        lambda fill: ShiftSequence(max_shift=1, mode="circular", embed=0.5, fill=fill),
+        lambda fill: ScaleSequence([1.0, 0.5], fill=fill),
+        lambda fill: ScaleSequence([1.0, 1.5], mode="crop", embed=0.5, fill=fill),
+    ],
+    ids=["shift", "subpixel-shift", "shift-embed", "scale", "scale-embed"],
+)
+def test_non_finite_fill_is_rejected(build, fill):
+    # Accepted, such a fill turned frames into NaN (bilinear shifts compute images - fill) or inf borders.
+    with pytest.raises(ValueError, match="fill must be a finite number"):
+        build(fill)
+
+
+@pytest.mark.parametrize("kwargs", [{"max_shift": 2, "grid": True}, {"shifts": [(0, 0), (1, 1)]}])
+def test_a_bad_direction_is_rejected_even_where_it_is_unused(kwargs):
+    with pytest.raises(ValueError, match="direction must be one of"):
+        ShiftSequence(direction="diagnol", **kwargs)
 
 
 def test_shifts_that_do_not_fit_the_image_are_rejected_with_sizes():

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
+import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from invariance_lightning.augment.presets import preset_sequence
+from invariance_lightning.augment.pipeline import BatchAugmentation
 
 __all__ = ["CONSISTENCY_KINDS", "ConsistencyRegularization", "consistency_loss"]
 
@@ -63,9 +64,12 @@ class ConsistencyRegularization(nn.Module):
         loss = F.cross_entropy(logits, targets) + penalty
 
     ``view`` maps a batch to a randomly transformed batch of the same shape. The default is a random integer
-    translation of each image by up to ``max_shift`` pixels per axis (the ``translate`` preset; its zero fill is
-    applied to the model's normalized input, i.e. it fills with the mean colour). With ``weight == 0`` the second
-    view is skipped and the penalty is a zero tensor, so the run is exactly an unregularized one.
+    translation of each image by up to ``max_shift`` pixels per axis (as the ``translate`` preset) whose vacated
+    pixels are black, as in the measurement's ``"zeros"`` mode: ``images`` are usually already normalized, so
+    give the ``mean``/``std`` they were normalized with, and the border gets black's normalized value
+    ``(0 - mean) / std`` per channel, exactly what :class:`BatchAugmentation` makes of a black pixel. Without
+    ``mean``/``std`` the border is 0 (black for images in ``[0, 1]``). With ``weight == 0`` the second view is
+    skipped and the penalty is a zero tensor, so the run is exactly an unregularized one.
     """
 
     def __init__(
@@ -75,6 +79,8 @@ class ConsistencyRegularization(nn.Module):
         view: Callable[[torch.Tensor], torch.Tensor] | None = None,
         kind: ConsistencyKind = "symmetric_kl",
         max_shift: int = 1,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
@@ -87,16 +93,37 @@ class ConsistencyRegularization(nn.Module):
             raise ValueError(f"ConsistencyRegularization: `max_shift` must be an int >= 1, got {max_shift!r}")
         if view is not None and not callable(view):
             raise TypeError(f"ConsistencyRegularization: `view` must be callable, got {type(view).__name__}")
+        if (mean is None) != (std is None):
+            raise ValueError("ConsistencyRegularization: give both `mean` and `std`, or neither")
+        if view is not None and mean is not None:
+            raise ValueError(
+                "ConsistencyRegularization: `mean`/`std` set the black fill of the default view; a custom `view` "
+                "fills its own border"
+            )
         self.weight = float(weight)
         self.kind = kind
         self.max_shift = max_shift
         self.view = view
+        #: Value of the default view's vacated pixels: one per channel (black, normalized) or 0.
+        self.fill: float | tuple[float, ...] = 0.0
+        if mean is not None:
+            normalization = BatchAugmentation(mean=mean, std=std)  # validates mean/std like the input pipeline
+            black = torch.zeros(1, len(normalization.mean), 1, 1, dtype=torch.uint8)
+            self.fill = tuple(normalization(black).flatten().tolist())
         self._shifts: dict[tuple[int, int], nn.Module] = {}
 
     def _default_view(self, images: torch.Tensor) -> torch.Tensor:
         size = (int(images.shape[-2]), int(images.shape[-1]))
+        if not self.max_shift < min(size):
+            raise ValueError(f"ConsistencyRegularization: `max_shift`={self.max_shift} must be below the image size {size}")
+        if isinstance(self.fill, tuple) and len(self.fill) != images.shape[1]:
+            raise ValueError(
+                f"ConsistencyRegularization: mean/std have {len(self.fill)} values but images have {images.shape[1]} "
+                f"channels (shape {tuple(images.shape)})"
+            )
         if size not in self._shifts:
-            self._shifts[size] = preset_sequence("translate", image_size=size, max_shift=self.max_shift)
+            crop = K.RandomCrop(size, padding=self.max_shift, fill=self.fill)
+            self._shifts[size] = K.AugmentationSequential(crop)
         return self._shifts[size](images)
 
     def forward(

@@ -13,6 +13,7 @@ from torchmetrics import Metric
 from invariance_lightning.metrics.functional import (
     STAT_NAMES,
     check_logits,
+    check_optional_int,
     consistency_from_stats,
     consistency_stats,
 )
@@ -32,7 +33,9 @@ class TransformConsistency(Metric):
 
     Args:
         num_classes: if given, every update's ``C`` must equal it.
-        top_k: rank depth of ``top{k}_distance`` (``None`` to skip it).
+        top_k: rank depth of ``top{k}_distance`` (``None`` to skip it). A ``top_k`` above the number
+            of classes C (given or seen) compares the full ranking of the C classes; the key keeps
+            the requested ``k`` so that metric names are the same on every dataset.
         num_frames: T, if known in advance. Otherwise it is taken from the first update. Give it
             when a process may see no data under DDP, so that its (empty) states have the right shape.
 
@@ -54,10 +57,7 @@ class TransformConsistency(Metric):
     ) -> None:
         super().__init__(**kwargs)
         for name, value, least in (("num_classes", num_classes, 1), ("top_k", top_k, 1), ("num_frames", num_frames, 2)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
-                raise ValueError(f"{name} must be None or an int >= {least}, got {value!r}")
-        if num_classes is not None and top_k is not None and top_k > num_classes:
-            raise ValueError(f"top_k={top_k} exceeds num_classes={num_classes}")
+            check_optional_int(name, value, least)
         self.num_classes = num_classes
         self.top_k = top_k
         self.num_frames = num_frames
@@ -77,7 +77,7 @@ class TransformConsistency(Metric):
 
     def update(self, logits: Tensor, target: Tensor | None = None) -> None:
         """Accumulate one batch: ``logits`` (N, T, C) and optional ``target`` (N,)."""
-        logits, target = check_logits(logits, target, num_classes=self.num_classes, top_k=self.top_k)
+        logits, target = check_logits(logits, target, num_classes=self.num_classes)
         expected = self._frames_seen()
         if expected is not None and logits.shape[1] != expected:
             raise ValueError(

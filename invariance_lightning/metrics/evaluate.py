@@ -10,6 +10,7 @@ from kornia.enhance import normalize as kornia_normalize
 from torch import Tensor, nn
 
 from invariance_lightning.metrics.consistency import TransformConsistency
+from invariance_lightning.metrics.mode import evaluation_mode
 from invariance_lightning.transforms.base import TransformSequence
 
 ForwardFn = Callable[[nn.Module, Tensor], Tensor]
@@ -139,14 +140,16 @@ def evaluate_invariance(
         batch_size: at most this many frames go through the model at once, bounding peak memory.
         normalize: ``(mean, std)`` applied after the geometric transform, so that ``fill=0`` means
             black pixels for a model that expects normalized input.
-        top_k, num_classes: as in :class:`TransformConsistency`.
+        top_k, num_classes: as in :class:`TransformConsistency` (``top_k`` above the model's class
+            count ranks all classes; the key stays ``top{top_k}_distance``).
         forward_fn: ``forward_fn(model, x) -> logits`` for models whose ``forward`` returns more.
         device: where to run; defaults to the model's device.
         progress: show a tqdm progress bar.
 
     Returns:
         :class:`TransformConsistency`'s dict, on the CPU. The model is run in eval mode under
-        ``torch.no_grad()`` and its previous mode is restored.
+        ``torch.no_grad()``; afterwards every submodule has its own previous train/eval flag back
+        (a BatchNorm frozen in eval mode inside a training model stays frozen).
     """
     device = torch.device(device) if device is not None else module_device(model)
     chunks = iter_frame_logits(
@@ -157,14 +160,9 @@ def evaluate_invariance(
 
         chunks = tqdm(chunks, desc="evaluate_invariance", unit="chunk")
     metric = TransformConsistency(num_classes=num_classes, top_k=top_k, num_frames=len(sequence)).to(device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for logits, chunk_targets in chunks:
-                metric.update(logits, chunk_targets)
-    finally:
-        model.train(was_training)
+    with evaluation_mode(model):
+        for logits, chunk_targets in chunks:
+            metric.update(logits, chunk_targets)
     if int(metric.num_images) == 0:
         raise ValueError("images is empty: evaluate_invariance needs at least one image")
     return {name: value.cpu() for name, value in metric.compute().items()}

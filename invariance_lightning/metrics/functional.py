@@ -24,8 +24,15 @@ STAT_NAMES = (
 )
 
 
+def check_optional_int(name: str, value: Any, least: int) -> int | None:
+    """Return ``value`` if it is None or an int >= ``least``, else raise a ValueError naming ``name``."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+        raise ValueError(f"{name} must be None or an int >= {least}, got {value!r}")
+    return value
+
+
 def check_logits(
-    logits: Any, target: Any = None, *, num_classes: int | None = None, top_k: int | None = None
+    logits: Any, target: Any = None, *, num_classes: int | None = None
 ) -> tuple[Tensor, Tensor | None]:
     """Validate ``logits`` (N, T, C) and the optional ``target`` (N,); raise ValueError/TypeError on bad input."""
     if not isinstance(logits, Tensor):
@@ -43,8 +50,6 @@ def check_logits(
         raise ValueError(f"logits need at least T=2 frames to compare, got T={num_frames} (shape {tuple(logits.shape)})")
     if num_classes is not None and classes != num_classes:
         raise ValueError(f"logits have C={classes} classes but num_classes={num_classes}")
-    if top_k is not None and classes < top_k:
-        raise ValueError(f"top_k={top_k} needs at least {top_k} classes, got logits with C={classes}; lower top_k")
     if not bool(torch.isfinite(logits).all()):
         bad = int((~torch.isfinite(logits)).sum())
         raise ValueError(f"logits contain {bad} NaN or infinite values; the model's outputs are not finite")
@@ -68,8 +73,11 @@ def check_logits(
 
 
 def consistency_stats(logits: Tensor, target: Tensor | None = None, top_k: int | None = 5) -> dict[str, Tensor]:
-    """Additive statistics of one batch of validated ``logits`` (N, T, C) and ``target`` (N,) or None."""
-    num_images, num_frames, _ = logits.shape
+    """Additive statistics of one batch of validated ``logits`` (N, T, C) and ``target`` (N,) or None.
+
+    A ``top_k`` above C compares the full ranking of the C classes.
+    """
+    num_images, num_frames, num_classes = logits.shape
     device = logits.device
     preds = logits.argmax(dim=-1)  # (N, T)
     probs = logits.float().softmax(dim=-1)
@@ -92,7 +100,7 @@ def consistency_stats(logits: Tensor, target: Tensor | None = None, top_k: int |
         "all_correct": torch.tensor(0, dtype=torch.long, device=device),
     }
     if top_k is not None:
-        ranks = logits.topk(top_k, dim=-1).indices  # (N, T, k), classes by decreasing logit
+        ranks = logits.topk(min(top_k, num_classes), dim=-1).indices  # (N, T, k), classes by decreasing logit
         stats["topk_rank_changes"] = (ranks[:, 1:] != ranks[:, :-1]).sum()
     if target is not None:
         hits = preds == target[:, None]
@@ -138,7 +146,9 @@ def transform_consistency(
     Args:
         logits: ``(N, T, C)`` outputs for T frames of N images; frame 0 is the reference.
         target: optional ``(N,)`` class indices; without it the accuracy keys are absent.
-        top_k: rank depth of ``top{k}_distance``; ``None`` leaves that key out.
+        top_k: rank depth of ``top{k}_distance``; ``None`` leaves that key out. A ``top_k`` above C
+            compares the full ranking of the C classes (the distance is then at most C), and the key
+            keeps the requested ``k``, so metric names do not change between datasets.
         num_classes: if given, ``C`` must equal it.
 
     Returns:
@@ -146,9 +156,24 @@ def transform_consistency(
         ``flip_rate`` (mean over images and t >= 1 of [argmax_t != argmax_{t-1}]),
         ``consistency`` (mean over images of the fraction of frame pairs t < t' whose argmax agree),
         ``mac`` (mean |p_t[c] - p_{t-1}[c]|, p = softmax, c = argmax of frame t-1),
-        ``top{k}_distance`` (mean over adjacent frames of the number of rank positions 1..k whose
-        class differs), ``per_frame_flip_rate`` (T-1,), and with ``target``: ``accuracy`` (mean over
-        frames), ``worst_case_accuracy`` (fraction correct on every frame), ``per_frame_accuracy`` (T,).
+        ``top{k}_distance`` (mean over adjacent frames of the number of rank positions
+        1..min(k, C) whose class differs), ``per_frame_flip_rate`` (T-1,), and with ``target``:
+        ``accuracy`` (mean over frames), ``worst_case_accuracy`` (fraction correct on every frame),
+        ``per_frame_accuracy`` (T,).
+
+    Raises:
+        ValueError: for logits that are not ``(N, T, C)`` with N >= 1, T >= 2, C >= 1 and finite
+            values, a ``target`` of the wrong length or out of ``[0, C)``, or a bad ``top_k``.
+        TypeError: for non-tensor or integer logits, or a non-integer ``target``.
+
+    Example:
+        >>> logits = torch.tensor([[[3.0, 2.0, 1.0], [2.0, 3.0, 1.0]]])  # 1 image, 2 frames, 3 classes
+        >>> out = transform_consistency(logits, top_k=5)  # top_k > C: the full ranking of 3 classes
+        >>> out["flip_rate"].item(), out["top5_distance"].item()
+        (1.0, 2.0)
     """
-    logits, target = check_logits(logits, target, num_classes=num_classes, top_k=top_k)
+    check_optional_int("top_k", top_k, 1)
+    logits, target = check_logits(logits, target, num_classes=num_classes)
+    if logits.shape[0] == 0:
+        raise ValueError(f"logits must hold at least one image, got N=0 (shape {tuple(logits.shape)})")
     return consistency_from_stats(consistency_stats(logits, target, top_k), top_k)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +14,8 @@ from invariance_lightning.transforms.functional import embed_in_canvas, embedded
 
 
 def _check_fill(fill: float) -> float:
-    if not isinstance(fill, (int, float)) or isinstance(fill, bool) or fill != fill:
+    """``fill`` as a float; NaN and +-inf are rejected (they would turn whole frames into NaN)."""
+    if not isinstance(fill, (int, float)) or isinstance(fill, bool) or not math.isfinite(fill):
         raise ValueError(f"fill must be a finite number, got {fill!r}")
     return float(fill)
 
@@ -34,10 +36,14 @@ def check_crop_size(crop_size: int | tuple[int, int] | None, mode: str) -> tuple
         return None
     if mode != "crop":
         raise ValueError(f"crop_size is only used with mode='crop', got crop_size={crop_size!r} with mode={mode!r}")
-    size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
-    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
+    size = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+    ):
         raise ValueError(f"crop_size must be a positive int or an (height, width) pair, got {crop_size!r}")
-    return size  # type: ignore[return-value]
+    return tuple(size)  # type: ignore[return-value]
 
 
 def check_images(images: Any, name: str = "images") -> Tensor:
@@ -59,7 +65,8 @@ class TransformSequence(ABC):
     Frame 0 is the reference. ``frame(images, t)`` maps a float batch ``(N, C, H, W)`` to the
     transformed batch ``(N, C, H', W')``; ``H' == H`` except in ``"crop"`` mode. With ``embed``,
     each image is first shrunk (antialiased) to that fraction of its size and centred on a canvas
-    of ``fill`` of the original size (the paper's "black background" protocol).
+    of ``fill`` of the original size (the paper's "black background" protocol). ``fill`` must be a
+    finite number (``ValueError`` otherwise).
     """
 
     modes: tuple[str, ...] = ()
@@ -101,6 +108,8 @@ class TransformSequence(ABC):
     def frame(self, images: Tensor, index: int) -> Tensor:
         """Frame ``index`` (0 <= index < T) of the float batch ``images`` (N, C, H, W)."""
         check_images(images)
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(f"frame index must be an int, got {type(index).__name__} {index!r}")
         if not 0 <= index < len(self):
             raise IndexError(f"frame index must be in [0, {len(self)}), got {index}")
         self.output_size(images.shape[-2], images.shape[-1])

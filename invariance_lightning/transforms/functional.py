@@ -85,6 +85,8 @@ def fourier_shift(images: Tensor, dx: float, dy: float) -> Tensor:
     even sizes the Nyquist row/column of a real image is scaled by ``cos(pi * shift)``: the real
     part of the band-limited interpolant.
     """
+    if images.numel() == 0:  # MKL's FFT rejects empty batches
+        return images.clone()
     work_dtype = torch.promote_types(images.dtype, torch.float32)
     height, width = images.shape[-2:]
     freq_y = torch.fft.fftfreq(height, device=images.device, dtype=work_dtype)

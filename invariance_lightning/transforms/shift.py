@@ -15,8 +15,6 @@ DIRECTIONS = ("diagonal", "horizontal", "vertical")
 
 
 def _direction_shifts(max_shift: float, step: float, direction: str) -> list[tuple[float, float]]:
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {list(DIRECTIONS)}, got {direction!r}")
     count = max_shift / step
     if abs(count - round(count)) > 1e-9:
         raise ValueError(f"max_shift must be a whole multiple of step, got max_shift={max_shift} and step={step}")
@@ -88,6 +86,8 @@ class ShiftSequence(TransformSequence):
         embed: float | None = None,
     ) -> None:
         super().__init__(mode, fill, embed)
+        if direction not in DIRECTIONS:  # checked even where grid or shifts make it unused: a typo is still a typo
+            raise ValueError(f"direction must be one of {list(DIRECTIONS)}, got {direction!r}")
         if (shifts is None) == (max_shift is None):
             raise ValueError("give either max_shift (with direction/step/grid) or an explicit shifts list, not both")
         self.direction: str | None = None
