@@ -241,3 +241,22 @@ def test_dict_batches_with_batch_key_and_forward_fn(tmp_path):
     trainer.fit(DictModule(), DataLoader(DictDataset(1), batch_size=8), DataLoader(DictDataset(2), batch_size=8))
     assert "invariance/val/shift/accuracy" in trainer.callback_metrics
     assert NUM_CLASSES == 6
+
+
+def test_a_module_with_fewer_classes_than_top_k_logs_the_full_ranking_distance_under_a_stable_name(tmp_path):
+    """Three classes, top_k=5: the callback logs ``top5_distance`` equal to the metric's full-ranking (top-3) value."""
+    pl.seed_everything(0)
+    model = TinyClassifier(num_classes=3)
+    images, _ = tiny_data(24, seed=2)
+    targets = torch.arange(24) % 3
+    loader = DataLoader(TensorDataset(images, targets), batch_size=8)
+    callback = monitor(splits=("val",))
+    trainer = tiny_trainer(tmp_path, max_epochs=1, callbacks=[callback], limit_train_batches=2)
+    trainer.fit(model, loader, loader)
+
+    indices = callback.subsets["val"].indices
+    full_ranking = evaluate_invariance(model, images[indices], targets[indices], SEQUENCES["shift"], top_k=3)
+    assert "invariance/val/shift/top3_distance" not in trainer.callback_metrics
+    logged = trainer.callback_metrics["invariance/val/shift/top5_distance"]
+    assert float(logged) == pytest.approx(float(full_ranking["top3_distance"]), abs=1e-6)
+    assert callback.top_k == 5

@@ -8,7 +8,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
@@ -113,9 +112,6 @@ class InvarianceCallbackBase(Callback):
                 f"{type(self).__name__} needs (N, C) logits from the module on {split!r} images, got {shape}; "
                 "pass forward_fn=lambda module, x: ... to extract them"
             )
-        if self.top_k is not None and self.top_k > output.shape[1]:
-            rank_zero_info(f"InvarianceMonitor: the module has {output.shape[1]} classes; top_k lowered to {output.shape[1]}")
-            self.top_k = output.shape[1]
         self._num_classes = output.shape[1]
         error = targets_error(targets, self._num_classes, split)
         if error is not None:

@@ -61,8 +61,8 @@ class InvarianceMonitor(InvarianceCallbackBase):
         batch_key: where images/targets are in a batch: ``None`` for ``(images, targets)``
             tuples, or ``("image", "label")`` for dict batches (a single key: no targets).
         log_plots: draw and log figures and tables (global rank zero only).
-        top_k: depth of the top-k rank distance (``None`` to skip; lowered to the number of
-            classes when the module has fewer).
+        top_k: depth of the top-k rank distance (``None`` to skip); a module with fewer classes gets the
+            full-ranking distance, still logged as ``top{top_k}_distance``.
         on_nonfinite: ``"warn"`` logs NaN for an epoch whose logits are not finite and carries on;
             ``"raise"`` stops training with the error.
         prefix: first component of the logged names.
