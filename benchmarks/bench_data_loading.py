@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from invariance_lightning.data import CIFARDataModule, ImageFolderDataModule, TensorBatchLoader
+from invariance_lightning.lightning.data import CIFARDataModule, ImageFolderDataModule, TensorBatchLoader
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("INVARIANCE_SHARED_DIR", ROOT.parent / "shared"))

@@ -19,9 +19,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from invariance_lightning.callbacks import InvarianceMonitor
-from invariance_lightning.classifier import ImageClassifier
-from invariance_lightning.data import CIFARDataModule
+from invariance_lightning.lightning.callbacks import InvarianceMonitor
+from invariance_lightning.lightning.module import ImageClassifier
+from invariance_lightning.lightning.data import CIFARDataModule
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

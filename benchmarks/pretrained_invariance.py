@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from invariance_lightning import evaluate_invariance, sequence_preset
-from invariance_lightning.data import read_cifar_npz
+from invariance_lightning.lightning.data import read_cifar_npz
 from invariance_lightning.models import CIFAR_RESNET_NORMALIZE, load_cifar_resnet
-from invariance_lightning.reporting import summary_markdown
+from invariance_lightning.reporting.tables import summary_markdown
 
 WEIGHTS = {20: "resnet20-12fca82f.th", 56: "resnet56-4bfd9763.th"}
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -17,17 +17,17 @@ from invariance_lightning.transforms import ScaleSequence, ShiftSequence, Transf
 __version__ = "0.1.0"
 
 _LAZY = {
-    "InvarianceMonitor": "invariance_lightning.callbacks",
-    "InvarianceReport": "invariance_lightning.callbacks",
+    "InvarianceMonitor": "invariance_lightning.lightning.callbacks",
+    "InvarianceReport": "invariance_lightning.lightning.callbacks",
     "BatchAugmentation": "invariance_lightning.augment",
     "ConsistencyRegularization": "invariance_lightning.augment",
-    "GPUAugmentationMixin": "invariance_lightning.augment",
+    "GPUAugmentationMixin": "invariance_lightning.lightning.augmentation",
     "build_augmentation": "invariance_lightning.augment",
     "consistency_loss": "invariance_lightning.augment",
-    "CIFARDataModule": "invariance_lightning.data",
-    "ImageFolderDataModule": "invariance_lightning.data",
-    "ImageClassifier": "invariance_lightning.classifier",
-    "FaultTolerantLogger": "invariance_lightning.loggers",
+    "CIFARDataModule": "invariance_lightning.lightning.data",
+    "ImageFolderDataModule": "invariance_lightning.lightning.data",
+    "ImageClassifier": "invariance_lightning.lightning.module",
+    "FaultTolerantLogger": "invariance_lightning.lightning.loggers",
 }
 
 

@@ -47,13 +47,13 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from invariance_lightning import evaluate_invariance, sequence_preset
-from invariance_lightning.callbacks.plots import per_frame_figure
-from invariance_lightning.cli import configure_wandb_mode
-from invariance_lightning.cli import main as cli_main
-from invariance_lightning.data import ImageClassificationDataModule
-from invariance_lightning.loading import load_classifier
+from invariance_lightning.reporting.figures import per_frame_figure
+from invariance_lightning.lightning.cli import configure_wandb_mode
+from invariance_lightning.lightning.cli import main as cli_main
+from invariance_lightning.lightning.data import ImageClassificationDataModule
+from invariance_lightning.lightning.checkpoint import load_classifier
 from invariance_lightning.metrics.evaluate import Normalization
-from invariance_lightning.reporting import results_to_dict
+from invariance_lightning.reporting.tables import results_to_dict
 from invariance_lightning.transforms import TransformSequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -314,7 +314,7 @@ class VariantRun:
     fit_args: list[str]
 
     def command(self, resume: bool) -> list[str]:
-        """``fit`` arguments of :func:`invariance_lightning.cli.main`."""
+        """``fit`` arguments of :func:`invariance_lightning.lightning.cli.main`."""
         return ["fit", "--config", str(self.config_path), *self.fit_args, *(["--ckpt_path", "last"] if resume else [])]
 
 

@@ -41,14 +41,14 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from invariance_lightning import evaluate_invariance, sequence_preset
-from invariance_lightning.callbacks.plots import per_frame_figure
-from invariance_lightning.data import CIFAR_STATS, DATA_DIR_ENV, CIFARDataModule
+from invariance_lightning.reporting.figures import per_frame_figure
+from invariance_lightning.lightning.data import CIFAR_STATS, DATA_DIR_ENV, CIFARDataModule
 from invariance_lightning.diagnostics import EquivarianceReport, default_layers, layer_equivariance
-from invariance_lightning.loading import load_classifier
+from invariance_lightning.lightning.checkpoint import load_classifier
 from invariance_lightning.metrics.evaluate import Normalization
 from invariance_lightning.models import CIFAR_RESNET_DEPTHS, PRETRAINED_CIFAR_RESNETS, cifar_resnet_weights
 from invariance_lightning.models.pretrained import WEIGHTS_URL_ENV, DownloadError, weights_cache_dir
-from invariance_lightning.reporting import per_frame_markdown, results_to_dict, summary_markdown
+from invariance_lightning.reporting.tables import per_frame_markdown, results_to_dict, summary_markdown
 from invariance_lightning.transforms import ShiftSequence, TransformSequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -13,13 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from invariance_lightning.augment import (
-    BatchAugmentation,
-    ConsistencyRegularization,
-    GPUAugmentationMixin,
-    build_augmentation,
-    map_batch_images,
-)
+from invariance_lightning.augment import BatchAugmentation, ConsistencyRegularization, build_augmentation
+from invariance_lightning.lightning.augmentation import GPUAugmentationMixin, map_batch_images
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 N, SIZE, BATCH = 16, 8, 4

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from invariance_lightning import InvarianceMonitor, ScaleSequence, ShiftSequence, evaluate_invariance
-from invariance_lightning.callbacks.subsets import _draw_indices
+from invariance_lightning.lightning.callbacks.subsets import _draw_indices
 
 SEQUENCES = {"shift": ShiftSequence(max_shift=2, mode="zeros"), "scale": ScaleSequence([0.9, 1.0, 1.1])}
 
@@ -142,7 +142,7 @@ def test_wandb_offline_run_has_scalars_and_images(tmp_path, monkeypatch):
 
 
 def test_plot_failures_warn_once_and_training_continues(tmp_path, monkeypatch):
-    from invariance_lightning.callbacks import sinks
+    from invariance_lightning.lightning.callbacks import sinks
 
     def broken(*args, **kwargs):
         raise OSError("disk full")

@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from invariance_lightning import BlurPool2d, ImageClassifier
-from invariance_lightning.backbones import build_backbone
+from invariance_lightning.models.factory import build_backbone
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

@@ -13,9 +13,9 @@ from lightning_helpers import LargestImageBatch
 from torchvision.io import write_png
 
 from invariance_lightning import evaluate_invariance, sequence_preset
-from invariance_lightning.cli import main, wandb_logged_in
-from invariance_lightning.data import ImageFolderDataModule
-from invariance_lightning.loading import load_classifier
+from invariance_lightning.lightning.cli import main, wandb_logged_in
+from invariance_lightning.lightning.data import ImageFolderDataModule
+from invariance_lightning.lightning.checkpoint import load_classifier
 from invariance_lightning.models import cifar_resnet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def test_configs_exist_for_every_variant():
     for path in CIFAR_CONFIGS + IMAGENETTE_CONFIGS:
         config = yaml.safe_load(path.read_text())
         callbacks = [c["class_path"] for c in config["trainer"]["callbacks"]]
-        assert "invariance_lightning.callbacks.InvarianceMonitor" in callbacks, path
+        assert "invariance_lightning.lightning.callbacks.InvarianceMonitor" in callbacks, path
         assert config["trainer"]["logger"]["class_path"].endswith("WandbLogger"), path
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from invariance_lightning.data import DATA_DIR_ENV, CIFARDataModule, TensorBatchLoader, read_cifar_npz
+from invariance_lightning.lightning.data import DATA_DIR_ENV, CIFARDataModule, TensorBatchLoader, read_cifar_npz
 
 CLASSES = [f"class{i}" for i in range(10)]
 
@@ -138,7 +138,7 @@ def test_download_failure_is_reported_with_the_fixes(tmp_path, monkeypatch):
         def __init__(self, root, train, download):
             raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr("invariance_lightning.data.cifar._TORCHVISION", {"cifar10": Offline})
+    monkeypatch.setattr("invariance_lightning.lightning.data.cifar._TORCHVISION", {"cifar10": Offline})
     dm = CIFARDataModule(data_dir=tmp_path, download=True)
     with pytest.raises(FileNotFoundError, match="download failed.*Name or service not known") as info:
         dm.prepare_data()
@@ -159,7 +159,7 @@ def test_downloaded_torchvision_copy_is_converted(tmp_path, monkeypatch):
             self.data = _images(0 if train else 10_000, n, np.array(self.targets))
             self.classes = CLASSES
 
-    monkeypatch.setattr("invariance_lightning.data.cifar._TORCHVISION", {"cifar10": Downloaded})
+    monkeypatch.setattr("invariance_lightning.lightning.data.cifar._TORCHVISION", {"cifar10": Downloaded})
     dm = CIFARDataModule(data_dir=tmp_path, download=True, val_split=5)
     dm.setup()
     assert calls == [(str(tmp_path), True, True), (str(tmp_path), False, True)]

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torchvision.io import encode_jpeg, encode_png, write_file
 
-from invariance_lightning.data import EncodedBatch, ImageFolderDataModule
+from invariance_lightning.lightning.data import EncodedBatch, ImageFolderDataModule
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec and warns on every call
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from invariance_lightning.data import TensorBatchLoader, TensorImageDataset, epoch_sampler, holdout_split
+from invariance_lightning.lightning.data import TensorBatchLoader, TensorImageDataset, epoch_sampler, holdout_split
 
 
 def _tensors(n: int = 23) -> tuple[torch.Tensor, torch.Tensor]:

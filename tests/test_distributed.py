@@ -23,7 +23,7 @@ from invariance_lightning import (
     TransformConsistency,
     evaluate_invariance,
 )
-from invariance_lightning.callbacks.subsets import _draw_indices
+from invariance_lightning.lightning.callbacks.subsets import _draw_indices
 
 pytestmark = pytest.mark.slow
 

@@ -13,6 +13,8 @@ TORCH_ONLY = [
     "invariance_lightning.metrics",
     "invariance_lightning.diagnostics",
     "invariance_lightning.reporting",
+    "invariance_lightning.augment",
+    "invariance_lightning.validation",
     "invariance_lightning.nn",
     "invariance_lightning.models",
 ]

@@ -16,9 +16,9 @@ import torch
 import yaml
 from conftest import write_random_cifar10
 
-from invariance_lightning.classifier import ImageClassifier
-from invariance_lightning.data import CIFARDataModule
-from invariance_lightning.loading import load_classifier
+from invariance_lightning.lightning.module import ImageClassifier
+from invariance_lightning.lightning.data import CIFARDataModule
+from invariance_lightning.lightning.checkpoint import load_classifier
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPE = REPO_ROOT / "recipes" / "compare.py"
@@ -216,7 +216,7 @@ def test_checkpoint_without_mean_std_is_evaluated_with_the_datamodule_statistics
     import lightning
 
     from invariance_lightning import evaluate_invariance, sequence_preset
-    from invariance_lightning.data import IMAGENET_STATS
+    from invariance_lightning.lightning.data import IMAGENET_STATS
 
     model = ImageClassifier("cifar_resnet20", augmentation="none")  # mean/std came from the datamodule
     checkpoint = tmp_path / "last.ckpt"
@@ -237,7 +237,7 @@ def test_checkpoint_without_mean_std_is_evaluated_with_the_datamodule_statistics
 def test_imagenette_data_plumbing_on_generated_folders(recipe, tmp_path):
     from PIL import Image
 
-    from invariance_lightning.data import IMAGENET_STATS
+    from invariance_lightning.lightning.data import IMAGENET_STATS
 
     rng = np.random.default_rng(0)
     for split, per_class in (("train", 3), ("val", 2)):

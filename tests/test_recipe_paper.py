@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from invariance_lightning.classifier import ImageClassifier
-from invariance_lightning.data import CIFAR_STATS, CIFARDataModule
+from invariance_lightning.lightning.module import ImageClassifier
+from invariance_lightning.lightning.data import CIFAR_STATS, CIFARDataModule
 from http_server import FileServer
 from invariance_lightning.models import CIFAR_RESNET_NORMALIZE, PRETRAINED_CIFAR_RESNETS, load_cifar_resnet
 from invariance_lightning.models.pretrained import WEIGHTS_URL_ENV, PretrainedFile
@@ -253,7 +253,7 @@ def test_main_job_downloads_data_and_weights_on_a_fresh_machine(recipe, generate
                 self.data, self.targets = arrays["images"], arrays["labels"].tolist()
             self.classes = [f"class{i}" for i in range(10)]
 
-    monkeypatch.setattr("invariance_lightning.data.cifar._TORCHVISION", {"cifar10": TorchvisionCIFAR10})
+    monkeypatch.setattr("invariance_lightning.lightning.data.cifar._TORCHVISION", {"cifar10": TorchvisionCIFAR10})
     sha256 = hashlib.sha256(trained_resnet20).hexdigest()
     monkeypatch.setitem(PRETRAINED_CIFAR_RESNETS, "resnet20", PretrainedFile("resnet20-random.th", 0, sha256))
     out = tmp_path / "out"

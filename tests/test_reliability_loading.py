@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from invariance_lightning.loading import load_classifier
+from invariance_lightning.lightning.checkpoint import load_classifier
 from invariance_lightning.models import cifar_resnet
 
 

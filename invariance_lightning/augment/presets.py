@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import kornia.augmentation as K
 from kornia.augmentation import ImageSequential
 
-from invariance_lightning.augment.antialias import AntialiasedRandomAffine
+from invariance_lightning.augment.antialiased_affine import AntialiasedRandomAffine
 from invariance_lightning.augment.pipeline import BatchAugmentation, _pair
 
 __all__ = ["PRESETS", "build_augmentation", "preset_sequence"]

@@ -7,7 +7,7 @@ from typing import Literal
 from torch import nn
 
 from invariance_lightning.nn import APS2d, APS2dFollower, BlurPool2d
-from invariance_lightning.nn._checks import check_choice, check_int
+from invariance_lightning.validation import check_choice, check_int
 from invariance_lightning.nn.blurpool import MAX_FILTER_SIZE, PaddingMode
 
 Method = Literal["blur", "aps"]

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from invariance_lightning.models._downsample import blur_padding, check_method, make_downsample_pair
 from invariance_lightning.nn import BlurPool2d
-from invariance_lightning.nn._checks import check_choice, check_int
+from invariance_lightning.validation import check_choice, check_int
 
 Downsample = Literal["stride", "blur", "aps"]
 DOWNSAMPLE_CHOICES: tuple[str, ...] = ("stride", "blur", "aps")

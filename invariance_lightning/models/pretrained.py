@@ -73,7 +73,7 @@ class ChecksumError(DownloadError):
 def weights_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/invariance_lightning/weights``, else ``~/.cache/invariance_lightning/weights``.
 
-    The same cache root as CIFAR-10's torchvision download in :class:`~invariance_lightning.data.CIFARDataModule`.
+    The same cache root as CIFAR-10's torchvision download in :class:`~invariance_lightning.lightning.data.CIFARDataModule`.
     """
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "invariance_lightning" / "weights"
 

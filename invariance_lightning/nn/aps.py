@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from invariance_lightning.nn._checks import check_choice, check_feature_map, check_int
+from invariance_lightning.validation import check_choice, check_feature_map, check_int
 
 Norm = Literal["l2", "l1"]
 NORMS: tuple[str, ...] = ("l2", "l1")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from invariance_lightning.nn._checks import check_choice, check_feature_map, check_int
+from invariance_lightning.validation import check_choice, check_feature_map, check_int
 
 PaddingMode = Literal["reflect", "replicate", "zeros", "circular"]
 PADDING_MODES: tuple[str, ...] = ("reflect", "replicate", "zeros", "circular")

@@ -16,7 +16,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from invariance_lightning.data.loader import epoch_sampler
+from invariance_lightning.lightning.data.loader import epoch_sampler
 
 __all__ = ["SPLITS", "ImageClassificationDataModule", "check_int", "holdout_split"]
 

@@ -1,8 +1,8 @@
 """Lightning datamodules serving uint8 ``(N, 3, H, W)`` image batches (Lightning layer)."""
 
-from invariance_lightning.data.base import SPLITS, ImageClassificationDataModule, holdout_split
-from invariance_lightning.data.cifar import CIFAR_STATS, DATA_DIR_ENV, CIFARDataModule, read_cifar_npz
-from invariance_lightning.data.folder import (
+from invariance_lightning.lightning.data.base import SPLITS, ImageClassificationDataModule, holdout_split
+from invariance_lightning.lightning.data.cifar import CIFAR_STATS, DATA_DIR_ENV, CIFARDataModule, read_cifar_npz
+from invariance_lightning.lightning.data.folder import (
     IMAGE_EXTENSIONS,
     IMAGENET_STATS,
     EncodedBatch,
@@ -10,7 +10,7 @@ from invariance_lightning.data.folder import (
     ImageFolderDataModule,
     decode_encoded_batch,
 )
-from invariance_lightning.data.loader import TensorBatchLoader, TensorImageDataset, epoch_sampler
+from invariance_lightning.lightning.data.loader import TensorBatchLoader, TensorImageDataset, epoch_sampler
 
 __all__ = [
     "CIFAR_STATS",

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
-from invariance_lightning.loggers import FaultTolerantLogger
+from invariance_lightning.lightning.loggers import FaultTolerantLogger
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -10,11 +10,11 @@ from typing import Any
 import lightning.pytorch as pl
 from torch import Tensor
 
-from invariance_lightning.callbacks.base import InvarianceCallbackBase, class_names_of, device_transfer
-from invariance_lightning.callbacks.measure import ModuleForward
-from invariance_lightning.callbacks.subsets import SPLITS, BatchKey, split_stream
+from invariance_lightning.lightning.callbacks.base import InvarianceCallbackBase, class_names_of, device_transfer
+from invariance_lightning.lightning.callbacks.measure import ModuleForward
+from invariance_lightning.lightning.callbacks.subsets import SPLITS, BatchKey, split_stream
 from invariance_lightning.metrics.evaluate import Normalization
-from invariance_lightning.reporting import report_markdown, results_to_dict
+from invariance_lightning.reporting.tables import report_markdown, results_to_dict
 from invariance_lightning.transforms import TransformSequence, sequence_preset
 
 

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, default_collate
 
-from invariance_lightning.data.loader import TensorBatchLoader, TensorImageDataset
+from invariance_lightning.lightning.data.loader import TensorBatchLoader, TensorImageDataset
 
 #: How to find images and targets in a batch: None (a tensor, or a tuple/list ``(images, targets, ...)``),
 #: one key/index for the images (no targets), or an ``(images_key, targets_key)`` pair.

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from invariance_lightning.augment import ConsistencyRegularization, GPUAugmentationMixin, build_augmentation
-from invariance_lightning.backbones import build_backbone
+from invariance_lightning.augment import ConsistencyRegularization, build_augmentation
+from invariance_lightning.lightning.augmentation import GPUAugmentationMixin
+from invariance_lightning.models.factory import build_backbone
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "none")
@@ -28,7 +29,7 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
     ``mean``/``std`` default to the datamodule's statistics, read at ``setup``.
 
     Args:
-        backbone: a name for :func:`~invariance_lightning.backbones.build_backbone`
+        backbone: a name for :func:`~invariance_lightning.models.factory.build_backbone`
             (``cifar_resnet20``, ``torchvision:resnet18``, ``timm:resnet18``, ...) or a module.
         num_classes: output classes.
         downsample: ``"stride"`` (plain), ``"blur"`` (BlurPool) or ``"aps"`` (adaptive polyphase).

@@ -8,8 +8,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from invariance_lightning.classifier import ImageClassifier
-from invariance_lightning.data import CIFAR_STATS
+from invariance_lightning.lightning.module import ImageClassifier
+from invariance_lightning.lightning.data import CIFAR_STATS
 from invariance_lightning.models import CIFAR_RESNET_NORMALIZE, load_cifar_resnet
 from invariance_lightning.metrics.evaluate import Normalization
 

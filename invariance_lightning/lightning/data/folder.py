@@ -32,7 +32,7 @@ from torchvision.datasets.folder import find_classes, make_dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms import v2
 
-from invariance_lightning.data.base import ImageClassificationDataModule, check_int, holdout_split
+from invariance_lightning.lightning.data.base import ImageClassificationDataModule, check_int, holdout_split
 
 __all__ = [
     "IMAGENET_STATS",

@@ -8,15 +8,15 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
 
-from invariance_lightning.callbacks.base import (
+from invariance_lightning.lightning.callbacks.base import (
     InvarianceCallbackBase,
     _check_positive_int,
     class_names_of,
     device_transfer,
 )
-from invariance_lightning.callbacks.measure import ModuleForward, SequenceMeasurement
-from invariance_lightning.callbacks.plots import history_figure
-from invariance_lightning.callbacks.subsets import BatchKey, ImageSubset, check_splits, draw_subset
+from invariance_lightning.lightning.callbacks.measure import ModuleForward, SequenceMeasurement
+from invariance_lightning.reporting.figures import history_figure
+from invariance_lightning.lightning.callbacks.subsets import BatchKey, ImageSubset, check_splits, draw_subset
 from invariance_lightning.metrics.evaluate import Normalization
 from invariance_lightning.transforms import TransformSequence, sequence_preset
 

@@ -24,13 +24,13 @@ import yaml
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
-from invariance_lightning.callbacks.subsets import SplitStream
-from invariance_lightning.classifier import ImageClassifier
-from invariance_lightning.data import CIFARDataModule, ImageFolderDataModule
-from invariance_lightning.loading import load_classifier
+from invariance_lightning.lightning.callbacks.subsets import SplitStream
+from invariance_lightning.lightning.module import ImageClassifier
+from invariance_lightning.lightning.data import CIFARDataModule, ImageFolderDataModule
+from invariance_lightning.lightning.checkpoint import load_classifier
 from invariance_lightning.metrics import evaluate_invariance
 from invariance_lightning.metrics.evaluate import module_device
-from invariance_lightning.reporting import report_markdown, results_to_dict
+from invariance_lightning.reporting.tables import report_markdown, results_to_dict
 from invariance_lightning.transforms import SEQUENCE_PRESETS, sequence_preset
 
 CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
@@ -169,7 +169,7 @@ def evaluate_main(argv: Sequence[str]) -> Path:
 
 def _write_per_frame_plots(results, sequences, output: Path) -> None:
     try:
-        from invariance_lightning.callbacks.plots import per_frame_figure
+        from invariance_lightning.reporting.figures import per_frame_figure
 
         for name, metrics in results.items():
             per_frame_figure(sequences[name], {"": metrics}, name).savefig(output / f"{name}_per_frame.png")

@@ -11,16 +11,16 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
-from invariance_lightning.callbacks.measure import (
+from invariance_lightning.lightning.callbacks.measure import (
     ModuleForward,
     NonFiniteLogitsError,
     SequenceMeasurement,
     measure_sequences,
     targets_error,
 )
-from invariance_lightning.callbacks.plots import FLIP_GRID_IMAGES, flip_grid_figure, per_frame_figure
-from invariance_lightning.callbacks.sinks import FigureSink, Table
-from invariance_lightning.callbacks.subsets import BatchKey
+from invariance_lightning.reporting.figures import FLIP_GRID_IMAGES, flip_grid_figure, per_frame_figure
+from invariance_lightning.lightning.callbacks.sinks import FigureSink, Table
+from invariance_lightning.lightning.callbacks.subsets import BatchKey
 from invariance_lightning.metrics.evaluate import Normalization, as_float_images, check_normalize
 from invariance_lightning.metrics.mode import evaluation_mode
 from invariance_lightning.transforms import TransformSequence

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torchvision
 
-from invariance_lightning.data.base import ImageClassificationDataModule, check_int, holdout_split
-from invariance_lightning.data.loader import TensorBatchLoader, TensorImageDataset
+from invariance_lightning.lightning.data.base import ImageClassificationDataModule, check_int, holdout_split
+from invariance_lightning.lightning.data.loader import TensorBatchLoader, TensorImageDataset
 
 __all__ = ["CIFAR_STATS", "DATA_DIR_ENV", "CIFARArrays", "CIFARDataModule", "check_cifar_arrays", "read_cifar_npz"]
 
@@ -107,7 +107,7 @@ class CIFARDataModule(ImageClassificationDataModule):
     See the module docstring for where the data is found. ``val_split`` examples of the training set are held out
     for validation (drawn with ``seed``); ``test`` is the official 10,000-image test set, in file order.
 
-    Two loading paths yield the same batches for the same seed (:mod:`invariance_lightning.data.loader`):
+    Two loading paths yield the same batches for the same seed (:mod:`invariance_lightning.lightning.data.loader`):
 
     - ``fast_path=True``: a :class:`TensorBatchLoader` cuts batches by indexing the split's tensor. With
       ``move_to_device`` and a trainer attached, each split is first copied once to the trainer's device (150 MB
