@@ -40,16 +40,18 @@ def test_js_is_bounded_by_log2_for_disjoint_predictions() -> None:
 
 
 def test_loss_rejects_bad_input() -> None:
-    with pytest.raises(ValueError, match="valid kinds are symmetric_kl, js, mse"):
+    with pytest.raises(ValueError, match=r"^consistency_loss: kind must be one of \('symmetric_kl', 'js', 'mse'\), got"):
         consistency_loss(torch.zeros(2, 3), torch.zeros(2, 3), "kl")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"same shape, got \(2, 3\) and \(2, 4\)"):
         consistency_loss(torch.zeros(2, 3), torch.zeros(2, 4))
     with pytest.raises(TypeError, match="tensors"):
         consistency_loss([[0.0]], torch.zeros(1, 1))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="`weight`"):
+    with pytest.raises(ValueError, match="^ConsistencyRegularization: weight must be a finite number >= 0, got -1.0$"):
         ConsistencyRegularization(-1.0)
-    with pytest.raises(ValueError, match="`max_shift`"):
+    with pytest.raises(ValueError, match="^ConsistencyRegularization: max_shift must be an int >= 1, got 0$"):
         ConsistencyRegularization(1.0, max_shift=0)
+    with pytest.raises(TypeError, match="^ConsistencyRegularization: max_shift must be an int >= 1, got float 1.5$"):
+        ConsistencyRegularization(1.0, max_shift=1.5)
     reg = ConsistencyRegularization(1.0, view=lambda x: x[:, :, 1:])
     with pytest.raises(ValueError, match="keep the batch shape"):
         reg(nn.Flatten(), torch.zeros(2, 1, 4, 4))

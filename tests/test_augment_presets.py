@@ -186,7 +186,7 @@ def test_custom_augmentation_sequential() -> None:
 
 
 def test_bad_arguments_raise_clear_errors() -> None:
-    with pytest.raises(ValueError, match="valid presets are none, standard, translate"):
+    with pytest.raises(ValueError, match=r"^preset_sequence: preset must be one of \('none', 'standard', 'translate',"):
         build_augmentation("cutout", image_size=32)
     with pytest.raises(ValueError, match="needs `image_size`"):
         build_augmentation("standard", image_size=None)
@@ -200,8 +200,12 @@ def test_bad_arguments_raise_clear_errors() -> None:
         build_augmentation("none", image_size=32, mean=MEAN)
     with pytest.raises(ValueError, match="`std` must be positive"):
         build_augmentation("none", image_size=32, mean=MEAN, std=(1.0, 0.0, 1.0))
-    with pytest.raises(ValueError, match="seed"):
+    with pytest.raises(ValueError, match="^BatchAugmentation: seed must be None or an int >= 0, got -1$"):
         build_augmentation("none", image_size=32, seed=-1)
+    with pytest.raises(ValueError, match=r"^preset_sequence: image_size must be a positive int or a \(height, width\)"):
+        preset_sequence("translate", image_size=(8, 0))
+    with pytest.raises(TypeError, match=r"^BatchAugmentation: image_size must be .* got float 32.0$"):
+        BatchAugmentation(image_size=32.0)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="AugmentationSequential"):
         BatchAugmentation(torch.nn.Identity())  # type: ignore[arg-type]
 

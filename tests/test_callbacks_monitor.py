@@ -202,8 +202,9 @@ def test_bad_setups_fail_at_fit_start_with_clear_errors(tmp_path):
     "kwargs,match",
     [
         ({"splits": ("val", "holdout")}, "splits must be distinct names"),
-        ({"num_samples": 0}, "num_samples must be a positive int"),
-        ({"every_n_epochs": 0}, "every_n_epochs must be a positive int"),
+        ({"num_samples": 0}, "^InvarianceMonitor: num_samples must be an int >= 1, got 0$"),
+        ({"every_n_epochs": 0}, "^InvarianceMonitor: every_n_epochs must be an int >= 1, got 0$"),
+        ({"batch_size": 0}, "^InvarianceMonitor: batch_size must be an int >= 1, got 0$"),
         ({"sequences": {}}, "non-empty dict"),
         ({"sequences": {"a/b": ShiftSequence(max_shift=1)}}, "without '/'"),
         ({"on_nonfinite": "ignore"}, "on_nonfinite must be one of"),
@@ -213,6 +214,26 @@ def test_bad_setups_fail_at_fit_start_with_clear_errors(tmp_path):
 def test_constructor_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         InvarianceMonitor(**kwargs)
+
+
+def test_constructor_rejects_wrong_types_with_type_error():
+    with pytest.raises(TypeError, match="^InvarianceMonitor: num_samples must be an int >= 1, got float 8.0$"):
+        InvarianceMonitor(num_samples=8.0)
+
+
+def test_state_dict_round_trip_restores_every_saved_field(tmp_path):
+    # Everything the monitor saves must come back from load_state_dict: a restored monitor built with other
+    # settings saves exactly the same state (a saved constructor setting would not be restored and would differ).
+    source = monitor()
+    tiny_trainer(tmp_path, max_epochs=2, callbacks=[source]).fit(TinyClassifier(), tiny_loader(40), tiny_loader(24))
+    saved = source.state_dict()
+    assert set(saved) == {"history", "subset_indices"}
+    assert [row["epoch"] for row in saved["history"]] == [0, 1]
+    assert saved["subset_indices"]["val"] == _draw_indices(24, 16, seed=0, split="val")
+    restored = monitor(seed=5, num_samples=4)
+    restored.load_state_dict(saved)
+    assert restored.state_dict() == saved
+    assert restored.history == source.history and restored.history is not source.history
 
 
 def test_dict_batches_with_batch_key_and_forward_fn(tmp_path):

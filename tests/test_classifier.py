@@ -103,16 +103,30 @@ def test_mean_and_std_come_from_the_datamodule_or_fail_clearly(tmp_path):
 
     model = ImageClassifier(tiny_backbone(), augmentation="none", image_size=16, consistency_weight=1.0)
     trainer(tmp_path, max_steps=1).fit(model, datamodule=StatsDataModule())
-    assert model.input_normalization == (MEAN, STD)
+    assert model.input_normalization == (MEAN, STD) and model.input_normalization.mean == MEAN
     assert model.consistency.fill == (-2.0, -2.0, -2.0)  # black, (0 - 0.5) / 0.25, once the statistics are known
     with pytest.raises(ValueError, match="ImageClassifier needs mean/std"):
         trainer(tmp_path, max_steps=1).fit(ImageClassifier(tiny_backbone(), image_size=16), uint8_loader())
 
 
 def test_bad_options_are_rejected():
-    with pytest.raises(ValueError, match="optimizer must be one of"):
+    with pytest.raises(ValueError, match="^ImageClassifier: optimizer must be one of .* got 'lamb'$"):
         ImageClassifier(tiny_backbone(), optimizer="lamb")
-    with pytest.raises(ValueError, match="schedule must be one of"):
+    with pytest.raises(ValueError, match="^ImageClassifier: schedule must be one of .* got 'step'$"):
         ImageClassifier(tiny_backbone(), schedule="step")
     with pytest.raises(ValueError, match="give both mean and std"):
         ImageClassifier(tiny_backbone(), mean=MEAN)
+
+
+def test_checkpoint_keeps_the_normalization_readable_with_weights_only(tmp_path):
+    # input_normalization is a Normalization (a NamedTuple); the checkpoint stores it as a plain (mean, std) tuple,
+    # because torch.load(weights_only=True) refuses to unpickle classes it does not know
+    model = ImageClassifier(tiny_backbone(), augmentation="none", image_size=16, mean=MEAN, std=STD)
+    run = trainer(tmp_path, max_steps=1, enable_checkpointing=True)
+    run.fit(model, uint8_loader())
+    path = tmp_path / "last.ckpt"
+    run.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["input_normalization"] == (MEAN, STD) and type(checkpoint["input_normalization"]) is tuple
+    restored = ImageClassifier.load_from_checkpoint(path, backbone=tiny_backbone())
+    assert restored.input_normalization == (MEAN, STD) and restored.input_normalization.std == STD

@@ -78,10 +78,14 @@ def test_split_arrays_subsets(npz_dir):
     assert images.shape == (7, 3, 32, 32) and len(set(_index(images).tolist())) == 7
     assert torch.equal(dm.split_arrays("train", num=7, seed=1)[0], images)
     assert not torch.equal(dm.split_arrays("train", num=7, seed=2)[0], images)
-    with pytest.raises(ValueError, match=r"`num` must be an int in \[1, 40\]"):
+    with pytest.raises(ValueError, match=r"the 'val' split has 40 examples\): num must be an int in \[1, 40\], got 41$"):
         dm.split_arrays("val", num=41)
-    with pytest.raises(ValueError, match="`split` must be one of"):
+    with pytest.raises(TypeError, match=r"num must be an int in \[1, 40\], got float 2.0$"):
+        dm.split_arrays("val", num=2.0)
+    with pytest.raises(ValueError, match="^CIFARDataModule.split_arrays: split must be one of .* got 'validation'$"):
         dm.split_arrays("validation")
+    with pytest.raises(ValueError, match="^CIFARDataModule.split_arrays: seed must be None or an int >= 0, got -1$"):
+        dm.split_arrays("train", num=2, seed=-1)
 
 
 def test_fast_and_standard_paths_yield_the_same_batches(npz_dir):
@@ -201,10 +205,14 @@ def test_unreadable_files_are_named(tmp_path):
 
 
 def test_bad_arguments_are_rejected_early():
-    with pytest.raises(ValueError, match="`name` must be one of"):
+    with pytest.raises(ValueError, match="^CIFARDataModule: name must be one of .* got 'cifar1000'$"):
         CIFARDataModule(name="cifar1000")
-    with pytest.raises(ValueError, match="`batch_size` must be an int >= 1"):
+    with pytest.raises(ValueError, match="^CIFARDataModule: batch_size must be an int >= 1, got 0$"):
         CIFARDataModule(batch_size=0)
+    with pytest.raises(TypeError, match="^CIFARDataModule: num_workers must be an int >= 0, got str '2'$"):
+        CIFARDataModule(num_workers="2")
+    with pytest.raises(ValueError, match="^CIFARDataModule: train_subset must be None or an int >= 1, got 0$"):
+        CIFARDataModule(train_subset=0)
     with pytest.raises(TypeError, match="`val_split` must be an int count or a float fraction"):
         CIFARDataModule(val_split="10%")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 from torchvision.io import encode_jpeg, encode_png, write_file
 
+from invariance_lightning.lightning.callbacks.base import class_names_of
 from invariance_lightning.lightning.data import EncodedBatch, ImageFolderDataModule
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec and warns on every call
@@ -54,8 +56,10 @@ def _label_from_colour(images: torch.Tensor) -> list[int]:
 def test_generated_folders_shapes_labels_and_classes(tree):
     (tree / "classes.json").write_text(json.dumps({"a_red": "red things", "c_blue": "blue things"}))
     dm = _module(tree)
-    assert dm.classes == ("a_red", "b_green", "c_blue") and dm.num_classes == 3
-    assert dm.class_names == ("red things", "b_green", "blue things")
+    assert dm.class_folders == ("a_red", "b_green", "c_blue") and dm.num_classes == 3
+    # one name for what the callbacks show: `classes` carries the readable names
+    assert dm.classes == ("red things", "b_green", "blue things")
+    assert class_names_of(SimpleNamespace(datamodule=dm)) == ["red things", "b_green", "blue things"]
     assert (dm.split_size("train"), dm.split_size("val"), dm.image_size) == (18, 6, 32)
     assert dm.mean == (0.485, 0.456, 0.406) and dm.std == (0.229, 0.224, 0.225)
     for split in ("train", "val"):
@@ -145,7 +149,7 @@ def test_missing_and_inconsistent_folders_are_reported(tree, tmp_path):
         _module(tree).setup()
     with pytest.raises(ValueError, match="give `val_dir` or `val_split`, not both"):
         _module(tree, val_split=2)
-    with pytest.raises(ValueError, match="`decode` must be 'workers' or 'device'"):
+    with pytest.raises(ValueError, match=r"^ImageFolderDataModule: decode must be one of \('workers', 'device'\), got 'gpu'$"):
         _module(tree, decode="gpu")
 
 
@@ -189,7 +193,7 @@ def test_trainer_fits_on_generated_folders(tree, tmp_path, decode, num_workers):
 @pytest.mark.shared_data
 def test_shared_imagenette(imagenette_dir):
     dm = ImageFolderDataModule(imagenette_dir, image_size=128, batch_size=50, num_workers=0)
-    assert dm.num_classes == 10 and dm.classes[0] == "n01440764" and dm.class_names[0] == "tench"
+    assert dm.num_classes == 10 and dm.class_folders[0] == "n01440764" and dm.classes[0] == "tench"
     assert (dm.split_size("train"), dm.split_size("val")) == (1000, 500)
     images, labels = dm.split_arrays("val", num=30, seed=1)
     assert images.shape == (30, 3, 128, 128) and images.dtype == torch.uint8
@@ -197,7 +201,7 @@ def test_shared_imagenette(imagenette_dir):
     first_images, first_labels = next(iter(dm.val_dataloader()))
     assert first_labels.tolist() == [0] * 50  # folder order: the 50 tench images first
     # the 128 px images pass through unchanged: compare with an independent decode by Pillow (RGB, HWC)
-    first_file = sorted((imagenette_dir / "val" / dm.classes[0]).glob("*.JPEG"))[0]
+    first_file = sorted((imagenette_dir / "val" / dm.class_folders[0]).glob("*.JPEG"))[0]
     pillow = torch.from_numpy(np.array(Image.open(first_file).convert("RGB"))).permute(2, 0, 1)
     assert (first_images[0].int() - pillow.int()).abs().max() <= 2
     # labels without decoding: the undecoded batches of decode="device"

@@ -117,11 +117,11 @@ def test_bad_input_raises_a_clear_error(logits, target, error, match):
         TransformConsistency().update(logits, target)
 
 
-@pytest.mark.parametrize("top_k", [0, -1, True, 2.0])
-def test_bad_top_k_is_rejected_by_the_function_and_the_metric(top_k):
-    with pytest.raises(ValueError, match="top_k must be None or an int >= 1"):
+@pytest.mark.parametrize(("top_k", "error"), [(0, ValueError), (-1, ValueError), (True, TypeError), (2.0, TypeError)])
+def test_bad_top_k_is_rejected_by_the_function_and_the_metric(top_k, error):
+    with pytest.raises(error, match="^transform_consistency: top_k must be None or an int >= 1, got"):
         transform_consistency(torch.randn(2, 3, 4), top_k=top_k)
-    with pytest.raises(ValueError, match="top_k must be None or an int >= 1"):
+    with pytest.raises(error, match="^TransformConsistency: top_k must be None or an int >= 1, got"):
         TransformConsistency(top_k=top_k)
 
 

@@ -171,9 +171,9 @@ def test_unsupported_resnet_variants_are_reported() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"method": "median"}, ValueError, "method must be one of .* got 'median'"),
-        ({"filter_size": 0}, ValueError, r"filter_size must be in \[1, 7\], got 0"),
-        ({"filter_size": "3"}, TypeError, "filter_size must be an int, got str '3'"),
+        ({"method": "median"}, ValueError, "^antialias: method must be one of .* got 'median'$"),
+        ({"filter_size": 0}, ValueError, r"^antialias: filter_size must be an int in \[1, 7\], got 0$"),
+        ({"filter_size": "3"}, TypeError, r"^antialias: filter_size must be an int in \[1, 7\], got str '3'$"),
     ],
 )
 def test_invalid_arguments(kwargs: dict, error: type, match: str) -> None:

@@ -135,16 +135,18 @@ def test_load_rejects_inconsistent_arguments_and_foreign_checkpoints(tmp_path: P
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"depth": 21}, r"depth must be one of \(20, 32, 44, 56, 110\), got 21"),
-        ({"downsample": "max"}, "downsample must be one of .* got 'max'"),
-        ({"padding_mode": "reflect"}, "padding_mode must be one of .* got 'reflect'"),
-        ({"downsample": "blur", "filter_size": 9}, r"filter_size must be in \[1, 7\], got 9"),
-        ({"num_classes": 0}, "num_classes must be >= 1, got 0"),
+        ({"depth": 21}, r"^cifar_resnet: depth must be one of \(20, 32, 44, 56, 110\), got 21$"),
+        ({"downsample": "max"}, "^cifar_resnet: downsample must be one of .* got 'max'$"),
+        ({"padding_mode": "reflect"}, "^cifar_resnet: padding_mode must be one of .* got 'reflect'$"),
+        ({"downsample": "blur", "filter_size": 9}, r"^cifar_resnet: filter_size must be an int in \[1, 7\], got 9$"),
+        ({"num_classes": 0}, "^cifar_resnet: num_classes must be an int >= 1, got 0$"),
     ],
 )
 def test_invalid_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         cifar_resnet(**kwargs)
+    with pytest.raises(TypeError, match="^cifar_resnet: depth must be an int >= 1, got float 20.0$"):
+        cifar_resnet(depth=20.0)
 
 
 @pytest.mark.shared_data

@@ -136,10 +136,12 @@ def test_leader_without_followers_keeps_no_state() -> None:
 def test_invalid_arguments_and_inputs() -> None:
     with pytest.raises(ValueError, match="norm must be one of .* got 'linf'"):
         APS2d(norm="linf")
-    with pytest.raises(ValueError, match="stride must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="^APS2d: stride must be an int >= 1, got 0$"):
         APS2d(stride=0)
-    with pytest.raises(ValueError, match="channels must be >= 1, got -2"):
+    with pytest.raises(ValueError, match="^APS2d: channels must be None or an int >= 1, got -2$"):
         APS2d(channels=-2)
+    with pytest.raises(TypeError, match="^APS2d: channels must be None or an int >= 1, got str '3'$"):
+        APS2d(channels="3")
     with pytest.raises(TypeError, match="leader must be an APS2d, got Identity"):
         APS2dFollower(nn.Identity())
     with pytest.raises(ValueError, match=r"4-D input .* got shape \(2, 4, 4\)"):

@@ -136,12 +136,14 @@ def test_gradients_flow() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"channels": 0}, ValueError, "channels must be >= 1, got 0"),
-        ({"channels": 3, "filter_size": 0}, ValueError, r"filter_size must be in \[1, 7\], got 0"),
-        ({"channels": 3, "filter_size": 8}, ValueError, r"filter_size must be in \[1, 7\], got 8"),
-        ({"channels": 3, "filter_size": 3.0}, TypeError, "filter_size must be an int, got float 3.0"),
-        ({"channels": 3, "stride": 0}, ValueError, "stride must be >= 1, got 0"),
-        ({"channels": 3, "padding_mode": "wrap"}, ValueError, "padding_mode must be one of .* got 'wrap'"),
+        ({"channels": 0}, ValueError, "^BlurPool2d: channels must be an int >= 1, got 0$"),
+        ({"channels": 3, "filter_size": 0}, ValueError, r"^BlurPool2d: filter_size must be an int in \[1, 7\], got 0$"),
+        ({"channels": 3, "filter_size": 8}, ValueError, r"^BlurPool2d: filter_size must be an int in \[1, 7\], got 8$"),
+        ({"channels": 3, "filter_size": 3.0}, TypeError, r"^BlurPool2d: filter_size must be an int in \[1, 7\], got float 3.0$"),
+        ({"channels": True}, TypeError, "^BlurPool2d: channels must be an int >= 1, got bool True$"),
+        ({"channels": 3, "stride": 0}, ValueError, "^BlurPool2d: stride must be an int >= 1, got 0$"),
+        ({"channels": 3, "padding_mode": "wrap"}, ValueError, "^BlurPool2d: padding_mode must be one of .* got 'wrap'$"),
+        ({"channels": 3, "padding_mode": 0}, TypeError, "^BlurPool2d: padding_mode must be one of .* got int 0$"),
     ],
 )
 def test_invalid_arguments(kwargs: dict, error: type, match: str) -> None:

@@ -76,20 +76,29 @@ def common_kwargs(draw, modes: tuple[str, ...]) -> dict[str, Any]:
     return kwargs
 
 
-def common_invalid(kwargs: dict[str, Any], bad_mode: str) -> list[tuple[str, Any]]:
-    """Every invalid value of the arguments both sequence classes share, for valid ``kwargs``."""
+Invalid = list[tuple[str, Any, type[Exception]]]
+
+
+def common_invalid(kwargs: dict[str, Any], bad_mode: str) -> Invalid:
+    """Every invalid value of the arguments both sequence classes share, for valid ``kwargs``, with its error:
+    ``TypeError`` for a value of the wrong type, ``ValueError`` for one of the right type but not allowed."""
     # crop_size is only allowed in crop mode, where it must be a positive int or (height, width) pair
-    crop_sizes = [0, -1, (1, 2, 3), (0, 3), 2.5, True] if kwargs["mode"] == "crop" else [4]
+    if kwargs["mode"] == "crop":
+        crop_sizes = [(v, ValueError) for v in (0, -1, (1, 2, 3), (0, 3))] + [(v, TypeError) for v in (2.5, True)]
+    else:
+        crop_sizes = [(4, ValueError)]
     return [
-        ("mode", bad_mode),
-        *(("fill", v) for v in (*NON_FINITE, "0", None, True)),
-        *(("embed", v) for v in (*NON_FINITE, 0.0, -0.5, 1.5, True, "0.5")),
-        *(("crop_size", v) for v in crop_sizes),
+        ("mode", bad_mode, ValueError),
+        *(("fill", v, ValueError) for v in NON_FINITE),
+        *(("fill", v, TypeError) for v in ("0", None, True)),
+        *(("embed", v, ValueError) for v in (*NON_FINITE, 0.0, -0.5, 1.5)),
+        *(("embed", v, TypeError) for v in (True, "0.5")),
+        *(("crop_size", v, error) for v, error in crop_sizes),
     ]
 
 
 @st.composite
-def shift_cases(draw) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+def shift_cases(draw) -> tuple[dict[str, Any], Invalid]:
     """Valid ShiftSequence kwargs and every (argument, invalid value) to try in their place."""
     kwargs = common_kwargs(draw, ShiftSequence.modes)
     invalid = common_invalid(kwargs, "wrap")
@@ -97,26 +106,30 @@ def shift_cases(draw) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
         step = draw(st.sampled_from([1, 0.5, 0.25, 2]))
         kwargs.update(step=step, max_shift=draw(st.integers(1, 3)) * step, grid=draw(st.booleans()))
         kwargs["direction"] = draw(st.sampled_from(["diagonal", "horizontal", "vertical"]))
-        invalid += [("max_shift", v) for v in (*NON_FINITE, 0, -1, True, "2", None, kwargs["max_shift"] + 0.1)]
-        invalid += [("step", v) for v in (*NON_FINITE, 0, -1, True, "1")]
-        invalid += [("shifts", [(0, 0), (1, 1)])]  # together with max_shift
+        # None: neither max_shift nor shifts; max_shift + 0.1: not a whole multiple of step
+        invalid += [("max_shift", v, ValueError) for v in (*NON_FINITE, 0, -1, None, kwargs["max_shift"] + 0.1)]
+        invalid += [("max_shift", v, TypeError) for v in (True, "2")]
+        invalid += [("step", v, ValueError) for v in (*NON_FINITE, 0, -1)]
+        invalid += [("step", v, TypeError) for v in (True, "1")]
+        invalid += [("shifts", [(0, 0), (1, 1)], ValueError)]  # together with max_shift
     else:
         kwargs["shifts"] = draw(st.lists(shift_pairs, min_size=2, max_size=6))
-        bad_shifts = [[], [(0, 0)], [(0, 0), (1,)], [(0, 0), ("1", 0)], [(0, 0), (True, 0)], "ab"]
-        bad_shifts += [[(0, 0), (v, 1)] for v in NON_FINITE]
-        invalid += [("shifts", v) for v in bad_shifts] + [("grid", True)]
-    invalid += [("direction", v) for v in ("up", "diagnol", None)]
+        bad_shifts = [[], [(0, 0)], [(0, 0), (1,)], "ab", *([(0, 0), (v, 1)] for v in NON_FINITE)]
+        invalid += [("shifts", v, ValueError) for v in bad_shifts] + [("grid", True, ValueError)]
+        invalid += [("shifts", v, TypeError) for v in ([(0, 0), ("1", 0)], [(0, 0), (True, 0)])]
+    invalid += [("direction", v, ValueError) for v in ("up", "diagnol")] + [("direction", None, TypeError)]
     return kwargs, invalid
 
 
 @st.composite
-def scale_cases(draw) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+def scale_cases(draw) -> tuple[dict[str, Any], Invalid]:
     """Valid ScaleSequence kwargs and every (argument, invalid value) to try in their place."""
     factors = draw(st.lists(st.integers(50, 160).map(lambda v: v / 100), min_size=2, max_size=5))
     kwargs = {"factors": factors, **common_kwargs(draw, ScaleSequence.modes)}
-    bad_factors = [[], [1.0], "1.0", 3, [1.0, 0.0], [1.0, -1.0], [1.0, "1"], [1.0, True]]
-    bad_factors += [[1.0, v] for v in NON_FINITE]
-    return kwargs, common_invalid(kwargs, "circular") + [("factors", v) for v in bad_factors]
+    bad_factors = [[], [1.0], [1.0, 0.0], [1.0, -1.0], *([1.0, v] for v in NON_FINITE)]
+    wrong_types = ["1.0", 3, [1.0, "1"], [1.0, True]]
+    invalid = [("factors", v, ValueError) for v in bad_factors] + [("factors", v, TypeError) for v in wrong_types]
+    return kwargs, common_invalid(kwargs, "circular") + invalid
 
 
 def build(kwargs: dict[str, Any]) -> ShiftSequence | ScaleSequence:
@@ -150,8 +163,8 @@ def test_sequence_construction(case):
     assert all(math.isfinite(v) for v in sequence.frame_values)
     assert sequence == build(kwargs) and hash(sequence) == hash(build(kwargs))
     assert pickle.loads(pickle.dumps(sequence)) == sequence
-    for name, value in invalid:
-        rejects(lambda: build({**kwargs, name: value}), ValueError, name, f"{name}={value!r}")
+    for name, value, error in invalid:
+        rejects(lambda: build({**kwargs, name: value}), error, name, f"{name}={value!r}")
 
 
 # -- sequences: frames ---------------------------------------------------------------------------
@@ -454,9 +467,9 @@ def test_metric(case, cuts):
             rejects(empty.compute, ValueError, "no images", what)  # ...but there is nothing to compute
         else:
             rejects(lambda: TransformConsistency(top_k=top_k).update(bad_logits, bad_target), error, name, what)
-    for bad_top_k in (0, -1, True, 2.5):
-        rejects(lambda: transform_consistency(logits, target, top_k=bad_top_k), ValueError, "top_k", f"top_k={bad_top_k}")
-        rejects(lambda: TransformConsistency(top_k=bad_top_k), ValueError, "top_k", f"top_k={bad_top_k}")
+    for bad_top_k, error in ((0, ValueError), (-1, ValueError), (True, TypeError), (2.5, TypeError)):
+        rejects(lambda: transform_consistency(logits, target, top_k=bad_top_k), error, "top_k", f"top_k={bad_top_k}")
+        rejects(lambda: TransformConsistency(top_k=bad_top_k), error, "top_k", f"top_k={bad_top_k}")
 
 
 # -- evaluate_invariance --------------------------------------------------------------------------
@@ -497,7 +510,8 @@ def test_evaluate_invariance(sequence, shape, dtype, with_targets, batch_size, t
         ("images", lambda: run(images[0], None), ValueError, "images"),
         ("targets", lambda: run(labels=torch.zeros(shape[0] + 1, dtype=torch.long)), ValueError, "targets"),
         *(("batch_size", lambda v=v: run(batch_size=v), ValueError, "batch_size") for v in (0, -1, True, 2.0)),
-        *(("top_k", lambda v=v: run(top_k=v), ValueError, "top_k") for v in (0, -2, 1.5)),
+        *(("top_k", lambda v=v: run(top_k=v), ValueError, "top_k") for v in (0, -2)),
+        ("top_k", lambda: run(top_k=1.5), TypeError, "top_k"),
     ):
         rejects(call, error, names, name)
     if problem is not None:

@@ -152,7 +152,7 @@ def test_sequences_are_picklable_printable_and_comparable():
         ({"max_shift": 2, "mode": "wrap"}, "mode must be one of"),
         ({"max_shift": 2, "direction": "up"}, "direction must be one of"),
         ({"max_shift": 3, "step": 2}, "whole multiple of step"),
-        ({"max_shift": 0}, "max_shift must be > 0"),
+        ({"max_shift": 0}, r"ShiftSequence: max_shift must be a finite number > 0, got 0"),
         ({"max_shift": float("nan")}, "max_shift must be a finite number"),
         ({"shifts": [(0, 0)]}, "at least 2 frames"),
         ({"shifts": [(0, 0), (1,)]}, r"\(dx, dy\) pairs"),
@@ -205,8 +205,10 @@ def test_shifts_that_do_not_fit_the_image_are_rejected_with_sizes():
 
 
 def test_scale_sequence_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="factors must be finite numbers > 0"):
+    with pytest.raises(ValueError, match=r"ScaleSequence: each factor in factors .* must be a finite number > 0, got 0.0"):
         ScaleSequence([1.0, 0.0])
+    with pytest.raises(TypeError, match=r"ScaleSequence: each factor in factors .* got str '2'"):
+        ScaleSequence([1.0, "2"])
     with pytest.raises(ValueError, match="at least 2 factors"):
         ScaleSequence([1.0])
     with pytest.raises(ValueError, match="reflection needs padding smaller"):
@@ -215,3 +217,27 @@ def test_scale_sequence_rejects_bad_arguments():
         ScaleSequence([1.0, 0.5], mode="crop", crop_size=6).frame(torch.rand(1, 1, 10, 10), 0)
     with pytest.raises(ValueError, match="enlarges the object"):
         ScaleSequence([1.0, 1.5], embed=0.8).frame(torch.rand(1, 1, 10, 10), 0)
+
+
+@pytest.mark.parametrize(("left", "right", "top", "bottom"), [(1, 2, 0, 1), (4, 5, 3, 2), (7, 0, 0, 6)])
+def test_circular_pad_2d_tiles_the_map_even_beyond_its_size(left, right, top, bottom):
+    # The one padding helper (transforms and BlurPool2d): circular padding equals a crop of the tiled map, also
+    # where the padding wraps more than once (F.pad refuses that).
+    from invariance_lightning.transforms.functional import pad_2d
+
+    x = torch.rand(2, 1, 2, 3)
+    tiled = x.repeat(1, 1, 9, 9)  # origin copy at rows 8.., columns 12..
+    expected = tiled[..., 8 - top : 8 + 2 + bottom, 12 - left : 12 + 3 + right]
+    torch.testing.assert_close(pad_2d(x, left, right, top, bottom, "circular"), expected, rtol=0, atol=0)
+
+
+def test_pad_2d_zeros_fill_and_reflect_on_tiny_maps():
+    from invariance_lightning.transforms.functional import pad_2d
+
+    x = torch.rand(1, 1, 2, 2)
+    padded = pad_2d(x, 1, 2, 0, 1, "zeros", fill=0.5)
+    expected = torch.full((1, 1, 3, 5), 0.5)
+    expected[..., 0:2, 1:3] = x
+    torch.testing.assert_close(padded, expected, rtol=0, atol=0)
+    # reflect padding of 2 needs 3 pixels: a 2x2 map is replicate-padded instead
+    torch.testing.assert_close(pad_2d(x, 2, 2, 2, 2, "reflect"), F.pad(x, (2, 2, 2, 2), mode="replicate"))

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from invariance_lightning.augment.pipeline import BatchAugmentation
+from invariance_lightning.validation import check_choice, check_int, check_number
 
 __all__ = ["CONSISTENCY_KINDS", "ConsistencyRegularization", "consistency_loss"]
 
@@ -32,8 +33,7 @@ def consistency_loss(
 
     Gradients flow into both views. Computed in float32 from log-softmax for stability.
     """
-    if kind not in CONSISTENCY_KINDS:
-        raise ValueError(f"consistency_loss: unknown kind {kind!r}; valid kinds are {', '.join(CONSISTENCY_KINDS)}")
+    check_choice("consistency_loss", "kind", kind, CONSISTENCY_KINDS)
     if not (torch.is_tensor(logits_a) and torch.is_tensor(logits_b)):
         raise TypeError("consistency_loss: `logits_a` and `logits_b` must be tensors")
     if logits_a.ndim != 2 or logits_a.shape != logits_b.shape:
@@ -83,14 +83,10 @@ class ConsistencyRegularization(nn.Module):
         std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-            raise ValueError(f"ConsistencyRegularization: `weight` must be a number >= 0, got {weight!r}")
-        if kind not in CONSISTENCY_KINDS:
-            raise ValueError(
-                f"ConsistencyRegularization: unknown kind {kind!r}; valid kinds are {', '.join(CONSISTENCY_KINDS)}"
-            )
-        if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 1:
-            raise ValueError(f"ConsistencyRegularization: `max_shift` must be an int >= 1, got {max_shift!r}")
+        owner = "ConsistencyRegularization"
+        check_number(owner, "weight", weight, low=0)
+        check_choice(owner, "kind", kind, CONSISTENCY_KINDS)
+        check_int(owner, "max_shift", max_shift, 1)
         if view is not None and not callable(view):
             raise TypeError(f"ConsistencyRegularization: `view` must be callable, got {type(view).__name__}")
         if (mean is None) != (std is None):

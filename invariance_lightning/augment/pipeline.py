@@ -8,21 +8,15 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from kornia.augmentation import ImageSequential
-from kornia.augmentation.base import _BasicAugmentationBase
 from kornia.enhance import normalize
 from torch import nn
+
+from invariance_lightning._compat import keep_kornia_rng_on
+from invariance_lightning.validation import check_optional_int, check_size
 
 __all__ = ["BatchAugmentation"]
 
 _CPU = torch.device("cpu")
-
-
-def _pair(image_size: int | Sequence[int], name: str) -> tuple[int, int]:
-    """``image_size`` as ``(height, width)`` of positive ints."""
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
-        raise ValueError(f"{name}: `image_size` must be a positive int or (height, width), got {image_size!r}")
-    return size  # type: ignore[return-value]
 
 
 class BatchAugmentation(nn.Module):
@@ -65,11 +59,9 @@ class BatchAugmentation(nn.Module):
             )
         if (mean is None) != (std is None):
             raise ValueError("BatchAugmentation: give both `mean` and `std`, or neither")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-            raise ValueError(f"BatchAugmentation: `seed` must be a non-negative int or None, got {seed!r}")
         self.augmentation = augmentation
-        self.image_size = None if image_size is None else _pair(image_size, "BatchAugmentation")
-        self.seed = seed
+        self.image_size = None if image_size is None else check_size("BatchAugmentation", "image_size", image_size)
+        self.seed = check_optional_int("BatchAugmentation", "seed", seed, 0)
         self.seeded_calls = 0
         self.mean: torch.Tensor | None
         self.std: torch.Tensor | None
@@ -92,9 +84,7 @@ class BatchAugmentation(nn.Module):
 
     def _keep_rng_on_cpu(self) -> None:
         if self.augmentation is not None:
-            for module in self.augmentation.modules():
-                if isinstance(module, _BasicAugmentationBase):
-                    module.set_rng_device_and_dtype(_CPU, torch.float32)
+            keep_kornia_rng_on(self.augmentation, _CPU, torch.float32)
 
     def _apply(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
         # kornia moves its samplers to the device a module is moved to; keep them on the CPU (see class docstring).

@@ -8,7 +8,8 @@ import kornia.augmentation as K
 from kornia.augmentation import ImageSequential
 
 from invariance_lightning.augment.antialiased_affine import AntialiasedRandomAffine
-from invariance_lightning.augment.pipeline import BatchAugmentation, _pair
+from invariance_lightning.augment.pipeline import BatchAugmentation
+from invariance_lightning.validation import check_choice, check_size
 
 __all__ = ["PRESETS", "build_augmentation", "preset_sequence"]
 
@@ -38,11 +39,8 @@ def preset_sequence(
 
     All fills are zeros: black, since normalization comes after augmentation in :class:`BatchAugmentation`.
     """
-    if not isinstance(preset, str):
-        raise TypeError(f"preset_sequence: `preset` must be a str, got {type(preset).__name__}")
-    if preset not in PRESETS:
-        raise ValueError(f"preset_sequence: unknown preset {preset!r}; valid presets are {', '.join(PRESETS)}")
-    height, width = _pair(image_size, "preset_sequence")
+    check_choice("preset_sequence", "preset", preset, PRESETS)
+    height, width = check_size("preset_sequence", "image_size", image_size)
     is_number = isinstance(max_shift, (int, float)) and not isinstance(max_shift, bool)
     if not is_number or not 0 <= max_shift < min(height, width):
         raise ValueError(

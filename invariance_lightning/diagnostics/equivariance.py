@@ -27,141 +27,28 @@ pools the whole map.
 
 from __future__ import annotations
 
-import difflib
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from kornia.enhance import normalize as kornia_normalize
 from torch import Tensor, nn
 
-from invariance_lightning.metrics.evaluate import Normalization, as_float_images, check_normalize, module_device
+from invariance_lightning.diagnostics.capture import capture_outputs, check_layer_names, default_layers
+from invariance_lightning.diagnostics.report import EquivarianceReport, LayerEquivariance, format_shift, format_stride
+from invariance_lightning.metrics.evaluate import as_float_images, check_normalize, module_device
 from invariance_lightning.metrics.mode import evaluation_mode
 from invariance_lightning.transforms.functional import integer_shift
+from invariance_lightning.transforms.normalization import Normalization, normalize_images
+from invariance_lightning.validation import check_choice, check_int
 
-__all__ = ["EquivarianceReport", "LayerEquivariance", "default_layers", "layer_equivariance"]
+__all__ = ["EQUIVARIANCE_MODES", "ShiftLike", "layer_equivariance"]
 
 #: Boundary handling of the shifts compared by :func:`layer_equivariance`.
 EQUIVARIANCE_MODES = ("circular", "zeros")
 
 #: A shift: ``s`` means ``(dx, dy) = (s, s)`` (diagonal); a pair is ``(dx, dy)``, right and down.
 ShiftLike = int | tuple[int, int]
-
-
-@dataclass(frozen=True)
-class LayerEquivariance:
-    """Shift diagnostics of one layer's output (one row of an :class:`EquivarianceReport`).
-
-    ``shape`` is the per-image output shape; ``stride`` is ``(H_in / H, W_in / W)`` for 4-D outputs;
-    ``feature_shift`` is the ``(dx, dy)`` feature-map shift matching the input shift, or ``None``
-    where it is not a whole number (then ``equivariance_error`` is NaN, as it is for outputs that
-    are not feature maps). ``pooled_change`` is the change for the report's ``shift``;
-    ``pooled_change_by_shift`` maps every measured ``(dx, dy)`` to its change. ``note`` says why a
-    value is missing.
-    """
-
-    name: str
-    kind: str
-    shape: tuple[int, ...] | None
-    stride: tuple[float, float] | None
-    feature_shift: tuple[int, int] | None
-    equivariance_error: float
-    pooled_change: float
-    pooled_change_by_shift: dict[tuple[int, int], float] = field(default_factory=dict)
-    note: str = ""
-
-    @property
-    def comparable(self) -> bool:
-        """Whether the input shift maps to a whole-pixel shift of this feature map."""
-        return self.feature_shift is not None
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain types only (shift keys become ``"dx,dy"`` strings), e.g. for ``json.dumps``."""
-        row = asdict(self)
-        row["pooled_change_by_shift"] = {f"{dx},{dy}": v for (dx, dy), v in self.pooled_change_by_shift.items()}
-        return row
-
-
-@dataclass(frozen=True)
-class EquivarianceReport(Sequence[LayerEquivariance]):
-    """The rows of :func:`layer_equivariance` in execution order; index by position or layer name."""
-
-    rows: tuple[LayerEquivariance, ...]
-    shift: tuple[int, int]
-    mode: str
-    border: int
-    num_images: int
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __iter__(self) -> Iterator[LayerEquivariance]:
-        return iter(self.rows)
-
-    def __getitem__(self, key: int | str) -> LayerEquivariance:  # type: ignore[override]
-        if isinstance(key, str):
-            for row in self.rows:
-                if row.name == key:
-                    return row
-            raise KeyError(f"no layer {key!r} in this report; layers: {self.names}")
-        return self.rows[key]
-
-    @property
-    def names(self) -> list[str]:
-        """Layer names, in row order."""
-        return [row.name for row in self.rows]
-
-    def as_dict(self) -> dict[str, dict[str, Any]]:
-        """``{layer name: row.as_dict()}`` in row order."""
-        return {row.name: row.as_dict() for row in self.rows}
-
-    def to_markdown(self, digits: int = 4) -> str:
-        """A Markdown table: one line per layer, a pooled-change column per measured shift."""
-        shifts = list(dict.fromkeys(s for row in self.rows for s in row.pooled_change_by_shift))
-        header = ["layer", "type", "shape", "stride", f"equiv. error @{_fmt_shift(self.shift)}"]
-        header += [f"pooled change @{_fmt_shift(s)}" for s in shifts] + ["note"]
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for row in self.rows:
-            cells = [
-                row.name or "(model)",
-                row.kind,
-                "x".join(map(str, row.shape)) if row.shape else "-",
-                _fmt_stride(row.stride),
-                _fmt_value(row.equivariance_error, digits),
-            ]
-            cells += [_fmt_value(row.pooled_change_by_shift.get(s, math.nan), digits) for s in shifts]
-            lines.append("| " + " | ".join(cells + [row.note]) + " |")
-        return "\n".join(lines)
-
-
-def default_layers(model: nn.Module) -> list[str]:
-    """Layers measured when none are named, in ``named_modules`` order.
-
-    Every ``nn.Conv2d``; every module whose class name contains ``Pool`` (torch's pooling layers,
-    BlurPool and similar); every block, i.e. a non-leaf module that is a direct child of an
-    ``nn.Sequential`` or ``nn.ModuleList`` (the residual blocks of a ResNet stage); and the last
-    ``nn.Linear`` (usually the classifier).
-    """
-    chosen: list[str] = []
-    last_linear: str | None = None
-    blocks = {
-        f"{parent}.{child}" if parent else child
-        for parent, module in model.named_modules()
-        if isinstance(module, (nn.Sequential, nn.ModuleList))
-        for child, sub in module.named_children()
-        if next(sub.children(), None) is not None
-    }
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d) or "pool" in type(module).__name__.lower() or name in blocks:
-            chosen.append(name)
-        elif isinstance(module, nn.Linear):
-            last_linear = name
-    if last_linear is not None:
-        chosen.append(last_linear)
-    return chosen
 
 
 def layer_equivariance(
@@ -199,44 +86,42 @@ def layer_equivariance(
         An :class:`EquivarianceReport` with one :class:`LayerEquivariance` per layer, in the order
         the layers first ran (layers that never ran come last, with a note).
     """
+    owner = "layer_equivariance"
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise TypeError(f"{owner}: model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(images, Tensor) or images.ndim != 4:
         got = f"shape {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
-        raise TypeError(f"images must be a tensor (N, C, H, W), got {got}")
+        raise TypeError(f"{owner}: images must be a tensor (N, C, H, W), got {got}")
     images = as_float_images(images)
     if images.shape[0] == 0:
-        raise ValueError("images must hold at least one image, got an empty batch")
-    if mode not in EQUIVARIANCE_MODES:
-        raise ValueError(f"mode must be one of {EQUIVARIANCE_MODES}, got {mode!r}")
-    if isinstance(border, bool) or not isinstance(border, int) or border < 0:
-        raise ValueError(f"border must be an int >= 0 (input pixels), got {border!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise ValueError(f"{owner}: images must hold at least one image, got an empty batch")
+    check_choice(owner, "mode", mode, EQUIVARIANCE_MODES)
+    check_int(owner, "border", border, 0)
+    check_int(owner, "batch_size", batch_size, 1)
     size = (images.shape[-2], images.shape[-1])
     main_shift = _as_shift(shift, "shift", size)
     all_shifts = list(dict.fromkeys([main_shift, *(_as_shift(s, "pooled_shifts", size) for s in pooled_shifts or ())]))
     normalize = check_normalize(normalize)
-    names = default_layers(model) if layers is None else _check_layers(model, layers)
+    names = default_layers(model) if layers is None else check_layer_names(model, layers)
     if not names:
-        raise ValueError("model has no Conv2d, pooling, block or Linear modules to measure; pass layers=[...]")
+        raise ValueError(f"{owner}: model has no Conv2d, pooling, block or Linear modules to measure; pass layers=[...]")
 
     device = module_device(model)
     stats = {name: _LayerStats(size, main_shift, mode, border) for name in names}
     order: dict[str, None] = {}
-    with evaluation_mode(model), _capture(model, names) as run:
+    with evaluation_mode(model), capture_outputs(model, names) as run:
         for batch in images.split(batch_size):
             batch = batch.to(device)
-            reference = run(_normalized(batch, normalize))
-            order.update(dict.fromkeys(reference))
+            unshifted = run(normalize_images(batch, normalize))
+            order.update(dict.fromkeys(unshifted))
             for dx, dy in all_shifts:
-                shifted = run(_normalized(integer_shift(batch, dx, dy, mode), normalize))
-                for name, (out, calls) in reference.items():
+                shifted = run(normalize_images(integer_shift(batch, dx, dy, mode), normalize))
+                for name, (out, calls) in unshifted.items():
                     stats[name].add(out, calls, shifted[name][0], (dx, dy), batch.shape[0])
     never_ran = [name for name in names if name not in order]
     for name in never_ran:
         stats[name].notes["did not run in the forward pass"] = None
-    rows = [stats[name].row(name, _kind(model, name), len(images)) for name in [*order, *never_ran]]
+    rows = [stats[name].row(name, type(model.get_submodule(name)).__name__, len(images)) for name in [*order, *never_ran]]
     return EquivarianceReport(tuple(rows), main_shift, mode, border, len(images))
 
 
@@ -292,7 +177,7 @@ class _LayerStats:
             stride = (h_in / h, w_in / w)
             feature_shift, crop = self.geometry()
             if feature_shift is None:
-                fraction = f"shift {_fmt_shift(self.shift)} / stride {_fmt_stride(stride)}"
+                fraction = f"shift {format_shift(self.shift)} / stride {format_stride(stride)}"
                 self.notes[f"not comparable: {fraction} is fractional"] = None
             elif crop:
                 error = self.equivariance_sum / num_images
@@ -317,45 +202,6 @@ def _crop(maps: Tensor, margin: tuple[int, int]) -> Tensor:
     return maps[..., top : maps.shape[-2] - top, left : maps.shape[-1] - left]
 
 
-@contextmanager
-def _capture(model: nn.Module, names: Sequence[str]) -> Iterator[Callable[[Tensor], dict[str, tuple[Any, int]]]]:
-    """Hooks on ``names``; yields ``run(x)`` -> ``{name: (last output, calls)}`` in first-call order."""
-    modules = dict(model.named_modules())
-    outputs: dict[str, tuple[Any, int]] = {}
-
-    def hook_for(name: str) -> Callable[..., None]:
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            outputs[name] = (output, outputs[name][1] + 1 if name in outputs else 1)
-
-        return hook
-
-    def run(x: Tensor) -> dict[str, tuple[Any, int]]:
-        outputs.clear()
-        model(x)
-        return dict(outputs)
-
-    handles = [modules[name].register_forward_hook(hook_for(name)) for name in names]
-    try:
-        yield run
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _check_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
-    if isinstance(layers, str) or not all(isinstance(name, str) for name in layers):
-        raise TypeError(f"layers must be a sequence of module names (str), got {layers!r}")
-    valid = [name for name, _ in model.named_modules()]
-    unknown = [name for name in layers if name not in valid]
-    if unknown:
-        close = {name: difflib.get_close_matches(name, valid, n=3) for name in unknown}
-        hints = "; ".join(f"{name!r} (did you mean {c}?)" if c else repr(name) for name, c in close.items())
-        raise ValueError(f"unknown layers: {hints}; valid names include {valid[1:9]} (see model.named_modules())")
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"layers must not repeat a name, got {list(layers)}")
-    return list(layers)
-
-
 def _as_shift(shift: Any, argument: str, size: tuple[int, int]) -> tuple[int, int]:
     pair = (shift, shift) if isinstance(shift, int) and not isinstance(shift, bool) else shift
     if (
@@ -363,33 +209,8 @@ def _as_shift(shift: Any, argument: str, size: tuple[int, int]) -> tuple[int, in
         or len(pair) != 2
         or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
     ):
-        raise TypeError(f"{argument} must be an int or a (dx, dy) pair of ints, got {shift!r}")
+        raise TypeError(f"layer_equivariance: {argument} must be an int or a (dx, dy) pair of ints, got {shift!r}")
     dx, dy = pair
     if abs(dx) >= size[1] or abs(dy) >= size[0]:
-        raise ValueError(f"{argument} {shift!r} must be smaller than the image size (H, W) = {size}")
+        raise ValueError(f"layer_equivariance: {argument} {shift!r} must be smaller than the image size (H, W) = {size}")
     return (dx, dy)
-
-
-def _normalized(images: Tensor, normalize: Normalization | None) -> Tensor:
-    if normalize is None:
-        return images
-    return kornia_normalize(images, images.new_tensor(normalize[0]), images.new_tensor(normalize[1]))
-
-
-def _kind(model: nn.Module, name: str) -> str:
-    return type(model.get_submodule(name)).__name__
-
-
-def _fmt_shift(shift: tuple[int, int]) -> str:
-    return f"({shift[0]},{shift[1]})"
-
-
-def _fmt_stride(stride: tuple[float, float] | None) -> str:
-    if stride is None:
-        return "-"
-    sy, sx = (f"{v:g}" for v in stride)
-    return sy if sy == sx else f"{sy}x{sx}"
-
-
-def _fmt_value(value: float, digits: int) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.{digits}g}"

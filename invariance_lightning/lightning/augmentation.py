@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from invariance_lightning._compat import training_batch_index
 from invariance_lightning.augment.pipeline import BatchAugmentation
 
 __all__ = ["GPUAugmentationMixin", "map_batch_images"]
@@ -72,7 +73,7 @@ class GPUAugmentationMixin:
             )
         trainer = self.trainer  # type: ignore[attr-defined]
         training = bool(trainer.training)
-        batch_id = (trainer.global_rank, trainer.fit_loop.epoch_loop.batch_progress.total.ready) if training else None
+        batch_id = (trainer.global_rank, training_batch_index(trainer)) if training else None
 
         def transform(images: torch.Tensor) -> torch.Tensor:
             out = augmentation(images, train=training, batch_id=batch_id)

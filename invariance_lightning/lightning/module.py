@@ -15,6 +15,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from invariance_lightning.augment import ConsistencyRegularization, build_augmentation
 from invariance_lightning.lightning.augmentation import GPUAugmentationMixin
 from invariance_lightning.models.factory import build_backbone
+from invariance_lightning.transforms.normalization import Normalization
+from invariance_lightning.validation import check_choice
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "none")
@@ -78,12 +80,10 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+        check_choice("ImageClassifier", "optimizer", optimizer, OPTIMIZERS)
+        check_choice("ImageClassifier", "schedule", schedule, SCHEDULES)
         if (mean is None) != (std is None):
-            raise ValueError("give both mean and std, or neither (then the datamodule's are used)")
+            raise ValueError("ImageClassifier: give both mean and std, or neither (then the datamodule's are used)")
         if isinstance(backbone, nn.Module):
             self.backbone = backbone
         else:
@@ -96,7 +96,7 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
         self.train_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
-        self.input_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+        self.input_normalization: Normalization | None = None
         if mean is not None and std is not None:
             self._build_augmentation(mean, std)
         self._epoch_started = 0.0
@@ -113,13 +113,13 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
 
     def _build_augmentation(self, mean: Sequence[float], std: Sequence[float]) -> None:
         hp = self.hparams
-        self.input_normalization = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
+        self.input_normalization = Normalization(tuple(float(m) for m in mean), tuple(float(s) for s in std))
         self.consistency = self._consistency_regularization(*self.input_normalization)
         self.gpu_augmentation = build_augmentation(
             hp.augmentation,
             image_size=hp.image_size,
-            mean=self.input_normalization[0],
-            std=self.input_normalization[1],
+            mean=self.input_normalization.mean,
+            std=self.input_normalization.std,
             max_shift=hp.max_shift,
             scale_range=tuple(hp.scale_range),
             seed=hp.augmentation_seed,
@@ -182,8 +182,10 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
             self.log("train/images_per_second", self._epoch_images / seconds)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # the statistics actually used (possibly the datamodule's), so that the checkpoint is usable on its own
-        checkpoint["input_normalization"] = self.input_normalization
+        # the statistics actually used (possibly the datamodule's), so that the checkpoint is usable on its own; as a
+        # plain (mean, std) tuple, which torch.load(weights_only=True) reads (it refuses our NamedTuple class)
+        normalization = self.input_normalization
+        checkpoint["input_normalization"] = None if normalization is None else tuple(normalization)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         normalization = checkpoint.get("input_normalization")

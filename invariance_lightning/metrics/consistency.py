@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
-from invariance_lightning.metrics.functional import (
-    STAT_NAMES,
-    check_logits,
-    check_optional_int,
-    consistency_from_stats,
-    consistency_stats,
-)
+from invariance_lightning._compat import PostComputeMetric
+from invariance_lightning.metrics.functional import STAT_NAMES, check_logits, consistency_from_stats, consistency_stats
+from invariance_lightning.validation import check_optional_int
 
 _PER_TRANSITION = ("flips", "abs_top1_change")
 _PER_FRAME = ("correct",)
 
 
-class TransformConsistency(Metric):
+class TransformConsistency(PostComputeMetric):
     """Flip rate, consistency, mean absolute change and accuracy of predictions along frame sequences.
 
     ``update(logits, target=None)`` takes logits ``(N, T, C)`` (the model's outputs on T frames of N
-    images, frame 0 the reference) and optional class indices ``(N,)``. ``compute()`` returns the
+    images, in sequence order) and optional class indices ``(N,)``. ``compute()`` returns the
     dict documented in :func:`~invariance_lightning.metrics.transform_consistency`. Every state is a
     sum or count reduced with ``dist_reduce_fx="sum"``, so distributed results equal single-process
     results on the same images.
@@ -57,7 +50,7 @@ class TransformConsistency(Metric):
     ) -> None:
         super().__init__(**kwargs)
         for name, value, least in (("num_classes", num_classes, 1), ("top_k", top_k, 1), ("num_frames", num_frames, 2)):
-            check_optional_int(name, value, least)
+            check_optional_int("TransformConsistency", name, value, least)
         self.num_classes = num_classes
         self.top_k = top_k
         self.num_frames = num_frames
@@ -90,16 +83,9 @@ class TransformConsistency(Metric):
                 current = torch.zeros_like(value, dtype=current.dtype)
             setattr(self, name, current + value)
 
-    def _wrap_compute(self, compute: Callable) -> Callable:
-        # torchmetrics squeezes one-element results to 0-d; per-frame curves stay 1-D (T=2 has one transition)
-        wrapped = super()._wrap_compute(compute)
-
-        @functools.wraps(wrapped)
-        def per_frame_kept_1d(*args: Any, **kwargs: Any) -> dict[str, Tensor]:
-            values = wrapped(*args, **kwargs)
-            return {name: value.reshape(-1) if name.startswith("per_frame_") else value for name, value in values.items()}
-
-        return per_frame_kept_1d
+    def after_compute(self, result: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Per-frame curves stay 1-D: torchmetrics squeezes one-element results (T=2 has one transition) to 0-d."""
+        return {name: value.reshape(-1) if name.startswith("per_frame_") else value for name, value in result.items()}
 
     def compute(self) -> dict[str, Tensor]:
         """The metric dict; raises ValueError if no image was measured."""

@@ -1,6 +1,7 @@
 """Functional consistency metrics over a model's outputs on a sequence of transformed frames.
 
-``logits`` have shape ``(N, T, C)``: N images, T frames (frame 0 the reference), C classes.
+``logits`` have shape ``(N, T, C)``: N images, T frames in sequence order, C classes. No frame is a reference:
+the statistics compare consecutive frames (flips, MAC, top-k changes) or all pairs of frames (consistency).
 The statistics are sums and counts, so that batches and processes combine by addition.
 """
 
@@ -10,6 +11,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from invariance_lightning.validation import check_optional_int
 
 #: Names of the additive statistics, in a fixed order.
 STAT_NAMES = (
@@ -22,13 +25,6 @@ STAT_NAMES = (
     "correct",
     "all_correct",
 )
-
-
-def check_optional_int(name: str, value: Any, least: int) -> int | None:
-    """Return ``value`` if it is None or an int >= ``least``, else raise a ValueError naming ``name``."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
-        raise ValueError(f"{name} must be None or an int >= {least}, got {value!r}")
-    return value
 
 
 def check_logits(
@@ -144,7 +140,7 @@ def transform_consistency(
     """Consistency of a classifier's predictions along a sequence of transformed frames.
 
     Args:
-        logits: ``(N, T, C)`` outputs for T frames of N images; frame 0 is the reference.
+        logits: ``(N, T, C)`` outputs for T frames of N images, in sequence order.
         target: optional ``(N,)`` class indices; without it the accuracy keys are absent.
         top_k: rank depth of ``top{k}_distance``; ``None`` leaves that key out. A ``top_k`` above C
             compares the full ranking of the C classes (the distance is then at most C), and the key
@@ -172,7 +168,7 @@ def transform_consistency(
         >>> out["flip_rate"].item(), out["top5_distance"].item()
         (1.0, 2.0)
     """
-    check_optional_int("top_k", top_k, 1)
+    check_optional_int("transform_consistency", "top_k", top_k, 1)
     logits, target = check_logits(logits, target, num_classes=num_classes)
     if logits.shape[0] == 0:
         raise ValueError(f"logits must hold at least one image, got N=0 (shape {tuple(logits.shape)})")

@@ -1,4 +1,4 @@
-"""Backbones (CIFAR ResNets) and a converter that antialiases ResNets' strided layers."""
+"""Backbones (CIFAR ResNets, a factory by name) and a converter that antialiases ResNets' strided layers."""
 
 from invariance_lightning.models.antialias import DownsampledInputConv2d, antialias
 from invariance_lightning.models.cifar_resnet import (
@@ -6,11 +6,11 @@ from invariance_lightning.models.cifar_resnet import (
     CIFAR_RESNET_NORMALIZE,
     CifarBasicBlock,
     CifarResNet,
-    Normalization,
     cifar_resnet,
     cifar_resnet_state_dict,
     load_cifar_resnet,
 )
+from invariance_lightning.models.factory import build_backbone
 from invariance_lightning.models.pretrained import PRETRAINED_CIFAR_RESNETS, cifar_resnet_weights
 
 __all__ = [
@@ -19,9 +19,9 @@ __all__ = [
     "CifarBasicBlock",
     "CifarResNet",
     "DownsampledInputConv2d",
-    "Normalization",
     "PRETRAINED_CIFAR_RESNETS",
     "antialias",
+    "build_backbone",
     "cifar_resnet",
     "cifar_resnet_state_dict",
     "cifar_resnet_weights",

@@ -7,17 +7,20 @@ from typing import Literal
 from torch import nn
 
 from invariance_lightning.nn import APS2d, APS2dFollower, BlurPool2d
-from invariance_lightning.validation import check_choice, check_int
 from invariance_lightning.nn.blurpool import MAX_FILTER_SIZE, PaddingMode
+from invariance_lightning.validation import check_choice, check_int
 
 Method = Literal["blur", "aps"]
+#: Antialiased subsampling methods.
 METHODS: tuple[str, ...] = ("blur", "aps")
+#: Every way a model may subsample: plain striding or one of :data:`METHODS`.
+DOWNSAMPLE_CHOICES: tuple[str, ...] = ("stride", *METHODS)
 
 
-def check_method(method: object, filter_size: object) -> None:
-    """Validate an antialiasing ``method`` and ``filter_size``."""
-    check_choice("method", method, METHODS)
-    check_int("filter_size", filter_size, 1, MAX_FILTER_SIZE)
+def check_method(owner: str, method: object, filter_size: object) -> None:
+    """Validate an antialiasing ``method`` and ``filter_size`` of ``owner``'s arguments."""
+    check_choice(owner, "method", method, METHODS)
+    check_int(owner, "filter_size", filter_size, 1, MAX_FILTER_SIZE)
 
 
 def blur_padding(conv_padding_mode: str) -> PaddingMode:
@@ -38,7 +41,7 @@ def make_downsample(
     method: Method, channels: int, stride: int, filter_size: int, padding_mode: PaddingMode
 ) -> nn.Module:
     """One subsampler: ``BlurPool2d`` ("blur") or low-pass + ``APS2d`` ("aps"; no low-pass for ``filter_size=1``)."""
-    check_method(method, filter_size)
+    check_method("make_downsample", method, filter_size)
     if method == "blur":
         return BlurPool2d(channels, filter_size, stride, padding_mode)
     return _aps(channels, stride, filter_size, padding_mode, APS2d(channels, stride))

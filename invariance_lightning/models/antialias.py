@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import Tensor, nn
-from torch.nn.modules.utils import _pair
 
+from invariance_lightning._compat import as_pair
 from invariance_lightning.models._downsample import (
     Method,
     blur_padding,
@@ -87,12 +87,12 @@ class DownsampledInputConv2d(nn.Conv2d):
 
 def _stride(module: nn.Module) -> int:
     """The stride of a layer with equal strides along both axes (0 for unequal strides)."""
-    stride_h, stride_w = _pair(module.stride)
+    stride_h, stride_w = as_pair(module.stride)
     return stride_h if stride_h == stride_w else 0
 
 
 def _is_strided(module: nn.Module) -> bool:
-    return isinstance(module, _STRIDED_TYPES) and any(s > 1 for s in _pair(module.stride))
+    return isinstance(module, _STRIDED_TYPES) and any(s > 1 for s in as_pair(module.stride))
 
 
 @dataclass(frozen=True)
@@ -121,8 +121,8 @@ def _block_rewrite(path: str, block: nn.Module) -> _Rewrite | None:
         and isinstance(following, nn.Conv2d)
         and not _is_strided(following)
         and isinstance(shortcut_conv, nn.Conv2d)
-        and _pair(shortcut_conv.kernel_size) == (1, 1)
-        and _pair(shortcut_conv.padding) == (0, 0)
+        and as_pair(shortcut_conv.kernel_size) == (1, 1)
+        and as_pair(shortcut_conv.padding) == (0, 0)
         and stride > 1
         and _stride(shortcut_conv) == stride
     ):
@@ -165,7 +165,7 @@ def _stem_rewrite(path: str, model: nn.Module, stem_conv: bool) -> _Rewrite | No
             layers.append(make_downsample(method, channels, _stride(conv), filter_size, padding))
             conv.stride = (1, 1)
         if circular:  # max-pool pads with -inf; pad circularly ourselves to stay circular-shift equivariant
-            pad_h, pad_w = _pair(pool.padding)
+            pad_h, pad_w = as_pair(pool.padding)
             layers.append(nn.CircularPad2d((pad_w, pad_w, pad_h, pad_h)))
             layers.append(nn.MaxPool2d(pool.kernel_size, 1, 0, pool.dilation))
         else:
@@ -228,9 +228,9 @@ def antialias(
     Returns:
         The converted model (``model`` itself when ``inplace``).
     """
-    check_method(method, filter_size)
+    check_method("antialias", method, filter_size)
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        raise TypeError(f"antialias: model must be an nn.Module, got {type(model).__name__}")
     if stem_conv is None:
         stem_conv = method == "aps"
     plan = _plan(model, stem_conv)

@@ -10,30 +10,28 @@ import pickle
 import re
 from collections.abc import Mapping
 from os import PathLike
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from invariance_lightning.models._downsample import blur_padding, check_method, make_downsample_pair
+from invariance_lightning.models._downsample import (
+    DOWNSAMPLE_CHOICES,
+    blur_padding,
+    check_method,
+    make_downsample_pair,
+)
 from invariance_lightning.nn import BlurPool2d
+from invariance_lightning.transforms.normalization import IMAGENET_STATS
 from invariance_lightning.validation import check_choice, check_int
 
 Downsample = Literal["stride", "blur", "aps"]
-DOWNSAMPLE_CHOICES: tuple[str, ...] = ("stride", "blur", "aps")
 CIFAR_RESNET_DEPTHS: tuple[int, ...] = (20, 32, 44, 56, 110)
 
 
-class Normalization(NamedTuple):
-    """Per-channel ``(mean, std)`` a model expects its ``[0, 1]`` RGB input to be normalized with."""
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-
-CIFAR_RESNET_NORMALIZE = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-"""Normalization of the pretrained CIFAR-10 ResNet-20/56 checkpoints (ImageNet statistics)."""
+#: Normalization of the pretrained CIFAR-10 ResNet-20/56 checkpoints: they were trained on ImageNet statistics.
+CIFAR_RESNET_NORMALIZE = IMAGENET_STATS
 
 
 class CifarBasicBlock(nn.Module):
@@ -62,7 +60,7 @@ class CifarBasicBlock(nn.Module):
 
     def set_downsample(self, method: Downsample, filter_size: int = 3) -> None:
         """Switch a stride-2 block between "stride", "blur" and "aps" (no effect at stride 1); keeps all weights."""
-        check_choice("downsample", method, DOWNSAMPLE_CHOICES)
+        check_choice("CifarBasicBlock.set_downsample", "downsample", method, DOWNSAMPLE_CHOICES)
         if self.stride == 1:
             return
         in_planes, planes = self.conv1.in_channels, self.conv1.out_channels
@@ -133,14 +131,15 @@ def cifar_resnet(
         padding_mode: conv padding, "zeros" or "circular" (circular + "aps" makes the network exactly
             invariant to circular shifts of the input; the low-pass then also pads circularly).
     """
-    depth = check_int("depth", depth, 1)
+    owner = "cifar_resnet"
+    depth = check_int(owner, "depth", depth, 1)
     if depth not in CIFAR_RESNET_DEPTHS:
-        raise ValueError(f"depth must be one of {CIFAR_RESNET_DEPTHS}, got {depth}")
-    check_int("num_classes", num_classes, 1)
-    check_choice("downsample", downsample, DOWNSAMPLE_CHOICES)
-    check_choice("padding_mode", padding_mode, ("zeros", "circular"))
+        raise ValueError(f"{owner}: depth must be one of {CIFAR_RESNET_DEPTHS}, got {depth}")
+    check_int(owner, "num_classes", num_classes, 1)
+    check_choice(owner, "downsample", downsample, DOWNSAMPLE_CHOICES)
+    check_choice(owner, "padding_mode", padding_mode, ("zeros", "circular"))
     if downsample != "stride":
-        check_method(downsample, filter_size)
+        check_method(owner, downsample, filter_size)
     model = CifarResNet((depth - 2) // 6, num_classes, padding_mode)
     for module in model.modules():
         if isinstance(module, CifarBasicBlock):

@@ -6,9 +6,10 @@ import re
 
 from torch import nn
 
-from invariance_lightning.models import CIFAR_RESNET_DEPTHS, antialias, cifar_resnet
-
-DOWNSAMPLING = ("stride", "blur", "aps")
+from invariance_lightning.models._downsample import DOWNSAMPLE_CHOICES
+from invariance_lightning.models.antialias import antialias
+from invariance_lightning.models.cifar_resnet import CIFAR_RESNET_DEPTHS, cifar_resnet
+from invariance_lightning.validation import check_choice
 _CIFAR_NAME = re.compile(r"cifar_resnet(\d+)")
 
 
@@ -27,8 +28,7 @@ def build_backbone(
     (e.g. ``timm:resnet18``). ``downsample="blur"``/``"aps"`` antialiases the strided layers
     (BlurPool / adaptive polyphase sampling; see :func:`invariance_lightning.models.antialias`).
     """
-    if downsample not in DOWNSAMPLING:
-        raise ValueError(f"downsample must be one of {list(DOWNSAMPLING)}, got {downsample!r}")
+    check_choice("build_backbone", "downsample", downsample, DOWNSAMPLE_CHOICES)
     match = _CIFAR_NAME.fullmatch(name)
     if match:
         depth = int(match.group(1))

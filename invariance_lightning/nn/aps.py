@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from invariance_lightning.validation import check_choice, check_feature_map, check_int
+from invariance_lightning.validation import check_choice, check_feature_map, check_int, check_optional_int
 
 Norm = Literal["l2", "l1"]
 NORMS: tuple[str, ...] = ("l2", "l1")
@@ -85,9 +85,10 @@ class APS2d(nn.Module):
 
     def __init__(self, channels: int | None = None, stride: int = 2, norm: Norm = "l2") -> None:
         super().__init__()
-        self.channels = None if channels is None else check_int("channels", channels, 1)
-        self.stride = check_int("stride", stride, 1)
-        self.norm = check_choice("norm", norm, NORMS)
+        owner = type(self).__name__
+        self.channels = check_optional_int(owner, "channels", channels, 1)
+        self.stride = check_int(owner, "stride", stride, 1)
+        self.norm = check_choice(owner, "norm", norm, NORMS)
         self.has_followers = False
         self._index: Tensor | None = None
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from invariance_lightning.transforms.functional import pad_2d
 from invariance_lightning.validation import check_choice, check_feature_map, check_int
 
 PaddingMode = Literal["reflect", "replicate", "zeros", "circular"]
@@ -18,32 +19,10 @@ MAX_FILTER_SIZE = 7
 
 def binomial_filter2d(filter_size: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """The ``(k, k)`` outer product of the binomial coefficients ``C(k-1, i)``, normalized to sum to 1."""
-    check_int("filter_size", filter_size, 1, MAX_FILTER_SIZE)
+    check_int("binomial_filter2d", "filter_size", filter_size, 1, MAX_FILTER_SIZE)
     row = torch.tensor([math.comb(filter_size - 1, i) for i in range(filter_size)], dtype=torch.float64)
     kernel = torch.outer(row, row)
     return (kernel / kernel.sum()).to(dtype)
-
-
-def pad2d(x: Tensor, padding: tuple[int, int, int, int], mode: PaddingMode) -> Tensor:
-    """``F.pad`` over the last two dims ``(left, right, top, bottom)`` that also works on tiny maps.
-
-    ``F.pad`` refuses reflect padding that is not smaller than the map and circular padding that
-    wraps more than once. For such maps reflect falls back to replicate, and circular wraps by
-    modular indexing, which stays exactly equivariant to circular shifts.
-    """
-    if mode == "zeros":
-        return F.pad(x, padding)
-    left, right, top, bottom = padding
-    height, width = x.shape[-2:]
-    if mode == "circular":
-        if max(left, right) <= width and max(top, bottom) <= height:
-            return F.pad(x, padding, mode="circular")
-        rows = torch.arange(-top, height + bottom, device=x.device) % height
-        cols = torch.arange(-left, width + right, device=x.device) % width
-        return x.index_select(-2, rows).index_select(-1, cols)
-    if mode == "reflect" and (max(left, right) >= width or max(top, bottom) >= height):
-        mode = "replicate"
-    return F.pad(x, padding, mode=mode)
 
 
 class BlurPool2d(nn.Module):
@@ -79,10 +58,11 @@ class BlurPool2d(nn.Module):
         self, channels: int, filter_size: int = 3, stride: int = 2, padding_mode: PaddingMode = "reflect"
     ) -> None:
         super().__init__()
-        self.channels = check_int("channels", channels, 1)
-        self.filter_size = check_int("filter_size", filter_size, 1, MAX_FILTER_SIZE)
-        self.stride = check_int("stride", stride, 1)
-        self.padding_mode = check_choice("padding_mode", padding_mode, PADDING_MODES)
+        owner = type(self).__name__
+        self.channels = check_int(owner, "channels", channels, 1)
+        self.filter_size = check_int(owner, "filter_size", filter_size, 1, MAX_FILTER_SIZE)
+        self.stride = check_int(owner, "stride", stride, 1)
+        self.padding_mode = check_choice(owner, "padding_mode", padding_mode, PADDING_MODES)
         before = (filter_size - 1) // 2
         after = filter_size - 1 - before
         self.padding = (before, after, before, after)
@@ -93,7 +73,7 @@ class BlurPool2d(nn.Module):
         check_feature_map("BlurPool2d", x, self.channels)
         if self.filter_size == 1:
             return x[:, :, :: self.stride, :: self.stride]
-        x = pad2d(x, self.padding, self.padding_mode)
+        x = pad_2d(x, *self.padding, self.padding_mode)
         return F.conv2d(x, self.filter.to(dtype=x.dtype), stride=self.stride, groups=self.channels)
 
     def extra_repr(self) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
@@ -11,39 +10,18 @@ import torch
 from torch import Tensor
 
 from invariance_lightning.transforms.functional import embed_in_canvas, embedded_size
+from invariance_lightning.validation import check_choice, check_number, check_size
 
 
-def _check_fill(fill: float) -> float:
-    """``fill`` as a float; NaN and +-inf are rejected (they would turn whole frames into NaN)."""
-    if not isinstance(fill, (int, float)) or isinstance(fill, bool) or not math.isfinite(fill):
-        raise ValueError(f"fill must be a finite number, got {fill!r}")
-    return float(fill)
-
-
-def _check_embed(embed: float | None) -> float | None:
-    if embed is None:
-        return None
-    if isinstance(embed, bool) or not isinstance(embed, (int, float)) or not 0.0 < embed <= 1.0:
-        raise ValueError(
-            f"embed must be None or the object's size as a fraction of the canvas in (0, 1], got {embed!r}"
-        )
-    return float(embed)
-
-
-def check_crop_size(crop_size: int | tuple[int, int] | None, mode: str) -> tuple[int, int] | None:
+def check_crop_size(owner: str, crop_size: int | tuple[int, int] | None, mode: str) -> tuple[int, int] | None:
     """Validate ``crop_size`` (only meaningful in ``"crop"`` mode) as an ``(height, width)`` pair."""
     if crop_size is None:
         return None
     if mode != "crop":
-        raise ValueError(f"crop_size is only used with mode='crop', got crop_size={crop_size!r} with mode={mode!r}")
-    size = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
-    if (
-        not isinstance(size, (tuple, list))
-        or len(size) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
-    ):
-        raise ValueError(f"crop_size must be a positive int or an (height, width) pair, got {crop_size!r}")
-    return tuple(size)  # type: ignore[return-value]
+        raise ValueError(
+            f"{owner}: crop_size is only used with mode='crop', got crop_size={crop_size!r} with mode={mode!r}"
+        )
+    return check_size(owner, "crop_size", crop_size)
 
 
 def check_images(images: Any, name: str = "images") -> Tensor:
@@ -62,22 +40,24 @@ def check_images(images: Any, name: str = "images") -> Tensor:
 class TransformSequence(ABC):
     """An ordered list of ``T`` deterministic geometric transforms ("frames") of an image batch.
 
-    Frame 0 is the reference. ``frame(images, t)`` maps a float batch ``(N, C, H, W)`` to the
+    Frames are ordered and no frame is special: the metrics compare consecutive frames (flip rate, MAC, top-k
+    distance) and all pairs (consistency). ``frame(images, t)`` maps a float batch ``(N, C, H, W)`` to the
     transformed batch ``(N, C, H', W')``; ``H' == H`` except in ``"crop"`` mode. With ``embed``,
     each image is first shrunk (antialiased) to that fraction of its size and centred on a canvas
     of ``fill`` of the original size (the paper's "black background" protocol). ``fill`` must be a
-    finite number (``ValueError`` otherwise).
+    finite number.
     """
 
     modes: tuple[str, ...] = ()
     axis_label: str = "frame"
 
     def __init__(self, mode: str, fill: float, embed: float | None) -> None:
-        if mode not in self.modes:
-            raise ValueError(f"mode must be one of {list(self.modes)}, got {mode!r}")
-        self.mode = mode
-        self.fill = _check_fill(fill)
-        self.embed = _check_embed(embed)
+        owner = type(self).__name__
+        self.mode = check_choice(owner, "mode", mode, self.modes)
+        # a NaN or infinite fill would turn whole frames into NaN
+        self.fill = check_number(owner, "fill", fill)
+        # embed: the object's size as a fraction of the canvas
+        self.embed = None if embed is None else check_number(owner, "embed", embed, low=0, high=1, strict=True)
 
     @abstractmethod
     def __len__(self) -> int:

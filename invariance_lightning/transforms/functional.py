@@ -14,15 +14,28 @@ import torch.nn.functional as F
 from kornia.geometry.transform import translate
 from torch import Tensor
 
-#: Boundary handling of shifts: how vacated pixels are filled.
-SHIFT_BOUNDARIES = ("circular", "zeros", "reflect")
-
-
 def pad_2d(images: Tensor, left: int, right: int, top: int, bottom: int, mode: str, fill: float = 0.0) -> Tensor:
-    """Pad the last two dims; ``mode`` is ``"zeros"`` (constant ``fill``), ``"reflect"`` or ``"circular"``."""
+    """Pad the last two dims; ``mode`` is ``"zeros"`` (constant ``fill``), ``"reflect"``, ``"replicate"`` or
+    ``"circular"``.
+
+    Unlike ``F.pad`` it works on maps of any size: reflect padding not smaller than the map falls back to
+    replicate, and circular padding wraps as often as needed (by modular indexing, so it stays exactly
+    equivariant to circular shifts).
+
+    >>> pad_2d(torch.tensor([[1.0, 2.0]]), 3, 0, 0, 0, "circular").tolist()
+    [[2.0, 1.0, 2.0, 1.0, 2.0]]
+    """
+    padding = (left, right, top, bottom)
     if mode == "zeros":
-        return F.pad(images, (left, right, top, bottom), mode="constant", value=fill)
-    return F.pad(images, (left, right, top, bottom), mode=mode)
+        return F.pad(images, padding, mode="constant", value=fill)
+    height, width = images.shape[-2:]
+    if mode == "circular" and (max(left, right) > width or max(top, bottom) > height):
+        rows = torch.arange(-top, height + bottom, device=images.device) % height
+        cols = torch.arange(-left, width + right, device=images.device) % width
+        return images.index_select(-2, rows).index_select(-1, cols)
+    if mode == "reflect" and (max(left, right) >= width or max(top, bottom) >= height):
+        mode = "replicate"
+    return F.pad(images, padding, mode=mode)
 
 
 def center_crop(images: Tensor, height: int, width: int) -> Tensor:

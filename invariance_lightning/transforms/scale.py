@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,13 +9,15 @@ from torch import Tensor
 
 from invariance_lightning.transforms.base import TransformSequence, check_crop_size
 from invariance_lightning.transforms.functional import center_crop, fit_to_size, resize
+from invariance_lightning.validation import check_number
 
 
 class ScaleSequence(TransformSequence):
     """Frames of an image rescaled about its centre by each of ``factors``.
 
     Each frame resizes the image to ``round(H * f) x round(W * f)`` (bilinear, antialiased when
-    shrinking) and centres it in the output. ``factors[0]`` is the reference frame (usually 1.0).
+    shrinking) and centres it in the output. The frames follow the order of ``factors``;
+    the metrics compare consecutive frames, so list the factors in the order to step through them.
 
     Modes:
         ``"zeros"``: the output keeps the input size; a shrunk image is padded with ``fill``, an
@@ -44,14 +45,14 @@ class ScaleSequence(TransformSequence):
     ) -> None:
         super().__init__(mode, fill, embed)
         if isinstance(factors, (str, bytes)) or not isinstance(factors, Sequence):
-            raise ValueError(f"factors must be a sequence of positive numbers, got {factors!r}")
-        for factor in factors:
-            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
-                raise ValueError(f"factors must be finite numbers > 0, got {factor!r} in {list(factors)!r}")
+            raise TypeError(f"ScaleSequence: factors must be a sequence of positive numbers, got {factors!r}")
         if len(factors) < 2:
             raise ValueError(f"a scale sequence needs at least 2 factors, got {list(factors)!r}")
-        self.factors = [float(f) for f in factors]
-        self.crop_size = check_crop_size(crop_size, mode)
+        self.factors = [
+            check_number("ScaleSequence", f"each factor in factors ({list(factors)!r})", f, low=0, strict=True)
+            for f in factors
+        ]
+        self.crop_size = check_crop_size("ScaleSequence", crop_size, mode)
 
     def __len__(self) -> int:
         return len(self.factors)

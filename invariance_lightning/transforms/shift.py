@@ -10,6 +10,7 @@ from torch import Tensor
 
 from invariance_lightning.transforms.base import TransformSequence, check_crop_size
 from invariance_lightning.transforms.functional import center_crop, shift
+from invariance_lightning.validation import check_choice, check_number
 
 DIRECTIONS = ("diagonal", "horizontal", "vertical")
 
@@ -36,14 +37,6 @@ def _grid_shifts(max_shift: float, step: float) -> list[tuple[float, float]]:
 def _tidy(value: float) -> float:
     """Integers as ``int`` (exact integer shifts, tidy reprs); fractions unchanged."""
     return int(value) if float(value).is_integer() else float(value)
-
-
-def _check_number(name: str, value: Any, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value!r}")
-    return value
 
 
 class ShiftSequence(TransformSequence):
@@ -86,14 +79,14 @@ class ShiftSequence(TransformSequence):
         embed: float | None = None,
     ) -> None:
         super().__init__(mode, fill, embed)
-        if direction not in DIRECTIONS:  # checked even where grid or shifts make it unused: a typo is still a typo
-            raise ValueError(f"direction must be one of {list(DIRECTIONS)}, got {direction!r}")
+        # checked even where grid or shifts make it unused: a typo is still a typo
+        check_choice("ShiftSequence", "direction", direction, DIRECTIONS)
         if (shifts is None) == (max_shift is None):
             raise ValueError("give either max_shift (with direction/step/grid) or an explicit shifts list, not both")
         self.direction: str | None = None
         if shifts is None:
-            max_shift = _check_number("max_shift", max_shift, positive=True)
-            step = _check_number("step", step, positive=True)
+            max_shift = _tidy(check_number("ShiftSequence", "max_shift", max_shift, low=0, strict=True))
+            step = _tidy(check_number("ShiftSequence", "step", step, low=0, strict=True))
             if grid:
                 shifts = _grid_shifts(max_shift, step)
             else:
@@ -102,7 +95,7 @@ class ShiftSequence(TransformSequence):
         elif grid:
             raise ValueError("grid=True builds its shifts from max_shift; it cannot be combined with a shifts list")
         self.shifts = self._check_shifts(shifts)
-        self.crop_size = check_crop_size(crop_size, mode)
+        self.crop_size = check_crop_size("ShiftSequence", crop_size, mode)
 
     @staticmethod
     def _check_shifts(shifts: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -110,10 +103,8 @@ class ShiftSequence(TransformSequence):
         for item in shifts:
             if not isinstance(item, (tuple, list)) or len(item) != 2:
                 raise ValueError(f"shifts must be (dx, dy) pairs, got {item!r}")
-            for value in item:
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                    raise ValueError(f"shifts must hold finite numbers, got {item!r}")
-            checked.append((_tidy(item[0]), _tidy(item[1])))
+            dx, dy = (check_number("ShiftSequence", f"each shift in shifts ({item!r})", v) for v in item)
+            checked.append((_tidy(dx), _tidy(dy)))
         if len(checked) < 2:
             raise ValueError(f"a shift sequence needs at least 2 frames, got shifts={checked!r}")
         return checked

@@ -21,17 +21,12 @@ from invariance_lightning.lightning.callbacks.measure import (
 from invariance_lightning.reporting.figures import FLIP_GRID_IMAGES, flip_grid_figure, per_frame_figure
 from invariance_lightning.lightning.callbacks.sinks import FigureSink, Table
 from invariance_lightning.lightning.callbacks.subsets import BatchKey
-from invariance_lightning.metrics.evaluate import Normalization, as_float_images, check_normalize
+from invariance_lightning.metrics.evaluate import as_float_images, check_normalize
 from invariance_lightning.metrics.mode import evaluation_mode
-from invariance_lightning.transforms import TransformSequence
+from invariance_lightning.transforms import Normalization, TransformSequence
+from invariance_lightning.validation import check_choice, check_int
 
 NONFINITE_POLICIES = ("warn", "raise")
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class InvarianceCallbackBase(Callback):
@@ -57,12 +52,12 @@ class InvarianceCallbackBase(Callback):
                 raise ValueError(f"sequence names must be non-empty strings without '/', got {name!r}")
             if not isinstance(sequence, TransformSequence):
                 raise TypeError(f"sequences[{name!r}] must be a TransformSequence, got {type(sequence).__name__}")
-        if on_nonfinite not in NONFINITE_POLICIES:
-            raise ValueError(f"on_nonfinite must be one of {list(NONFINITE_POLICIES)}, got {on_nonfinite!r}")
+        owner = type(self).__name__
+        check_choice(owner, "on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         if normalize != "auto":
             normalize = check_normalize(normalize)  # type: ignore[arg-type]
         self.sequences = dict(sequences)
-        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.batch_size = check_int(owner, "batch_size", batch_size, 1)
         self.normalize = normalize
         self.forward_fn = forward_fn
         self.batch_key = batch_key

@@ -8,17 +8,13 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
 
-from invariance_lightning.lightning.callbacks.base import (
-    InvarianceCallbackBase,
-    _check_positive_int,
-    class_names_of,
-    device_transfer,
-)
+from invariance_lightning._compat import callback_state_key
+from invariance_lightning.lightning.callbacks.base import InvarianceCallbackBase, class_names_of, device_transfer
 from invariance_lightning.lightning.callbacks.measure import ModuleForward, SequenceMeasurement
 from invariance_lightning.reporting.figures import history_figure
 from invariance_lightning.lightning.callbacks.subsets import BatchKey, ImageSubset, check_splits, draw_subset
-from invariance_lightning.metrics.evaluate import Normalization
-from invariance_lightning.transforms import TransformSequence, sequence_preset
+from invariance_lightning.transforms import Normalization, TransformSequence, sequence_preset
+from invariance_lightning.validation import check_int
 
 
 #: Images per split under ``Trainer(fast_dev_run=...)``.
@@ -95,9 +91,9 @@ class InvarianceMonitor(InvarianceCallbackBase):
             on_nonfinite=on_nonfinite,
             prefix=prefix,
         )
-        self.num_samples = _check_positive_int("num_samples", num_samples)
+        self.num_samples = check_int("InvarianceMonitor", "num_samples", num_samples, 1)
         self.splits = check_splits(splits)
-        self.every_n_epochs = _check_positive_int("every_n_epochs", every_n_epochs)
+        self.every_n_epochs = check_int("InvarianceMonitor", "every_n_epochs", every_n_epochs, 1)
         self.seed = seed
         self.history: list[dict[str, Any]] = []
         self.subsets: dict[str, ImageSubset] = {}
@@ -107,7 +103,7 @@ class InvarianceMonitor(InvarianceCallbackBase):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(prefix=self.prefix, splits=self.splits, sequences=sorted(self.sequences))
+        return callback_state_key(self, prefix=self.prefix, splits=self.splits, sequences=sorted(self.sequences))
 
     # -- Lightning hooks -------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -168,13 +164,14 @@ class InvarianceMonitor(InvarianceCallbackBase):
 
     # -- checkpointing ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """The measured history and the drawn subsets' indices (the settings come from the constructor)."""
         return {
             "history": [dict(row, values=dict(row["values"])) for row in self.history],
             "subset_indices": {split: list(s.indices) for split, s in self.subsets.items()} or self._restored_indices,
-            "seed": self.seed,
-            "num_samples": self.num_samples,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved: the history continues, and the subsets drawn at the next fit
+        start are compared with the saved indices (a warning if they differ)."""
         self.history = [dict(row, values=dict(row["values"])) for row in state_dict["history"]]
         self._restored_indices = {split: list(idx) for split, idx in state_dict.get("subset_indices", {}).items()}

@@ -13,13 +13,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, default_collate
 
+from invariance_lightning._compat import loop_data_source
+from invariance_lightning.lightning.data.base import SPLITS
 from invariance_lightning.lightning.data.loader import TensorBatchLoader, TensorImageDataset
+from invariance_lightning.validation import check_choice
 
 #: How to find images and targets in a batch: None (a tensor, or a tuple/list ``(images, targets, ...)``),
 #: one key/index for the images (no targets), or an ``(images_key, targets_key)`` pair.
 BatchKey = Hashable | tuple[Hashable, Hashable] | None
-
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -69,7 +70,7 @@ def unpack_batch(batch: Any, batch_key: BatchKey = None) -> tuple[Tensor, Tensor
 def _loader_source(trainer: pl.Trainer, split: str) -> Any:
     """The data source Lightning itself uses for ``split`` (datamodule, module hooks or loaders given to fit)."""
     loops = {"train": trainer.fit_loop, "val": trainer.fit_loop.epoch_loop.val_loop, "test": trainer.test_loop}
-    return loops[split]._data_source  # Lightning has no public accessor for an un-iterated loader source
+    return loop_data_source(loops[split])
 
 
 def _split_loader(trainer: pl.Trainer, split: str) -> DataLoader | None:
@@ -225,8 +226,7 @@ def split_stream(
     sharded: bool = True,
 ) -> SplitStream:
     """A :class:`SplitStream` over the data Lightning itself uses for ``split``; ``sharded``: this process's share."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    check_choice("split_stream", "split", split, SPLITS)
     loader = _split_loader(trainer, split)
     if loader is None:
         raise ValueError(
@@ -263,8 +263,7 @@ def draw_subset(
     project's data modules provide it); else the split's data as :class:`SplitStream` reads it
     (whole, on every process), ``batch_size`` images at a time.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    check_choice("draw_subset", "split", split, SPLITS)
     datamodule = trainer.datamodule
     if datamodule is not None and hasattr(datamodule, "split_arrays"):
         images, targets = datamodule.split_arrays(split)

@@ -17,20 +17,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from invariance_lightning.lightning.data.loader import epoch_sampler
+from invariance_lightning.validation import check_choice, check_int, check_optional_int
 
-__all__ = ["SPLITS", "ImageClassificationDataModule", "check_int", "holdout_split"]
+__all__ = ["SPLITS", "ImageClassificationDataModule", "holdout_split"]
 
 #: Split names accepted by :meth:`ImageClassificationDataModule.split_arrays`.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-
-
-def check_int(owner: str, name: str, value: Any, minimum: int, *, optional: bool = False) -> None:
-    """Raise ``ValueError`` unless ``value`` is an int ``>= minimum`` (or None when ``optional``)."""
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        expected = f"an int >= {minimum}" + (" or None" if optional else "")
-        raise ValueError(f"{owner}: `{name}` must be {expected}, got {value!r}")
 
 
 def holdout_split(num_examples: int, val_split: int | float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,17 +128,13 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         split in loader order; an int returns a random subset of that many examples drawn with ``seed`` (default:
         the datamodule's), the same subset for the same seed.
         """
-        if split not in SPLITS:
-            raise ValueError(f"{type(self).__name__}.split_arrays: `split` must be one of {SPLITS}, got {split!r}")
+        owner = f"{type(self).__name__}.split_arrays"
+        check_choice(owner, "split", split, SPLITS)
         size = self.split_size(split)
         if num is None:
             return self._gather(split, None)
-        if isinstance(num, bool) or not isinstance(num, int) or not 1 <= num <= size:
-            raise ValueError(
-                f"{type(self).__name__}.split_arrays: `num` must be an int in [1, {size}] (the {split!r} split has "
-                f"{size} examples) or None, got {num!r}"
-            )
-        check_int(type(self).__name__, "seed", seed, 0, optional=True)
+        check_int(f"{owner} (the {split!r} split has {size} examples)", "num", num, 1, size)
+        check_optional_int(owner, "seed", seed, 0)
         generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
         return self._gather(split, torch.randperm(size, generator=generator)[:num])
 

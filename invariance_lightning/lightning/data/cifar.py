@@ -20,21 +20,15 @@ import numpy as np
 import torch
 import torchvision
 
-from invariance_lightning.lightning.data.base import ImageClassificationDataModule, check_int, holdout_split
+from invariance_lightning.lightning.data.base import ImageClassificationDataModule, holdout_split
 from invariance_lightning.lightning.data.loader import TensorBatchLoader, TensorImageDataset
+from invariance_lightning.transforms.normalization import CIFAR_STATS
+from invariance_lightning.validation import check_choice, check_optional_int
 
-__all__ = ["CIFAR_STATS", "DATA_DIR_ENV", "CIFARArrays", "CIFARDataModule", "check_cifar_arrays", "read_cifar_npz"]
+__all__ = ["DATA_DIR_ENV", "CIFARArrays", "CIFARDataModule", "check_cifar_arrays", "read_cifar_npz"]
 
 #: Environment variable naming a folder with local copies of the data.
 DATA_DIR_ENV = "INVARIANCE_DATA_DIR"
-
-#: Per-channel ``(mean, std)`` of the training images in ``[0, 1]`` (population statistics over all pixels).
-#: CIFAR-10's were recomputed from the shared copy (see docs/data.md); the often quoted std (0.2023, 0.1994, 0.2010)
-#: is the mean of per-image stds, not the dataset's. CIFAR-100's are the published values (no local copy to check).
-CIFAR_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
 
 _NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 _TORCHVISION = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}
@@ -147,15 +141,14 @@ class CIFARDataModule(ImageClassificationDataModule):
         super().__init__(
             batch_size=batch_size, num_workers=num_workers, seed=seed, drop_last=drop_last, pin_memory=pin_memory
         )
-        if name not in _NUM_CLASSES:
-            raise ValueError(f"CIFARDataModule: `name` must be one of {sorted(_NUM_CLASSES)}, got {name!r}")
+        check_choice("CIFARDataModule", "name", name, tuple(_NUM_CLASSES))
         if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
             raise TypeError(f"CIFARDataModule: `data_dir` must be a path or None, got {type(data_dir).__name__}")
         if isinstance(val_split, bool) or not isinstance(val_split, (int, float)):
             raise TypeError(
                 f"CIFARDataModule: `val_split` must be an int count or a float fraction, got {type(val_split).__name__}"
             )
-        check_int("CIFARDataModule", "train_subset", train_subset, 1, optional=True)
+        check_optional_int("CIFARDataModule", "train_subset", train_subset, 1)
         self.save_hyperparameters()
         self.name = name
         self.data_dir = None if data_dir is None else Path(data_dir)

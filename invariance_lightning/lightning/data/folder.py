@@ -2,7 +2,8 @@
 
 Layout: ``<root>/<train_dir>/<class>/<image>`` and the same for ``val_dir`` / ``test_dir``; labels follow the sorted
 class folder names of the training folder (torchvision's ``ImageFolder`` convention). An optional
-``<root>/classes.json`` (``{"<folder>": "<readable name>"}``) gives :attr:`ImageFolderDataModule.class_names`.
+``<root>/classes.json`` (``{"<folder>": "<readable name>"}``) gives readable :attr:`ImageFolderDataModule.classes`
+(what the callbacks label their figures with); :attr:`ImageFolderDataModule.class_folders` keeps the folder names.
 
 Every image is decoded by ``torchvision.io`` to uint8 RGB and brought to ``image_size`` x ``image_size``:
 
@@ -32,10 +33,11 @@ from torchvision.datasets.folder import find_classes, make_dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms import v2
 
-from invariance_lightning.lightning.data.base import ImageClassificationDataModule, check_int, holdout_split
+from invariance_lightning.lightning.data.base import ImageClassificationDataModule, holdout_split
+from invariance_lightning.transforms.normalization import IMAGENET_STATS
+from invariance_lightning.validation import check_choice, check_int, check_optional_int
 
 __all__ = [
-    "IMAGENET_STATS",
     "IMAGE_EXTENSIONS",
     "EncodedBatch",
     "ImageFileDataset",
@@ -43,11 +45,6 @@ __all__ = [
     "decode_encoded_batch",
 ]
 
-#: ImageNet's per-channel ``(mean, std)`` in ``[0, 1]``.
-IMAGENET_STATS: tuple[tuple[float, float, float], tuple[float, float, float]] = (
-    (0.485, 0.456, 0.406),
-    (0.229, 0.224, 0.225),
-)
 #: File endings (any case) taken as images.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -197,12 +194,10 @@ class ImageFolderDataModule(ImageClassificationDataModule):
                 f"{owner}: `root` {str(root)!r} is not a folder; expected <root>/{train_dir}/<class>/<images>"
             )
         check_int(owner, "image_size", image_size, 1)
-        check_int(owner, "resize_size", resize_size, image_size, optional=True)
-        check_int(owner, "train_subset", train_subset, 1, optional=True)
-        if train_crop not in ("center", "random-resized"):
-            raise ValueError(f"{owner}: `train_crop` must be 'center' or 'random-resized', got {train_crop!r}")
-        if decode not in ("workers", "device"):
-            raise ValueError(f"{owner}: `decode` must be 'workers' or 'device', got {decode!r}")
+        check_optional_int(owner, "resize_size", resize_size, image_size)
+        check_optional_int(owner, "train_subset", train_subset, 1)
+        check_choice(owner, "train_crop", train_crop, ("center", "random-resized"))
+        check_choice(owner, "decode", decode, ("workers", "device"))
         if val_dir is not None and val_split != 0:
             raise ValueError(f"{owner}: give `val_dir` or `val_split`, not both (got {val_dir!r} and {val_split!r})")
         self.save_hyperparameters()
@@ -223,28 +218,34 @@ class ImageFolderDataModule(ImageClassificationDataModule):
             else self.eval_transform
         )
         self._samples: dict[str, list[tuple[str, int]]] | None = None
+        self._class_folders: tuple[str, ...] = ()
         self._classes: tuple[str, ...] = ()
 
     # -- metadata ------------------------------------------------------------------------------------------------
     @property
     def classes(self) -> tuple[str, ...]:
-        """Class folder names, indexed by label."""
+        """Class names, indexed by label: the readable name from ``<root>/classes.json`` where it names a folder,
+        else the folder name."""
         self._scan()
         return self._classes
 
     @property
-    def class_names(self) -> tuple[str, ...]:
-        """Readable class names from ``<root>/classes.json`` where it names a folder, else the folder names."""
+    def class_folders(self) -> tuple[str, ...]:
+        """Class folder names, indexed by label (sorted, as torchvision's ``ImageFolder``)."""
+        self._scan()
+        return self._class_folders
+
+    def _readable_names(self, folders: tuple[str, ...]) -> tuple[str, ...]:
         path = self.root / "classes.json"
         if not path.is_file():
-            return self.classes
+            return folders
         try:
             names = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise ValueError(f"{path}: cannot read it as JSON ({err})") from err
         if not isinstance(names, dict):
             raise ValueError(f"{path}: expected an object mapping class folder to name, got {type(names).__name__}")
-        return tuple(str(names.get(folder, folder)) for folder in self.classes)
+        return tuple(str(names.get(folder, folder)) for folder in folders)
 
     @property
     def image_size(self) -> int:
@@ -307,7 +308,8 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         self._samples = {"train": train, "val": val}
         if self.test_dir is not None:
             self._samples["test"] = self._scan_folder(self.test_dir, "test_dir", class_to_idx)
-        self._classes = tuple(classes)
+        self._class_folders = tuple(classes)
+        self._classes = self._readable_names(self._class_folders)
 
     def setup(self, stage: str | None = None) -> None:
         """Scan the folders (idempotent)."""

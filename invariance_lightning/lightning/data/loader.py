@@ -16,6 +16,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
+from invariance_lightning.validation import check_int
+
 __all__ = ["TensorBatchLoader", "TensorImageDataset", "epoch_sampler"]
 
 
@@ -83,8 +85,7 @@ class TensorBatchLoader:
                 f"TensorBatchLoader: `images` and `labels` must be on the same device, got {images.device} and "
                 f"{labels.device}"
             )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"TensorBatchLoader: `batch_size` must be a positive int, got {batch_size!r}")
+        check_int("TensorBatchLoader", "batch_size", batch_size, 1)
         self.images = images
         self.labels = labels
         self.batch_size = batch_size

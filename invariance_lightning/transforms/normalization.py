@@ -1,0 +1,48 @@
+"""Per-channel input normalization: the one ``Normalization`` type and the dataset statistics.
+
+Every measurement normalizes *after* its geometric transform (so a zero fill stays black), the datamodules
+publish their statistics as ``mean``/``std``, and the pretrained CIFAR ResNets expect ImageNet's; all of them take
+their values from here. Wherever a ``Normalization`` is accepted, any ``(mean, std)`` pair of per-channel
+sequences is accepted too.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from kornia.enhance import normalize as kornia_normalize
+from torch import Tensor
+
+__all__ = ["CIFAR_STATS", "IMAGENET_STATS", "Normalization", "normalize_images"]
+
+
+class Normalization(NamedTuple):
+    """Per-channel ``(mean, std)`` that images in ``[0, 1]`` are normalized with: ``(x - mean) / std``."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+#: ImageNet's statistics; also what the pretrained CIFAR-10 ResNet-20/56 checkpoints expect.
+IMAGENET_STATS = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+#: Statistics of the CIFAR training images (population statistics over all pixels), by dataset name.
+#: CIFAR-10's were recomputed from the shared copy (see docs/data.md); the often quoted std (0.2023, 0.1994, 0.2010)
+#: is the mean of per-image stds, not the dataset's. CIFAR-100's are the published values (no local copy to check).
+CIFAR_STATS: dict[str, Normalization] = {
+    "cifar10": Normalization(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+    "cifar100": Normalization(mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
+}
+
+
+def normalize_images(images: Tensor, normalization: Normalization | None) -> Tensor:
+    """``(images - mean) / std`` per channel (``images`` unchanged for ``None``), in the images' dtype and device.
+
+    >>> import torch
+    >>> normalize_images(torch.ones(1, 3, 1, 1), IMAGENET_STATS).flatten().tolist()  # doctest: +ELLIPSIS
+    [2.2489..., 2.4285..., 2.6400...]
+    """
+    if normalization is None:
+        return images
+    mean, std = normalization
+    return kornia_normalize(images, images.new_tensor(mean), images.new_tensor(std))
