@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import platform
 import shlex
 import sys
@@ -34,25 +32,36 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from invariance_lightning import evaluate_invariance, sequence_preset
-from invariance_lightning.reporting.figures import per_frame_figure
-from invariance_lightning.lightning.data import CIFAR_STATS, DATA_DIR_ENV, CIFARDataModule
-from invariance_lightning.diagnostics import EquivarianceReport, default_layers, layer_equivariance
-from invariance_lightning.lightning.checkpoint import load_classifier
-from invariance_lightning.metrics.evaluate import Normalization
-from invariance_lightning.models import CIFAR_RESNET_DEPTHS, PRETRAINED_CIFAR_RESNETS, cifar_resnet_weights
-from invariance_lightning.models.pretrained import WEIGHTS_URL_ENV, DownloadError, weights_cache_dir
-from invariance_lightning.reporting.tables import per_frame_markdown, results_to_dict, summary_markdown
-from invariance_lightning.transforms import ShiftSequence, TransformSequence
+from invariance_lightning.diagnostics import default_layers, layer_equivariance
+from invariance_lightning.lightning.data import DATA_DIR_ENV
+from invariance_lightning.lightning.paper import (
+    SHARED_ENV,
+    LoadedModel,
+    load_checkpoint_model,
+    load_pretrained,
+    load_subsets,
+    shared_root,
+)
+from invariance_lightning.metrics.evaluate import evaluate_sequences
+from invariance_lightning.metrics.gap import train_test_gap
+from invariance_lightning.models import CIFAR_RESNET_DEPTHS
+from invariance_lightning.models.pretrained import WEIGHTS_URL_ENV, weights_cache_dir
+from invariance_lightning.reporting.figures import (
+    flip_rate_by_sequence_figure,
+    layer_profile_figure,
+    per_frame_figure,
+    save_figures,
+    train_test_figure,
+)
+from invariance_lightning.reporting.tables import json_safe, paper_report_markdown, results_to_dict
+from invariance_lightning.transforms import TransformSequence, sequence_preset
+from invariance_lightning.validation import nonnegative_int, positive_int
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_ENV = "INVARIANCE_SHARED_DIR"
 MODELS = tuple(f"resnet{depth}" for depth in CIFAR_RESNET_DEPTHS)
 PROTOCOLS = tuple(sequence_preset("paper"))
 SPLITS = ("test", "train")
@@ -68,72 +77,6 @@ class Sizes:
 
 
 PRESETS = {"quick": Sizes(test=500, train=500, layers=64), "full": Sizes(test=10_000, train=10_000, layers=512)}
-
-#: What each protocol of ``sequence_preset("paper")`` does (its repr in the report gives the numbers).
-PROTOCOL_NOTES = {
-    "shift_zeros": "the whole image moves diagonally in 1-px steps; vacated pixels are black",
-    "shift_crop": "a smaller window moves diagonally over the image (the paper's crop protocol): no invented "
-    "pixels, but the model sees inputs smaller than the 32x32 it was trained on",
-    "shift_embed": "the image is shrunk (antialiased) onto a black canvas of the original size and moves inside "
-    "it (the paper's black-background protocol): every frame shows the whole object",
-    "shift_circular": "wrap-around shifts (torch.roll), for reference: no border at all",
-    "scale": "rescaled about the centre (bilinear, antialiased when shrinking), black padding or centre crop back "
-    "to 32x32; consecutive frames differ by one step of the scale factor",
-}
-
-#: Metrics compared between training and test images, with their labels.
-GAP_METRICS = {"flip_rate": "flip rate", "worst_case_accuracy": "worst-case accuracy", "accuracy": "accuracy"}
-
-DEFINITIONS = """\
-- **flip rate**: P(top-1 prediction changes between consecutive frames), over all images and consecutive frame
-  pairs (the paper's "P(top-1 change)").
-- **MAC**: mean absolute change of the probability of the previous frame's top-1 class between consecutive frames.
-- **consistency**: fraction of all frame pairs (not only consecutive ones) with the same top-1 prediction.
-- **top5_distance**: mean number of the 5 top-5 rank positions whose class changes between consecutive frames
-  (0 to 5).
-- **accuracy**: top-1 accuracy averaged over all frames; **worst-case accuracy**: fraction of images classified
-  correctly in every frame.
-- The ± bound is `2 * sqrt(p (1 - p) / n)` (for a difference, the two combined in quadrature): each image
-  contributes a value in [0, 1], whose variance is at most p (1 - p), so this is a conservative ~95% interval for
-  sampling images."""
-
-
-@dataclass
-class LoadedModel:
-    """A model ready to measure, and what the report says about it."""
-
-    name: str
-    model: nn.Module
-    layer_model: nn.Module
-    normalize: Normalization
-    source: str
-    datamodule_kwargs: dict[str, Any]
-    train_note: str
-
-
-def default_weights_dir() -> Path:
-    """``$INVARIANCE_SHARED_DIR/weights/cifar10-resnet``, else ``../shared/weights/cifar10-resnet`` beside the repo."""
-    return shared_root() / "weights" / "cifar10-resnet"
-
-
-def shared_root() -> Path:
-    return Path(os.environ[SHARED_ENV]) if os.environ.get(SHARED_ENV) else REPO_ROOT.parent / "shared"
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text}")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
-    """argparse type: an int >= 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,112 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# -- model and data ------------------------------------------------------------------------------------------------
-def load_model(args: argparse.Namespace) -> LoadedModel:
-    """The pretrained ResNet named by ``--model``, or the ``--checkpoint``; clear errors when files are missing."""
-    if args.checkpoint is not None:
-        return load_checkpoint(args.checkpoint)
-    folders = [args.weights_dir] if args.weights_dir is not None else []
-    try:
-        path = cifar_resnet_weights(args.model, search_dirs=[*folders, default_weights_dir()], download=args.download)
-    except (FileNotFoundError, DownloadError) as err:
-        origin = f"from ${SHARED_ENV}" if os.environ.get(SHARED_ENV) else "../shared beside the repository"
-        fixes = [f"pass --weights-dir FOLDER with {args.model}-<hash>.th (e.g. resnet20-12fca82f.th)",
-                 f"set {SHARED_ENV} to the folder holding weights/cifar10-resnet/ (now: {shared_root()}, {origin})"]
-        if args.model in PRETRAINED_CIFAR_RESNETS:
-            fixes.append("download it (drop --no-download)" if not args.download else "retry on a machine with "
-                         f"internet access, or set {WEIGHTS_URL_ENV} to a mirror of the release")
-        fixes.append("measure your own model with --checkpoint PATH")
-        raise type(err)(f"{err}\nFix it: " + "; or ".join(fixes) + ".") from err
-    loaded = load_classifier(path)
-    return LoadedModel(
-        name=args.model,
-        model=loaded.model,
-        layer_model=loaded.model,
-        normalize=loaded.normalize,
-        source=str(path),
-        datamodule_kwargs={"name": "cifar10", "val_split": 0},
-        train_note="the pretrained weights were trained on all 50,000 CIFAR-10 training images",
-    )
-
-
-def load_checkpoint(path: Path) -> LoadedModel:
-    """An ``ImageClassifier`` checkpoint; its datamodule's hyperparameters (if saved) define its training images."""
-    if not path.is_file():
-        raise FileNotFoundError(f"--checkpoint {path}: no such file (give a Lightning .ckpt of ImageClassifier)")
-    if path.suffix != ".ckpt":
-        raise ValueError(
-            f"--checkpoint {path}: expected a Lightning .ckpt of ImageClassifier; for pretrained CIFAR ResNet weights "
-            "use --model resnet<depth> with --weights-dir"
-        )
-    # Datamodules given a pathlib folder save it in their hyperparameters; a path is safe to unpickle.
-    with torch.serialization.safe_globals([type(Path())]):
-        saved = torch.load(path, map_location="cpu", weights_only=True).get("datamodule_hyper_parameters") or {}
-    loaded = load_classifier(path)  # allow-lists paths itself (nesting safe_globals would drop the outer list)
-    name = saved.get("name") if saved else "cifar10"
-    if name not in CIFAR_STATS:
-        raise ValueError(
-            f"--checkpoint {path} was trained with a datamodule other than CIFARDataModule (dataset name {name!r}); "
-            "this recipe measures CIFAR-10/100 models"
-        )
-    model = loaded.model
-    classes = {"cifar10": 10, "cifar100": 100}[name]
-    if model.hparams.num_classes != classes:
-        raise ValueError(
-            f"--checkpoint {path} has num_classes={model.hparams.num_classes}, but its data, {name}, has {classes}"
-        )
-    # without explicit mean/std the classifier used its datamodule's statistics
-    normalize = loaded.normalize if model.hparams.mean is not None else CIFAR_STATS[name]
-    kwargs = {"name": name, "val_split": saved.get("val_split", 0), "seed": saved.get("seed", 0),
-              "train_subset": saved.get("train_subset")}
-    if saved:
-        note = (f"the checkpoint's own training split: its datamodule's val_split={kwargs['val_split']!r}, "
-                f"seed={kwargs['seed']}, train_subset={kwargs['train_subset']!r} are reapplied")
-    else:
-        note = "all training images (the checkpoint saved no datamodule hyperparameters, so a validation hold-out, " \
-               "if any, cannot be excluded)"
-    return LoadedModel(
-        name=path.stem,
-        model=model,
-        layer_model=getattr(model, "backbone", model),
-        normalize=normalize,
-        source=str(path),
-        datamodule_kwargs=kwargs,
-        train_note=note,
-    )
-
-
-def default_data_dir() -> Path | None:
-    """``None`` when ``$INVARIANCE_DATA_DIR`` is set (the datamodule reads it), else the shared folder if present."""
-    if os.environ.get(DATA_DIR_ENV):
-        return None
-    shared = shared_root() / "data"
-    return shared if shared.is_dir() else None
-
-
-def load_images(
-    args: argparse.Namespace, loaded: LoadedModel, sizes: Sizes
-) -> tuple[dict[str, tuple[Tensor, Tensor]], CIFARDataModule]:
-    """Seeded subsets ``{"test": (images, labels), "train": ...}`` (uint8), at most the split's size."""
-    datamodule = CIFARDataModule(
-        data_dir=args.data_dir or default_data_dir(), download=args.download, **loaded.datamodule_kwargs
-    )
-    try:
-        datamodule.setup()
-    except FileNotFoundError as err:
-        raise FileNotFoundError(
-            f"{err}\nWith this recipe: pass --data-dir FOLDER, set {DATA_DIR_ENV} (or {SHARED_ENV} to the folder "
-            "holding data/cifar10/), or run it on a machine with internet access without --no-download."
-        ) from err
-    subsets = {}
-    for split, wanted in (("test", sizes.test), ("train", sizes.train)):
-        available = datamodule.split_size(split)
-        if wanted > available:
-            print(f"note: {split} split has {available} images; measuring all of them instead of {wanted}")
-        subsets[split] = datamodule.split_arrays(split, min(wanted, available), seed=args.seed)
-    return subsets, datamodule
-
-
 def profile_layers(model: nn.Module, choice: str) -> list[str]:
     """Layer names for ``--layers``: 'blocks' keeps the first and last of :func:`default_layers` and every block."""
     if choice == "all":
@@ -304,183 +141,24 @@ def profile_layers(model: nn.Module, choice: str) -> list[str]:
     return list(dict.fromkeys([names[0], *blocks, names[-1]])) if names else []
 
 
-# -- measuring -----------------------------------------------------------------------------------------------------
-def measure_protocols(
+def measure_splits(
     loaded: LoadedModel,
     subsets: Mapping[str, tuple[Tensor, Tensor]],
     sequences: Mapping[str, TransformSequence],
     batch_size: int,
 ) -> tuple[dict[str, dict[str, dict[str, Tensor]]], dict[str, float]]:
-    """``{split: {protocol: metrics}}`` and the seconds each split took."""
-    results: dict[str, dict[str, dict[str, Tensor]]] = {}
-    seconds = {}
+    """``{split: {protocol: metrics}}`` (each split read once for all protocols) and the seconds each split took."""
+    results, seconds = {}, {}
     for split, (images, labels) in subsets.items():
         started = time.perf_counter()
-        results[split] = {}
-        for name, sequence in sequences.items():
-            tick = time.perf_counter()
-            metrics = evaluate_invariance(
-                loaded.model, images, labels, sequence, batch_size=batch_size, normalize=loaded.normalize
-            )
-            results[split][name] = metrics
-            print(
-                f"{split:5s} {name:15s} flip rate {float(metrics['flip_rate']):.4f}  "
-                f"worst-case acc {float(metrics['worst_case_accuracy']):.4f}  ({time.perf_counter() - tick:.1f} s)",
-                flush=True,
-            )
+        results[split] = evaluate_sequences(loaded.model, images, labels, sequences, batch_size=batch_size,
+                                            normalize=loaded.normalize)
         seconds[split] = time.perf_counter() - started
+        for name, metrics in results[split].items():
+            print(f"{split:5s} {name:15s} flip rate {float(metrics['flip_rate']):.4f}  "
+                  f"worst-case acc {float(metrics['worst_case_accuracy']):.4f}", flush=True)
+        print(f"{split:5s} {len(sequences)} protocols ({seconds[split]:.1f} s)", flush=True)
     return results, seconds
-
-
-def bound(p: float, n: int) -> float:
-    """Conservative standard error of a mean of ``n`` per-image values in [0, 1] with mean ``p``."""
-    return math.sqrt(max(p * (1 - p), 0.0) / n)
-
-
-def train_test_gap(
-    results: Mapping[str, Mapping[str, Mapping[str, Tensor]]], counts: Mapping[str, int]
-) -> dict[str, dict[str, dict[str, float | bool]]]:
-    """``{protocol: {metric: {train, test, difference (test - train), bound (2 sigma), significant}}}``."""
-    gap: dict[str, dict[str, dict[str, float | bool]]] = {}
-    for protocol in results["test"]:
-        gap[protocol] = {}
-        for metric in GAP_METRICS:
-            train, test = (float(results[split][protocol][metric]) for split in ("train", "test"))
-            width = 2 * math.hypot(bound(train, counts["train"]), bound(test, counts["test"]))
-            gap[protocol][metric] = {
-                "train": train, "test": test, "difference": test - train, "bound": width,
-                "significant": abs(test - train) > width,
-            }
-    return gap
-
-
-# -- plots ---------------------------------------------------------------------------------------------------------
-def flip_rate_figure(sequences: Mapping[str, TransformSequence], results: Mapping[str, Mapping[str, Tensor]]) -> Figure:
-    """Per-frame flip rate (from the previous frame) of every protocol: shifts on one axes, scalings on another."""
-    groups = {"shift": [n for n, s in sequences.items() if isinstance(s, ShiftSequence)]}
-    groups["scale"] = [n for n in sequences if n not in groups["shift"]]
-    groups = {kind: names for kind, names in groups.items() if names}
-    fig = Figure(figsize=(5.2 * len(groups), 3.6), dpi=100, layout="constrained")
-    for ax, (kind, names) in zip(fig.subplots(1, len(groups), squeeze=False)[0], groups.items()):
-        for name in names:
-            values = sequences[name].frame_values[1:]
-            ax.plot(values, results[name]["per_frame_flip_rate"].tolist(), marker="o", label=name)
-        ax.set(title=f"P(top-1 change) per {kind} step", xlabel=sequences[names[0]].axis_label,
-               ylabel="flip rate from the previous frame", ylim=(0, None))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    fig.suptitle("test images")
-    return fig
-
-
-def train_test_figure(
-    gap: Mapping[str, Mapping[str, Mapping[str, float | bool]]], counts: Mapping[str, int]
-) -> Figure:
-    """Grouped bars per protocol: each gap metric on training vs test images, with 2-sigma bounds as error bars."""
-    protocols = list(gap)
-    fig = Figure(figsize=(4.2 * len(GAP_METRICS), 3.6), dpi=100, layout="constrained")
-    positions = torch.arange(len(protocols), dtype=torch.float64)
-    for ax, (metric, label) in zip(fig.subplots(1, len(GAP_METRICS), squeeze=False)[0], GAP_METRICS.items()):
-        for offset, split in ((-0.2, "train"), (0.2, "test")):
-            values = [gap[p][metric][split] for p in protocols]
-            errors = [2 * bound(v, counts[split]) for v in values]
-            ax.bar((positions + offset).tolist(), values, width=0.4, label=split, yerr=errors, capsize=2)
-        ax.set_xticks(positions.tolist(), protocols, rotation=30, ha="right", fontsize="small")
-        ax.set(title=label, ylim=(0, None))
-        ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize="small")
-    return fig
-
-
-def layer_figure(report: EquivarianceReport) -> Figure:
-    """Pooled-feature change (per shift) and equivariance error (first shift) against depth."""
-    rows = list(report)
-    labels = [f"{row.name or '(model)'}" + (f" /{row.stride[0]:g}" if row.stride else "") for row in rows]
-    x = list(range(len(rows)))
-    fig = Figure(figsize=(max(8.0, 0.55 * len(rows) + 3), 4.2), dpi=100, layout="constrained")
-    pooled_ax, error_ax = fig.subplots(1, 2, sharex=True)
-    for shift in dict.fromkeys(s for row in rows for s in row.pooled_change_by_shift):
-        pooled_ax.plot(x, [row.pooled_change_by_shift.get(shift, math.nan) for row in rows], marker="o",
-                       label=f"shift ({shift[0]},{shift[1]})")
-    error_ax.plot(x, [row.equivariance_error for row in rows], marker="s", linestyle="none", color="tab:red")
-    pooled_ax.set(title="pooled-feature change", ylabel="||g(shifted x) - g(x)|| / ||g(x)||", ylim=(0, None))
-    error_ax.set(title=f"equivariance error, shift ({report.shift[0]},{report.shift[1]}), border {report.border} px",
-                 ylabel="relative L2 error", ylim=(0, None))
-    for ax in (pooled_ax, error_ax):
-        ax.set_xticks(x, labels, rotation=60, ha="right", fontsize="small")
-        ax.grid(alpha=0.3)
-    pooled_ax.legend(fontsize="small")
-    fig.suptitle(f"{report.mode} input shifts, {report.num_images} test images; tick labels: layer /cumulative "
-                 "stride; no error where the feature shift is fractional", fontsize="medium")
-    return fig
-
-
-# -- report --------------------------------------------------------------------------------------------------------
-def finite_or_none(value: Any) -> Any:
-    """JSON-safe copy: NaN/inf become None (``json`` would write invalid ``NaN`` tokens)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_or_none(v) for v in value]
-    return value
-
-
-def gap_markdown(gap: Mapping[str, Mapping[str, Mapping[str, float | bool]]]) -> str:
-    lines = ["| protocol | metric | train | test | test - train | ± bound | beyond bound |", "|---|---|---:|---:|---:|---:|---|"]
-    for protocol, metrics in gap.items():
-        for metric, v in metrics.items():
-            lines.append(
-                f"| {protocol} | {GAP_METRICS[metric]} | {v['train']:.4f} | {v['test']:.4f} | {v['difference']:+.4f} "
-                f"| {v['bound']:.4f} | {'yes' if v['significant'] else 'no'} |"
-            )
-    return "\n".join(lines)
-
-
-def write_report(output: Path, payload: dict[str, Any], sequences: Mapping[str, TransformSequence],
-                 results: Mapping[str, Mapping[str, Mapping[str, Tensor]]], layers: EquivarianceReport) -> Path:
-    """``report.md`` from the measured results and the JSON payload's settings."""
-    counts, model = payload["data"]["num_images"], payload["model"]
-    interleaved = {f"{name} ({split})": results[split][name] for name in sequences for split in ("train", "test")}
-    protocol_lines = [f"- **{name}** (`{sequence!r}`): {PROTOCOL_NOTES.get(name, '')}"
-                      for name, sequence in sequences.items()]
-    parts = [
-        f"# Azulay & Weiss (2019) measurements: {model['name']}",
-        f"Model `{model['source']}`, inputs normalized with mean {model['normalize'][0]} and std "
-        f"{model['normalize'][1]}. Data: {payload['data']['dataset']} from `{payload['data']['source']}`; "
-        f"{counts['test']} test and {counts['train']} training images (seeded subsets, seed {payload['settings']['seed']}); "
-        f"training images: {payload['data']['train_note']}. Device {payload['settings']['device']}, "
-        f"{payload['settings']['threads']} torch threads, {payload['seconds']['total']:.0f} s in total.",
-        "```\n" + payload["command"] + "\n```",
-        "## 1. Shift and scale consistency (test images)",
-        "\n".join(protocol_lines),
-        summary_markdown(results["test"]),
-        "![flip rate per frame](flip_rate_by_protocol.png)",
-        "## 2. Training vs test images",
-        "The paper finds networks more invariant on images like their training set. Same protocols, "
-        f"{counts['train']} training vs {counts['test']} test images:",
-        summary_markdown(interleaved),
-        gap_markdown(payload["train_test_gap"]),
-        "![train vs test](train_vs_test.png)",
-        "## 3. Per-layer equivariance profile",
-        f"{layers.num_images} test images, {layers.mode} diagonal input shifts, border {layers.border} px left out of "
-        "the equivariance error (`invariance_lightning.diagnostics.layer_equivariance`; see docs/diagnostics.md). "
-        "A layer of cumulative stride k can at best be equivariant to shifts that are multiples of k; n/a marks a "
-        "fractional feature shift. Unless the border covers the shift plus the layer's receptive-field radius, the "
-        "error of a zero-padded network includes the band where its padding meets the shifted image border "
-        "(`--layer-border 8` leaves it out for ResNet-20's layer1).",
-        layers.to_markdown(digits=3),
-        "![per-layer profile](layer_profile.png)",
-        "## Per-frame results",
-    ]
-    for name, sequence in sequences.items():
-        parts += [f"### {name}", f"![{name}](per_frame_{name}.png)", "Test images:",
-                  per_frame_markdown(results["test"][name], sequence)]
-    parts += ["## Definitions", DEFINITIONS]
-    path = output / "report.md"
-    path.write_text("\n\n".join(parts) + "\n")
-    return path
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -491,17 +169,21 @@ def main(argv: Sequence[str] | None = None) -> Path:
     started = time.perf_counter()
     preset = PRESETS[args.preset]
     sizes = Sizes(args.num_images or preset.test, args.num_images or preset.train, args.layer_images or preset.layers)
-    loaded = load_model(args)
+    shared = shared_root(REPO_ROOT.parent / "shared")
+    if args.checkpoint is not None:
+        loaded = load_checkpoint_model(args.checkpoint)
+    else:
+        loaded = load_pretrained(args.model, args.weights_dir, shared, args.download)
     loaded.model.to(args.device)  # layer_model is the model or a part of it
-    subsets, datamodule = load_images(args, loaded, sizes)
+    wanted = {"test": sizes.test, "train": sizes.train}
+    subsets, datamodule = load_subsets(loaded, wanted, args.data_dir, shared, args.download, args.seed)
     counts = {split: len(labels) for split, (_, labels) in subsets.items()}
     output = args.output or Path("results") / "paper" / loaded.name
     output.mkdir(parents=True, exist_ok=True)
 
     tick = time.perf_counter()
-    layer_images = subsets["test"][0][: sizes.layers]
     layers = layer_equivariance(
-        loaded.layer_model, layer_images, profile_layers(loaded.layer_model, args.layers),
+        loaded.layer_model, subsets["test"][0][: sizes.layers], profile_layers(loaded.layer_model, args.layers),
         shift=args.layer_shifts[0], pooled_shifts=args.layer_shifts[1:], mode=args.layer_mode,
         border=args.layer_border, normalize=loaded.normalize,
     )
@@ -509,20 +191,19 @@ def main(argv: Sequence[str] | None = None) -> Path:
     print(f"per-layer profile: {len(layers)} layers, {layers.num_images} images ({layer_seconds:.1f} s)", flush=True)
 
     sequences = {name: seq for name, seq in sequence_preset("paper").items() if name in args.protocols}
-    results, seconds = measure_protocols(loaded, subsets, sequences, args.batch_size)
+    results, seconds = measure_splits(loaded, subsets, sequences, args.batch_size)
     gap = train_test_gap(results, counts)
 
     figures = {
-        "flip_rate_by_protocol": flip_rate_figure(sequences, results["test"]),
+        "flip_rate_by_protocol": flip_rate_by_sequence_figure(sequences, results["test"], "test images"),
         "train_vs_test": train_test_figure(gap, counts),
-        "layer_profile": layer_figure(layers),
+        "layer_profile": layer_profile_figure(layers),
     }
     for name, sequence in sequences.items():
         figures[f"per_frame_{name}"] = per_frame_figure(
-            sequence, {split: results[split][name] for split in ("test", "train")}, f"{name}: {sequence!r}"
+            sequence, {split: results[split][name] for split in SPLITS}, f"{name}: {sequence!r}"
         )
-    for name, figure in figures.items():
-        figure.savefig(output / f"{name}.png")
+    save_figures(output, figures)
 
     payload = {
         "command": "python recipes/paper.py " + shlex.join(sys.argv[1:] if argv is None else list(argv)),
@@ -547,8 +228,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         },
         "plots": [f"{name}.png" for name in figures],
     }
-    (output / "report.json").write_text(json.dumps(finite_or_none(payload), indent=1, allow_nan=False))
-    report = write_report(output, payload, sequences, results, layers)
+    (output / "report.json").write_text(json.dumps(json_safe(payload), indent=1, allow_nan=False))
+    report = output / "report.md"
+    report.write_text(paper_report_markdown(payload, sequences, results, layers))
     print(f"report: {report}")
     return report
 

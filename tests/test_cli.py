@@ -149,6 +149,32 @@ def test_evaluate_streams_the_split_and_never_builds_a_tensor_of_its_size(tmp_pa
             assert logged == pytest.approx(float(expected[metric]), abs=1e-6), (name, metric)
 
 
+
+def test_evaluate_normalizes_a_checkpoint_as_it_recorded_else_with_the_data_statistics(tmp_path):
+    import lightning
+    import numpy as np
+
+    from invariance_lightning.lightning.data import CIFAR_STATS
+    from invariance_lightning.lightning.module import ImageClassifier
+
+    rng = np.random.default_rng(1)
+    for split in ("train", "test"):  # CIFAR-100, whose statistics are neither CIFAR-10's nor ImageNet's
+        np.savez(tmp_path / f"cifar100_{split}.npz", images=rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+                 labels=rng.integers(0, 100, 8))
+    model = ImageClassifier("cifar_resnet20", num_classes=100, augmentation="none")
+    recorded = (0.25, 0.5, 0.75), (0.5, 0.25, 0.125)
+    for name, extra in (("old", {}), ("new", {"input_normalization": recorded})):
+        torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "epoch": 0,
+                    "pytorch-lightning_version": lightning.__version__, **extra}, tmp_path / f"{name}.ckpt")
+    images = torch.from_numpy(np.load(tmp_path / "cifar100_test.npz")["images"]).permute(0, 3, 1, 2)
+    sequence = sequence_preset("monitor")["shift"]
+    for name, normalize in (("old", CIFAR_STATS["cifar100"]), ("new", recorded)):
+        main(["evaluate", "--model", str(tmp_path / f"{name}.ckpt"), "--data", "cifar100", "--data_dir", str(tmp_path),
+              "--preset", "monitor", "--output", str(tmp_path / name)])
+        report = json.loads((tmp_path / name / "report.json").read_text())
+        expected = evaluate_invariance(model, images, None, sequence, normalize=normalize)
+        assert report["results"]["shift"]["metrics"]["mac"] == pytest.approx(float(expected["mac"]), abs=1e-6), name
+
 def test_wandb_login_detection_reads_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

@@ -1,4 +1,5 @@
-"""evaluate_invariance against direct computation, on exactly invariant and non-invariant models."""
+"""evaluate_invariance and evaluate_sequences against direct computation, on exactly invariant and non-invariant
+models."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from invariance_lightning import ScaleSequence, ShiftSequence, evaluate_invariance, transform_consistency
 from invariance_lightning.diagnostics import layer_equivariance
+from invariance_lightning.metrics.evaluate import evaluate_sequences
 
 
 def circular_invariant_net(num_classes: int = 10) -> nn.Module:
@@ -77,6 +79,55 @@ def test_results_equal_direct_computation_with_roll_and_normalization():
         for key in expected:
             torch.testing.assert_close(out[key], expected[key], rtol=1e-5, atol=1e-6)
 
+
+
+class CountingLoader:
+    """An iterable of ``(images, targets)`` batches that counts how often it is iterated and how many batches it
+    gives (a DataLoader over a split on disk would read it that often)."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int) -> None:
+        self.batches = list(zip(images.split(batch_size), targets.split(batch_size)))
+        self.passes = self.batches_read = 0
+
+    def __iter__(self):
+        self.passes += 1
+        for batch in self.batches:
+            self.batches_read += 1
+            yield batch
+
+
+def test_evaluate_sequences_reads_a_stream_once_and_equals_direct_computation_per_sequence():
+    torch.manual_seed(5)
+    model = strided_net()
+    images = torch.rand(9, 3, 12, 12)
+    targets = torch.randint(0, 10, (9,))
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    m, s = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
+    sequences = {"shift": ShiftSequence(max_shift=4, mode="circular"), "zoom": ScaleSequence([1.0, 0.5, 2.0])}
+    with torch.no_grad():
+        rolled = torch.stack([model((torch.roll(images, (k, k), dims=(-2, -1)) - m) / s) for k in range(5)], dim=1)
+        # the scale frames come from the sequence itself: normalization, chunking and the one pass are checked here
+        zoomed = torch.stack([model((sequences["zoom"].frame(images, t) - m) / s) for t in range(3)], dim=1)
+    expected = {"shift": transform_consistency(rolled, targets), "zoom": transform_consistency(zoomed, targets)}
+
+    loader = CountingLoader(images, targets, batch_size=4)  # batches of 4, 4, 1 images
+    # batch_size 6: shift chunks of 1 image (5 frames), zoom chunks of 2 images (3 frames)
+    out = evaluate_sequences(model, loader, None, sequences, batch_size=6, normalize=(mean, std))
+    assert (loader.passes, loader.batches_read) == (1, 3), "each batch must go through every sequence in one pass"
+    assert list(out) == ["shift", "zoom"]
+    for name in sequences:
+        for key in expected[name]:
+            torch.testing.assert_close(out[name][key], expected[name][key], rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_sequences_rejects_bad_sequences():
+    model, images = strided_net(), torch.rand(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="at least one TransformSequence"):
+        evaluate_sequences(model, images, None, {})
+    with pytest.raises(TypeError, match="sequences must be a mapping"):
+        evaluate_sequences(model, images, None, [ShiftSequence(max_shift=1)])
+    with pytest.raises(TypeError, match=r"sequences\['b'\] must be a TransformSequence"):
+        evaluate_sequences(model, images, None, {"a": ShiftSequence(max_shift=1), "b": [(0, 0)]})
 
 def test_dataloader_input_uint8_images_and_restored_mode():
     torch.manual_seed(3)

@@ -1,46 +1,36 @@
-"""End-to-end tests of ``recipes/paper.py``: the shared pretrained ResNet-20 on real CIFAR-10, a freshly trained
-checkpoint on generated data (no ../shared needed), the main job on a machine without ../shared (data and weights
-"downloaded" from stand-ins: a fake torchvision dataset and a local HTTP server), and the missing-file errors."""
+"""The Azulay & Weiss reproduction: the recipe end to end on a freshly trained checkpoint and generated data (no
+../shared needed), and its package parts (``invariance_lightning.lightning.paper``): the shared pretrained ResNet-20 on
+real CIFAR-10, the main job on a machine without ../shared (data and weights "downloaded" from stand-ins: a fake
+torchvision dataset and a local HTTP server), and the missing-file errors."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import math
-import sys
-from collections.abc import Iterator
+import runpy
 from pathlib import Path
-from types import ModuleType
 
 import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-
-from invariance_lightning.lightning.module import ImageClassifier
-from invariance_lightning.lightning.data import CIFAR_STATS, CIFARDataModule
 from http_server import FileServer
+
+from invariance_lightning.diagnostics import layer_equivariance
+from invariance_lightning.lightning.data import CIFAR_STATS, CIFARDataModule
+from invariance_lightning.lightning.module import ImageClassifier
+from invariance_lightning.lightning.paper import load_checkpoint_model, load_pretrained, load_subsets, shared_root
+from invariance_lightning.metrics.evaluate import evaluate_sequences
 from invariance_lightning.models import CIFAR_RESNET_NORMALIZE, PRETRAINED_CIFAR_RESNETS, load_cifar_resnet
-from invariance_lightning.models.pretrained import WEIGHTS_URL_ENV, PretrainedFile
+from invariance_lightning.models.pretrained import WEIGHTS_URL_ENV, DownloadError, PretrainedFile
+from invariance_lightning.transforms import sequence_preset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RECIPE = REPO_ROOT / "recipes" / "paper.py"
 PROTOCOLS = {"shift_zeros", "shift_crop", "shift_embed", "shift_circular", "scale"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def recipe() -> Iterator[ModuleType]:
-    spec = importlib.util.spec_from_file_location("paper_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        del sys.modules[spec.name]
+CIRCULAR = {"shift_circular": sequence_preset("paper")["shift_circular"]}
 
 
 @pytest.fixture(autouse=True)
@@ -112,40 +102,25 @@ def check_outputs(report_path: Path, payload: dict, protocols: set[str]) -> str:
 
 
 @pytest.mark.shared_data
-def test_pretrained_resnet20_on_cifar10(recipe, cifar10_dir, cifar_resnet_weights_dir, tmp_path):
-    out = tmp_path / "out"
-    argv = ["--model", "resnet20", "--weights-dir", str(cifar_resnet_weights_dir), "--data-dir", str(cifar10_dir),
-            "--num-images", "16", "--layer-images", "4", "--layers", "conv1,layer2.0,linear", "--output", str(out)]
-    report = recipe.main(argv)
-    payload = json.loads((out / "report.json").read_text())
-    markdown = check_outputs(report, payload, PROTOCOLS)
-    assert payload["data"]["num_images"] == {"test": 16, "train": 16}
-    assert payload["command"].endswith(" ".join(argv[-2:]))
-
-    datamodule = CIFARDataModule(data_dir=cifar10_dir, download=False, val_split=0)
+def test_pretrained_resnet20_on_cifar10(cifar10_dir, cifar_resnet_weights_dir, tmp_path):
+    loaded = load_pretrained("resnet20", cifar_resnet_weights_dir, tmp_path / "no-shared", download=False)
+    assert loaded.source == str(cifar_resnet_weights_dir / "resnet20-12fca82f.th") and loaded.name == "resnet20"
+    assert tuple(loaded.normalize) == tuple(CIFAR_RESNET_NORMALIZE)
+    subsets, datamodule = load_subsets(loaded, {"test": 16, "train": 16}, cifar10_dir, tmp_path, False, seed=0)
+    assert datamodule.source == str(cifar10_dir)
+    reference = CIFARDataModule(data_dir=cifar10_dir, download=False, val_split=0)
     model = load_cifar_resnet(cifar_resnet_weights_dir / "resnet20-12fca82f.th")
     for split in ("test", "train"):
-        images, labels = datamodule.split_arrays(split, 16, seed=0)
+        images, labels = subsets[split]
+        expected_images, expected_labels = reference.split_arrays(split, 16, seed=0)
+        assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
+        results = evaluate_sequences(loaded.model, images, labels, sequence_preset("paper"), normalize=loaded.normalize)
         predictions = rolled_predictions(model, images, CIFAR_RESNET_NORMALIZE, 8)
-        check_split(payload["results"][split]["shift_circular"]["metrics"], predictions, labels)
+        check_split({k: v.tolist() for k, v in results["shift_circular"].items()}, predictions, labels)
         # frame (0, 0) of every shift protocol but the crop is the plain image
         plain = float((predictions[:, 0] == labels).double().mean())
-        assert payload["results"][split]["shift_zeros"]["metrics"]["per_frame_accuracy"][0] == pytest.approx(plain)
+        assert float(results["shift_zeros"]["per_frame_accuracy"][0]) == pytest.approx(plain)
     assert plain > 0.8  # the pretrained model is 91.7% accurate on the test set
-
-    rows = payload["layers"]["rows"]
-    assert list(rows) == ["conv1", "layer2.0", "linear"]
-    assert [rows[n]["stride"] for n in rows] == [[1.0, 1.0], [2.0, 2.0], None]
-    assert rows["conv1"]["equivariance_error"] > 0 and rows["layer2.0"]["equivariance_error"] is None
-    # pooled change of the logits under a (1, 1) roll, by hand, on the 4 layer images
-    images = datamodule.split_arrays("test", 16, seed=0)[0][:4].float() / 255
-    mean, std = (torch.tensor(v)[:, None, None] for v in CIFAR_RESNET_NORMALIZE)
-    with torch.no_grad():
-        logits, rolled = (model((x - mean) / std) for x in (images, torch.roll(images, (1, 1), dims=(2, 3))))
-    change = ((rolled - logits).norm(dim=1) / logits.norm(dim=1)).double().mean()
-    assert rows["linear"]["pooled_change_by_shift"]["1,1"] == pytest.approx(float(change), rel=1e-4)
-    assert set(rows["linear"]["pooled_change_by_shift"]) == {"1,1", "2,2", "4,4"}
-    assert "| conv1 | Conv2d | 16x32x32 | 1 |" in markdown
 
 
 @pytest.fixture(scope="module")
@@ -168,12 +143,13 @@ def generated(tmp_path_factory) -> tuple[Path, Path]:
     return folder, folder / "model.ckpt"
 
 
-def test_checkpoint_on_generated_data(recipe, generated, tmp_path, monkeypatch):
+def test_recipe_end_to_end_on_a_generated_checkpoint(generated, tmp_path, monkeypatch):
+    recipe = runpy.run_path(str(REPO_ROOT / "recipes" / "paper.py"), run_name="paper_recipe")
     data_dir, checkpoint = generated
     monkeypatch.chdir(tmp_path)
     protocols = ["shift_circular", "shift_crop"]
-    report = recipe.main(["--checkpoint", str(checkpoint), "--data-dir", str(data_dir), "--num-images", "32",
-                          "--layer-images", "4", "--protocols", *protocols])
+    report = recipe["main"](["--checkpoint", str(checkpoint), "--data-dir", str(data_dir), "--num-images", "32",
+                             "--layer-images", "4", "--protocols", *protocols])
     assert report == Path("results/paper/model/report.md")  # the default output folder, under the cwd
     payload = json.loads(report.with_name("report.json").read_text())
     check_outputs(report, payload, set(protocols))
@@ -198,18 +174,60 @@ def test_checkpoint_on_generated_data(recipe, generated, tmp_path, monkeypatch):
     assert list(rows) == ["conv1", *(f"layer{s}.{i}" for s in (1, 2, 3) for i in range(3)), "linear"]
     assert [rows[f"layer{s}.0"]["stride"][0] for s in (1, 2, 3)] == [1.0, 2.0, 4.0]
     assert all(math.isfinite(row["pooled_change"]) for row in rows.values())
+    # pooled change of the logits under a (1, 1) roll, by hand, on the 4 layer images (the first test images)
+    images = datamodule.split_arrays("test", 24, seed=0)[0][:4].float() / 255
+    mean, std = (torch.tensor(v)[:, None, None] for v in CIFAR_STATS["cifar10"])
+    with torch.no_grad():
+        logits, rolled = (model.backbone((x - mean) / std) for x in (images, torch.roll(images, (1, 1), dims=(2, 3))))
+    change = ((rolled - logits).norm(dim=1) / logits.norm(dim=1)).double().mean()
+    assert rows["linear"]["pooled_change_by_shift"]["1,1"] == pytest.approx(float(change), rel=1e-4)
+
+    assert recipe["build_parser"]().parse_args([]).download is True  # downloads are on unless --no-download
+    assert recipe["build_parser"]().parse_args(["--no-download"]).download is False
+    weights = tmp_path / "resnet20-0.th"
+    weights.write_bytes(b"")
+    with pytest.raises(SystemExit) as info:  # bad input: one line, status 1, no traceback
+        recipe["cli"](["--checkpoint", str(weights)])
+    assert str(info.value.code).startswith(f"paper.py: error: --checkpoint {weights}: expected a Lightning .ckpt")
 
 
-def test_missing_data_says_where_it_looked(recipe, generated, tmp_path, monkeypatch):
+def test_missing_data_says_where_it_looked(generated, tmp_path, monkeypatch):
     monkeypatch.delenv("INVARIANCE_DATA_DIR", raising=False)
     empty = tmp_path / "empty"
     empty.mkdir()
+    loaded = load_checkpoint_model(generated[1])
     with pytest.raises(FileNotFoundError, match="no data found") as info:
-        recipe.main(["--checkpoint", str(generated[1]), "--data-dir", str(empty), "--output", str(tmp_path / "o"),
-                     "--no-download"])
+        load_subsets(loaded, {"test": 4}, empty, tmp_path / "no-shared", download=False, seed=0)
     message = str(info.value)
     assert str(empty) in message and "download=False" in message
     assert "--data-dir" in message and "without --no-download" in message
+
+
+def test_checkpoint_model_checks_its_data_and_normalizes_old_checkpoints_with_it(tmp_path):
+    import lightning
+
+    def save(name: str, num_classes: int, datamodule: dict) -> Path:  # no input_normalization: an old checkpoint
+        model = ImageClassifier("cifar_resnet20", num_classes=num_classes, augmentation="none")
+        path = tmp_path / f"{name}.ckpt"
+        torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "epoch": 0,
+                    "pytorch-lightning_version": lightning.__version__, "datamodule_hyper_parameters": datamodule},
+                   path)
+        return path
+
+    loaded = load_checkpoint_model(save("c100", 100, {"name": "cifar100", "val_split": 0, "seed": 3}))
+    assert tuple(loaded.normalize) == tuple(CIFAR_STATS["cifar100"])  # what CIFARDataModule("cifar100") gave it
+    assert loaded.datamodule_kwargs == {"name": "cifar100", "val_split": 0, "seed": 3, "train_subset": None}
+    assert loaded.layer_model is loaded.model.backbone and loaded.name == "c100"
+    with pytest.raises(ValueError, match="has num_classes=10, but its data, cifar100, has 100"):
+        load_checkpoint_model(save("mismatch", 10, {"name": "cifar100"}))
+    with pytest.raises(ValueError, match="datamodule other than CIFARDataModule"):
+        load_checkpoint_model(save("folder", 10, {"root": "imagenette"}))
+    weights = tmp_path / "resnet20-0.th"
+    weights.write_bytes(b"")
+    with pytest.raises(ValueError, match="--model resnet<depth> with --weights-dir"):
+        load_checkpoint_model(weights)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_checkpoint_model(tmp_path / "missing.ckpt")
 
 
 @pytest.fixture(scope="module")
@@ -235,13 +253,8 @@ def fresh_machine(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache" / "invariance_lightning"
 
 
-def test_downloads_are_on_unless_no_download(recipe):
-    assert recipe.build_parser().parse_args([]).download is True
-    assert recipe.build_parser().parse_args(["--no-download"]).download is False
-
-
-def test_main_job_downloads_data_and_weights_on_a_fresh_machine(recipe, generated, trained_resnet20, fresh_machine,
-                                                                 tmp_path, monkeypatch):
+def test_main_job_downloads_data_and_weights_on_a_fresh_machine(generated, trained_resnet20, fresh_machine, tmp_path,
+                                                                 monkeypatch):
     downloads = []
 
     class TorchvisionCIFAR10:  # stands in for torchvision.datasets.CIFAR10 (no internet here)
@@ -256,73 +269,66 @@ def test_main_job_downloads_data_and_weights_on_a_fresh_machine(recipe, generate
     monkeypatch.setattr("invariance_lightning.lightning.data.cifar._TORCHVISION", {"cifar10": TorchvisionCIFAR10})
     sha256 = hashlib.sha256(trained_resnet20).hexdigest()
     monkeypatch.setitem(PRETRAINED_CIFAR_RESNETS, "resnet20", PretrainedFile("resnet20-random.th", 0, sha256))
-    out = tmp_path / "out"
+    shared = tmp_path / "no-shared"
     with FileServer({"/resnet20-random.th": trained_resnet20}) as release:
         monkeypatch.setenv(WEIGHTS_URL_ENV, release.url)
-        report = recipe.main(["--model", "resnet20", "--num-images", "8", "--layer-images", "2", "--layers",
-                              "conv1,linear", "--protocols", "shift_circular", "--output", str(out)])
+        loaded = load_pretrained("resnet20", None, shared, download=True)
     assert release.requests == ["/resnet20-random.th"]
     cached = fresh_machine / "weights" / "resnet20-random.th"
-    assert hashlib.sha256(cached.read_bytes()).hexdigest() == sha256
+    assert hashlib.sha256(cached.read_bytes()).hexdigest() == sha256 and loaded.source == str(cached)
+    subsets, datamodule = load_subsets(loaded, {"train": 8, "test": 8}, None, shared, download=True, seed=0)
     assert downloads == [(str(fresh_machine), True, True), (str(fresh_machine), False, True)]
-    payload = json.loads((out / "report.json").read_text())
-    assert report == out / "report.md" and payload["model"]["source"] == str(cached)
-    assert payload["data"]["source"] == str(fresh_machine)
+    assert datamodule.source == str(fresh_machine)
     # the numbers are those of the downloaded model on the "downloaded" images
-    images, labels = CIFARDataModule(download=True, val_split=0).split_arrays("test", 8, seed=0)
+    images, labels = subsets["test"]
+    results = evaluate_sequences(loaded.model, images, labels, CIRCULAR, normalize=loaded.normalize)
     predictions = rolled_predictions(load_cifar_resnet(cached), images, CIFAR_RESNET_NORMALIZE, 8)
-    check_split(payload["results"]["test"]["shift_circular"]["metrics"], predictions, labels)
-    assert payload["results"]["test"]["shift_circular"]["metrics"]["flip_rate"] > 0  # a non-trivial comparison
+    check_split({k: v.tolist() for k, v in results["shift_circular"].items()}, predictions, labels)
+    assert float(results["shift_circular"]["flip_rate"]) > 0  # a non-trivial comparison
 
 
-def test_explicit_then_shared_weights_win_over_cache_and_download(recipe, trained_resnet20, fresh_machine, tmp_path,
+def test_explicit_then_shared_weights_win_over_cache_and_download(trained_resnet20, fresh_machine, tmp_path,
                                                                     monkeypatch):
-    shared = tmp_path / "shared" / "weights" / "cifar10-resnet"
-    shared.mkdir(parents=True)
-    (shared / "resnet20-shared.th").write_bytes(trained_resnet20)
-    monkeypatch.setenv("INVARIANCE_SHARED_DIR", str(tmp_path / "shared"))
+    shared = tmp_path / "shared"
+    (shared / "weights" / "cifar10-resnet").mkdir(parents=True)
+    (shared / "weights" / "cifar10-resnet" / "resnet20-shared.th").write_bytes(trained_resnet20)
+    monkeypatch.setenv("INVARIANCE_SHARED_DIR", str(shared))
+    assert shared_root(tmp_path / "beside-the-repository") == shared
     explicit = tmp_path / "explicit"
     explicit.mkdir()
-    args = recipe.build_parser().parse_args(["--model", "resnet20", "--weights-dir", str(explicit)])
     with FileServer({}) as release:  # a download attempt would show up here (and fail with 404)
         monkeypatch.setenv(WEIGHTS_URL_ENV, release.url)
-        assert recipe.load_model(args).source == str(shared / "resnet20-shared.th")  # --weights-dir lacks it
+        loaded = load_pretrained("resnet20", explicit, shared, download=True)  # --weights-dir lacks it
+        assert loaded.source == str(shared / "weights" / "cifar10-resnet" / "resnet20-shared.th")
         (explicit / "resnet20-mine.th").write_bytes(trained_resnet20)
-        assert recipe.load_model(args).source == str(explicit / "resnet20-mine.th")
+        assert load_pretrained("resnet20", explicit, shared, download=True).source == str(explicit / "resnet20-mine.th")
     assert release.requests == [] and not fresh_machine.exists()
+    monkeypatch.delenv("INVARIANCE_SHARED_DIR")
+    assert shared_root(tmp_path / "beside-the-repository") == tmp_path / "beside-the-repository"
 
 
-def test_missing_weights_fail_with_a_clear_message(recipe, fresh_machine, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_missing_weights_fail_with_a_clear_message(fresh_machine, tmp_path, monkeypatch):
     empty = tmp_path / "weights"
     empty.mkdir()
-    with pytest.raises(SystemExit) as info:
-        recipe.cli(["--model", "resnet56", "--weights-dir", str(empty), "--no-download"])
-    message = str(info.value.code)  # sys.exit(message): printed to stderr, exit status 1
-    assert message.startswith("paper.py: error: no weights for resnet56: looked for ")
-    for place in (empty, tmp_path / "no-shared" / "weights" / "cifar10-resnet"):
+    shared = tmp_path / "no-shared"
+    with pytest.raises(FileNotFoundError) as info:
+        load_pretrained("resnet56", empty, shared, download=False)
+    message = str(info.value)
+    assert message.startswith("no weights for resnet56: looked for ")
+    for place in (empty, shared / "weights" / "cifar10-resnet"):
         assert f"{place}/resnet56-*.th" in message
     assert f"{fresh_machine / 'weights' / 'resnet56-4bfd9763.th'}, and downloading is disabled" in message
     assert "drop --no-download" in message and "--checkpoint" in message and "INVARIANCE_SHARED_DIR" in message
 
-    with pytest.raises(SystemExit) as info:  # no pinned release file to download
-        recipe.cli(["--model", "resnet32"])
-    message = str(info.value.code)
+    with pytest.raises(FileNotFoundError) as info:  # no pinned release file to download
+        load_pretrained("resnet32", None, shared, download=True)
+    message = str(info.value)
     assert "resnet32 has no pinned download" in message and WEIGHTS_URL_ENV not in message
 
-    with FileServer({}) as release, pytest.raises(SystemExit) as info:  # the release answers 404
+    with FileServer({}) as release, pytest.raises(DownloadError) as info:  # the release answers 404
         monkeypatch.setenv(WEIGHTS_URL_ENV, release.url)
-        recipe.cli(["--model", "resnet20"])
-    message = str(info.value.code)
+        load_pretrained("resnet20", None, shared, download=True)
+    message = str(info.value)
     assert f"download of {release.url}/resnet20-12fca82f.th failed: HTTPError: HTTP Error 404" in message
     assert f"set {WEIGHTS_URL_ENV} to a mirror" in message
-    assert not (tmp_path / "results").exists() and not list((fresh_machine / "weights").iterdir())
-
-
-def test_checkpoint_must_be_a_lightning_ckpt(recipe, tmp_path):
-    weights = tmp_path / "resnet20-0.th"
-    weights.write_bytes(b"")
-    with pytest.raises(SystemExit) as info:
-        recipe.cli(["--checkpoint", str(weights)])
-    assert str(info.value.code).startswith(f"paper.py: error: --checkpoint {weights}: expected a Lightning .ckpt")
-    assert "--model resnet<depth> with --weights-dir" in str(info.value.code)
+    assert not list((fresh_machine / "weights").iterdir())

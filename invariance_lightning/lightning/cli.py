@@ -17,21 +17,23 @@ import netrc
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
+from torch import Tensor
 
 from invariance_lightning.lightning.callbacks.subsets import SplitStream
-from invariance_lightning.lightning.module import ImageClassifier
-from invariance_lightning.lightning.data import CIFARDataModule, ImageFolderDataModule
 from invariance_lightning.lightning.checkpoint import load_classifier
-from invariance_lightning.metrics import evaluate_invariance
-from invariance_lightning.metrics.evaluate import module_device
-from invariance_lightning.reporting.tables import report_markdown, results_to_dict
-from invariance_lightning.transforms import SEQUENCE_PRESETS, sequence_preset
+from invariance_lightning.lightning.data import CIFARDataModule, ImageClassificationDataModule, ImageFolderDataModule
+from invariance_lightning.lightning.module import ImageClassifier
+from invariance_lightning.metrics.evaluate import evaluate_sequences, module_device
+from invariance_lightning.reporting.tables import write_report
+from invariance_lightning.transforms import SEQUENCE_PRESETS, TransformSequence, sequence_preset
+from invariance_lightning.transforms.normalization import Normalization
+from invariance_lightning.validation import positive_int
 
 CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
 
@@ -114,29 +116,29 @@ class InvarianceCLI(LightningCLI):
 def evaluate_main(argv: Sequence[str]) -> Path:
     """``evaluate``: the full invariance report of a model on a dataset split, as Markdown/JSON/PNG.
 
-    The split is streamed from the datamodule's dataset ``--batch_size`` images at a time (once per sequence), so
-    memory holds one batch, never the split.
+    The split is streamed from the datamodule's dataset ``--batch_size`` images at a time and read once (each batch
+    goes through every sequence), so memory holds one batch, never the split. A checkpoint saved before
+    checkpoints recorded their input normalization is normalized with the evaluated data's statistics.
     """
     parser = argparse.ArgumentParser(prog="invariance-lightning evaluate", description=evaluate_main.__doc__)
     parser.add_argument("--model", required=True, help="ImageClassifier .ckpt or pretrained CIFAR ResNet weights (.th)")
     parser.add_argument("--data", default="cifar10", help="cifar10, cifar100, or an ImageFolder root")
     parser.add_argument("--data_dir", default=None, help="folder with local CIFAR .npz files (else $INVARIANCE_DATA_DIR)")
-    parser.add_argument("--image_size", type=int, default=128, help="ImageFolder evaluation size")
+    parser.add_argument("--image_size", type=positive_int, default=128, help="ImageFolder evaluation size")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--preset", default="report", choices=sorted(SEQUENCE_PRESETS))
-    parser.add_argument("--num_images", type=int, default=None, help="seeded subset size (default: the whole split)")
-    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--num_images", type=positive_int, default=None,
+                        help="seeded subset size (default: the whole split)")
+    parser.add_argument("--batch_size", type=positive_int, default=256)
     parser.add_argument("--output", type=Path, default=None, help="default: results/evaluate/<model name>")
     args = parser.parse_args(list(argv))
-    if args.num_images is not None and args.num_images < 1:
-        parser.error(f"--num_images must be a positive int, got {args.num_images}")
 
-    loaded = load_classifier(args.model)
     if args.data in ("cifar10", "cifar100"):
-        datamodule: LightningDataModule = CIFARDataModule(args.data, data_dir=args.data_dir, val_split=0)
+        datamodule: ImageClassificationDataModule = CIFARDataModule(args.data, data_dir=args.data_dir, val_split=0)
     else:
         datamodule = ImageFolderDataModule(args.data, image_size=args.image_size, test_dir="val")
     datamodule.setup("test" if args.split == "test" else "fit")
+    loaded = load_classifier(args.model, default_normalization=Normalization(datamodule.mean, datamodule.std))
     device = module_device(loaded.model)
     images = SplitStream(
         getattr(datamodule, f"{args.split}_dataloader")(),
@@ -148,31 +150,27 @@ def evaluate_main(argv: Sequence[str]) -> Path:
         plain_loader=datamodule.val_dataloader() if args.split == "train" else None,
     )
     sequences = sequence_preset(args.preset)
-    results = {
-        name: evaluate_invariance(
-            loaded.model, images, None, sequence, batch_size=args.batch_size, normalize=loaded.normalize, progress=True
-        )
-        for name, sequence in sequences.items()
-    }
+    results = evaluate_sequences(
+        loaded.model, images, None, sequences, batch_size=args.batch_size, normalize=loaded.normalize, progress=True
+    )
     output = args.output or Path("results") / "evaluate" / loaded.name
-    output.mkdir(parents=True, exist_ok=True)
     payload = {"model": str(args.model), "data": args.data, "split": args.split, "num_images": images.num_images}
-    payload["results"] = results_to_dict(results, sequences)
-    (output / "report.json").write_text(json.dumps(payload, indent=1))
     title = f"Invariance of {loaded.name} on {args.data} {args.split} ({images.num_images} images, preset {args.preset})"
     command = "invariance-lightning evaluate " + " ".join(argv)
-    (output / "report.md").write_text(report_markdown(results, sequences, title, notes=f"Command: `{command}`"))
+    report = write_report(output, "report", payload, results, sequences, title, notes=f"Command: `{command}`")
     _write_per_frame_plots(results, sequences, output)
-    print(f"report written to {output / 'report.md'}")
+    print(f"report written to {report}")
     return output
 
 
-def _write_per_frame_plots(results, sequences, output: Path) -> None:
+def _write_per_frame_plots(
+    results: Mapping[str, Mapping[str, Tensor]], sequences: Mapping[str, TransformSequence], output: Path
+) -> None:
     try:
-        from invariance_lightning.reporting.figures import per_frame_figure
+        from invariance_lightning.reporting.figures import per_frame_figure, save_figures
 
-        for name, metrics in results.items():
-            per_frame_figure(sequences[name], {"": metrics}, name).savefig(output / f"{name}_per_frame.png")
+        figures = {f"{name}_per_frame": per_frame_figure(sequences[name], {"": m}, name) for name, m in results.items()}
+        save_figures(output, figures)
     except ImportError as error:  # matplotlib is an optional extra
         print(f"plots skipped ({error}); pip install 'invariance-lightning[wandb]' for matplotlib")
 

@@ -1,20 +1,25 @@
-"""Run a model over every frame of every image and measure its consistency."""
+"""Run a model over every frame of every image and measure its consistency: the one evaluation loop.
+
+:func:`iter_sequence_logits` is the loop (one pass over the images, each chunk through every sequence);
+:func:`evaluate_sequences` turns its chunks into metrics, :func:`evaluate_invariance` is its one-sequence case,
+and the Lightning callbacks consume the same chunks with synced metrics.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from kornia.enhance import normalize as kornia_normalize
 from torch import Tensor, nn
 
 from invariance_lightning.metrics.consistency import TransformConsistency
 from invariance_lightning.metrics.mode import evaluation_mode
 from invariance_lightning.transforms.base import TransformSequence
+from invariance_lightning.transforms.normalization import Normalization, normalize_images
 
 ForwardFn = Callable[[nn.Module, Tensor], Tensor]
-Normalization = tuple[Sequence[float], Sequence[float]]
 
 
 def as_float_images(images: Tensor) -> Tensor:
@@ -69,6 +74,102 @@ def _batches(images: Tensor | Iterable[Any], targets: Tensor | None) -> Iterator
             )
 
 
+@dataclass(frozen=True)
+class SequenceChunk:
+    """The logits of a chunk of images under every frame of one sequence.
+
+    ``images`` are the chunk as given (``(n, C, H, W)``, not yet converted to float or moved to the
+    model's device), ``logits`` are ``(n, T, num_classes)`` and ``targets`` ``(n,)`` or None.
+    """
+
+    sequence: str
+    images: Tensor
+    logits: Tensor
+    targets: Tensor | None
+
+
+def check_sequences(sequences: Mapping[str, TransformSequence]) -> dict[str, TransformSequence]:
+    """A non-empty ``{name: TransformSequence}`` mapping, as a dict."""
+    if not isinstance(sequences, Mapping):
+        raise TypeError(f"sequences must be a mapping of name -> TransformSequence, got {type(sequences).__name__}")
+    if not sequences:
+        raise ValueError("sequences must name at least one TransformSequence, got an empty mapping")
+    for name, sequence in sequences.items():
+        if not isinstance(sequence, TransformSequence):
+            raise TypeError(
+                f"sequences[{name!r}] must be a TransformSequence (e.g. ShiftSequence), got {type(sequence).__name__}"
+            )
+    return dict(sequences)
+
+
+def _one_sequence(sequence: TransformSequence) -> dict[str, TransformSequence]:
+    if not isinstance(sequence, TransformSequence):
+        raise TypeError(f"sequence must be a TransformSequence (e.g. ShiftSequence), got {type(sequence).__name__}")
+    return {"sequence": sequence}
+
+
+def iter_sequence_logits(
+    model: nn.Module,
+    images: Tensor | Iterable[Any],
+    targets: Tensor | None,
+    sequences: Mapping[str, TransformSequence],
+    *,
+    batch_size: int = 256,
+    normalize: Normalization | None = None,
+    forward_fn: ForwardFn | None = None,
+    device: torch.device | str | None = None,
+) -> Iterator[SequenceChunk]:
+    """Yield a :class:`SequenceChunk` per chunk of images and sequence, in one pass over ``images``.
+
+    Each batch of ``images`` (a tensor is one batch; an iterable yields ``(images, targets)``
+    batches) goes through every sequence in turn, so a streamed split is read once. A chunk holds
+    ``batch_size // len(sequence)`` images (at least one); at most ``batch_size`` frames go through
+    the model at once. ``normalize`` is applied after the geometric transform. The caller owns the
+    model's mode and grad state (see :func:`evaluate_sequences`).
+    """
+    sequences = check_sequences(sequences)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    normalize = check_normalize(normalize)
+    device = torch.device(device) if device is not None else module_device(model)
+    forward = forward_fn or (lambda module, x: module(x))
+    for batch_images, batch_targets in _batches(images, targets):
+        for name, sequence in sequences.items():
+            num_frames = len(sequence)
+            images_per_chunk = max(1, batch_size // num_frames)
+            frames_per_forward = max(1, batch_size // images_per_chunk)
+            for start in range(0, batch_images.shape[0], images_per_chunk):
+                given = batch_images[start : start + images_per_chunk]
+                chunk = as_float_images(given.to(device, non_blocking=True))
+                passes = [range(first, min(first + frames_per_forward, num_frames))
+                          for first in range(0, num_frames, frames_per_forward)]
+                logits = torch.cat([_frame_logits(model, forward, sequence, chunk, frames, normalize)
+                                    for frames in passes], dim=1)
+                chunk_targets = None if batch_targets is None else batch_targets[start : start + images_per_chunk]
+                yield SequenceChunk(name, given, logits, chunk_targets)
+
+
+def _frame_logits(
+    model: nn.Module,
+    forward: ForwardFn,
+    sequence: TransformSequence,
+    chunk: Tensor,
+    frames: range,
+    normalize: Normalization | None,
+) -> Tensor:
+    """Logits ``(n, len(frames), C)`` of the ``n`` float images of ``chunk`` under ``frames`` of ``sequence``, in one
+    forward pass."""
+    stacked = torch.stack([sequence.frame(chunk, t) for t in frames], dim=1).flatten(0, 1)  # image-major
+    logits = forward(model, normalize_images(stacked, normalize))
+    if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != stacked.shape[0]:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(
+            f"the model must return (N, C) logits for N={stacked.shape[0]} inputs, got {shape}; "
+            "pass forward_fn to extract logits from other outputs"
+        )
+    return logits.unflatten(0, (chunk.shape[0], len(frames)))
+
+
 def iter_frame_logits(
     model: nn.Module,
     images: Tensor | Iterable[Any],
@@ -80,39 +181,75 @@ def iter_frame_logits(
     forward_fn: ForwardFn | None = None,
     device: torch.device | str | None = None,
 ) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """Yield ``(logits (n, T, C), targets (n,) or None)`` chunk by chunk, at most ``batch_size`` frames per forward.
+    """Yield ``(logits (n, T, C), targets (n,) or None)`` chunk by chunk: :func:`iter_sequence_logits` for one
+    sequence. The caller owns the model's mode and grad state (see :func:`evaluate_invariance`)."""
+    chunks = iter_sequence_logits(
+        model, images, targets, _one_sequence(sequence),
+        batch_size=batch_size, normalize=normalize, forward_fn=forward_fn, device=device,
+    )
+    for chunk in chunks:
+        yield chunk.logits, chunk.targets
 
-    The caller owns the model's mode and grad state (see :func:`evaluate_invariance`).
+
+def evaluate_sequences(
+    model: nn.Module,
+    images: Tensor | Iterable[Any],
+    targets: Tensor | None,
+    sequences: Mapping[str, TransformSequence],
+    *,
+    batch_size: int = 256,
+    normalize: Normalization | None = None,
+    top_k: int | None = 5,
+    num_classes: int | None = None,
+    forward_fn: ForwardFn | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> dict[str, dict[str, Tensor]]:
+    """Measure how consistently ``model`` classifies every frame of every sequence applied to ``images``.
+
+    The images are read once (see :func:`iter_sequence_logits`), so a DataLoader over a split is
+    iterated once for all sequences.
+
+    Args:
+        model: a classifier returning ``(N, C)`` logits (or use ``forward_fn``).
+        images: ``(N, C, H, W)`` float or uint8 (then scaled to [0, 1]) images, or a DataLoader /
+            iterable of ``(images, targets)`` batches (then ``targets`` must be None).
+        targets: ``(N,)`` class indices, or None (no accuracy keys).
+        sequences: ``{name: sequence}``, e.g. ``sequence_preset("report")``.
+        batch_size: at most this many frames go through the model at once, bounding peak memory.
+        normalize: ``(mean, std)`` applied after the geometric transform, so that ``fill=0`` means
+            black pixels for a model that expects normalized input.
+        top_k, num_classes: as in :class:`TransformConsistency` (``top_k`` above the model's class
+            count ranks all classes; the key stays ``top{top_k}_distance``).
+        forward_fn: ``forward_fn(model, x) -> logits`` for models whose ``forward`` returns more.
+        device: where to run; defaults to the model's device.
+        progress: show a tqdm progress bar (one step per chunk and sequence).
+
+    Returns:
+        ``{name: TransformConsistency's dict}``, on the CPU. The model is run in eval mode under
+        ``torch.no_grad()``; afterwards every submodule has its own previous train/eval flag back
+        (a BatchNorm frozen in eval mode inside a training model stays frozen).
     """
-    if not isinstance(sequence, TransformSequence):
-        raise TypeError(f"sequence must be a TransformSequence (e.g. ShiftSequence), got {type(sequence).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    normalize = check_normalize(normalize)
+    sequences = check_sequences(sequences)
     device = torch.device(device) if device is not None else module_device(model)
-    forward = forward_fn or (lambda module, x: module(x))
-    num_frames = len(sequence)
-    images_per_chunk = max(1, batch_size // num_frames)
-    frames_per_forward = max(1, batch_size // images_per_chunk)
-    for batch_images, batch_targets in _batches(images, targets):
-        for start in range(0, batch_images.shape[0], images_per_chunk):
-            chunk = as_float_images(batch_images[start : start + images_per_chunk].to(device, non_blocking=True))
-            chunk_targets = None if batch_targets is None else batch_targets[start : start + images_per_chunk]
-            outputs = []
-            for first in range(0, num_frames, frames_per_forward):
-                frames = [sequence.frame(chunk, t) for t in range(first, min(first + frames_per_forward, num_frames))]
-                stacked = torch.stack(frames, dim=1).flatten(0, 1)  # (n * frames, C, H', W'), image-major
-                if normalize is not None:
-                    stacked = kornia_normalize(stacked, stacked.new_tensor(normalize[0]), stacked.new_tensor(normalize[1]))
-                logits = forward(model, stacked)
-                if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != stacked.shape[0]:
-                    shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-                    raise ValueError(
-                        f"the model must return (N, C) logits for N={stacked.shape[0]} inputs, got {shape}; "
-                        "pass forward_fn to extract logits from other outputs"
-                    )
-                outputs.append(logits.unflatten(0, (chunk.shape[0], len(frames))))
-            yield torch.cat(outputs, dim=1), chunk_targets
+    chunks = iter_sequence_logits(
+        model, images, targets, sequences,
+        batch_size=batch_size, normalize=normalize, forward_fn=forward_fn, device=device,
+    )
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc="evaluate", unit="chunk")
+    metrics = {
+        name: TransformConsistency(num_classes=num_classes, top_k=top_k, num_frames=len(sequence)).to(device)
+        for name, sequence in sequences.items()
+    }
+    with evaluation_mode(model):
+        for chunk in chunks:
+            metrics[chunk.sequence].update(chunk.logits, chunk.targets)
+    if any(int(metric.num_images) == 0 for metric in metrics.values()):
+        raise ValueError("images is empty: at least one image is needed to measure invariance")
+    return {name: {key: value.cpu() for key, value in metric.compute().items()} for name, metric in metrics.items()}
 
 
 def evaluate_invariance(
@@ -129,40 +266,12 @@ def evaluate_invariance(
     device: torch.device | str | None = None,
     progress: bool = False,
 ) -> dict[str, Tensor]:
-    """Measure how consistently ``model`` classifies every frame of ``sequence`` applied to ``images``.
-
-    Args:
-        model: a classifier returning ``(N, C)`` logits (or use ``forward_fn``).
-        images: ``(N, C, H, W)`` float or uint8 (then scaled to [0, 1]) images, or a DataLoader /
-            iterable of ``(images, targets)`` batches (then ``targets`` must be None).
-        targets: ``(N,)`` class indices, or None (no accuracy keys).
-        sequence: the frames, e.g. ``ShiftSequence(max_shift=8)``.
-        batch_size: at most this many frames go through the model at once, bounding peak memory.
-        normalize: ``(mean, std)`` applied after the geometric transform, so that ``fill=0`` means
-            black pixels for a model that expects normalized input.
-        top_k, num_classes: as in :class:`TransformConsistency` (``top_k`` above the model's class
-            count ranks all classes; the key stays ``top{top_k}_distance``).
-        forward_fn: ``forward_fn(model, x) -> logits`` for models whose ``forward`` returns more.
-        device: where to run; defaults to the model's device.
-        progress: show a tqdm progress bar.
-
-    Returns:
-        :class:`TransformConsistency`'s dict, on the CPU. The model is run in eval mode under
-        ``torch.no_grad()``; afterwards every submodule has its own previous train/eval flag back
-        (a BatchNorm frozen in eval mode inside a training model stays frozen).
-    """
-    device = torch.device(device) if device is not None else module_device(model)
-    chunks = iter_frame_logits(
-        model, images, sequence, targets, batch_size=batch_size, normalize=normalize, forward_fn=forward_fn, device=device
-    )
-    if progress:
-        from tqdm.auto import tqdm
-
-        chunks = tqdm(chunks, desc="evaluate_invariance", unit="chunk")
-    metric = TransformConsistency(num_classes=num_classes, top_k=top_k, num_frames=len(sequence)).to(device)
-    with evaluation_mode(model):
-        for logits, chunk_targets in chunks:
-            metric.update(logits, chunk_targets)
-    if int(metric.num_images) == 0:
-        raise ValueError("images is empty: evaluate_invariance needs at least one image")
-    return {name: value.cpu() for name, value in metric.compute().items()}
+    """Measure how consistently ``model`` classifies every frame of ``sequence`` applied to ``images``:
+    :func:`evaluate_sequences` for one sequence (same arguments; ``sequence``, e.g.
+    ``ShiftSequence(max_shift=8)``, instead of a mapping), returning its metric dict."""
+    (metrics,) = evaluate_sequences(
+        model, images, targets, _one_sequence(sequence),
+        batch_size=batch_size, normalize=normalize, top_k=top_k, num_classes=num_classes,
+        forward_fn=forward_fn, device=device, progress=progress,
+    ).values()
+    return metrics

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from invariance_lightning.transforms import TransformSequence
+from invariance_lightning.diagnostics import EquivarianceReport
+from invariance_lightning.metrics.gap import GAP_METRICS, Gap, sampling_bound
+from invariance_lightning.transforms import ShiftSequence, TransformSequence
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -22,6 +26,15 @@ def _figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def save_figures(folder: Path, figures: Mapping[str, Figure]) -> list[Path]:
+    """Save each figure as ``{folder}/{name}.png``; returns the paths, in order."""
+    paths = []
+    for name, figure in figures.items():
+        paths.append(folder / f"{name}.png")
+        figure.savefig(paths[-1])
+    return paths
 
 
 def per_frame_figure(sequence: TransformSequence, metrics_by_split: Mapping[str, Mapping[str, Tensor]], title: str) -> Figure:
@@ -116,4 +129,101 @@ def flip_grid_figure(
                 ax.set_xlabel(sequence.frame_labels[t], fontsize=6)
                 ax.xaxis.set_label_position("top")
     fig.suptitle(f"most-flipping images ({int(flips[order].sum()) if len(order) else 0} flips shown)", fontsize=9)
+    return fig
+
+
+def accuracy_flip_figure(rows: Sequence[Mapping[str, Any]], sequences: Sequence[str]) -> Figure:
+    """Accuracy against flip rate, one point per row, one panel per sequence.
+
+    Each row (a model) has ``"variant"`` (its label), ``"test_accuracy"`` and ``"{sequence}_flip_rate"``.
+    """
+    fig = _figure(4.6 * len(sequences), 3.8)
+    for ax, name in zip(fig.subplots(1, len(sequences), squeeze=False)[0], sequences):
+        for row in rows:
+            point = (row[f"{name}_flip_rate"], row["test_accuracy"])
+            ax.scatter(*point)
+            ax.annotate(row["variant"], point, textcoords="offset points", xytext=(4, 4), fontsize="small")
+        ax.set(title=f"{name}: accuracy vs flip rate", xlabel=f"{name} flip rate (lower: more invariant)",
+               ylabel="test accuracy")
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def monitor_history_figure(histories: Mapping[str, Sequence[Mapping]], keys: Sequence[str]) -> Figure:
+    """Monitored values over the epochs: one panel per key, one line per model.
+
+    ``histories`` maps a model's label to its ``InvarianceMonitor`` history (rows ``{"epoch", "values"}``);
+    a row without a key is skipped, a model without any draws no line.
+    """
+    fig = _figure(4.6 * len(keys), 3.8)
+    for ax, key in zip(fig.subplots(1, len(keys), squeeze=False, sharey=True)[0], keys):
+        for label, history in histories.items():
+            points = [(row["epoch"], row["values"][key]) for row in history if key in row["values"]]
+            if points:
+                ax.plot(*zip(*points), marker=".", label=label)
+        ax.set(title=f"monitor: {key}", xlabel="epoch", ylabel="flip rate", ylim=(0, None))
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize="small")
+    return fig
+
+
+def flip_rate_by_sequence_figure(
+    sequences: Mapping[str, TransformSequence], results: Mapping[str, Mapping[str, Tensor]], title: str
+) -> Figure:
+    """Per-step flip rate (from the previous frame) of every sequence: shifts on one axes, the others on another."""
+    shifts = [name for name, sequence in sequences.items() if isinstance(sequence, ShiftSequence)]
+    groups = {"shift": shifts, "scale": [name for name in sequences if name not in shifts]}
+    groups = {kind: names for kind, names in groups.items() if names}
+    fig = _figure(5.2 * len(groups), 3.6)
+    for ax, (kind, names) in zip(fig.subplots(1, len(groups), squeeze=False)[0], groups.items()):
+        for name in names:
+            ax.plot(sequences[name].frame_values[1:], results[name]["per_frame_flip_rate"].tolist(), marker="o",
+                    label=name)
+        ax.set(title=f"P(top-1 change) per {kind} step", xlabel=sequences[names[0]].axis_label,
+               ylabel="flip rate from the previous frame", ylim=(0, None))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(title)
+    return fig
+
+
+def train_test_figure(gap: Gap, counts: Mapping[str, int]) -> Figure:
+    """Grouped bars per sequence: each :data:`GAP_METRICS` metric on training vs test images, with error bars of
+    twice the :func:`sampling_bound` (``gap`` from :func:`~invariance_lightning.metrics.gap.train_test_gap`)."""
+    names = list(gap)
+    fig = _figure(4.2 * len(GAP_METRICS), 3.6)
+    positions = torch.arange(len(names), dtype=torch.float64)
+    for ax, (metric, label) in zip(fig.subplots(1, len(GAP_METRICS), squeeze=False)[0], GAP_METRICS.items()):
+        for offset, split in ((-0.2, "train"), (0.2, "test")):
+            values = [gap[name][metric][split] for name in names]
+            errors = [2 * sampling_bound(value, counts[split]) for value in values]
+            ax.bar((positions + offset).tolist(), values, width=0.4, label=split, yerr=errors, capsize=2)
+        ax.set_xticks(positions.tolist(), names, rotation=30, ha="right", fontsize="small")
+        ax.set(title=label, ylim=(0, None))
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize="small")
+    return fig
+
+
+def layer_profile_figure(report: EquivarianceReport) -> Figure:
+    """Pooled-feature change (one line per shift) and equivariance error (first shift) against depth."""
+    rows = list(report)
+    labels = [f"{row.name or '(model)'}" + (f" /{row.stride[0]:g}" if row.stride else "") for row in rows]
+    x = list(range(len(rows)))
+    fig = _figure(max(8.0, 0.55 * len(rows) + 3), 4.2)
+    pooled_ax, error_ax = fig.subplots(1, 2, sharex=True)
+    for shift in dict.fromkeys(s for row in rows for s in row.pooled_change_by_shift):
+        pooled_ax.plot(x, [row.pooled_change_by_shift.get(shift, math.nan) for row in rows], marker="o",
+                       label=f"shift ({shift[0]},{shift[1]})")
+    error_ax.plot(x, [row.equivariance_error for row in rows], marker="s", linestyle="none", color="tab:red")
+    pooled_ax.set(title="pooled-feature change", ylabel="||g(shifted x) - g(x)|| / ||g(x)||", ylim=(0, None))
+    error_ax.set(title=f"equivariance error, shift ({report.shift[0]},{report.shift[1]}), border {report.border} px",
+                 ylabel="relative L2 error", ylim=(0, None))
+    for ax in (pooled_ax, error_ax):
+        ax.set_xticks(x, labels, rotation=60, ha="right", fontsize="small")
+        ax.grid(alpha=0.3)
+    pooled_ax.legend(fontsize="small")
+    fig.suptitle(f"{report.mode} input shifts, {report.num_images} images; tick labels: layer /cumulative "
+                 "stride; no error where the feature shift is fractional", fontsize="medium")
     return fig

@@ -9,8 +9,8 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from invariance_lightning.metrics import TransformConsistency, iter_frame_logits
-from invariance_lightning.metrics.evaluate import Normalization
+from invariance_lightning.metrics import TransformConsistency
+from invariance_lightning.metrics.evaluate import Normalization, iter_sequence_logits
 from invariance_lightning.metrics.mode import evaluation_mode
 from invariance_lightning.transforms import TransformSequence
 
@@ -80,46 +80,32 @@ def measure_sequences(
 ) -> dict[str, SequenceMeasurement]:
     """Run every sequence over this process's ``batches`` in one pass and return metrics synced over all processes.
 
-    Batches are used one at a time (``batch_size`` bounds the frames per forward pass); each
-    measurement keeps this process's ``examples`` most-flipping images. Every process must call
-    this (syncing is collective), also with no batches. Raises on every process: ``ValueError`` if
-    any process met targets outside ``[0, num_classes)``, then :class:`NonFiniteLogitsError` if
-    any process saw non-finite logits.
+    The chunks come from :func:`~invariance_lightning.metrics.evaluate.iter_sequence_logits` (the loop
+    ``evaluate_sequences`` uses): batches are used one at a time, each through every sequence
+    (``batch_size`` bounds the frames per forward pass); each measurement keeps this process's
+    ``examples`` most-flipping images. Every process must call this (syncing is collective), also
+    with no batches. Raises on every process: ``ValueError`` if any process met targets outside
+    ``[0, num_classes)``, then :class:`NonFiniteLogitsError` if any process saw non-finite logits.
     """
     device = pl_module.device
     metrics = {name: TransformConsistency(top_k=top_k, num_frames=len(s)).to(device) for name, s in sequences.items()}
     kept = {name: FlipExamples(examples) for name in sequences}
     bad_targets = nonfinite = None
     with evaluation_mode(pl_module), trainer.precision_plugin.val_step_context():
-        for images, targets in batches:
-            if not len(images):
-                continue
-            bad_targets = targets_error(targets, num_classes, split)
+        chunks = iter_sequence_logits(
+            pl_module, batches, None, sequences,
+            batch_size=batch_size, normalize=normalize, forward_fn=forward_fn, device=device,
+        )
+        for chunk in chunks:
+            bad_targets = targets_error(chunk.targets, num_classes, split)
             if bad_targets is not None:
                 break
-            for name, sequence in sequences.items():
-                chunks = iter_frame_logits(
-                    pl_module,
-                    images,
-                    sequence,
-                    targets,
-                    batch_size=batch_size,
-                    normalize=normalize,
-                    forward_fn=forward_fn,
-                    device=device,
-                )
-                predictions = []
-                for logits, chunk_targets in chunks:
-                    if not bool(torch.isfinite(logits).all()):
-                        nonfinite = f"the model produced NaN or infinite logits on the {name!r} sequence"
-                        break
-                    metrics[name].update(logits.float(), chunk_targets)
-                    predictions.append(logits.argmax(dim=-1))
-                if nonfinite is not None:
-                    break
-                kept[name].add(images, torch.cat(predictions).to(images.device), targets)
-            if nonfinite is not None:
+            if not bool(torch.isfinite(chunk.logits).all()):
+                nonfinite = f"the model produced NaN or infinite logits on the {chunk.sequence!r} sequence"
                 break
+            metrics[chunk.sequence].update(chunk.logits.float(), chunk.targets)
+            predictions = chunk.logits.argmax(dim=-1).to(chunk.images.device)
+            kept[chunk.sequence].add(chunk.images, predictions, chunk.targets)
     if not trainer.strategy.reduce_boolean_decision(bad_targets is None, all=True):
         raise ValueError(bad_targets or f"another process met {split!r} targets outside [0, {num_classes})")
     if not trainer.strategy.reduce_boolean_decision(nonfinite is None, all=True):

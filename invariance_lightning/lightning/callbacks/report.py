@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 from torch import Tensor
@@ -14,7 +12,7 @@ from invariance_lightning.lightning.callbacks.base import InvarianceCallbackBase
 from invariance_lightning.lightning.callbacks.measure import ModuleForward
 from invariance_lightning.lightning.callbacks.subsets import SPLITS, BatchKey, split_stream
 from invariance_lightning.metrics.evaluate import Normalization
-from invariance_lightning.reporting.tables import report_markdown, results_to_dict
+from invariance_lightning.reporting.tables import write_report
 from invariance_lightning.transforms import TransformSequence, sequence_preset
 
 
@@ -104,12 +102,6 @@ class InvarianceReport(InvarianceCallbackBase):
         return self.results
 
     def _write(self, num_images: int) -> None:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        payload: dict[str, Any] = {
-            "split": self.split,
-            "num_images": num_images,
-            "results": results_to_dict(self.results, self.sequences),
-        }
-        (self.output_dir / "invariance_report.json").write_text(json.dumps(payload, indent=2))
         title = f"Invariance report: {self.split} split, {num_images} images"
-        (self.output_dir / "invariance_report.md").write_text(report_markdown(self.results, self.sequences, title))
+        payload = {"split": self.split, "num_images": num_images}
+        write_report(self.output_dir, "invariance_report", payload, self.results, self.sequences, title)

@@ -1,0 +1,135 @@
+"""Torch-only reporting of the recipes: the train-vs-test gap and its bound, the comparison tables, the figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from invariance_lightning import ScaleSequence, ShiftSequence
+from invariance_lightning.metrics.gap import sampling_bound, train_test_gap
+from invariance_lightning.reporting.figures import (
+    flip_rate_by_sequence_figure,
+    monitor_history_figure,
+    save_figures,
+    train_test_figure,
+)
+from invariance_lightning.reporting.tables import (
+    COMPARISON_COLUMNS,
+    comparison_markdown,
+    format_cell,
+    gap_markdown,
+    json_safe,
+    write_comparison,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def metrics(flip_rate: float, worst: float, accuracy: float) -> dict[str, torch.Tensor]:
+    return {"flip_rate": torch.tensor(flip_rate), "worst_case_accuracy": torch.tensor(worst),
+            "accuracy": torch.tensor(accuracy), "per_frame_flip_rate": torch.tensor([flip_rate, flip_rate])}
+
+
+def test_train_test_gap_by_hand():
+    assert sampling_bound(0.5, 100) == pytest.approx(0.05)  # sqrt(0.25 / 100)
+    assert sampling_bound(0.0, 7) == 0.0
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
+        sampling_bound(0.5, 0)
+    results = {"train": {"shift": metrics(0.5, 0.9, 0.84)}, "test": {"shift": metrics(0.8, 0.9, 0.75)}}
+    gap = train_test_gap(results, {"train": 100, "test": 400})
+    flip = gap["shift"]["flip_rate"]
+    # bounds sqrt(.25/100) = .05 and sqrt(.16/400) = .02, in quadrature: sqrt(.0029); twice that
+    assert flip["bound"] == pytest.approx(2 * math.sqrt(0.0029))
+    assert flip["difference"] == pytest.approx(0.3) and flip["significant"] is True
+    same = gap["shift"]["worst_case_accuracy"]
+    assert same["difference"] == pytest.approx(0.0) and same["significant"] is False
+    # accuracy: .84 vs .75, bounds sqrt(.1344/100) and sqrt(.1875/400): 2 * sqrt(.001344 + .00046875) = .0851
+    accuracy = gap["shift"]["accuracy"]
+    assert accuracy["bound"] == pytest.approx(0.08515, abs=1e-5) and accuracy["significant"] is True
+    assert list(gap["shift"]) == ["flip_rate", "worst_case_accuracy", "accuracy"]
+    table = gap_markdown(gap)
+    assert "| shift | flip rate | 0.5000 | 0.8000 | +0.3000 | 0.1077 | yes |" in table
+    with pytest.raises(ValueError, match="missing \\['train'\\]"):
+        train_test_gap({"test": results["test"]}, {"test": 400})
+
+
+def row(variant: str, flip: float, accuracy: float, speed: float) -> dict:
+    values = {column: 0.5 for column in COMPARISON_COLUMNS}
+    values.update(variant=variant, shift_flip_rate=flip, scale_flip_rate=flip / 2, test_accuracy=accuracy,
+                  train_images_per_second=speed, monitor_train_shift_flip_rate=math.nan, epochs=3, test_images=8,
+                  training="trained", preset="tiny", config="c.yaml", checkpoint="runs/x/last-checkpoint",
+                  command=f"invariance-lightning fit {variant}")
+    return values
+
+
+SETUP = {"family": "cifar10", "preset": "tiny", "smoke": True, "preset_description": "1 epoch(s)", "test_images": 8,
+         "seed": 0, "device": "cpu", "threads": 1, "cpus": 2, "machine": "x86_64", "load_start": "1.0",
+         "load_end": "2.0", "seconds": 12.0, "command": "python recipes/compare.py --preset tiny"}
+
+
+def test_comparison_files_hold_the_rows_with_nan_as_n_a_and_null(tmp_path):
+    rows = [row("plain", 0.25, 0.5, 81.26), row("blur", 0.125, 0.625, 70.0)]
+    sequences = {"shift": ShiftSequence(max_shift=1)}
+    results = {"plain": {"shift": {"flip_rate": torch.tensor(0.25), "per_frame_flip_rate": torch.tensor([0.25])}}}
+    write_comparison(tmp_path / "out", rows, results, sequences, {**SETUP, "nan": math.nan})
+    with (tmp_path / "out" / "comparison.csv").open(newline="") as file:
+        read = list(csv.DictReader(file))
+    assert list(read[0]) == list(COMPARISON_COLUMNS) and [r["variant"] for r in read] == ["plain", "blur"]
+    assert read[0]["train_images_per_second"] == "81.26" and read[0]["monitor_train_shift_flip_rate"] == "nan"
+    markdown = (tmp_path / "out" / "comparison.md").read_text()
+    assert markdown == comparison_markdown(rows, {**SETUP, "nan": math.nan})
+    assert markdown.startswith("# Invariance comparison: cifar10 variants (SMOKE RUN, preset tiny)")
+    # shown columns only; 4 decimals, images per second with 1, NaN as n/a
+    assert "| plain | 0.5000 | 0.2500 | 0.5000 |" in markdown and "| n/a | 0.5000 | 81.3 | 3 | trained |" in markdown
+    assert "runs/x/last-checkpoint" not in markdown and "invariance-lightning fit blur" in markdown
+    payload = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    assert payload["rows"][0]["monitor_train_shift_flip_rate"] is None and payload["setup"]["nan"] is None
+    assert payload["results"]["plain"]["shift"]["metrics"]["flip_rate"] == 0.25
+
+
+def test_cells_and_json_safe_values():
+    assert format_cell(0.123456) == "0.1235" and format_cell(math.nan) == "nan" and format_cell(3) == "3"
+    assert format_cell(81.26, 1, missing="n/a") == "81.3" and format_cell(math.nan, missing="n/a") == "n/a"
+    assert json_safe({1: (math.inf, 0.5), "a": [math.nan, "x"]}) == {"1": [None, 0.5], "a": [None, "x"]}
+
+
+def test_monitor_history_figure_draws_each_models_values_per_epoch():
+    histories = {
+        "plain": [{"epoch": 0, "values": {"val/shift/flip_rate": 0.3, "train/shift/flip_rate": 0.2}},
+                  {"epoch": 2, "values": {"val/shift/flip_rate": 0.1, "train/shift/flip_rate": 0.05}}],
+        "blur": [{"epoch": 1, "values": {"val/shift/flip_rate": 0.25}}],  # no train split measured
+        "none": [],  # a run without a monitor draws nothing
+    }
+    figure = monitor_history_figure(histories, ["train/shift/flip_rate", "val/shift/flip_rate"])
+    train_ax, val_ax = figure.axes
+    assert (train_ax.get_title(), val_ax.get_title()) == ("monitor: train/shift/flip_rate", "monitor: val/shift/flip_rate")
+    assert [line.get_label() for line in train_ax.lines] == ["plain"]
+    assert [(line.get_label(), list(line.get_xdata()), list(line.get_ydata())) for line in val_ax.lines] == [
+        ("plain", [0, 2], [0.3, 0.1]), ("blur", [1], [0.25])]
+
+
+def test_flip_rate_and_train_test_figures_draw_the_numbers(tmp_path):
+    sequences = {"zeros": ShiftSequence(max_shift=2), "circular": ShiftSequence(max_shift=2, mode="circular"),
+                 "scale": ScaleSequence([0.9, 1.0, 1.1])}
+    results = {name: {"per_frame_flip_rate": torch.tensor([0.25 * i, 0.5])} for i, name in enumerate(sequences)}
+    figure = flip_rate_by_sequence_figure(sequences, results, "test images")
+    shift_ax, scale_ax = figure.axes
+    assert [line.get_label() for line in shift_ax.lines] == ["zeros", "circular"]
+    assert list(shift_ax.lines[1].get_ydata()) == [0.25, 0.5] and list(scale_ax.lines[0].get_ydata()) == [0.5, 0.5]
+    assert list(scale_ax.lines[0].get_xdata()) == [1.0, 1.1]  # the factor each step arrives at
+
+    split_results = {"train": {"s": metrics(0.5, 0.9, 0.84)}, "test": {"s": metrics(0.8, 0.9, 0.75)}}
+    counts = {"train": 100, "test": 400}
+    figure = train_test_figure(train_test_gap(split_results, counts), counts)
+    flip_ax = figure.axes[0]
+    heights = [patch.get_height() for patch in flip_ax.patches]
+    assert flip_ax.get_title() == "flip rate" and heights == pytest.approx([0.5, 0.8])
+    error_bars = [container for container in flip_ax.containers if hasattr(container, "has_yerr")]
+    segments = [c.lines[2][0].get_segments()[0] for c in error_bars]  # each bar's error line (x, y0) - (x, y1)
+    assert [s[1][1] - s[0][1] for s in segments] == pytest.approx([4 * 0.05, 4 * 0.02])  # +- 2 bounds
+    (path,) = save_figures(tmp_path, {"train_vs_test": figure})
+    assert path == tmp_path / "train_vs_test.png" and path.read_bytes()[:8] == PNG_MAGIC
