@@ -3,5 +3,15 @@
 from invariance_lightning.metrics.consistency import TransformConsistency
 from invariance_lightning.metrics.evaluate import evaluate_invariance, iter_frame_logits
 from invariance_lightning.metrics.functional import transform_consistency
+from invariance_lightning.metrics.protocols import PROTOCOLS, ShiftProtocol, evaluate_protocol, protocol_counts
 
-__all__ = ["TransformConsistency", "evaluate_invariance", "iter_frame_logits", "transform_consistency"]
+__all__ = [
+    "PROTOCOLS",
+    "ShiftProtocol",
+    "TransformConsistency",
+    "evaluate_invariance",
+    "evaluate_protocol",
+    "iter_frame_logits",
+    "protocol_counts",
+    "transform_consistency",
+]
