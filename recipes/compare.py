@@ -8,7 +8,8 @@ For each variant (``configs/<family>/<label>_<variant>.yaml``) the recipe
    ``max_epochs`` is resumed (``--ckpt_path last``; a finished run cannot be extended: its one-cycle schedule is
    fixed by ``max_epochs``);
 2. evaluates ``last.ckpt`` with the full protocol (``sequence_preset("report")``: diagonal shifts 0..8 px and
-   scales 0.8..1.2) on the test split (a seeded subset below ``--preset full``);
+   scales 0.8..1.2) on the test split (a seeded subset below ``--preset full``), and with the published protocols
+   named by ``--protocols`` (``invariance_lightning.metrics.protocols``, one column per number);
 3. reads the ``InvarianceMonitor``'s last flip rates (train vs val subset) from ``last.ckpt`` and the last
    epoch's ``train/images_per_second`` from the run's ``metrics.csv``;
 
@@ -41,6 +42,7 @@ from invariance_lightning.lightning.comparison import (
     plan_comparison,
     run_comparison,
 )
+from invariance_lightning.metrics.protocols import PROTOCOLS
 from invariance_lightning.validation import positive_int
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="use runs whose last.ckpt covers the epochs; resume runs stopped before their "
                         "max_epochs (--ckpt_path last)")
     parser.add_argument("--no-wandb", action="store_true", help="CSV logs only, no W&B runs")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the test subset (default: 0)")
+    parser.add_argument("--protocols", nargs="+", choices=list(PROTOCOLS), default=[], metavar="NAME",
+                        help=f"published protocols to run on the test images: {', '.join(PROTOCOLS)} (default: none)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the test subset and of the protocols' random shifts (default: 0)")
     parser.add_argument("--batch-size", type=positive_int, default=256,
                         help="frames per evaluation forward pass (default: 256)")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")

@@ -29,25 +29,26 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
 
-from invariance_lightning.diagnostics import default_layers, layer_equivariance
+from invariance_lightning.diagnostics import layer_equivariance
 from invariance_lightning.lightning.data import DATA_DIR_ENV
 from invariance_lightning.lightning.paper import (
     SHARED_ENV,
-    LoadedModel,
     load_checkpoint_model,
     load_pretrained,
     load_subsets,
+    measure_published,
+    measure_splits,
+    profile_layers,
     shared_root,
 )
-from invariance_lightning.metrics.evaluate import evaluate_sequences
 from invariance_lightning.metrics.gap import train_test_gap
+from invariance_lightning.metrics.protocols import PROTOCOLS as PUBLISHED
 from invariance_lightning.models import CIFAR_RESNET_DEPTHS
 from invariance_lightning.models.pretrained import WEIGHTS_URL_ENV, weights_cache_dir
 from invariance_lightning.reporting.figures import (
@@ -57,8 +58,8 @@ from invariance_lightning.reporting.figures import (
     save_figures,
     train_test_figure,
 )
-from invariance_lightning.reporting.tables import json_safe, paper_report_markdown, results_to_dict
-from invariance_lightning.transforms import TransformSequence, sequence_preset
+from invariance_lightning.reporting.tables import json_safe, paper_report_markdown, protocols_to_dict, results_to_dict
+from invariance_lightning.transforms import sequence_preset
 from invariance_lightning.validation import nonnegative_int, positive_int
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -108,8 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "full = 10,000 + 10,000 and 512")
     parser.add_argument("--num-images", type=positive_int, help="test and train images each (overrides the preset)")
     parser.add_argument("--layer-images", type=positive_int, help="images for the per-layer profile")
-    parser.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS),
-                        help="which sequences of sequence_preset('paper') to measure (default: all)")
+    parser.add_argument("--protocols", nargs="+", choices=PROTOCOLS + tuple(PUBLISHED), default=list(PROTOCOLS),
+                        help="sequences of sequence_preset('paper') to measure (default: all; at least one), and "
+                        "published protocols to run on the test images (invariance_lightning.metrics.protocols)")
     parser.add_argument("--layers", default="blocks",
                         help="'blocks' (first conv, every residual block, the classifier), 'all' (every conv, "
                         "pool, block and the classifier) or comma-separated module names (default: blocks)")
@@ -129,41 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def profile_layers(model: nn.Module, choice: str) -> list[str]:
-    """Layer names for ``--layers``: 'blocks' keeps the first and last of :func:`default_layers` and every block."""
-    if choice == "all":
-        return default_layers(model)
-    if choice != "blocks":
-        return [name.strip() for name in choice.split(",") if name.strip()]
-    names = default_layers(model)
-    modules = dict(model.named_modules())
-    blocks = [name for name in names if next(modules[name].children(), None) is not None]
-    return list(dict.fromkeys([names[0], *blocks, names[-1]])) if names else []
-
-
-def measure_splits(
-    loaded: LoadedModel,
-    subsets: Mapping[str, tuple[Tensor, Tensor]],
-    sequences: Mapping[str, TransformSequence],
-    batch_size: int,
-) -> tuple[dict[str, dict[str, dict[str, Tensor]]], dict[str, float]]:
-    """``{split: {protocol: metrics}}`` (each split read once for all protocols) and the seconds each split took."""
-    results, seconds = {}, {}
-    for split, (images, labels) in subsets.items():
-        started = time.perf_counter()
-        results[split] = evaluate_sequences(loaded.model, images, labels, sequences, batch_size=batch_size,
-                                            normalize=loaded.normalize)
-        seconds[split] = time.perf_counter() - started
-        for name, metrics in results[split].items():
-            print(f"{split:5s} {name:15s} flip rate {float(metrics['flip_rate']):.4f}  "
-                  f"worst-case acc {float(metrics['worst_case_accuracy']):.4f}", flush=True)
-        print(f"{split:5s} {len(sequences)} protocols ({seconds[split]:.1f} s)", flush=True)
-    return results, seconds
-
-
 def main(argv: Sequence[str] | None = None) -> Path:
     """Run the recipe; returns the path of ``report.md``."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not set(args.protocols) & set(PROTOCOLS):
+        parser.error(f"--protocols needs at least one of {', '.join(PROTOCOLS)} besides published protocols")
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -192,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     sequences = {name: seq for name, seq in sequence_preset("paper").items() if name in args.protocols}
     results, seconds = measure_splits(loaded, subsets, sequences, args.batch_size)
+    published, seconds["published"] = measure_published(
+        loaded, *subsets["test"], [name for name in args.protocols if name in PUBLISHED], args.seed, args.batch_size)
     gap = train_test_gap(results, counts)
 
     figures = {
@@ -220,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         },
         "seconds": {**seconds, "layers": layer_seconds, "total": time.perf_counter() - started},
         "protocols": {name: repr(seq) for name, seq in sequences.items()},
+        "published_protocols": protocols_to_dict(published, args.seed),
         "results": {split: results_to_dict(results[split], sequences) for split in SPLITS},
         "train_test_gap": gap,
         "layers": {

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from invariance_lightning import InvarianceMonitor, ScaleSequence, ShiftSequence, evaluate_invariance
+from invariance_lightning.metrics.protocols import evaluate_protocol
 from invariance_lightning.lightning.callbacks.subsets import _draw_indices
 
 SEQUENCES = {"shift": ShiftSequence(max_shift=2, mode="zeros"), "scale": ScaleSequence([0.9, 1.0, 1.1])}
@@ -281,3 +282,45 @@ def test_a_module_with_fewer_classes_than_top_k_logs_the_full_ranking_distance_u
     logged = trainer.callback_metrics["invariance/val/shift/top5_distance"]
     assert float(logged) == pytest.approx(float(full_ranking["top3_distance"]), abs=1e-6)
     assert callback.top_k == 5
+
+
+def unit_loader(num_images: int, seed: int) -> DataLoader:
+    """Images in [0, 1] (the published protocols fill shifts with black before normalizing)."""
+    images, targets = tiny_data(num_images, seed=seed)
+    return DataLoader(TensorDataset(images.sigmoid(), targets), batch_size=8)
+
+
+def test_protocol_values_equal_evaluate_protocol_on_the_subset_and_are_kept_in_the_history(tmp_path):
+    pl.seed_everything(0)
+    model = TinyClassifier()
+    normalize = ((0.5, 0.4, 0.3), (0.25, 0.2, 0.3))
+    callback = monitor(protocols=("aps2021_circular", "imagenet_p_flip"), seed=3, normalize=normalize, batch_size=7)
+    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=1, callbacks=[callback])
+    trainer.fit(model, unit_loader(40, seed=1), unit_loader(24, seed=2))
+
+    images, targets = tiny_data(24, seed=2)
+    indices = callback.subsets["val"].indices
+    values = callback.history[-1]["values"]
+    for name in ("aps2021_circular", "imagenet_p_flip"):
+        expected = evaluate_protocol(model, images.sigmoid()[indices], targets[indices], name, seed=3,
+                                     normalize=normalize)
+        for key, value in expected.items():
+            if key != "num_images":
+                assert values[f"val/{name}/{key}"] == value, (name, key)  # exact: the same counts
+                logged = float(trainer.callback_metrics[f"invariance/val/{name}/{key}"])
+                assert logged == pytest.approx(value, abs=1e-6), (name, key)
+    assert 0 < values["val/aps2021_circular/consistency"] < 1 and 0 < values["val/imagenet_p_flip/flip_probability"]
+    assert "train/aps2021_circular/consistency" in values
+    restored = monitor(protocols=("aps2021_circular",))
+    restored.load_state_dict(callback.state_dict())
+    assert restored.history == callback.history
+
+
+def test_protocols_are_checked_before_training(tmp_path):
+    with pytest.raises(ValueError, match="unknown protocol 'zhang2020'; valid protocols: zhang2019, aps2021_standard"):
+        InvarianceMonitor(protocols=("zhang2020",))
+    with pytest.raises(ValueError, match="names a protocol twice"):
+        InvarianceMonitor(protocols=("zhang2019", "zhang2019"))
+    callback = monitor(protocols=("aps2021_standard",))
+    with pytest.raises(ValueError, match=r"protocols need un-normalized 'val' images .* got values in \[-"):
+        tiny_trainer(tmp_path, callbacks=[callback]).fit(TinyClassifier(), unit_loader(40, 1), tiny_loader(24))

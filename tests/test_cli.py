@@ -16,6 +16,7 @@ from invariance_lightning import evaluate_invariance, sequence_preset
 from invariance_lightning.lightning.cli import main, wandb_logged_in
 from invariance_lightning.lightning.data import ImageFolderDataModule
 from invariance_lightning.lightning.checkpoint import load_classifier
+from invariance_lightning.metrics.protocols import PROTOCOLS, evaluate_protocol
 from invariance_lightning.models import cifar_resnet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,7 +120,7 @@ def test_evaluate_writes_a_report_for_pretrained_weights(tiny_cifar_dir, tmp_pat
     assert (output / "shift_per_frame.png").exists()
 
 
-def test_evaluate_streams_the_split_and_never_builds_a_tensor_of_its_size(tmp_path):
+def test_evaluate_streams_the_split_and_never_builds_a_tensor_of_its_size(tmp_path, capsys):
     root = tmp_path / "folder"
     generator = torch.Generator().manual_seed(0)
     for split, per_class in (("train", 2), ("val", 10)):
@@ -129,11 +130,17 @@ def test_evaluate_streams_the_split_and_never_builds_a_tensor_of_its_size(tmp_pa
                 image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=generator)
                 write_png(image, str(root / split / label / f"{i}.png"))
     weights = tmp_path / "resnet20-test.th"
-    torch.save({"state_dict": cifar_resnet(20).state_dict()}, weights)
+    network = cifar_resnet(20)
+    for module in network.modules():  # random BatchNorm affines: predictions that differ between shifts
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.weight.data.normal_(0, 1, generator=generator)
+            module.bias.data.normal_(0, 1, generator=generator)
+    torch.save({"state_dict": network.state_dict()}, weights)
     output = tmp_path / "report"
     args = ["evaluate", "--model", str(weights), "--data", str(root), "--image_size", "32", "--preset", "monitor"]
+    protocols = ["zhang2019", "imagenet_p_flip"]
     with LargestImageBatch(32, 32) as tracker:
-        main([*args, "--batch_size", "8", "--output", str(output)])
+        main([*args, "--batch_size", "8", "--output", str(output), "--protocols", *protocols, "--seed", "5"])
     assert tracker.largest <= 8, f"an image tensor of {tracker.largest} images was built for a 20-image split"
 
     report = json.loads((output / "report.json").read_text())
@@ -147,6 +154,17 @@ def test_evaluate_streams_the_split_and_never_builds_a_tensor_of_its_size(tmp_pa
         for metric in ("flip_rate", "consistency", "accuracy", "worst_case_accuracy"):
             logged = report["results"][name]["metrics"][metric]
             assert logged == pytest.approx(float(expected[metric]), abs=1e-6), (name, metric)
+    # the protocols' counts, summed over the three streamed batches (8, 8, 4 images), equal one call on all 20
+    for name in protocols:
+        expected = evaluate_protocol(loaded.model, images, targets, name, normalize=loaded.normalize, seed=5)
+        assert report["protocols"][name]["results"] == expected, name
+        assert report["protocols"][name]["citation"] == PROTOCOLS[name].citation
+    assert 0 < report["protocols"]["zhang2019"]["results"]["consistency"] < 1
+    assert "## Published protocols" in (output / "report.md").read_text()
+    assert f"| imagenet_p_flip | 20 | flip_probability {expected['flip_probability']:.4f}" in (output / "report.md").read_text()
+    with pytest.raises(SystemExit):
+        main([*args, "--protocols", "zhang2020"])
+    assert "invalid choice: 'zhang2020' (choose from 'zhang2019', 'aps2021_standard'" in capsys.readouterr().err
 
 
 

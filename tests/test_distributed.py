@@ -24,6 +24,7 @@ from invariance_lightning import (
     evaluate_invariance,
 )
 from invariance_lightning.lightning.callbacks.subsets import _draw_indices
+from invariance_lightning.metrics.protocols import PROTOCOLS, evaluate_protocol
 
 pytestmark = pytest.mark.slow
 
@@ -47,12 +48,16 @@ def test_metric_under_gloo_equals_single_process_with_uneven_and_empty_shards():
 
 
 FRAMES = 6  # frames per image: SEQUENCES' 3 shifts and 3 scales
+PROTOCOL = "aps2021_standard"  # a published protocol with random shifts drawn per image index
+ID_SCALE = 256  # ids are stored as (id + 1) / ID_SCALE, so that images stay in [0, 1] as the protocols need
 
 
 def with_ids(images: torch.Tensor, first_id: int) -> torch.Tensor:
-    """``images`` whose channel 0 is the constant ``id + 1`` (its maximum in every shifted or rescaled frame)."""
-    images = images.clone()
-    images[:, 0] = torch.arange(first_id + 1, first_id + 1 + len(images), dtype=images.dtype)[:, None, None]
+    """``images`` in [0, 1] whose channel 0 is the constant ``(id + 1) / ID_SCALE`` (its maximum in every shifted or
+    rescaled frame)."""
+    images = images.sigmoid()
+    ids = torch.arange(first_id + 1, first_id + 1 + len(images), dtype=images.dtype) / ID_SCALE
+    images[:, 0] = ids[:, None, None]
     return images
 
 
@@ -63,7 +68,8 @@ def id_loader(num_images: int, seed: int, first_id: int) -> DataLoader:
 
 class Recorder(pl.LightningModule):
     """No BatchNorm (every process holds identical weights, so shards are measured on one model). ``forward``, which
-    only the callbacks call, counts the images it sees by id; each process writes its counts to ``folder``."""
+    only the callbacks call, counts the images it sees by id; each process writes its counts to ``folder``. Inputs
+    in [0, 1] are stretched (:meth:`stretch`), so that predictions differ between images and shifts."""
 
     def __init__(self, folder: Path) -> None:
         super().__init__()
@@ -78,12 +84,16 @@ class Recorder(pl.LightningModule):
         self.seen: Counter[int] = Counter()
 
     def forward(self, x):
-        self.seen.update((x[:, 0].amax(dim=(1, 2)).round().long() - 1).tolist())
-        return self.net(x)
+        self.seen.update(((x[:, 0].amax(dim=(1, 2)) * ID_SCALE).round().long() - 1).tolist())
+        return self.net(self.stretch(x))
+
+    @staticmethod
+    def stretch(x):
+        return (x - 0.5) * 10
 
     def training_step(self, batch, batch_idx):
         images, targets = batch
-        return nn.functional.cross_entropy(self.net(images), targets)
+        return nn.functional.cross_entropy(self.net(self.stretch(images)), targets)
 
     def validation_step(self, batch, batch_idx):
         pass
@@ -104,16 +114,16 @@ class Recorder(pl.LightningModule):
         Path(self.folder, f"{stage}_rank{self.global_rank}.json").write_text(json.dumps(self.seen))
 
 
-def measured_per_rank(folder: Path, stage: str) -> list[set[int]]:
-    """The images each process measured: all FRAMES frames of an image went through its model, once.
+def measured_per_rank(folder: Path, stage: str, frames: int = FRAMES) -> list[set[int]]:
+    """The images each process measured: all ``frames`` frames of an image went through its model, once.
 
-    A process also forwards the first two images once to check the module's output, hence ``count % FRAMES`` of 1.
+    A process also forwards the first two images once to check the module's output, hence ``count % frames`` of 1.
     """
     shares = []
     for rank in range(2):
         counts = {int(i): n for i, n in json.loads((folder / f"{stage}_rank{rank}.json").read_text()).items()}
-        assert all(n in (1, FRAMES, FRAMES + 1) for n in counts.values()), (rank, counts)
-        shares.append({i for i, n in counts.items() if n >= FRAMES})
+        assert all(n in (1, frames, frames + 1) for n in counts.values()), (rank, counts)
+        shares.append({i for i, n in counts.items() if n >= frames})
     return shares
 
 
@@ -130,15 +140,18 @@ def ddp_trainer(tmp_path: Path, callback) -> pl.Trainer:
 
 
 def test_monitor_under_ddp_spawn_measures_disjoint_complete_shards_and_equals_single_process(tmp_path):
-    callback = InvarianceMonitor(SEQUENCES, num_samples=15, log_plots=False, batch_size=16, normalize=None)
+    callback = InvarianceMonitor(
+        SEQUENCES, num_samples=15, log_plots=False, batch_size=16, normalize=None, protocols=(PROTOCOL,), seed=4
+    )
     pl.seed_everything(0)
     model = Recorder(tmp_path)
     # val has a single image: rank 1's shard is empty; train's 15 images split 8 / 7
     trainer = ddp_trainer(tmp_path, callback)
     trainer.fit(model, id_loader(40, seed=1, first_id=0), id_loader(1, seed=2, first_id=100))
 
-    train_indices = _draw_indices(40, 15, seed=0, split="train")
-    assert_disjoint_and_complete(measured_per_rank(tmp_path, "fit"), set(train_indices) | {100})
+    train_indices = _draw_indices(40, 15, seed=4, split="train")
+    frames = FRAMES + PROTOCOLS[PROTOCOL].frames_per_image
+    assert_disjoint_and_complete(measured_per_rank(tmp_path, "fit", frames), set(train_indices) | {100})
     train_images, train_targets = tiny_data(40, seed=1)
     val_images, val_targets = tiny_data(1, seed=2)
     for name, sequence in SEQUENCES.items():
@@ -150,6 +163,15 @@ def test_monitor_under_ddp_spawn_measures_disjoint_complete_shards_and_equals_si
             for metric in ("flip_rate", "consistency", "mac", "accuracy", "worst_case_accuracy"):
                 logged = float(trainer.callback_metrics[f"invariance/{split}/{name}/{metric}"])
                 assert logged == pytest.approx(float(expected[metric]), abs=1e-6), (split, name, metric)
+    # the protocol: counts of both shards (global indices, val's rank 1 empty) summed = one process on the subset
+    for split, images, targets in (
+        ("train", with_ids(train_images, 0)[train_indices], train_targets[train_indices]),
+        ("val", with_ids(val_images, 100), val_targets),
+    ):
+        expected = evaluate_protocol(model, images, targets, PROTOCOL, seed=4)
+        for metric in ("consistency", "accuracy"):
+            logged = float(trainer.callback_metrics[f"invariance/{split}/{PROTOCOL}/{metric}"])
+            assert logged == pytest.approx(expected[metric], abs=1e-6), (split, metric)
 
 
 def test_report_under_ddp_spawn_measures_disjoint_complete_shards_of_the_whole_split(tmp_path):

@@ -28,6 +28,7 @@ from invariance_lightning.lightning.comparison import (
 )
 from invariance_lightning.lightning.data import CIFARDataModule
 from invariance_lightning.lightning.module import ImageClassifier
+from invariance_lightning.metrics.protocols import evaluate_protocol
 from invariance_lightning.reporting.tables import COMPARISON_COLUMNS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +112,8 @@ def test_recipe_end_to_end_trains_refuses_resumes_and_reuses_on_generated_data(g
     output = tmp_path / "out"
     run_dir = output / "runs" / "cifar10" / "resnet20_plain"
     base = ["--preset", "tiny", "--variants", "plain", "--epochs", "2", "--train-subset", "64", "--test-images", "16",
-            "--no-wandb", "--data-dir", str(generated_cifar), "--output", str(output), "--monitor-samples", "24"]
+            "--no-wandb", "--data-dir", str(generated_cifar), "--output", str(output), "--monitor-samples", "24",
+            "--protocols", "aps2021_circular", "--seed", "3"]
 
     def stop_after_this_epoch(module):  # as if the 2-epoch run were killed after its first epoch
         module.trainer.should_stop = True
@@ -148,8 +150,17 @@ def test_recipe_end_to_end_trains_refuses_resumes_and_reuses_on_generated_data(g
     assert float(row["train_images_per_second"]) == pytest.approx(speed)
 
     recipe["main"]([*base, "--reuse"])
-    (row,) = read_rows(output)[1]
+    columns, (row,) = read_rows(output)
     assert (row["training"], row["epochs"]) == ("reused", "2")
+    # one column per published-protocol number, equal to the protocol on the same (seeded) test images
+    at = columns.index("monitor_train_shift_flip_rate")
+    assert columns[at - 2 : at] == ["aps2021_circular_consistency", "aps2021_circular_accuracy"]
+    images, labels = CIFARDataModule(data_dir=generated_cifar).split_arrays("test", 16, seed=3)
+    loaded = load_classifier(run_dir / "checkpoints" / "last.ckpt")
+    expected = evaluate_protocol(loaded.model, images, labels, "aps2021_circular", normalize=loaded.normalize, seed=3)
+    for number in ("consistency", "accuracy"):
+        assert float(row[f"aps2021_circular_{number}"]) == expected[number], number
+    assert " aps2021_circular_consistency |" in (output / "comparison.md").read_text()
 
     for argv, message in ((["--variants", "plain", "antialiased"], "valid variants"),
                           (["--family", "mnist"], "'imagenette'"),

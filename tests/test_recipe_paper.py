@@ -23,6 +23,7 @@ from invariance_lightning.lightning.data import CIFAR_STATS, CIFARDataModule
 from invariance_lightning.lightning.module import ImageClassifier
 from invariance_lightning.lightning.paper import load_checkpoint_model, load_pretrained, load_subsets, shared_root
 from invariance_lightning.metrics.evaluate import evaluate_sequences
+from invariance_lightning.metrics.protocols import evaluate_protocol
 from invariance_lightning.models import CIFAR_RESNET_NORMALIZE, PRETRAINED_CIFAR_RESNETS, load_cifar_resnet
 from invariance_lightning.models.pretrained import WEIGHTS_URL_ENV, DownloadError, PretrainedFile
 from invariance_lightning.transforms import sequence_preset
@@ -149,10 +150,10 @@ def test_recipe_end_to_end_on_a_generated_checkpoint(generated, tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     protocols = ["shift_circular", "shift_crop"]
     report = recipe["main"](["--checkpoint", str(checkpoint), "--data-dir", str(data_dir), "--num-images", "32",
-                             "--layer-images", "4", "--protocols", *protocols])
+                             "--layer-images", "4", "--protocols", *protocols, "aps2021_circular", "--seed", "2"])
     assert report == Path("results/paper/model/report.md")  # the default output folder, under the cwd
     payload = json.loads(report.with_name("report.json").read_text())
-    check_outputs(report, payload, set(protocols))
+    markdown = check_outputs(report, payload, set(protocols))
     # 32 requested: all 24 test images, and 32 of the 56 training images left after the checkpoint's hold-out of 8
     assert payload["data"]["num_images"] == {"test": 24, "train": 32}
     assert payload["data"]["datamodule"] == {"name": "cifar10", "val_split": 8, "seed": 0, "train_subset": None}
@@ -161,9 +162,16 @@ def test_recipe_end_to_end_on_a_generated_checkpoint(generated, tmp_path, monkey
     with torch.serialization.safe_globals([type(Path())]):  # the datamodule saved its data_dir, a Path
         model = ImageClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
     datamodule = CIFARDataModule(data_dir=data_dir, download=False, val_split=8, seed=0)
+    # the published protocol on the test images, with their positions as indices and the recipe's --seed
+    images, labels = datamodule.split_arrays("test", 24, seed=2)
+    published = payload["published_protocols"]["aps2021_circular"]
+    assert published["results"] == evaluate_protocol(model, images, labels, "aps2021_circular",
+                                                     normalize=CIFAR_STATS["cifar10"], seed=2)
+    assert 0 < published["results"]["consistency"] < 1
+    assert "### Published protocols" in markdown and "| aps2021_circular | 24 | consistency " in markdown
     flip_rates = []
     for split, count in (("test", 24), ("train", 32)):
-        images, labels = datamodule.split_arrays(split, count, seed=0)
+        images, labels = datamodule.split_arrays(split, count, seed=2)
         predictions = rolled_predictions(model, images, CIFAR_STATS["cifar10"], 8)
         check_split(payload["results"][split]["shift_circular"]["metrics"], predictions, labels)
         flip_rates.append(payload["results"][split]["shift_circular"]["metrics"]["flip_rate"])
@@ -175,7 +183,7 @@ def test_recipe_end_to_end_on_a_generated_checkpoint(generated, tmp_path, monkey
     assert [rows[f"layer{s}.0"]["stride"][0] for s in (1, 2, 3)] == [1.0, 2.0, 4.0]
     assert all(math.isfinite(row["pooled_change"]) for row in rows.values())
     # pooled change of the logits under a (1, 1) roll, by hand, on the 4 layer images (the first test images)
-    images = datamodule.split_arrays("test", 24, seed=0)[0][:4].float() / 255
+    images = datamodule.split_arrays("test", 24, seed=2)[0][:4].float() / 255
     mean, std = (torch.tensor(v)[:, None, None] for v in CIFAR_STATS["cifar10"])
     with torch.no_grad():
         logits, rolled = (model.backbone((x - mean) / std) for x in (images, torch.roll(images, (1, 1), dims=(2, 3))))

@@ -3,6 +3,7 @@
     invariance-lightning fit --config configs/cifar10/resnet20_blur.yaml
     invariance-lightning fit --config configs/cifar10/resnet20_plain.yaml --no_wandb true
     invariance-lightning evaluate --model runs/x/checkpoints/last.ckpt --output results/x
+    invariance-lightning evaluate --model runs/x/checkpoints/last.ckpt --protocols zhang2019 imagenet_p_flip
 
 W&B runs offline unless you are logged in (or ``WANDB_MODE`` says otherwise); ``--no_wandb true``
 (or a missing ``wandb`` package) replaces the configured loggers with a ``CSVLogger``.
@@ -17,9 +18,10 @@ import netrc
 import os
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+import torch
 import yaml
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
@@ -29,11 +31,13 @@ from invariance_lightning.lightning.callbacks.subsets import SplitStream
 from invariance_lightning.lightning.checkpoint import load_classifier
 from invariance_lightning.lightning.data import CIFARDataModule, ImageClassificationDataModule, ImageFolderDataModule
 from invariance_lightning.lightning.module import ImageClassifier
+from invariance_lightning.lightning.published import ProtocolTotals
 from invariance_lightning.metrics.evaluate import evaluate_sequences, module_device
+from invariance_lightning.metrics.protocols import PROTOCOLS
 from invariance_lightning.reporting.tables import write_report
 from invariance_lightning.transforms import SEQUENCE_PRESETS, TransformSequence, sequence_preset
 from invariance_lightning.transforms.normalization import Normalization
-from invariance_lightning.validation import positive_int
+from invariance_lightning.validation import nonnegative_int, positive_int
 
 CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
 
@@ -117,7 +121,8 @@ def evaluate_main(argv: Sequence[str]) -> Path:
     """``evaluate``: the full invariance report of a model on a dataset split, as Markdown/JSON/PNG.
 
     The split is streamed from the datamodule's dataset ``--batch_size`` images at a time and read once (each batch
-    goes through every sequence), so memory holds one batch, never the split. A checkpoint saved before
+    goes through every sequence and every ``--protocols`` protocol, whose counts are summed over the batches), so
+    memory holds one batch, never the split. A checkpoint saved before
     checkpoints recorded their input normalization is normalized with the evaluated data's statistics.
     """
     parser = argparse.ArgumentParser(prog="invariance-lightning evaluate", description=evaluate_main.__doc__)
@@ -130,6 +135,10 @@ def evaluate_main(argv: Sequence[str]) -> Path:
     parser.add_argument("--num_images", type=positive_int, default=None,
                         help="seeded subset size (default: the whole split)")
     parser.add_argument("--batch_size", type=positive_int, default=256)
+    parser.add_argument("--protocols", nargs="+", choices=list(PROTOCOLS), default=[], metavar="NAME",
+                        help=f"published protocols to run as well: {', '.join(PROTOCOLS)} (docs/metrics.md)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0,
+                        help="seed of the protocols' random shifts (default: 0; the subset is the datamodule's)")
     parser.add_argument("--output", type=Path, default=None, help="default: results/evaluate/<model name>")
     args = parser.parse_args(list(argv))
 
@@ -150,15 +159,31 @@ def evaluate_main(argv: Sequence[str]) -> Path:
         plain_loader=datamodule.val_dataloader() if args.split == "train" else None,
     )
     sequences = sequence_preset(args.preset)
+    totals = ProtocolTotals(args.protocols, seed=args.seed, normalize=loaded.normalize, batch_size=args.batch_size)
+
+    def counted() -> Iterator[tuple[Tensor, Tensor | None]]:
+        """The stream's batches, each added to the protocol counts (indices: positions in the split's subset)."""
+        position = 0
+        for batch_images, batch_targets in images:
+            totals.update(loaded.model, batch_images, batch_targets, torch.arange(position, position + len(batch_images)))
+            position += len(batch_images)
+            yield batch_images, batch_targets
+
     results = evaluate_sequences(
-        loaded.model, images, None, sequences, batch_size=args.batch_size, normalize=loaded.normalize, progress=True
+        loaded.model, counted(), None, sequences, batch_size=args.batch_size, normalize=loaded.normalize, progress=True
     )
+    protocols = totals.compute()
     output = args.output or Path("results") / "evaluate" / loaded.name
     payload = {"model": str(args.model), "data": args.data, "split": args.split, "num_images": images.num_images}
     title = f"Invariance of {loaded.name} on {args.data} {args.split} ({images.num_images} images, preset {args.preset})"
     command = "invariance-lightning evaluate " + " ".join(argv)
-    report = write_report(output, "report", payload, results, sequences, title, notes=f"Command: `{command}`")
+    report = write_report(
+        output, "report", payload, results, sequences, title, notes=f"Command: `{command}`",
+        protocols=protocols, protocol_seed=args.seed,
+    )
     _write_per_frame_plots(results, sequences, output)
+    for name, numbers in protocols.items():
+        print(f"{name}: " + ", ".join(f"{key} {value:.4f}" for key, value in numbers.items() if key != "num_images"))
     print(f"report written to {report}")
     return output
 

@@ -3,8 +3,8 @@
 The engine of ``recipes/compare.py`` (docs/recipes.md): :func:`plan_comparison` checks everything that can be
 checked before training (the variants, the data, existing runs); :func:`run_comparison` trains or resumes each
 variant with ``invariance-lightning fit`` in this process, evaluates its ``last.ckpt`` with
-``sequence_preset("report")``, reads what the run recorded (the ``InvarianceMonitor`` history, the training
-speed) and writes ``comparison.{md,csv,json}`` and the plots.
+``sequence_preset("report")`` and the chosen published protocols, reads what the run recorded (the
+``InvarianceMonitor`` history, the training speed) and writes ``comparison.{md,csv,json}`` and the plots.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from invariance_lightning.reporting.figures import (
     per_frame_figure,
     save_figures,
 )
-from invariance_lightning.reporting.tables import COMPARISON_COLUMNS, comparison_cell, write_comparison
+from invariance_lightning.lightning.published import check_protocol_names, evaluate_protocols
+from invariance_lightning.reporting.tables import comparison_cell, comparison_columns, protocol_numbers, write_comparison
 from invariance_lightning.transforms import sequence_preset
 
 MONITOR = "InvarianceMonitor"
@@ -382,16 +383,20 @@ def train(run: VariantRun, action: str) -> None:
 def table_row(
     run: VariantRun,
     results: Mapping[str, Mapping[str, Tensor]],
+    protocols: Mapping[str, Mapping[str, float]],
     saved: CheckpointInfo,
     num_images: int,
     training: str,
     preset: str,
     repo_root: Path,
 ) -> dict[str, Any]:
-    """One row of the comparison table (see :data:`~invariance_lightning.reporting.tables.COMPARISON_COLUMNS`)."""
+    """One row of the comparison table (see :func:`~invariance_lightning.reporting.tables.comparison_columns`):
+    ``protocols`` are the published protocols' numbers, one column ``<protocol>_<number>`` each."""
     row: dict[str, Any] = {"variant": run.variant, "test_accuracy": float(results["shift"]["per_frame_accuracy"][0])}
     for name, metrics in results.items():
         row.update({f"{name}_{metric}": float(metrics[metric]) for metric in SEQUENCE_METRICS})
+    for name, numbers in protocols.items():
+        row.update({f"{name}_{key}": value for key, value in protocol_numbers(numbers).items()})
     monitored = last_monitored(monitor_history(saved))
     row.update({column: monitored[key] for key, column in MONITORED.items()})
     logged = last_logged(run.run_dir, list(LOGGED))
@@ -427,8 +432,9 @@ class ComparisonSettings:
     runs_dir: Path | None = None  # default runs/ for full, <output>/runs otherwise
     reuse: bool = False
     no_wandb: bool = False
-    seed: int = 0
+    seed: int = 0  # the test subset and the published protocols' random shifts
     batch_size: int = 256
+    protocols: Sequence[str] = ()  # published protocols (metrics.protocols.PROTOCOLS) run on the test images
     command: str = ""  # the command line, for the report
 
 
@@ -452,6 +458,7 @@ def plan_comparison(settings: ComparisonSettings) -> ComparisonPlan:
     started, load_start = time.perf_counter(), _load_average()
     if settings.preset not in PRESETS:
         raise ValueError(f"unknown preset {settings.preset!r}; valid presets: {list(PRESETS)}")
+    check_protocol_names("ComparisonSettings", settings.protocols)
     variants = resolve_variants(settings.repo_root, settings.family, settings.variants)
     output = settings.output or Path("results") / f"compare_{settings.family}_{settings.preset}"
     runs_dir = settings.runs_dir or (Path("runs") if settings.preset == "full" else output / "runs")
@@ -494,7 +501,8 @@ def run_comparison(plan: ComparisonPlan) -> Path:
         "seed": settings.seed, "device": device, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
         "command": settings.command, "load_start": plan.load_start,
-        "sequences": {name: repr(sequence) for name, sequence in sequences.items()}, "seconds_per_variant": {},
+        "sequences": {name: repr(sequence) for name, sequence in sequences.items()},
+        "protocols": list(settings.protocols), "seconds_per_variant": {},
     }
     rows: list[dict[str, Any]] = []
     results: dict[str, dict[str, dict[str, Tensor]]] = {}
@@ -506,10 +514,12 @@ def run_comparison(plan: ComparisonPlan) -> Path:
         loaded = load_classifier(run.checkpoint, map_location=device)
         results[run.variant] = evaluate_sequences(loaded.model, data.images, data.labels, sequences,
                                                   batch_size=settings.batch_size, normalize=loaded.normalize)
+        protocols = evaluate_protocols(loaded.model, data.images, data.labels, settings.protocols, seed=settings.seed,
+                                       normalize=loaded.normalize, batch_size=settings.batch_size)
         saved = read_checkpoint(run.checkpoint)
         histories[run.variant] = monitor_history(saved)
-        rows.append(table_row(run, results[run.variant], saved, len(data.labels), plan.actions[run.variant],
-                              settings.preset, settings.repo_root.resolve()))
+        rows.append(table_row(run, results[run.variant], protocols, saved, len(data.labels),
+                              plan.actions[run.variant], settings.preset, settings.repo_root.resolve()))
         setup["seconds_per_variant"][run.variant] = {"training": trained - tick,
                                                      "evaluation": time.perf_counter() - trained}
         setup.update(load_end=_load_average(), seconds=time.perf_counter() - plan.started)
@@ -537,7 +547,8 @@ def log_to_wandb(
 
     run = wandb.init(project=project, group=group, name="comparison", job_type="comparison", dir=str(output),
                      config=dict(setup))
-    table = wandb.Table(columns=list(COMPARISON_COLUMNS), data=[[row[c] for c in COMPARISON_COLUMNS] for row in rows])
+    columns = list(comparison_columns(rows))
+    table = wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows])
     run.log({"comparison": table, **{f"plots/{path.stem}": wandb.Image(str(path)) for path in plots}})
     for row in rows:
         for column, value in row.items():

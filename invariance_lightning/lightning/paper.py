@@ -1,26 +1,34 @@
 """What the Azulay & Weiss (2019) reproduction measures: a CIFAR classifier and seeded subsets of its data.
 
-The loading half of ``recipes/paper.py`` (docs/recipes.md): a pretrained CIFAR ResNet (found locally or
+The package half of ``recipes/paper.py`` (docs/recipes.md): loading a pretrained CIFAR ResNet (found locally or
 downloaded) or an ``ImageClassifier`` checkpoint, and the test and training images it is measured on, the
-training images being those the checkpoint was trained on where its datamodule saved how it split them. The
-measuring half is torch-only: :func:`~invariance_lightning.metrics.evaluate.evaluate_sequences`,
-:func:`~invariance_lightning.metrics.gap.train_test_gap` and :func:`~invariance_lightning.diagnostics.
-layer_equivariance`. Error messages name the recipe's options that fix them.
+training images being those the checkpoint was trained on where its datamodule saved how it split them; then
+measuring them (:func:`measure_splits`, :func:`measure_published`, :func:`profile_layers`) with the torch-only
+:func:`~invariance_lightning.metrics.evaluate.evaluate_sequences`, the published protocols and
+:func:`~invariance_lightning.diagnostics.layer_equivariance`. Error messages name the recipe's options that fix
+them.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
+from invariance_lightning.diagnostics import default_layers
 from invariance_lightning.lightning.checkpoint import load_classifier, read_checkpoint
 from invariance_lightning.lightning.data import CIFAR_STATS, DATA_DIR_ENV, CIFARDataModule
+from invariance_lightning.lightning.published import evaluate_protocols
+from invariance_lightning.metrics.evaluate import evaluate_sequences
 from invariance_lightning.models import PRETRAINED_CIFAR_RESNETS, cifar_resnet_weights
 from invariance_lightning.models.pretrained import WEIGHTS_URL_ENV, DownloadError
+from invariance_lightning.reporting.tables import protocol_numbers
+from invariance_lightning.transforms import TransformSequence
 from invariance_lightning.transforms.normalization import Normalization
 
 #: Environment variable naming the shared folder (``weights/cifar10-resnet/``, ``data/cifar10/``).
@@ -146,3 +154,48 @@ def load_subsets(
             print(f"note: {split} split has {available} images; measuring all of them instead of {wanted}")
         subsets[split] = datamodule.split_arrays(split, min(wanted, available), seed=seed)
     return subsets, datamodule
+
+
+def profile_layers(model: nn.Module, choice: str) -> list[str]:
+    """Layer names for ``--layers``: 'blocks' keeps the first and last of :func:`default_layers` and every block."""
+    if choice == "all":
+        return default_layers(model)
+    if choice != "blocks":
+        return [name.strip() for name in choice.split(",") if name.strip()]
+    names = default_layers(model)
+    modules = dict(model.named_modules())
+    blocks = [name for name in names if next(modules[name].children(), None) is not None]
+    return list(dict.fromkeys([names[0], *blocks, names[-1]])) if names else []
+
+
+def measure_splits(
+    loaded: LoadedModel,
+    subsets: Mapping[str, tuple[Tensor, Tensor]],
+    sequences: Mapping[str, TransformSequence],
+    batch_size: int,
+) -> tuple[dict[str, dict[str, dict[str, Tensor]]], dict[str, float]]:
+    """``{split: {protocol: metrics}}`` (each split read once for all protocols) and the seconds each split took."""
+    results, seconds = {}, {}
+    for split, (images, labels) in subsets.items():
+        started = time.perf_counter()
+        results[split] = evaluate_sequences(loaded.model, images, labels, sequences, batch_size=batch_size,
+                                            normalize=loaded.normalize)
+        seconds[split] = time.perf_counter() - started
+        for name, metrics in results[split].items():
+            print(f"{split:5s} {name:15s} flip rate {float(metrics['flip_rate']):.4f}  "
+                  f"worst-case acc {float(metrics['worst_case_accuracy']):.4f}", flush=True)
+        print(f"{split:5s} {len(sequences)} protocols ({seconds[split]:.1f} s)", flush=True)
+    return results, seconds
+
+
+def measure_published(
+    loaded: LoadedModel, images: Tensor, labels: Tensor, names: Sequence[str], seed: int, batch_size: int
+) -> tuple[dict[str, dict[str, float]], float]:
+    """The published protocols ``names`` on ``images`` (indices ``0 .. N-1``, shifts seeded by ``seed``) and the
+    seconds they took."""
+    started = time.perf_counter()
+    results = evaluate_protocols(loaded.model, images, labels, names, seed=seed, normalize=loaded.normalize,
+                                 batch_size=batch_size)
+    for name, numbers in results.items():
+        print(f"test  {name:18s} " + "  ".join(f"{k} {v:.4f}" for k, v in protocol_numbers(numbers).items()), flush=True)
+    return results, time.perf_counter() - started

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from invariance_lightning.diagnostics import EquivarianceReport
 from invariance_lightning.metrics.gap import GAP_METRICS, Gap
+from invariance_lightning.metrics.protocols import PROTOCOLS
 from invariance_lightning.transforms import TransformSequence
 
 #: Scalar columns of summary tables, in order (absent ones are skipped).
@@ -76,14 +77,46 @@ def per_frame_markdown(metrics: Mapping[str, Tensor], sequence: TransformSequenc
     return "\n".join(lines)
 
 
+ProtocolResults = Mapping[str, Mapping[str, float]]
+
+
+def protocol_numbers(numbers: Mapping[str, float]) -> dict[str, float]:
+    """A protocol's numbers without its image count."""
+    return {key: value for key, value in numbers.items() if key != "num_images"}
+
+
+def protocols_to_dict(protocols: ProtocolResults, seed: int) -> dict[str, Any]:
+    """Each published protocol's numbers with its citation, description and the seed of its random shifts."""
+    return {
+        name: {"citation": PROTOCOLS[name].citation, "description": PROTOCOLS[name].description, "seed": seed,
+               "results": dict(numbers)}
+        for name, numbers in protocols.items()
+    }
+
+
+def protocols_markdown(protocols: ProtocolResults, seed: int) -> str:
+    """The "Published protocols" section: one row per protocol (its numbers, its citation)."""
+    lines = ["## Published protocols",
+             f"`invariance_lightning.metrics.protocols` (docs/metrics.md), random shifts seeded by {seed}.", "",
+             "| protocol | images | numbers | citation |", "|---|---:|---|---|"]
+    for name, numbers in protocols.items():
+        cells = ", ".join(f"{key} {format_cell(value)}" for key, value in protocol_numbers(numbers).items())
+        lines.append(f"| {name} | {int(numbers['num_images'])} | {cells} | {PROTOCOLS[name].citation} |")
+    return "\n".join(lines)
+
+
 def report_markdown(
     results: Mapping[str, Mapping[str, Tensor]],
     sequences: Mapping[str, TransformSequence],
     title: str,
     notes: str = "",
+    protocols: ProtocolResults | None = None,
+    protocol_seed: int = 0,
 ) -> str:
-    """A Markdown report: summary table, then a per-frame table for each sequence."""
+    """A Markdown report: summary table, the published protocols (if any), then a per-frame table per sequence."""
     parts = [f"# {title}", notes, "## Summary", summary_markdown(results)]
+    if protocols:
+        parts.append(protocols_markdown(protocols, protocol_seed))
     for name, metrics in results.items():
         parts += [f"## {name}", f"`{sequences[name]!r}`", per_frame_markdown(metrics, sequences[name])]
     return "\n\n".join(p for p in parts if p) + "\n"
@@ -97,14 +130,19 @@ def write_report(
     sequences: Mapping[str, TransformSequence],
     title: str,
     notes: str = "",
+    protocols: ProtocolResults | None = None,
+    protocol_seed: int = 0,
 ) -> Path:
-    """Write ``{stem}.json`` (``payload`` and the results) and ``{stem}.md`` (:func:`report_markdown`) into
-    ``folder`` (created if missing); returns the Markdown file's path."""
+    """Write ``{stem}.json`` (``payload``, the results and, if any, the published ``protocols``' numbers under
+    ``"protocols"``) and ``{stem}.md`` (:func:`report_markdown`) into ``folder`` (created if missing); returns the
+    Markdown file's path."""
     folder.mkdir(parents=True, exist_ok=True)
     document = {**payload, "results": results_to_dict(results, sequences)}
+    if protocols:
+        document["protocols"] = protocols_to_dict(protocols, protocol_seed)
     (folder / f"{stem}.json").write_text(json.dumps(json_safe(document), indent=1, allow_nan=False))
     markdown = folder / f"{stem}.md"
-    markdown.write_text(report_markdown(results, sequences, title, notes))
+    markdown.write_text(report_markdown(results, sequences, title, notes, protocols, protocol_seed))
     return markdown
 
 
@@ -132,6 +170,8 @@ COMPARISON_COLUMNS: dict[str, str | None] = {
     "checkpoint": None,
     "command": None,
 }
+#: The first column after those of the sequences and the published protocols.
+_AFTER_PROTOCOLS = "monitor_train_shift_flip_rate"
 #: Decimals of the comparison columns that do not show 4.
 _COMPARISON_DIGITS = {"train_images_per_second": 1}
 
@@ -142,12 +182,23 @@ COMPARISON_DEFINITIONS = """\
   frames; **worst acc**: fraction of images classified correctly in every frame.
 - **shift**: 9 frames, diagonal 1-px steps from (0, 0) to (8, 8), zero fill; **scale**: 9 frames, factors 0.8 to 1.2
   about the centre, zero padding or centre crop (`sequence_preset("report")`).
+- **`<protocol>_<number>`** (with `--protocols`): a published protocol's number on the same test images
+  (`invariance_lightning.metrics.protocols`, docs/metrics.md), its random shifts seeded by `--seed`.
 - **train/val flip (monitor)**: shift flip rate that `InvarianceMonitor` measured in the last trained epoch on its
   fixed training-subset and validation-subset images (diagonal 1-px steps to (3, 3), zero fill), as saved in
   `last.ckpt` (the values it logs as `invariance/{train,val}/shift/flip_rate`).
 - **train img/s**: `train/images_per_second` of the last trained epoch, as `ImageClassifier` logs it: training images
   over the time from the start to the end of the training epoch, which includes data loading, augmentation, the
   epoch's validation and the `InvarianceMonitor` measurement."""
+
+
+def comparison_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, str | None]:
+    """:data:`COMPARISON_COLUMNS` with the rows' published-protocol columns (``<protocol>_<number>``, any key not in
+    :data:`COMPARISON_COLUMNS`, headed by their key) after the sequence columns."""
+    base = list(COMPARISON_COLUMNS.items())
+    extra = [(column, column) for column in (rows[0] if rows else {}) if column not in COMPARISON_COLUMNS]
+    at = list(COMPARISON_COLUMNS).index(_AFTER_PROTOCOLS)
+    return dict(base[:at] + extra + base[at:])
 
 
 def comparison_cell(column: str, value: Any) -> str:
@@ -158,13 +209,14 @@ def comparison_cell(column: str, value: Any) -> str:
 def comparison_markdown(rows: Sequence[Mapping[str, Any]], setup: Mapping[str, Any]) -> str:
     """``comparison.md``: the setup (smoke runs labelled), the table, plots, commands and definitions.
 
-    ``rows`` have the :data:`COMPARISON_COLUMNS`; ``setup`` holds ``family``, ``preset``, ``smoke``,
+    ``rows`` have the :func:`comparison_columns`; ``setup`` holds ``family``, ``preset``, ``smoke``,
     ``preset_description``, ``test_images``, ``seed``, ``device``, ``threads``, ``cpus``, ``machine``,
     ``load_start``, ``load_end``, ``seconds`` and ``command``.
     """
-    shown = [column for column, header in COMPARISON_COLUMNS.items() if header]
+    columns = comparison_columns(rows)
+    shown = [column for column, header in columns.items() if header]
     numeric = [bool(rows) and isinstance(rows[0][c], (int, float)) for c in shown]
-    table = ["| " + " | ".join(str(COMPARISON_COLUMNS[c]) for c in shown) + " |",
+    table = ["| " + " | ".join(str(columns[c]) for c in shown) + " |",
              "|" + "".join("---:|" if n else "---|" for n in numeric)]
     table += ["| " + " | ".join(comparison_cell(c, row[c]) for c in shown) + " |" for row in rows]
     smoke = setup["smoke"]
@@ -207,7 +259,7 @@ def write_comparison(
     """Write ``comparison.csv``, ``.md`` and ``.json`` (the setup, the rows and every variant's ``results``)."""
     output.mkdir(parents=True, exist_ok=True)
     with (output / "comparison.csv").open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(COMPARISON_COLUMNS))
+        writer = csv.DictWriter(file, fieldnames=list(comparison_columns(rows)))
         writer.writeheader()
         writer.writerows(rows)
     (output / "comparison.md").write_text(comparison_markdown(rows, setup))
@@ -268,7 +320,8 @@ def paper_report_markdown(
 ) -> str:
     """``report.md`` of the Azulay & Weiss measurements: ``results`` by split (``"train"``, ``"test"``) and
     sequence, the per-layer profile, and the settings in ``payload`` (the recipe's ``report.json``: ``model``,
-    ``data``, ``settings``, ``seconds``, ``command`` and ``train_test_gap``)."""
+    ``data``, ``settings``, ``seconds``, ``command``, ``train_test_gap`` and ``published_protocols``, whose
+    numbers on the test images get a "Published protocols" table)."""
     counts, model = payload["data"]["num_images"], payload["model"]
     interleaved = {f"{name} ({split})": results[split][name] for name in sequences for split in ("train", "test")}
     protocol_lines = [f"- **{name}** (`{sequence!r}`): {PAPER_PROTOCOL_NOTES.get(name, '')}"
@@ -286,6 +339,12 @@ def paper_report_markdown(
         "\n".join(protocol_lines),
         summary_markdown(results["test"]),
         "![flip rate per frame](flip_rate_by_protocol.png)",
+    ]
+    published = payload.get("published_protocols")
+    if published:
+        numbers = {name: entry["results"] for name, entry in published.items()}
+        parts.append(protocols_markdown(numbers, payload["settings"]["seed"]).replace("## ", "### ", 1))
+    parts += [
         "## 2. Training vs test images",
         "The paper finds networks more invariant on images like their training set. Same protocols, "
         f"{counts['train']} training vs {counts['test']} test images:",

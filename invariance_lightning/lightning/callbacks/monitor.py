@@ -6,13 +6,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
 
 from invariance_lightning._compat import callback_state_key
 from invariance_lightning.lightning.callbacks.base import InvarianceCallbackBase, class_names_of, device_transfer
-from invariance_lightning.lightning.callbacks.measure import ModuleForward, SequenceMeasurement
-from invariance_lightning.reporting.figures import history_figure
+from invariance_lightning.lightning.callbacks.measure import ModuleForward, NonFiniteLogitsError, SequenceMeasurement
 from invariance_lightning.lightning.callbacks.subsets import BatchKey, ImageSubset, check_splits, draw_subset
+from invariance_lightning.lightning.published import ProtocolTotals, check_protocol_names, summarize
+from invariance_lightning.metrics.protocols import PROTOCOLS
+from invariance_lightning.reporting.figures import history_figure
+from invariance_lightning.reporting.tables import protocol_numbers
 from invariance_lightning.transforms import Normalization, TransformSequence, sequence_preset
 from invariance_lightning.validation import check_int
 
@@ -41,6 +46,15 @@ class InvarianceMonitor(InvarianceCallbackBase):
     epoch on CIFAR-10, and forwards here run without autograd). Under DDP each process evaluates a
     disjoint shard of each subset and the metrics are summed exactly over processes.
 
+    ``protocols`` adds published protocols (:data:`~invariance_lightning.metrics.protocols.PROTOCOLS`,
+    docs/metrics.md), logged as ``invariance/{split}/{protocol}/{number}`` (e.g.
+    ``invariance/val/aps2021_circular/consistency``) and equal to ``evaluate_protocol`` on the subset
+    (image ``i`` of the subset has index ``i``; random shifts seeded by ``seed``). Each costs
+    ``len(splits) * num_samples * PROTOCOLS[name].frames_per_image`` more forward passes per measured
+    epoch: 10 frames per image for ``zhang2019``, 2 for ``aps2021_standard``/``aps2021_circular``, 16
+    for ``imagenet_p_flip`` and 1,960 for ``afc2023_adversarial`` (meant for a final evaluation, not
+    every epoch). Under DDP each process counts its shard and the counts are summed over processes.
+
     Args:
         sequences: ``{name: sequence}``; default: ``sequence_preset("monitor")``, a diagonal 1-px
             step shift to (3, 3) and rescaling by 0.9 / 1.1 (zeros mode).
@@ -48,7 +62,7 @@ class InvarianceMonitor(InvarianceCallbackBase):
         splits: any of ``"val"``, ``"train"``, ``"test"``.
         every_n_epochs: measure on epochs 0, n, 2n, ...
         batch_size: frames per forward pass (bounds memory).
-        seed: chooses the subsets.
+        seed: chooses the subsets and seeds the protocols' random shifts.
         normalize: ``(mean, std)`` applied after the geometric transforms (so ``fill=0`` stays
             black); ``"auto"`` takes the module's ``input_normalization`` attribute (as
             ``ImageClassifier`` has), else the datamodule's ``mean``/``std``, else none; ``None``
@@ -62,6 +76,8 @@ class InvarianceMonitor(InvarianceCallbackBase):
         on_nonfinite: ``"warn"`` logs NaN for an epoch whose logits are not finite and carries on;
             ``"raise"`` stops training with the error.
         prefix: first component of the logged names.
+        protocols: names of published protocols to measure as well (default: none); the subset images must
+            be un-normalized (uint8, or float in [0, 1]), since shifts fill with black before ``normalize``.
     """
 
     def __init__(
@@ -79,6 +95,7 @@ class InvarianceMonitor(InvarianceCallbackBase):
         top_k: int | None = 5,
         on_nonfinite: str = "warn",
         prefix: str = "invariance",
+        protocols: Sequence[str] = (),
     ) -> None:
         super().__init__(
             sequence_preset("monitor") if sequences is None else sequences,
@@ -95,6 +112,7 @@ class InvarianceMonitor(InvarianceCallbackBase):
         self.splits = check_splits(splits)
         self.every_n_epochs = check_int("InvarianceMonitor", "every_n_epochs", every_n_epochs, 1)
         self.seed = seed
+        self.protocols = check_protocol_names("InvarianceMonitor", protocols)
         self.history: list[dict[str, Any]] = []
         self.subsets: dict[str, ImageSubset] = {}
         self._restored_indices: dict[str, list[int]] = {}
@@ -119,6 +137,7 @@ class InvarianceMonitor(InvarianceCallbackBase):
                 trainer, split, num_samples, self.seed, self.batch_key, batch_size=self.batch_size, transfer=transfer
             ).to(pl_module.device)
             self._check_images(trainer, pl_module, subset.images, subset.targets, split)
+            self._check_protocol_images(subset, split)
             restored = self._restored_indices.get(split)
             if restored is not None and restored != subset.indices:
                 rank_zero_warn(
@@ -154,10 +173,78 @@ class InvarianceMonitor(InvarianceCallbackBase):
             batches = [(shard.images, shard.targets)]
             results[split] = self._measure(trainer, pl_module, batches, self._normalize_values, split)
             values.update(self._scalars(split, subset.targets is not None, results[split]))
+            values.update(self._measure_protocols(trainer, pl_module, subset, split))
         self._log_scalars(pl_module, values)
         self.history.append({"epoch": trainer.current_epoch, "global_step": trainer.global_step, "values": values})
         self._log_plots(trainer, results)
         return values
+
+    # -- published protocols ---------------------------------------------------------------------
+    def _check_protocol_images(self, subset: ImageSubset, split: str) -> None:
+        """The protocols' shifts fit the images, which are un-normalized, with targets where a protocol needs them."""
+        if not self.protocols:
+            return
+        images = subset.images
+        for name in self.protocols:
+            protocol = PROTOCOLS[name]
+            protocol.check_size(images.shape[-2], images.shape[-1])
+            if protocol.needs_targets and subset.targets is None:
+                raise ValueError(f"InvarianceMonitor: protocol {name!r} needs targets, but the {split!r} batches have none")
+        if images.is_floating_point() and not (0.0 <= float(images.min()) and float(images.max()) <= 1.0):
+            raise ValueError(
+                f"InvarianceMonitor: protocols need un-normalized {split!r} images (uint8, or float in [0, 1]: shifts "
+                f"fill with black before normalize), got values in [{float(images.min()):.4g}, "
+                f"{float(images.max()):.4g}]"
+            )
+
+    def _measure_protocols(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, subset: ImageSubset, split: str
+    ) -> dict[str, float]:
+        """``{"{split}/{protocol}/{number}": value}``: counts of this process's shard (image ``i`` of the subset has
+        index ``i``), summed over processes. Non-finite logits: as ``on_nonfinite`` says (``"warn"``: nothing
+        logged for the protocols this epoch)."""
+        if not self.protocols:
+            return {}
+        rank, world_size = trainer.global_rank, trainer.world_size
+        shard = subset.shard(rank, world_size)
+        totals = ProtocolTotals(
+            self.protocols, seed=self.seed, normalize=self._normalize_values, batch_size=self.batch_size,
+            device=pl_module.device, forward_fn=self.forward_fn,
+        )
+        error = None
+        try:
+            with trainer.precision_plugin.val_step_context():
+                totals.update(pl_module, shard.images, shard.targets, torch.arange(len(subset))[rank::world_size])
+        except ValueError as caught:  # the inputs were checked at fit start: non-finite logits
+            error = str(caught)
+        if not trainer.strategy.reduce_boolean_decision(error is None, all=True):
+            message = f"protocols on the {split!r} subset: {error or 'non-finite logits on another process'}"
+            if self.on_nonfinite == "raise":
+                raise NonFiniteLogitsError(message)
+            self._sink.warn_once("protocols", f"{message}; no protocol values logged for this epoch")
+            return {}
+        counts = self._sum_over_processes(trainer, pl_module, totals.counts)
+        return {
+            f"{split}/{name}/{key}": value
+            for name, numbers in summarize(counts).items()
+            for key, value in protocol_numbers(numbers).items()
+        }
+
+    @staticmethod
+    def _sum_over_processes(
+        trainer: pl.Trainer, pl_module: pl.LightningModule, counts: Mapping[str, Mapping[str, Tensor]]
+    ) -> dict[str, dict[str, Tensor]]:
+        """Counts summed exactly over processes (int64; a process with an empty shard adds zeros)."""
+        # rank zero's shard is never empty, so its keys are the full set
+        keys = trainer.strategy.broadcast(sorted((name, key) for name, values in counts.items() for key in values))
+        local = torch.tensor(
+            [int(counts[name].get(key, 0)) for name, key in keys], dtype=torch.long, device=pl_module.device
+        )
+        summed = trainer.strategy.reduce(local, reduce_op="sum").cpu()
+        totals: dict[str, dict[str, Tensor]] = {name: {} for name in counts}
+        for (name, key), value in zip(keys, summed):
+            totals[name][key] = value
+        return totals
 
     def _extra_figures(self) -> dict[str, Any]:
         return {f"{self.prefix}_plots/history": history_figure(self.history)}
