@@ -135,7 +135,7 @@ def test_drawn_shifts_cover_exactly_the_stated_range():
 
 
 def test_aps_circular_frames_are_torch_roll_of_the_drawn_shifts():
-    images = torch.rand(5, 3, 12, 12)
+    images = torch.rand(5, 3, 12, 17)  # not square: rows and columns must not be mixed up
     spy = Spy()
     evaluate_protocol(spy, images, None, "aps2021_circular", seed=7, batch_size=4)
     frames = spy.frames().unflatten(0, (5, 2))

@@ -34,6 +34,7 @@ from invariance_lightning.metrics.functional import check_logits, consistency_st
 from invariance_lightning.metrics.mode import evaluation_mode
 from invariance_lightning.transforms import ShiftSequence, TransformSequence
 from invariance_lightning.transforms.functional import pad_2d, shift
+from invariance_lightning.validation import check_choice, check_int
 
 _MASK64 = (1 << 64) - 1
 
@@ -125,12 +126,6 @@ class ShiftProtocol(ABC):
             raise ValueError(f"protocol {self.name!r} does not fit {height}x{width} images: {error}") from error
 
 
-def _check_int(name: str, value: Any, least: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
-    return value
-
-
 class _ImageShifts(TransformSequence):
     """Frames of a fixed batch in which every image has its own integer shifts: ``shifts[i, t] = (dx, dy)``.
 
@@ -209,11 +204,10 @@ class RandomPairProtocol(ShiftProtocol):
         low, high = self.shift_range
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)) or low > high:
             raise ValueError(f"shift_range must be integers (low, high) with low <= high, got {self.shift_range!r}")
-        if self.boundary not in _ImageShifts.modes:
-            raise ValueError(f"boundary must be one of {list(_ImageShifts.modes)}, got {self.boundary!r}")
-        _check_int("passes", self.passes, 1)
+        check_choice(self.name, "boundary", self.boundary, _ImageShifts.modes)
+        check_int(self.name, "passes", self.passes, 1)
         if self.crop is not None:
-            _check_int("crop", self.crop, 1)
+            check_int(self.name, "crop", self.crop, 1)
 
     @property
     def frames_per_image(self) -> int:
@@ -324,8 +318,8 @@ class AdversarialGridProtocol(ShiftProtocol):
     needs_targets: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        _check_int("max_shift", self.max_shift, 2)
-        _check_int("crop_margin", self.crop_margin, 1)
+        check_int(self.name, "max_shift", self.max_shift, 2)
+        check_int(self.name, "crop_margin", self.crop_margin, 1)
 
     @property
     def sequences(self) -> dict[str, ShiftSequence]:
@@ -512,9 +506,8 @@ def _check_inputs(
     if targets is not None and (not isinstance(targets, Tensor) or targets.shape != (images.shape[0],)):
         shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
         raise ValueError(f"targets must have shape (N,) = ({images.shape[0]},), got {shape}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {seed!r}")
-    _check_int("batch_size", batch_size, 1)
+    check_int(protocol.name, "seed", seed, 0)
+    check_int(protocol.name, "batch_size", batch_size, 1)
     if indices is None:
         return torch.arange(images.shape[0])
     if (not isinstance(indices, Tensor) or indices.shape != (images.shape[0],) or indices.is_floating_point()
