@@ -13,13 +13,17 @@ For each variant (``configs/<family>/<label>_<variant>.yaml``) the recipe
 3. reads the ``InvarianceMonitor``'s last flip rates (train vs val subset) from ``last.ckpt`` and the last
    epoch's ``train/images_per_second`` from the run's ``metrics.csv``;
 
-and writes ``comparison.md``, ``comparison.csv``, ``comparison.json`` and PNG plots to ``--output``
+and writes ``comparison.md``, ``comparison.csv``, ``comparison.json``, a record per variant
+(``variants/<variant>.json``: with ``--reuse`` it stands for a finished run, even in a clone without the run) and
+PNG plots to ``--output``
 (default ``results/compare_<family>_<preset>``); the tables are rewritten after every variant. With W&B enabled
 (offline unless you are logged in) the training runs and a summary run with the table and plots share one W&B group.
 Run from the repository root, e.g.::
 
     python recipes/compare.py --preset quick --no-wandb          # smoke run: ~11 min on 2 CPU cores (docs/recipes.md)
     python recipes/compare.py --preset cpu --variants all        # 20 epochs on 5,000 images: docs/results.md
+    python recipes/compare.py --preset cpu-full --reuse --variants augmented augmented_blur_consistency \
+        --runs-dir runs/cpu-full --output benchmarks/results/compare_cifar10_cpu-full   # 45,000 images, 15 epochs
     python recipes/compare.py --preset full --reuse              # the configs' schedules, for a GPU
     python recipes/compare.py --family imagenette --variants plain blur --preset full
 """

@@ -32,8 +32,14 @@ def tiny_cifar_dir(tmp_path_factory) -> Path:
 
 def test_configs_exist_for_every_variant():
     assert {p.stem for p in CIFAR_CONFIGS} == {
-        f"resnet20_{v}" for v in ("plain", "augmented", "translate_scale", "blur", "aps", "augmented_blur", "consistency")
+        f"resnet20_{v}" for v in ("plain", "augmented", "translate_scale", "blur", "aps", "augmented_blur", "consistency",
+                                  "augmented_aps", "augmented_blur_consistency")
     }
+    for path in CIFAR_CONFIGS:  # each name says what its model section sets
+        model, parts = yaml.safe_load(path.read_text())["model"], path.stem.split("_")[1:]
+        assert (model["augmentation"] != "none") == bool({"augmented", "consistency", "translate"} & set(parts)), path
+        assert model["downsample"] == next((p for p in ("blur", "aps") if p in parts), "stride"), path
+        assert (model["consistency_weight"] > 0) == ("consistency" in parts), path
     assert {p.stem for p in IMAGENETTE_CONFIGS} == {
         f"resnet18_{v}" for v in ("plain", "augmented", "blur", "aps", "augmented_blur")
     }

@@ -6,8 +6,11 @@ recorded, the data plumbing and bad input."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import runpy
+import shutil
+from types import SimpleNamespace
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +152,7 @@ def test_recipe_end_to_end_trains_refuses_resumes_and_reuses_on_generated_data(g
     (speed,) = [float(r["train/images_per_second"]) for r in second if r.get("train/images_per_second")]
     assert float(row["train_images_per_second"]) == pytest.approx(speed)
 
+    comparison.record_path(output, "plain").unlink()  # else the record of this checkpoint stands for it (below)
     recipe["main"]([*base, "--reuse"])
     columns, (row,) = read_rows(output)
     assert (row["training"], row["epochs"]) == ("reused", "2")
@@ -161,6 +165,24 @@ def test_recipe_end_to_end_trains_refuses_resumes_and_reuses_on_generated_data(g
     for number in ("consistency", "accuracy"):
         assert float(row[f"aps2021_circular_{number}"]) == expected[number], number
     assert " aps2021_circular_consistency |" in (output / "comparison.md").read_text()
+
+    # the variant's record: the row, the monitor history and the per-epoch log, enough to rebuild the table
+    record = json.loads(comparison.record_path(output, "plain").read_text())
+    assert [entry["epoch"] for entry in record["log"]] == [0.0, 1.0]
+    assert record["log"][1]["train/images_per_second"] == pytest.approx(speed)
+    assert [entry["epoch"] for entry in record["history"]] == [0, 1]
+    before = read_rows(output), json.loads((output / "comparison.json").read_text())["results"]
+    for remove_run in (False, True):  # the same checkpoint, then none left (a fresh clone): the record stands for it
+        if remove_run:
+            shutil.rmtree(run_dir)
+        recipe["main"]([*base, "--reuse"])
+        rebuilt = json.loads((output / "comparison.json").read_text())
+        assert (read_rows(output), rebuilt["results"]) == before
+        assert rebuilt["setup"]["actions"] == {"plain": "recorded"}
+    other_seed = ComparisonSettings(REPO_ROOT, variants=["plain"], preset="tiny", epochs=2, train_subset=64,
+                                    test_images=16, no_wandb=True, data_dir=generated_cifar, output=output,
+                                    protocols=["aps2021_circular"], seed=4, reuse=True)
+    assert plan_comparison(other_seed).actions == {"plain": "trained"}  # made with other settings: not used
 
     for argv, message in ((["--variants", "plain", "antialiased"], "valid variants"),
                           (["--family", "mnist"], "'imagenette'"),
@@ -238,3 +260,16 @@ def test_imagenette_data_plumbing_on_generated_folders(tmp_path):
     assert data.overrides == {"root": str(tmp_path / "imagenette")}
     assert data.images.shape == (4, 3, 128, 128) and data.images.dtype == torch.uint8  # the whole val folder
     assert sorted(data.labels.tolist()) == [0, 0, 1, 1]
+
+
+def test_a_record_stands_only_for_a_finished_run_and_its_own_checkpoint(tmp_path):
+    checkpoint = tmp_path / "last.ckpt"
+    checkpoint.write_bytes(b"weights")
+    record = comparison.VariantRecord({"epochs": 3}, {}, [], [], {}, comparison.file_sha256(checkpoint))
+    run = SimpleNamespace(max_epochs=3, checkpoint=checkpoint)
+    assert record.stands_for(run)
+    assert not record.stands_for(SimpleNamespace(max_epochs=4, checkpoint=checkpoint))  # an unfinished run's record
+    checkpoint.write_bytes(b"retrained weights")
+    assert not record.stands_for(run)  # the run was trained again since
+    checkpoint.unlink()
+    assert record.stands_for(run)  # no checkpoint (a fresh clone): the record is all there is

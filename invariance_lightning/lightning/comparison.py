@@ -5,11 +5,16 @@ checked before training (the variants, the data, existing runs); :func:`run_comp
 variant with ``invariance-lightning fit`` in this process, evaluates its ``last.ckpt`` with
 ``sequence_preset("report")`` and the chosen published protocols, reads what the run recorded (the
 ``InvarianceMonitor`` history, the training speed) and writes ``comparison.{md,csv,json}`` and the plots.
+Each evaluated variant also gets a record, ``variants/<variant>.json`` beside the tables (its table row, per-frame
+results, monitor history and per-epoch log; no weights), from which ``--reuse`` rebuilds the tables and plots
+without the checkpoint: commit the records and a fresh clone can redraw the comparison.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
 import os
 import platform
@@ -38,7 +43,13 @@ from invariance_lightning.reporting.figures import (
     save_figures,
 )
 from invariance_lightning.lightning.published import check_protocol_names, evaluate_protocols
-from invariance_lightning.reporting.tables import comparison_cell, comparison_columns, protocol_numbers, write_comparison
+from invariance_lightning.reporting.tables import (
+    comparison_cell,
+    comparison_columns,
+    json_safe,
+    protocol_numbers,
+    write_comparison,
+)
 from invariance_lightning.transforms import sequence_preset
 
 MONITOR = "InvarianceMonitor"
@@ -77,6 +88,7 @@ class Preset:
     test_images: int | None
     trainer: Mapping[str, Any]  # Trainer arguments on the command line
     data: Mapping[str, Any]  # datamodule arguments on the command line
+    model: Mapping[str, Any]  # ImageClassifier arguments on the command line
     monitor: Mapping[str, Any]  # InvarianceMonitor arguments replaced in the config copy
     smoke: bool
 
@@ -85,7 +97,8 @@ class Preset:
         epochs = "the configs' epochs" if self.max_epochs is None else f"{self.max_epochs} epoch(s)"
         train = "the whole training split" if self.train_subset is None else f"{self.train_subset} training images"
         parts = [f"{epochs} on {train}"]
-        for what, arguments in (("trainer", self.trainer), ("data", self.data), ("monitor", self.monitor)):
+        groups = (("trainer", self.trainer), ("data", self.data), ("model", self.model), ("monitor", self.monitor))
+        for what, arguments in groups:
             if arguments:
                 parts.append(f"{what} " + " ".join(f"{key}={value}" for key, value in arguments.items()))
         parts.append("all test images" if self.test_images is None else f"{self.test_images} test images")
@@ -94,17 +107,23 @@ class Preset:
 
 #: ``tiny`` is for tests; ``quick`` is a CPU smoke run; ``cpu`` is a real but reduced schedule that a 2-core CPU
 #: trains in minutes per variant (20 one-cycle epochs on a 5,000-image training subset, per-epoch validation on 10
-#: batches); ``full`` trains as the configs say (for a GPU). The CPU presets skip the monitor's per-epoch PNGs
-#: (seconds per epoch on a CPU). ``limit_val_batches`` stays >= 2: the CLI parses ``1`` as the float 1.0, which
-#: Lightning reads as 100%.
+#: batches); ``cpu-full`` trains on the whole training split (CIFAR-10: 45,000 images) with the CPU's fastest
+#: settings (the datamodule's device-resident uint8 batches with kornia augmentation, channels-last, one-cycle,
+#: label smoothing 0.1) for 15 epochs, about 35 minutes per augmented ResNet-20 on 2 cores
+#: (benchmarks/results/cpu_training.md); ``full`` trains as the configs say (for a GPU). The CPU presets skip the
+#: monitor's per-epoch PNGs (seconds per epoch on a CPU). ``limit_val_batches`` stays >= 2: the CLI parses ``1`` as
+#: the float 1.0, which Lightning reads as 100%.
 PRESETS = {
     "tiny": Preset(1, 128, 64, trainer={"limit_val_batches": 2, "num_sanity_val_steps": 0}, data={"batch_size": 32},
-                   monitor={"num_samples": 32, "log_plots": False}, smoke=True),
-    "quick": Preset(3, 2000, 1000, trainer={"limit_val_batches": 4}, data={},
+                   model={}, monitor={"num_samples": 32, "log_plots": False}, smoke=True),
+    "quick": Preset(3, 2000, 1000, trainer={"limit_val_batches": 4}, data={}, model={},
                     monitor={"num_samples": 128, "log_plots": False}, smoke=True),
-    "cpu": Preset(20, 5000, 2000, trainer={"limit_val_batches": 10}, data={},
+    "cpu": Preset(20, 5000, 2000, trainer={"limit_val_batches": 10}, data={}, model={},
                   monitor={"num_samples": 256, "log_plots": False}, smoke=False),
-    "full": Preset(None, None, None, trainer={}, data={}, monitor={}, smoke=False),
+    "cpu-full": Preset(15, None, None, trainer={}, data={"batch_size": 128},
+                       model={"channels_last": True, "label_smoothing": 0.1},
+                       monitor={"num_samples": 256, "log_plots": False}, smoke=False),
+    "full": Preset(None, None, None, trainer={}, data={}, model={}, monitor={}, smoke=False),
 }
 
 
@@ -281,6 +300,21 @@ def last_logged(run_dir: Path, keys: Sequence[str]) -> dict[str, float]:
     return {key: found[key][2] if key in found else math.nan for key in keys}
 
 
+def epoch_log(run_dir: Path) -> list[dict[str, float]]:
+    """One row per logged epoch over every ``metrics.csv`` under ``run_dir`` (oldest logger version first): the last
+    value each column took in that epoch (for step-level columns such as ``train/loss``: the epoch's last step)."""
+    epochs: dict[int, dict[str, float]] = {}
+    for path in sorted(run_dir.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime):
+        with path.open(newline="") as file:
+            for row in csv.DictReader(file):
+                if not row.get("epoch"):
+                    continue
+                epoch = int(float(row["epoch"]))
+                values = {key: float(value) for key, value in row.items() if value and key not in ("epoch", "step")}
+                epochs.setdefault(epoch, {"epoch": float(epoch)}).update(values)
+    return [epochs[epoch] for epoch in sorted(epochs)]
+
+
 # -- one variant ---------------------------------------------------------------------------------------------------
 @dataclass
 class VariantRun:
@@ -317,6 +351,8 @@ def plan_variant(
         fit_args += [f"--trainer.{key}", str(value)]
     for key, value in data_overrides.items():
         fit_args += [f"--data.{key}", str(value)]
+    for key, value in preset.model.items():
+        fit_args += [f"--model.{key}", str(value)]
     if wandb_group is None:
         fit_args += ["--no_wandb", "true"]
     if not sys.stderr.isatty():
@@ -414,6 +450,88 @@ def table_row(
     return row
 
 
+# -- records -------------------------------------------------------------------------------------------------------
+#: Folder of the per-variant records, under the comparison's output folder.
+RECORDS = "variants"
+
+
+def record_path(output: Path, variant: str) -> Path:
+    """``<output>/variants/<variant>.json``."""
+    return output / RECORDS / f"{variant}.json"
+
+
+def evaluation_key(run: VariantRun, data: EvaluationData, settings: ComparisonSettings) -> dict[str, Any]:
+    """What a variant's record must have been made with to stand for this comparison's row: the config file's
+    content, the preset's sizes and overrides, the epochs, the test images, the seed, the protocols and the
+    sequences."""
+    return {
+        "config_sha256": file_sha256(run.source),
+        "preset": settings.preset,
+        "preset_description": data.preset.describe(),
+        "max_epochs": run.max_epochs,
+        "test_images": len(data.labels),
+        "seed": settings.seed,
+        "protocols": list(settings.protocols),
+        "sequences": {name: repr(sequence) for name, sequence in sequence_preset("report").items()},
+    }
+
+
+@dataclass
+class VariantRecord:
+    """What the comparison keeps of one evaluated variant."""
+
+    row: dict[str, Any]
+    results: dict[str, dict[str, Tensor]]
+    history: list[dict[str, Any]]
+    log: list[dict[str, float]]
+    seconds: dict[str, float]
+    checkpoint_sha256: str
+
+    def stands_for(self, run: VariantRun) -> bool:
+        """Whether the record may replace training and evaluating ``run``: it covers the planned epochs, and the
+        run's ``last.ckpt`` is either gone (a fresh clone) or the very file the record was made from."""
+        if self.row["epochs"] < run.max_epochs:
+            return False
+        return not run.checkpoint.is_file() or file_sha256(run.checkpoint) == self.checkpoint_sha256
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_record(path: Path, key: Mapping[str, Any], record: VariantRecord) -> None:
+    """Write a variant's record (replacing the file atomically, so an interrupted write leaves the old one)."""
+    payload = {
+        "evaluation": key,
+        "row": record.row,
+        "results": {name: {metric: value.tolist() for metric, value in metrics.items()}
+                    for name, metrics in record.results.items()},
+        "history": record.history,
+        "log": record.log,
+        "seconds": record.seconds,
+        "checkpoint_sha256": record.checkpoint_sha256,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(json_safe(payload), indent=1, allow_nan=False))
+    partial.replace(path)
+
+
+def read_record(path: Path, key: Mapping[str, Any]) -> VariantRecord | None:
+    """The record at ``path`` if it exists and was made with ``key`` (:func:`evaluation_key`), else None."""
+    if not path.is_file():
+        return None
+    payload = json.loads(path.read_text())
+    if payload.get("evaluation") != json.loads(json.dumps(json_safe(key))):
+        return None
+    row = {key: math.nan if value is None else value for key, value in payload["row"].items()}
+    results = {name: {metric: torch.tensor(value) for metric, value in metrics.items()}
+               for name, metrics in payload["results"].items()}
+    return VariantRecord(row, results, payload["history"], payload["log"], payload["seconds"],
+                         payload["checkpoint_sha256"])
+
+
 # -- the whole comparison ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ComparisonSettings:
@@ -446,7 +564,8 @@ class ComparisonPlan:
     output: Path
     data: EvaluationData
     runs: list[VariantRun]
-    actions: dict[str, str]  # training_action of each variant
+    actions: dict[str, str]  # training_action of each variant, or "recorded" (its record stands for it)
+    records: dict[str, VariantRecord]  # the records of the "recorded" variants
     wandb_project: str | None  # None: no W&B
     started: float  # time.perf_counter() when planning began
     load_start: str  # the load average then
@@ -473,8 +592,12 @@ def plan_comparison(settings: ComparisonSettings) -> ComparisonPlan:
     group = None if settings.no_wandb else output.name
     runs = [plan_variant(variant, path, runs_dir / settings.family / path.stem, data.preset, data.overrides, group)
             for variant, path in variants.items()]
-    actions, problems = {}, []
+    actions, records, problems = {}, {}, []
     for run in runs:
+        record = read_record(record_path(output, run.variant), evaluation_key(run, data, settings))
+        if settings.reuse and record is not None and record.stands_for(run):
+            actions[run.variant], records[run.variant] = "recorded", record
+            continue
         try:
             actions[run.variant] = training_action(run, settings.reuse)
         except ValueError as error:
@@ -483,7 +606,7 @@ def plan_comparison(settings: ComparisonSettings) -> ComparisonPlan:
         raise ValueError("\n".join(problems) + "\n(or choose another --runs-dir / --output)")
     project = (first["trainer"].get("logger") or {}).get("init_args", {}).get("project", "invariance-lightning")
     wandb_project = None if settings.no_wandb else project
-    return ComparisonPlan(settings, output, data, runs, actions, wandb_project, started, load_start)
+    return ComparisonPlan(settings, output, data, runs, actions, records, wandb_project, started, load_start)
 
 
 def run_comparison(plan: ComparisonPlan) -> Path:
@@ -502,26 +625,16 @@ def run_comparison(plan: ComparisonPlan) -> Path:
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
         "command": settings.command, "load_start": plan.load_start,
         "sequences": {name: repr(sequence) for name, sequence in sequences.items()},
-        "protocols": list(settings.protocols), "seconds_per_variant": {},
+        "protocols": list(settings.protocols), "actions": dict(plan.actions), "seconds_per_variant": {},
     }
     rows: list[dict[str, Any]] = []
     results: dict[str, dict[str, dict[str, Tensor]]] = {}
     histories: dict[str, list[dict[str, Any]]] = {}
     for run in plan.runs:
-        tick = time.perf_counter()
-        train(run, plan.actions[run.variant])
-        trained = time.perf_counter()
-        loaded = load_classifier(run.checkpoint, map_location=device)
-        results[run.variant] = evaluate_sequences(loaded.model, data.images, data.labels, sequences,
-                                                  batch_size=settings.batch_size, normalize=loaded.normalize)
-        protocols = evaluate_protocols(loaded.model, data.images, data.labels, settings.protocols, seed=settings.seed,
-                                       normalize=loaded.normalize, batch_size=settings.batch_size)
-        saved = read_checkpoint(run.checkpoint)
-        histories[run.variant] = monitor_history(saved)
-        rows.append(table_row(run, results[run.variant], protocols, saved, len(data.labels),
-                              plan.actions[run.variant], settings.preset, settings.repo_root.resolve()))
-        setup["seconds_per_variant"][run.variant] = {"training": trained - tick,
-                                                     "evaluation": time.perf_counter() - trained}
+        record = plan.records.get(run.variant) or evaluate_variant(plan, run, device)
+        rows.append(record.row)
+        results[run.variant], histories[run.variant] = record.results, record.history
+        setup["seconds_per_variant"][run.variant] = record.seconds
         setup.update(load_end=_load_average(), seconds=time.perf_counter() - plan.started)
         write_comparison(plan.output, rows, results, sequences, setup)
         print(f"== {run.variant}: " + ", ".join(f"{k} {comparison_cell(k, v)}" for k, v in rows[-1].items()
@@ -536,6 +649,27 @@ def run_comparison(plan: ComparisonPlan) -> Path:
         configure_wandb_mode()
         log_to_wandb(plan.output.name, plan.wandb_project, plan.output, rows, plots, setup)
     return plan.output / "comparison.md"
+
+
+def evaluate_variant(plan: ComparisonPlan, run: VariantRun, device: str) -> VariantRecord:
+    """Train (or resume, or reuse) one variant, evaluate its ``last.ckpt`` and write its record."""
+    settings, data = plan.settings, plan.data
+    tick = time.perf_counter()
+    train(run, plan.actions[run.variant])
+    trained = time.perf_counter()
+    loaded = load_classifier(run.checkpoint, map_location=device)
+    results = evaluate_sequences(loaded.model, data.images, data.labels, sequence_preset("report"),
+                                 batch_size=settings.batch_size, normalize=loaded.normalize)
+    protocols = evaluate_protocols(loaded.model, data.images, data.labels, settings.protocols, seed=settings.seed,
+                                   normalize=loaded.normalize, batch_size=settings.batch_size)
+    saved = read_checkpoint(run.checkpoint)
+    row = table_row(run, results, protocols, saved, len(data.labels), plan.actions[run.variant], settings.preset,
+                    settings.repo_root.resolve())
+    seconds = {"training": trained - tick, "evaluation": time.perf_counter() - trained}
+    record = VariantRecord(row, results, monitor_history(saved), epoch_log(run.run_dir), seconds,
+                           file_sha256(run.checkpoint))
+    write_record(record_path(plan.output, run.variant), evaluation_key(run, data, settings), record)
+    return record
 
 
 def log_to_wandb(
