@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from invariance_lightning import ScaleSequence, ShiftSequence
-from invariance_lightning.metrics.gap import sampling_bound, train_test_gap
+from invariance_lightning.metrics.gap import sampling_bound, train_test_gap, wilson_interval
 from invariance_lightning.reporting.figures import (
     flip_rate_by_sequence_figure,
     monitor_history_figure,
@@ -22,6 +22,7 @@ from invariance_lightning.reporting.tables import (
     comparison_markdown,
     format_cell,
     gap_markdown,
+    interval_markdown,
     json_safe,
     write_comparison,
 )
@@ -89,6 +90,31 @@ def test_comparison_files_hold_the_rows_with_nan_as_n_a_and_null(tmp_path):
     payload = json.loads((tmp_path / "out" / "comparison.json").read_text())
     assert payload["rows"][0]["monitor_train_shift_flip_rate"] is None and payload["setup"]["nan"] is None
     assert payload["results"]["plain"]["shift"]["metrics"]["flip_rate"] == 0.25
+
+
+def test_wilson_interval_by_hand():
+    # 0 of 10: centre = half = (z^2 / 20) / (1 + z^2 / 10) = 0.19208 / 1.38416
+    low, high = wilson_interval(0.0, 10)
+    assert low == 0.0 and high == pytest.approx(2 * 0.19208 / 1.38416, abs=1e-9)
+    # 9,000 of 10,000: 0.9 +- 1.96 sqrt(0.09 / 1e4 + 3.8416 / 4e8) / 1.00038416 around (0.9 + 1.9208e-4) / 1.00038416
+    centre, half = (0.9 + 1.9208e-4) / 1.00038416, 1.96 * math.sqrt(9e-6 + 9.604e-9) / 1.00038416
+    assert wilson_interval(0.9, 10_000) == pytest.approx((centre - half, centre + half), abs=1e-12)
+    assert wilson_interval(1.0, 5)[1] == 1.0
+    for bad, message in (((0.5, 0), "n must be an int >= 1"), ((1.5, 10), r"p must be a rate in \[0, 1\]")):
+        with pytest.raises(ValueError, match=message):
+            wilson_interval(*bad)
+
+
+def test_interval_table_shows_each_rate_with_its_interval_over_the_test_images():
+    rows = [{**row("plain", 0.0, 1.0, 9.0), "zhang2019_consistency": 0.5}]  # a published-protocol column too
+    table = interval_markdown(rows).splitlines()
+    assert table[0] == ("| variant | test acc | shift flip | shift cons. | shift worst acc | scale flip | "
+                        "scale worst acc | zhang2019_consistency |")
+    low, high = wilson_interval(0.5, 8)  # every row has test_images=8
+    cells = table[2].split(" | ")
+    assert cells[1].startswith("1.0000 [") and cells[2] == f"0.0000 [0.0000, {wilson_interval(0.0, 8)[1]:.4f}]"
+    assert cells[-1] == f"0.5000 [{low:.4f}, {high:.4f}] |"
+    assert interval_markdown(rows) in comparison_markdown(rows, SETUP)
 
 
 def test_cells_and_json_safe_values():

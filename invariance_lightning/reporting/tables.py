@@ -13,7 +13,7 @@ from typing import Any
 from torch import Tensor
 
 from invariance_lightning.diagnostics import EquivarianceReport
-from invariance_lightning.metrics.gap import GAP_METRICS, Gap
+from invariance_lightning.metrics.gap import GAP_METRICS, Gap, wilson_interval
 from invariance_lightning.metrics.protocols import PROTOCOLS
 from invariance_lightning.transforms import TransformSequence
 
@@ -206,6 +206,30 @@ def comparison_cell(column: str, value: Any) -> str:
     return format_cell(value, _COMPARISON_DIGITS.get(column, 4), missing="n/a")
 
 
+#: Rate columns of the comparison that get a confidence interval (besides every published-protocol column).
+INTERVAL_COLUMNS = ("test_accuracy", "shift_flip_rate", "shift_consistency", "shift_worst_case_accuracy",
+                    "scale_flip_rate", "scale_worst_case_accuracy")
+
+
+def interval_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A table of each rate with its :func:`~invariance_lightning.metrics.gap.wilson_interval` over the row's
+    ``test_images``: the sampling uncertainty of a single training run."""
+    columns = comparison_columns(rows)
+    shown = [c for c in columns if c in INTERVAL_COLUMNS or c not in COMPARISON_COLUMNS]
+    table = ["| variant | " + " | ".join(str(columns[c]) for c in shown) + " |", "|---|" + "---:|" * len(shown)]
+    for row in rows:
+        cells = []
+        for column in shown:
+            value = row[column]
+            if isinstance(value, float) and 0.0 <= value <= 1.0:
+                low, high = wilson_interval(value, int(row["test_images"]))
+                cells.append(f"{value:.4f} [{low:.4f}, {high:.4f}]")
+            else:
+                cells.append(comparison_cell(column, value))
+        table.append(f"| {row['variant']} | " + " | ".join(cells) + " |")
+    return "\n".join(table)
+
+
 def comparison_markdown(rows: Sequence[Mapping[str, Any]], setup: Mapping[str, Any]) -> str:
     """``comparison.md``: the setup (smoke runs labelled), the table, plots, commands and definitions.
 
@@ -235,6 +259,10 @@ def comparison_markdown(rows: Sequence[Mapping[str, Any]], setup: Mapping[str, A
         f"({setup['machine']}), load average {setup['load_start']} at the start and {setup['load_end']} at the end; "
         f"{setup['seconds']:.0f} s in total (timings under load are not comparable across machines).",
         "\n".join(table),
+        "## 95% intervals",
+        "Wilson score intervals over the test images: how much each rate could move with another sample of test "
+        "images, for this one training run per variant (another training seed moves it further).",
+        interval_markdown(rows),
         "![accuracy vs flip rate](accuracy_vs_flip_rate.png)",
         "![InvarianceMonitor flip rates over the epochs](monitor_history.png)",
         "![shift: per-frame accuracy and flip rate](shift_per_frame.png)",
