@@ -594,8 +594,9 @@ def plan_comparison(settings: ComparisonSettings) -> ComparisonPlan:
             for variant, path in variants.items()]
     actions, records, problems = {}, {}, []
     for run in runs:
-        record = read_record(record_path(output, run.variant), evaluation_key(run, data, settings))
-        if settings.reuse and record is not None and record.stands_for(run):
+        record = read_record(record_path(output, run.variant), evaluation_key(run, data, settings)) \
+            if settings.reuse else None
+        if record is not None and record.stands_for(run):
             actions[run.variant], records[run.variant] = "recorded", record
             continue
         try:
