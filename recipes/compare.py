@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"variants to compare, or 'all' (default: those of {list(MAIN_VARIANTS)} the family has)")
     parser.add_argument("--preset", default="quick", choices=list(PRESETS),
                         help="default quick; " + "; ".join(f"{name}: {p.describe()}" for name, p in PRESETS.items()))
-    parser.add_argument("--epochs", type=positive_int, help="override the preset's epochs")
+    parser.add_argument("--epochs", type=positive_int,
+                        help="the most epochs a variant trains (default: the preset's); a config planned for fewer, "
+                        "such as a fine-tuning run, keeps its own")
     parser.add_argument("--train-subset", type=positive_int, help="override the preset's training images")
     parser.add_argument("--test-images", type=positive_int, help="override the preset's test images")
     parser.add_argument("--monitor-samples", type=positive_int,

@@ -9,7 +9,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from invariance_lightning import BlurPool2d, ImageClassifier
+from invariance_lightning.models import CIFAR_RESNET_NORMALIZE, cifar_resnet
 from invariance_lightning.models.factory import build_backbone
+from invariance_lightning.models.pretrained import SHARED_DIR_ENV, SHARED_WEIGHTS_SUBDIR
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -130,3 +132,40 @@ def test_checkpoint_keeps_the_normalization_readable_with_weights_only(tmp_path)
     assert checkpoint["input_normalization"] == (MEAN, STD) and type(checkpoint["input_normalization"]) is tuple
     restored = ImageClassifier.load_from_checkpoint(path, backbone=tiny_backbone())
     assert restored.input_normalization == (MEAN, STD) and restored.input_normalization.std == STD
+
+
+def test_init_weights_are_loaded_when_fit_starts_and_not_when_it_resumes(tmp_path, monkeypatch):
+    saved = cifar_resnet(20, num_classes=10)
+    torch.nn.init.normal_(saved.linear.weight)  # unlike a fresh initialization
+    torch.save({"state_dict": {f"module.{k}": v for k, v in saved.state_dict().items()}}, tmp_path / "r20.th")
+    options = dict(backbone="cifar_resnet20", downsample="blur", augmentation="none", image_size=16, mean=MEAN,
+                   std=STD, lr=0.0, schedule="none", weight_decay=0.0)
+    model = ImageClassifier(**options, init_weights=str(tmp_path / "r20.th"))
+    assert not torch.equal(model.backbone.linear.weight, saved.linear.weight), "nothing is loaded before fit"
+    run = trainer(tmp_path, max_steps=1, enable_checkpointing=True)
+    run.fit(model, uint8_loader())
+    assert torch.equal(model.backbone.linear.weight, saved.linear.weight)  # lr 0: the loaded weights, unchanged
+    run.save_checkpoint(tmp_path / "last.ckpt")
+    # resuming restores the checkpoint and no longer needs the file
+    (tmp_path / "r20.th").unlink()
+    resumed = ImageClassifier(**options, init_weights=str(tmp_path / "r20.th"))
+    trainer(tmp_path, max_steps=2).fit(resumed, uint8_loader(), ckpt_path=tmp_path / "last.ckpt")
+    assert torch.equal(resumed.backbone.linear.weight, saved.linear.weight)
+    with pytest.raises(FileNotFoundError, match="r20.th.*no such file"):
+        trainer(tmp_path, max_steps=1).fit(ImageClassifier(**options, init_weights=str(tmp_path / "r20.th")),
+                                           uint8_loader())
+
+
+def test_a_released_model_name_is_found_in_the_shared_folder_and_sets_the_normalization(tmp_path, monkeypatch):
+    folder = tmp_path / SHARED_WEIGHTS_SUBDIR
+    folder.mkdir(parents=True)
+    saved = cifar_resnet(20)
+    torch.save(saved.state_dict(), folder / "resnet20-test.th")
+    monkeypatch.setenv(SHARED_DIR_ENV, str(tmp_path))
+    model = ImageClassifier("cifar_resnet20", augmentation="none", image_size=16, lr=0.0, schedule="none",
+                            init_weights="resnet20")
+    assert model.input_normalization == CIFAR_RESNET_NORMALIZE  # the release's statistics, not the datamodule's
+    trainer(tmp_path, max_steps=1).fit(model, uint8_loader())
+    assert torch.equal(model.backbone.conv1.weight, saved.conv1.weight)
+    with pytest.raises(ValueError, match="init_weights needs a CIFAR ResNet backbone"):
+        ImageClassifier(tiny_backbone(), init_weights="resnet20")

@@ -33,13 +33,14 @@ def tiny_cifar_dir(tmp_path_factory) -> Path:
 def test_configs_exist_for_every_variant():
     assert {p.stem for p in CIFAR_CONFIGS} == {
         f"resnet20_{v}" for v in ("plain", "augmented", "translate_scale", "blur", "aps", "augmented_blur", "consistency",
-                                  "augmented_aps", "augmented_blur_consistency")
+                                  "augmented_aps", "augmented_blur_consistency", "finetuned_blur_consistency")
     }
     for path in CIFAR_CONFIGS:  # each name says what its model section sets
         model, parts = yaml.safe_load(path.read_text())["model"], path.stem.split("_")[1:]
         assert (model["augmentation"] != "none") == bool({"augmented", "consistency", "translate"} & set(parts)), path
         assert model["downsample"] == next((p for p in ("blur", "aps") if p in parts), "stride"), path
         assert (model["consistency_weight"] > 0) == ("consistency" in parts), path
+        assert ("init_weights" in model) == ("finetuned" in parts), path
     assert {p.stem for p in IMAGENETTE_CONFIGS} == {
         f"resnet18_{v}" for v in ("plain", "augmented", "blur", "aps", "augmented_blur")
     }
@@ -53,11 +54,15 @@ def test_configs_exist_for_every_variant():
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CIFAR_CONFIGS, ids=lambda p: p.stem)
 def test_every_cifar_config_fits_with_fast_dev_run(config, tiny_cifar_dir, tmp_path):
+    weights = []
+    if "init_weights" in yaml.safe_load(config.read_text())["model"]:  # fine-tuning: random weights stand in
+        torch.save(cifar_resnet(20).state_dict(), tmp_path / "resnet20.pt")
+        weights = ["--model.init_weights", str(tmp_path / "resnet20.pt")]
     main(
         [
             "fit", "--config", str(config), "--trainer.fast_dev_run", "true", "--no_wandb", "true",
             "--trainer.default_root_dir", str(tmp_path), "--data.data_dir", str(tiny_cifar_dir),
-            "--data.val_split", "16", "--data.batch_size", "16", "--trainer.enable_progress_bar", "false",
+            "--data.val_split", "16", "--data.batch_size", "16", "--trainer.enable_progress_bar", "false", *weights,
         ]
     )
 

@@ -17,11 +17,14 @@ import torch
 from http_server import FileServer
 from invariance_lightning.models import PRETRAINED_CIFAR_RESNETS, cifar_resnet_weights, load_cifar_resnet
 from invariance_lightning.models.pretrained import (
+    SHARED_DIR_ENV,
+    SHARED_WEIGHTS_SUBDIR,
     WEIGHTS_URL_ENV,
     ChecksumError,
     DownloadError,
     PretrainedFile,
     download_file,
+    resolve_cifar_resnet_weights,
     weights_cache_dir,
 )
 
@@ -169,6 +172,29 @@ def test_lookup_order_local_folders_then_cache_then_download(server: FileServer,
     assert server.requests == []
     (cache / "resnet20-fake.th").unlink()
     assert lookup() == cache / "resnet20-fake.th" and server.requests == [FAKE_PATH]
+
+
+def test_weights_are_resolved_from_a_file_a_search_folder_or_the_shared_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(SHARED_DIR_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # an empty cache
+    file = tmp_path / "mine.pt"
+    file.write_bytes(b"weights")
+    assert resolve_cifar_resnet_weights(str(file)) == file  # a file is used as it is
+    first, shared = tmp_path / "first", tmp_path / "shared"
+    (shared / SHARED_WEIGHTS_SUBDIR).mkdir(parents=True)
+    (shared / SHARED_WEIGHTS_SUBDIR / "resnet20-local.th").write_bytes(b"shared copy")
+    first.mkdir()
+    monkeypatch.setenv(SHARED_DIR_ENV, str(shared))
+    assert resolve_cifar_resnet_weights("resnet20", search_dirs=[first]).name == "resnet20-local.th"
+    (first / "resnet20-first.th").write_bytes(b"first")
+    assert resolve_cifar_resnet_weights("resnet20", search_dirs=[first]).name == "resnet20-first.th"
+    with pytest.raises(FileNotFoundError, match="'missing.pt': no such file, and not the name of a released"):
+        resolve_cifar_resnet_weights("missing.pt")
+    monkeypatch.delenv(SHARED_DIR_ENV)
+    with pytest.raises(FileNotFoundError, match="no weights for resnet20.*downloading is disabled"):
+        resolve_cifar_resnet_weights("resnet20", search_dirs=[shared], download=False)
 
 
 def test_nothing_found_and_nothing_downloadable(server: FileServer, fake_release, tmp_path: Path) -> None:

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from invariance_lightning.models import CIFAR_RESNET_NORMALIZE, cifar_resnet, load_cifar_resnet
+from invariance_lightning.models import (
+    CIFAR_RESNET_NORMALIZE,
+    cifar_resnet,
+    load_cifar_resnet,
+    load_cifar_resnet_weights,
+)
 
 RESNET20 = "resnet20-12fca82f.th"
 RESNET56 = "resnet56-4bfd9763.th"
@@ -130,6 +135,23 @@ def test_load_rejects_inconsistent_arguments_and_foreign_checkpoints(tmp_path: P
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="expected exactly one CIFAR ResNet"):
         load_cifar_resnet(tmp_path / "other.pt")
+
+
+def test_weights_load_into_an_antialiased_network_of_the_same_depth(tmp_path: Path) -> None:
+    saved = cifar_resnet(20).eval()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in saved.state_dict().items()}}, tmp_path / "r20.th")
+    blurred = load_cifar_resnet_weights(cifar_resnet(20, downsample="blur").eval(), tmp_path / "r20.th")
+    assert all(torch.equal(blurred.state_dict()[k], v) for k, v in saved.state_dict().items())
+    # the same weights behind BlurPool compute something else; a blur of size 1 is the strided network again
+    x = torch.randn(2, 3, 32, 32)
+    identity = load_cifar_resnet_weights(cifar_resnet(20, downsample="blur", filter_size=1).eval(), tmp_path / "r20.th")
+    with torch.no_grad():
+        assert torch.allclose(identity(x), saved(x), atol=1e-5)
+        assert not torch.allclose(blurred(x), saved(x), atol=1e-3)
+    with pytest.raises(ValueError, match="r20.th.* do not fit this CifarResNet"):
+        load_cifar_resnet_weights(cifar_resnet(32), tmp_path / "r20.th")
+    with pytest.raises(TypeError, match="`model` must be a CifarResNet"):
+        load_cifar_resnet_weights(torch.nn.Linear(2, 2), tmp_path / "r20.th")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

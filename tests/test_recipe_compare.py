@@ -32,6 +32,7 @@ from invariance_lightning.lightning.comparison import (
 from invariance_lightning.lightning.data import CIFARDataModule
 from invariance_lightning.lightning.module import ImageClassifier
 from invariance_lightning.metrics.protocols import evaluate_protocol
+from invariance_lightning.models.pretrained import DownloadError
 from invariance_lightning.reporting.tables import COMPARISON_COLUMNS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -273,3 +274,27 @@ def test_a_record_stands_only_for_a_finished_run_and_its_own_checkpoint(tmp_path
     assert not record.stands_for(run)  # the run was trained again since
     checkpoint.unlink()
     assert record.stands_for(run)  # no checkpoint (a fresh clone): the record is all there is
+
+
+def test_the_preset_caps_the_epochs_and_fine_tuning_weights_are_found_before_training(tmp_path, monkeypatch):
+    monkeypatch.delenv("INVARIANCE_SHARED_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # nothing cached
+    configs = REPO_ROOT / "configs" / "cifar10"
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "resnet20-local.th").write_bytes(b"weights")
+
+    def plan(name: str, preset: comparison.Preset, folders=(weights,)) -> comparison.VariantRun:
+        return comparison.plan_variant(name, configs / f"resnet20_{name}.yaml", tmp_path / name, preset, {}, None,
+                                       list(folders))
+
+    cpu_full = PRESETS["cpu-full"]
+    finetuned = plan("finetuned_blur_consistency", cpu_full)
+    assert finetuned.max_epochs == 5  # the config plans 5, fewer than the preset's 15
+    assert finetuned.fit_args[finetuned.fit_args.index("--model.init_weights") + 1] == str(weights / "resnet20-local.th")
+    augmented = plan("augmented", cpu_full)
+    assert augmented.max_epochs == 15 and "--model.init_weights" not in augmented.fit_args  # 30 capped at 15
+    assert plan("augmented", PRESETS["full"]).max_epochs == 30  # no cap: the config's
+    monkeypatch.setenv("INVARIANCE_WEIGHTS_URL", "http://127.0.0.1:9")  # nothing listens: the download fails
+    with pytest.raises(DownloadError, match="127.0.0.1:9/resnet20-12fca82f.th failed"):
+        plan("finetuned_blur_consistency", cpu_full, folders=())  # when planning, before anything trains

@@ -36,6 +36,7 @@ from invariance_lightning.lightning.cli import CSV_LOGGER, configure_wandb_mode
 from invariance_lightning.lightning.cli import main as cli_main
 from invariance_lightning.lightning.data import ImageClassificationDataModule
 from invariance_lightning.metrics.evaluate import evaluate_sequences
+from invariance_lightning.models.pretrained import SHARED_WEIGHTS_SUBDIR, resolve_cifar_resnet_weights
 from invariance_lightning.reporting.figures import (
     accuracy_flip_figure,
     monitor_history_figure,
@@ -81,7 +82,10 @@ FAMILIES = {"cifar10": Family("data_dir", "cifar10"), "imagenette": Family("root
 
 @dataclass(frozen=True)
 class Preset:
-    """Sizes of a comparison; ``None`` keeps the config's value (or, for ``test_images``, the whole test split)."""
+    """Sizes of a comparison; ``None`` keeps the config's value (or, for ``test_images``, the whole test split).
+
+    ``max_epochs`` caps each variant's epochs: a config planned for fewer (a fine-tuning run) keeps its own.
+    """
 
     max_epochs: int | None
     train_subset: int | None
@@ -109,7 +113,7 @@ class Preset:
 #: trains in minutes per variant (20 one-cycle epochs on a 5,000-image training subset, per-epoch validation on 10
 #: batches); ``cpu-full`` trains on the whole training split (CIFAR-10: 45,000 images) with the CPU's fastest
 #: settings (the datamodule's device-resident uint8 batches with kornia augmentation, channels-last, one-cycle,
-#: label smoothing 0.1) for 15 epochs, about 35 minutes per augmented ResNet-20 on 2 cores
+#: label smoothing 0.1) for 15 epochs, 30-40 minutes per augmented ResNet-20 on 2 idle cores
 #: (benchmarks/results/cpu_training.md); ``full`` trains as the configs say (for a GPU). The CPU presets skip the
 #: monitor's per-epoch PNGs (seconds per epoch on a CPU). ``limit_val_batches`` stays >= 2: the CLI parses ``1`` as
 #: the float 1.0, which Lightning reads as 100%.
@@ -341,12 +345,18 @@ def plan_variant(
     preset: Preset,
     data_overrides: Mapping[str, Any],
     wandb_group: str | None,
+    weights_dirs: Sequence[Path] = (),
 ) -> VariantRun:
     """Read the variant's config and decide its checkpoint and CLI overrides (nothing is written); ``wandb_group``
-    None trains with CSV logs only."""
+    None trains with CSV logs only. A config's ``model.init_weights`` is resolved to a file now (looked for first in
+    ``weights_dirs``), so that a missing one fails before anything trains."""
     config = comparison_config(yaml.safe_load(source.read_text()), run_dir, preset, wandb_group, variant)
-    max_epochs = preset.max_epochs or int(config["trainer"].get("max_epochs") or 1)
+    configured = int(config["trainer"].get("max_epochs") or 1)
+    max_epochs = min(preset.max_epochs, configured) if preset.max_epochs else configured
     fit_args = ["--trainer.max_epochs", str(max_epochs)]
+    init_weights = (config.get("model") or {}).get("init_weights")
+    if init_weights is not None:
+        fit_args += ["--model.init_weights", str(resolve_cifar_resnet_weights(init_weights, search_dirs=weights_dirs))]
     for key, value in preset.trainer.items():
         fit_args += [f"--trainer.{key}", str(value)]
     for key, value in data_overrides.items():
@@ -590,8 +600,9 @@ def plan_comparison(settings: ComparisonSettings) -> ComparisonPlan:
     first = yaml.safe_load(next(iter(variants.values())).read_text())
     data = prepare_data(settings.repo_root, settings.family, settings.data_dir, preset, first, settings.seed)
     group = None if settings.no_wandb else output.name
-    runs = [plan_variant(variant, path, runs_dir / settings.family / path.stem, data.preset, data.overrides, group)
-            for variant, path in variants.items()]
+    weights_dirs = [settings.repo_root.parent / "shared" / SHARED_WEIGHTS_SUBDIR]
+    runs = [plan_variant(variant, path, runs_dir / settings.family / path.stem, data.preset, data.overrides, group,
+                         weights_dirs) for variant, path in variants.items()]
     actions, records, problems = {}, {}, []
     for run in runs:
         record = read_record(record_path(output, run.variant), evaluation_key(run, data, settings)) \

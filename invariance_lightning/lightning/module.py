@@ -14,7 +14,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from invariance_lightning.augment import ConsistencyRegularization, build_augmentation
 from invariance_lightning.lightning.augmentation import GPUAugmentationMixin
+from invariance_lightning.models.cifar_resnet import CIFAR_RESNET_NORMALIZE, CifarResNet, load_cifar_resnet_weights
 from invariance_lightning.models.factory import build_backbone
+from invariance_lightning.models.pretrained import PRETRAINED_CIFAR_RESNETS, resolve_cifar_resnet_weights
 from invariance_lightning.transforms.normalization import Normalization
 from invariance_lightning.validation import check_choice
 
@@ -51,6 +53,12 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
         consistency_weight: weight of the consistency penalty between each image and a random
             shift of it whose vacated border is black (``(0 - mean) / std`` after normalization);
             0 disables it. ``consistency_kind``/``consistency_max_shift`` configure it.
+        init_weights: CIFAR ResNet weights to fine-tune from: a weights file (the layouts of
+            :func:`~invariance_lightning.models.cifar_resnet_state_dict`) or a released model's name
+            (``"resnet20"``, ``"resnet56"``, found by
+            :func:`~invariance_lightning.models.pretrained.resolve_cifar_resnet_weights`), whose normalization
+            then becomes the default ``mean``/``std``. Loaded when ``fit`` starts from scratch,
+            not when it resumes from a checkpoint, and never when a checkpoint is loaded for evaluation.
     """
 
     def __init__(
@@ -77,6 +85,7 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
         consistency_weight: float = 0.0,
         consistency_kind: str = "symmetric_kl",
         consistency_max_shift: int = 1,
+        init_weights: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
@@ -90,6 +99,10 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
             self.backbone = build_backbone(
                 backbone, num_classes, downsample=downsample, filter_size=filter_size, padding_mode=padding_mode
             )
+        if init_weights is not None and not isinstance(self.backbone, CifarResNet):
+            raise ValueError(f"ImageClassifier: init_weights needs a CIFAR ResNet backbone, got {backbone!r}")
+        if init_weights in PRETRAINED_CIFAR_RESNETS and mean is None:
+            mean, std = CIFAR_RESNET_NORMALIZE  # what the released weights were trained with
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.consistency = self._consistency_regularization()  # rebuilt with the black fill once mean/std are known
@@ -167,6 +180,11 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test", self.test_accuracy)
+
+    def on_fit_start(self) -> None:
+        # after a resumed run's checkpoint was restored (``trainer.ckpt_path`` set): then the file is not needed
+        if self.hparams.init_weights is not None and self.trainer.ckpt_path is None:
+            load_cifar_resnet_weights(self.backbone, resolve_cifar_resnet_weights(self.hparams.init_weights))
 
     def on_train_epoch_start(self) -> None:
         self._epoch_started, self._epoch_images, self._training_seconds = time.perf_counter(), 0, None

@@ -26,13 +26,12 @@ from invariance_lightning.lightning.data import CIFAR_STATS, DATA_DIR_ENV, CIFAR
 from invariance_lightning.lightning.published import evaluate_protocols
 from invariance_lightning.metrics.evaluate import evaluate_sequences
 from invariance_lightning.models import PRETRAINED_CIFAR_RESNETS, cifar_resnet_weights
-from invariance_lightning.models.pretrained import WEIGHTS_URL_ENV, DownloadError
+from invariance_lightning.models.pretrained import SHARED_DIR_ENV as SHARED_ENV
+from invariance_lightning.models.pretrained import SHARED_WEIGHTS_SUBDIR, WEIGHTS_URL_ENV, DownloadError
 from invariance_lightning.reporting.tables import protocol_numbers
 from invariance_lightning.transforms import TransformSequence
 from invariance_lightning.transforms.normalization import Normalization
 
-#: Environment variable naming the shared folder (``weights/cifar10-resnet/``, ``data/cifar10/``).
-SHARED_ENV = "INVARIANCE_SHARED_DIR"
 _NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 
@@ -60,7 +59,7 @@ def load_pretrained(name: str, weights_dir: Path | None, shared: Path, download:
     with every way to fix it."""
     folders = [weights_dir] if weights_dir is not None else []
     try:
-        path = cifar_resnet_weights(name, search_dirs=[*folders, shared / "weights" / "cifar10-resnet"],
+        path = cifar_resnet_weights(name, search_dirs=[*folders, shared / SHARED_WEIGHTS_SUBDIR],
                                     download=download)
     except (FileNotFoundError, DownloadError) as err:
         origin = f"from ${SHARED_ENV}" if os.environ.get(SHARED_ENV) else "../shared beside the repository"

@@ -9,6 +9,7 @@ from invariance_lightning.models.cifar_resnet import (
     cifar_resnet,
     cifar_resnet_state_dict,
     load_cifar_resnet,
+    load_cifar_resnet_weights,
 )
 from invariance_lightning.models.factory import build_backbone
 from invariance_lightning.models.pretrained import PRETRAINED_CIFAR_RESNETS, cifar_resnet_weights
@@ -26,4 +27,5 @@ __all__ = [
     "cifar_resnet_state_dict",
     "cifar_resnet_weights",
     "load_cifar_resnet",
+    "load_cifar_resnet_weights",
 ]

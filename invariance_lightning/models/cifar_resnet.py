@@ -211,3 +211,21 @@ def load_cifar_resnet(path: str | PathLike[str], **kwargs: Any) -> CifarResNet:
     model = cifar_resnet(**{**kwargs, **inferred})
     model.load_state_dict(state)
     return model
+
+
+def load_cifar_resnet_weights(model: CifarResNet, path: str | PathLike[str]) -> CifarResNet:
+    """Load a checkpoint's CIFAR ResNet weights into ``model`` (in place; returned for chaining), to fine-tune it.
+
+    The layouts of :func:`cifar_resnet_state_dict` are accepted and read with ``weights_only=True``. ``model`` may
+    downsample differently from the network that was saved (BlurPool and APS add no parameters), which changes
+    what the loaded weights compute. ``ValueError`` when depth or class count differ.
+    """
+    if not isinstance(model, CifarResNet):
+        raise TypeError(f"`model` must be a CifarResNet, got {type(model).__name__}")
+    state = cifar_resnet_state_dict(_load_weights_only(path))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"the weights in {str(path)!r} do not fit this CifarResNet (depth or classes differ): "
+                         f"{error}") from error
+    return model

@@ -27,14 +27,21 @@ __all__ = [
     "ChecksumError",
     "DownloadError",
     "PretrainedFile",
+    "SHARED_DIR_ENV",
+    "SHARED_WEIGHTS_SUBDIR",
     "cifar_resnet_weights",
     "download_file",
+    "resolve_cifar_resnet_weights",
     "sha256_file",
     "weights_cache_dir",
 ]
 
 #: Environment variable that replaces :data:`DEFAULT_WEIGHTS_URL` (a mirror, or a local server in tests).
 WEIGHTS_URL_ENV = "INVARIANCE_WEIGHTS_URL"
+#: Environment variable naming a shared folder (``weights/cifar10-resnet/``, ``data/cifar10/``) with local copies.
+SHARED_DIR_ENV = "INVARIANCE_SHARED_DIR"
+#: Where a shared folder keeps the released weights files.
+SHARED_WEIGHTS_SUBDIR = Path("weights") / "cifar10-resnet"
 #: Folder URL of the release; a file's URL is ``<base>/<filename>``.
 DEFAULT_WEIGHTS_URL = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models"
 
@@ -201,3 +208,29 @@ def cifar_resnet_weights(
     url = f"{(base_url or os.environ.get(WEIGHTS_URL_ENV) or DEFAULT_WEIGHTS_URL).rstrip('/')}/{pinned.filename}"
     print(f"downloading {url} ({pinned.size / 1e6:.1f} MB) to {path}", file=sys.stderr, flush=True)
     return download_file(url, path, pinned.sha256, timeout=timeout)
+
+
+def resolve_cifar_resnet_weights(
+    spec: str | PathLike[str], *, search_dirs: Iterable[str | PathLike[str]] = (), download: bool = True
+) -> Path:
+    """The weights file that ``spec`` names: ``spec`` itself when it is an existing file, else the released model
+    of that name (``"resnet20"``, ...) found by :func:`cifar_resnet_weights` in ``search_dirs``, then in
+    ``$INVARIANCE_SHARED_DIR/weights/cifar10-resnet``, then in the cache or downloaded.
+
+    Raises:
+        FileNotFoundError: ``spec`` is neither a file nor a model name (the message says which was expected), or the
+            named model was not found and could not be downloaded.
+    """
+    path = Path(spec)
+    if path.is_file():
+        return path
+    name = str(spec)
+    if not re.fullmatch(r"resnet\d+", name):
+        raise FileNotFoundError(
+            f"weights {name!r}: no such file, and not the name of a released CIFAR ResNet (expected a weights file "
+            f"or one of {sorted(PRETRAINED_CIFAR_RESNETS)})"
+        )
+    folders = [Path(folder) for folder in search_dirs]
+    if os.environ.get(SHARED_DIR_ENV):
+        folders.append(Path(os.environ[SHARED_DIR_ENV]) / SHARED_WEIGHTS_SUBDIR)
+    return cifar_resnet_weights(name, search_dirs=folders, download=download)
