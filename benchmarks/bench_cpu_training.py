@@ -106,6 +106,43 @@ def arms(batch_size: int) -> dict[str, Callable[[int], float]]:
     }
 
 
+def alternate(runs: dict[str, Callable[[int], float]], rounds: int, batches: int) -> dict[str, list[float]]:
+    """Each arm's training images/s in each of ``rounds`` rounds, the arms taking turns."""
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            rates[name].append(run(batches))
+            print(f"{name}: {rates[name][-1]:.1f} images/s", flush=True)
+    return rates
+
+
+def write_report(out: Path, meta: dict[str, Any], rates: dict[str, list[float]], baseline: str,
+                 ratio: tuple[str, str], title: str, setup: str) -> None:
+    """Each arm's median, rounds and ratio to arm ``baseline`` (``ratio``: its JSON key and column header) as
+    ``<out>.json`` and a Markdown table ``<out>.md`` under ``title`` and ``setup`` (what ran, how), also printed."""
+    ratio_key, ratio_header = ratio
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    results = {
+        name: {"images_per_s": round(medians[name], 1), "rounds": [round(v, 1) for v in values],
+               ratio_key: round(medians[name] / medians[baseline], 2)}
+        for name, values in rates.items()
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    lines = [f"# {title}", "", setup, "", f"| arm | training images/s | rounds | {ratio_header} |",
+             "|---|---:|---|---:|"]
+    lines += [f"| {name} | {r['images_per_s']} | {', '.join(map(str, r['rounds']))} | {r[ratio_key]} |"
+              for name, r in results.items()]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def machine() -> str:
+    """The machine in a few words, with torch's version and threads."""
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_implementation()} "
+            f"{platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} torch threads")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -115,44 +152,22 @@ def main() -> None:
     args = parser.parse_args()
     pl.seed_everything(0, verbose=False)
     load_before = os.getloadavg()
-    runs = arms(args.batch_size)
-    rates: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.rounds):
-        for name, run in runs.items():
-            rates[name].append(run(args.batches))
-            print(f"{name}: {rates[name][-1]:.1f} images/s", flush=True)
+    rates = alternate(arms(args.batch_size), args.rounds, args.batches)
     medians = {name: statistics.median(values) for name, values in rates.items()}
     baseline_name = max((name for name in medians if "PIL" in name), key=medians.__getitem__)
-    results = {
-        name: {"images_per_s": round(medians[name], 1), "rounds": [round(v, 1) for v in values],
-               "ratio_to_pil": round(medians[name] / medians[baseline_name], 2)}
-        for name, values in rates.items()
-    }
     meta = {
         "command": "python benchmarks/bench_cpu_training.py",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_implementation()} "
-        f"{platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} torch threads",
+        "machine": machine(),
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "rounds": args.rounds, "batches_per_epoch": args.batches, "batch_size": args.batch_size,
         "baseline": baseline_name,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    lines = [
-        "# CPU training throughput: cpu-full data path vs torchvision DataLoader + PIL",
-        "",
-        f"`{meta['command']}`: {meta['machine']}, 1-min load average {meta['load_average_before_after']} (before, "
-        f"after). CIFAR-10 ResNet-20, batch {args.batch_size}; per arm the second of two {args.batches}-batch "
-        f"training epochs, median of {args.rounds} alternating rounds. Ratios are to the faster PIL arm "
-        f"({baseline_name}).",
-        "",
-        "| arm | training images/s | rounds | ratio to PIL |",
-        "|---|---:|---|---:|",
-    ]
-    lines += [f"| {name} | {r['images_per_s']} | {', '.join(map(str, r['rounds']))} | {r['ratio_to_pil']} |"
-              for name, r in results.items()]
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    setup = (f"`{meta['command']}`: {meta['machine']}, 1-min load average {meta['load_average_before_after']} "
+             f"(before, after). CIFAR-10 ResNet-20, batch {args.batch_size}; per arm the second of two "
+             f"{args.batches}-batch training epochs, median of {args.rounds} alternating rounds. Ratios are to the "
+             f"faster PIL arm ({baseline_name}).")
+    write_report(args.out, meta, rates, baseline_name, ("ratio_to_pil", "ratio to PIL"),
+                 "CPU training throughput: cpu-full data path vs torchvision DataLoader + PIL", setup)
 
 
 if __name__ == "__main__":
