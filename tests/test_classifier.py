@@ -134,7 +134,7 @@ def test_checkpoint_keeps_the_normalization_readable_with_weights_only(tmp_path)
     assert restored.input_normalization == (MEAN, STD) and restored.input_normalization.std == STD
 
 
-def test_init_weights_are_loaded_when_fit_starts_and_not_when_it_resumes(tmp_path, monkeypatch):
+def test_init_weights_are_loaded_when_fit_starts_and_not_when_it_resumes(tmp_path):
     saved = cifar_resnet(20, num_classes=10)
     torch.nn.init.normal_(saved.linear.weight)  # unlike a fresh initialization
     torch.save({"state_dict": {f"module.{k}": v for k, v in saved.state_dict().items()}}, tmp_path / "r20.th")

@@ -24,6 +24,7 @@ from invariance_lightning.models.pretrained import (
     DownloadError,
     PretrainedFile,
     download_file,
+    release_name,
     resolve_cifar_resnet_weights,
     weights_cache_dir,
 )
@@ -182,6 +183,7 @@ def test_weights_are_resolved_from_a_file_a_search_folder_or_the_shared_folder(
     file = tmp_path / "mine.pt"
     file.write_bytes(b"weights")
     assert resolve_cifar_resnet_weights(str(file)) == file  # a file is used as it is
+    assert release_name(str(file)) is None and release_name("resnet32") == "resnet32"  # any depth of the release
     first, shared = tmp_path / "first", tmp_path / "shared"
     (shared / SHARED_WEIGHTS_SUBDIR).mkdir(parents=True)
     (shared / SHARED_WEIGHTS_SUBDIR / "resnet20-local.th").write_bytes(b"shared copy")

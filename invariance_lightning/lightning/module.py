@@ -16,7 +16,7 @@ from invariance_lightning.augment import ConsistencyRegularization, build_augmen
 from invariance_lightning.lightning.augmentation import GPUAugmentationMixin
 from invariance_lightning.models.cifar_resnet import CIFAR_RESNET_NORMALIZE, CifarResNet, load_cifar_resnet_weights
 from invariance_lightning.models.factory import build_backbone
-from invariance_lightning.models.pretrained import PRETRAINED_CIFAR_RESNETS, resolve_cifar_resnet_weights
+from invariance_lightning.models.pretrained import release_name, resolve_cifar_resnet_weights
 from invariance_lightning.transforms.normalization import Normalization
 from invariance_lightning.validation import check_choice
 
@@ -101,7 +101,7 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
             )
         if init_weights is not None and not isinstance(self.backbone, CifarResNet):
             raise ValueError(f"ImageClassifier: init_weights needs a CIFAR ResNet backbone, got {backbone!r}")
-        if init_weights in PRETRAINED_CIFAR_RESNETS and mean is None:
+        if init_weights is not None and release_name(init_weights) and mean is None:
             mean, std = CIFAR_RESNET_NORMALIZE  # what the released weights were trained with
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)

@@ -31,6 +31,7 @@ __all__ = [
     "SHARED_WEIGHTS_SUBDIR",
     "cifar_resnet_weights",
     "download_file",
+    "release_name",
     "resolve_cifar_resnet_weights",
     "sha256_file",
     "weights_cache_dir",
@@ -210,6 +211,12 @@ def cifar_resnet_weights(
     return download_file(url, path, pinned.sha256, timeout=timeout)
 
 
+def release_name(spec: str | PathLike[str]) -> str | None:
+    """``spec`` when it names a model of the release (``"resnet20"``, ...) rather than an existing file, else None."""
+    name = str(spec)
+    return name if re.fullmatch(r"resnet\d+", name) and not Path(spec).is_file() else None
+
+
 def resolve_cifar_resnet_weights(
     spec: str | PathLike[str], *, search_dirs: Iterable[str | PathLike[str]] = (), download: bool = True
 ) -> Path:
@@ -221,14 +228,13 @@ def resolve_cifar_resnet_weights(
         FileNotFoundError: ``spec`` is neither a file nor a model name (the message says which was expected), or the
             named model was not found and could not be downloaded.
     """
-    path = Path(spec)
-    if path.is_file():
-        return path
-    name = str(spec)
-    if not re.fullmatch(r"resnet\d+", name):
+    name = release_name(spec)
+    if name is None:
+        if Path(spec).is_file():
+            return Path(spec)
         raise FileNotFoundError(
-            f"weights {name!r}: no such file, and not the name of a released CIFAR ResNet (expected a weights file "
-            f"or one of {sorted(PRETRAINED_CIFAR_RESNETS)})"
+            f"weights {str(spec)!r}: no such file, and not the name of a released CIFAR ResNet (expected a weights "
+            f"file or one of {sorted(PRETRAINED_CIFAR_RESNETS)})"
         )
     folders = [Path(folder) for folder in search_dirs]
     if os.environ.get(SHARED_DIR_ENV):
