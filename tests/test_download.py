@@ -184,6 +184,9 @@ def test_weights_are_resolved_from_a_file_a_search_folder_or_the_shared_folder(
     file.write_bytes(b"weights")
     assert resolve_cifar_resnet_weights(str(file)) == file  # a file is used as it is
     assert release_name(str(file)) is None and release_name("resnet32") == "resnet32"  # any depth of the release
+    monkeypatch.chdir(tmp_path)
+    Path("resnet44").write_bytes(b"a file that happens to carry a model's name")
+    assert release_name("resnet44") is None and resolve_cifar_resnet_weights("resnet44") == Path("resnet44")
     first, shared = tmp_path / "first", tmp_path / "shared"
     (shared / SHARED_WEIGHTS_SUBDIR).mkdir(parents=True)
     (shared / SHARED_WEIGHTS_SUBDIR / "resnet20-local.th").write_bytes(b"shared copy")
