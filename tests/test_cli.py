@@ -33,7 +33,8 @@ def tiny_cifar_dir(tmp_path_factory) -> Path:
 def test_configs_exist_for_every_variant():
     assert {p.stem for p in CIFAR_CONFIGS} == {
         f"resnet20_{v}" for v in ("plain", "augmented", "translate_scale", "blur", "aps", "augmented_blur", "consistency",
-                                  "augmented_aps", "augmented_blur_consistency", "finetuned_blur_consistency")
+                                  "augmented_aps", "augmented_blur_consistency", "finetuned_blur_consistency",
+                                  "finetuned_blur_consistency_8px")
     }
     for path in CIFAR_CONFIGS:  # each name says what its model section sets
         model, parts = yaml.safe_load(path.read_text())["model"], path.stem.split("_")[1:]
@@ -41,6 +42,7 @@ def test_configs_exist_for_every_variant():
         assert model["downsample"] == next((p for p in ("blur", "aps") if p in parts), "stride"), path
         assert (model["consistency_weight"] > 0) == ("consistency" in parts), path
         assert ("init_weights" in model) == ("finetuned" in parts), path
+        assert model.get("max_shift", 4) == (8 if "8px" in parts else 4), path  # the crops' black border
     assert {p.stem for p in IMAGENETTE_CONFIGS} == {
         f"resnet18_{v}" for v in ("plain", "augmented", "blur", "aps", "augmented_blur")
     }
