@@ -38,7 +38,6 @@ import torch
 from invariance_lightning.diagnostics import layer_equivariance
 from invariance_lightning.lightning.data import DATA_DIR_ENV
 from invariance_lightning.lightning.paper import (
-    SHARED_ENV,
     load_checkpoint_model,
     load_pretrained,
     load_subsets,
@@ -50,7 +49,7 @@ from invariance_lightning.lightning.paper import (
 from invariance_lightning.metrics.gap import train_test_gap
 from invariance_lightning.metrics.protocols import PROTOCOLS as PUBLISHED
 from invariance_lightning.models import CIFAR_RESNET_DEPTHS
-from invariance_lightning.models.pretrained import WEIGHTS_URL_ENV, weights_cache_dir
+from invariance_lightning.models.pretrained import SHARED_DIR_ENV, WEIGHTS_URL_ENV, weights_cache_dir
 from invariance_lightning.reporting.figures import (
     flip_rate_by_sequence_figure,
     layer_profile_figure,
@@ -90,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--checkpoint", type=Path, help="a Lightning checkpoint of ImageClassifier instead")
     parser.add_argument(
         "--weights-dir", type=Path, default=None,
-        help=f"folder with resnet<depth>-*.th, looked in first; then ${SHARED_ENV}/weights/cifar10-resnet (or "
+        help=f"folder with resnet<depth>-*.th, looked in first; then ${SHARED_DIR_ENV}/weights/cifar10-resnet (or "
         f"../shared/weights/cifar10-resnet beside the repository), then the cache {weights_cache_dir()}, where "
         f"resnet20/resnet56 are downloaded (from ${WEIGHTS_URL_ENV} if set) when missing",
     )

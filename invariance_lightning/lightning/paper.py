@@ -26,7 +26,7 @@ from invariance_lightning.lightning.data import CIFAR_STATS, DATA_DIR_ENV, CIFAR
 from invariance_lightning.lightning.published import evaluate_protocols
 from invariance_lightning.metrics.evaluate import evaluate_sequences
 from invariance_lightning.models import PRETRAINED_CIFAR_RESNETS, cifar_resnet_weights
-from invariance_lightning.models.pretrained import SHARED_DIR_ENV as SHARED_ENV
+from invariance_lightning.models.pretrained import SHARED_DIR_ENV
 from invariance_lightning.models.pretrained import SHARED_WEIGHTS_SUBDIR, WEIGHTS_URL_ENV, DownloadError
 from invariance_lightning.reporting.tables import protocol_numbers
 from invariance_lightning.transforms import TransformSequence
@@ -50,7 +50,7 @@ class LoadedModel:
 
 def shared_root(default: Path) -> Path:
     """``$INVARIANCE_SHARED_DIR`` when set, else ``default`` (the recipe's: ``../shared`` beside the repository)."""
-    return Path(os.environ[SHARED_ENV]) if os.environ.get(SHARED_ENV) else default
+    return Path(os.environ[SHARED_DIR_ENV]) if os.environ.get(SHARED_DIR_ENV) else default
 
 
 def load_pretrained(name: str, weights_dir: Path | None, shared: Path, download: bool) -> LoadedModel:
@@ -62,9 +62,9 @@ def load_pretrained(name: str, weights_dir: Path | None, shared: Path, download:
         path = cifar_resnet_weights(name, search_dirs=[*folders, shared / SHARED_WEIGHTS_SUBDIR],
                                     download=download)
     except (FileNotFoundError, DownloadError) as err:
-        origin = f"from ${SHARED_ENV}" if os.environ.get(SHARED_ENV) else "../shared beside the repository"
+        origin = f"from ${SHARED_DIR_ENV}" if os.environ.get(SHARED_DIR_ENV) else "../shared beside the repository"
         fixes = [f"pass --weights-dir FOLDER with {name}-<hash>.th (e.g. resnet20-12fca82f.th)",
-                 f"set {SHARED_ENV} to the folder holding weights/cifar10-resnet/ (now: {shared}, {origin})"]
+                 f"set {SHARED_DIR_ENV} to the folder holding weights/cifar10-resnet/ (now: {shared}, {origin})"]
         if name in PRETRAINED_CIFAR_RESNETS:
             fixes.append("download it (drop --no-download)" if not download else "retry on a machine with "
                          f"internet access, or set {WEIGHTS_URL_ENV} to a mirror of the release")
@@ -143,7 +143,7 @@ def load_subsets(
         datamodule.setup()
     except FileNotFoundError as err:
         raise FileNotFoundError(
-            f"{err}\nWith this recipe: pass --data-dir FOLDER, set {DATA_DIR_ENV} (or {SHARED_ENV} to the folder "
+            f"{err}\nWith this recipe: pass --data-dir FOLDER, set {DATA_DIR_ENV} (or {SHARED_DIR_ENV} to the folder "
             "holding data/cifar10/), or run it on a machine with internet access without --no-download."
         ) from err
     subsets = {}
