@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import pytest
@@ -94,6 +95,19 @@ def test_fractional_circular_shift_composes_exactly():
     shifted = ShiftSequence(shifts=[(0, 0), (0.25, 0)], mode="circular").frame(wave, 1)
     expected = torch.cos(2 * torch.pi * 3 * (n - 0.25) / 16)
     torch.testing.assert_close(shifted[0, 0, 0], expected, rtol=0, atol=1e-10)
+
+
+def test_fractional_circular_shift_scales_the_nyquist_terms_of_even_sizes():
+    # the real part of the interpolant: a Nyquist-row wave moves by dx, scaled by cos(pi dy); the corner by cos(pi (dx + dy))
+    dx, dy = 0.3, 0.7
+    y, x = torch.arange(8, dtype=torch.float64)[:, None], torch.arange(8, dtype=torch.float64)[None, :]
+    frame = ShiftSequence(shifts=[(0, 0), (dx, dy)], mode="circular").frame
+    row_wave = torch.cos(torch.pi * y) * torch.cos(torch.pi * x / 2)
+    expected = math.cos(math.pi * dy) * torch.cos(torch.pi * y) * torch.cos(torch.pi * (x - dx) / 2)
+    torch.testing.assert_close(frame(row_wave[None, None], 1)[0, 0], expected, rtol=0, atol=1e-10)
+    corner = torch.cos(torch.pi * y) * torch.cos(torch.pi * x)
+    expected = math.cos(math.pi * (dx + dy)) * corner  # not cos(pi dx) * cos(pi dy)
+    torch.testing.assert_close(frame(corner[None, None], 1)[0, 0], expected, rtol=0, atol=1e-10)
 
 
 def test_fractional_circular_shift_of_an_empty_batch():

@@ -95,8 +95,9 @@ def fourier_shift(images: Tensor, dx: float, dy: float) -> Tensor:
 
     Exact for integer shifts (up to float rounding) and composes exactly (two shifts by 0.5 equal
     one by 1) for signals without energy at the Nyquist frequency, which odd sizes never have. For
-    even sizes the Nyquist row/column of a real image is scaled by ``cos(pi * shift)``: the real
-    part of the band-limited interpolant.
+    even sizes the output is the real part of the band-limited interpolant: the Nyquist row is
+    shifted by ``dx`` and scaled by ``cos(pi * dy)``, the Nyquist column shifted by ``dy`` and
+    scaled by ``cos(pi * dx)``, and the corner term (both Nyquist) scaled by ``cos(pi * (dx + dy))``.
     """
     if images.numel() == 0:  # MKL's FFT rejects empty batches
         return images.clone()
