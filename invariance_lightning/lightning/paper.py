@@ -26,8 +26,9 @@ from invariance_lightning.lightning.data import CIFAR_STATS, DATA_DIR_ENV, CIFAR
 from invariance_lightning.lightning.published import evaluate_protocols
 from invariance_lightning.metrics.evaluate import evaluate_sequences
 from invariance_lightning.models import PRETRAINED_CIFAR_RESNETS, cifar_resnet_weights
-from invariance_lightning.models.pretrained import SHARED_DIR_ENV
-from invariance_lightning.models.pretrained import SHARED_WEIGHTS_SUBDIR, WEIGHTS_URL_ENV, DownloadError
+from invariance_lightning.models.pretrained import (
+    SHARED_DIR_ENV, SHARED_WEIGHTS_SUBDIR, WEIGHTS_URL_ENV, DownloadError,
+)
 from invariance_lightning.reporting.tables import protocol_numbers
 from invariance_lightning.transforms import TransformSequence
 from invariance_lightning.transforms.normalization import Normalization
