@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from kornia.enhance import denormalize as kornia_denormalize
 from kornia.enhance import normalize as kornia_normalize
 from torch import Tensor
 
-__all__ = ["CIFAR_STATS", "IMAGENET_STATS", "Normalization", "normalize_images"]
+__all__ = ["CIFAR_STATS", "IMAGENET_STATS", "Normalization", "denormalize_images", "normalize_images"]
 
 
 class Normalization(NamedTuple):
@@ -46,3 +47,17 @@ def normalize_images(images: Tensor, normalization: Normalization | None) -> Ten
         return images
     mean, std = normalization
     return kornia_normalize(images, images.new_tensor(mean), images.new_tensor(std))
+
+
+def denormalize_images(images: Tensor, normalization: Normalization | None) -> Tensor:
+    """``images * std + mean`` per channel: the inverse of :func:`normalize_images` (``images`` unchanged for None).
+
+    >>> import torch
+    >>> x = torch.rand(2, 3, 4, 4)
+    >>> bool(torch.allclose(denormalize_images(normalize_images(x, IMAGENET_STATS), IMAGENET_STATS), x, atol=1e-6))
+    True
+    """
+    if normalization is None:
+        return images
+    mean, std = normalization
+    return kornia_denormalize(images, images.new_tensor(mean), images.new_tensor(std))
