@@ -12,7 +12,29 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 NUM_CLASSES = 6
 
 
-class TinyClassifier(pl.LightningModule):
+class ClassifierSteps:
+    """Cross-entropy training, validation and test steps with SGD: the steps of a LightningModule of either package
+    (``lightning.pytorch`` or ``pytorch_lightning``) whose ``forward`` returns logits."""
+
+    def training_step(self, batch, batch_idx):
+        images, targets = batch
+        loss = nn.functional.cross_entropy(self(images), targets)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        images, targets = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(images), targets))
+
+    def test_step(self, batch, batch_idx):
+        images, targets = batch
+        self.log("test_loss", nn.functional.cross_entropy(self(images), targets))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+class TinyClassifier(ClassifierSteps, pl.LightningModule):
     """A strided CNN (not shift invariant), so that the metrics have something to measure."""
 
     def __init__(self, num_classes: int = NUM_CLASSES) -> None:
@@ -31,22 +53,6 @@ class TinyClassifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def training_step(self, batch, batch_idx):
-        images, targets = batch
-        loss = nn.functional.cross_entropy(self(images), targets)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        images, targets = batch
-        self.log("val_loss", nn.functional.cross_entropy(self(images), targets))
-
-    def test_step(self, batch, batch_idx):
-        images, targets = batch
-        self.log("test_loss", nn.functional.cross_entropy(self(images), targets))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
 
 def tiny_data(num_images: int = 40, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,6 +19,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from torch import Tensor, nn
 
+from invariance_lightning.lightning.packages import LOGGERS
+
 
 class FaultTolerantLogger(Logger):
     """Forward everything to ``logger``; exceptions from its logging methods warn once and are dropped.
@@ -28,7 +30,8 @@ class FaultTolerantLogger(Logger):
     failure of each warns (with the error); later ones are only counted in ``failures``.
     ``name``, ``version``, ``save_dir``, ``root_dir``, ``log_dir`` and ``group_separator`` are the
     wrapped logger's; any other attribute (``log_image``, ``watch``, ...) is looked up on the
-    wrapped logger and called unguarded. The wrapped logger is ``.logger``.
+    wrapped logger and called unguarded. The wrapped logger is ``.logger``, a logger of ``lightning.pytorch`` or of
+    ``pytorch_lightning`` (for that package's ``Trainer``).
 
     The wrapper also passes as an instance of the wrapped logger's class (``__class__`` is that
     class, as for ``unittest.mock`` specs), because Lightning picks directories by type:
@@ -46,8 +49,11 @@ class FaultTolerantLogger(Logger):
 
     def __init__(self, logger: Logger) -> None:
         super().__init__()
-        if not isinstance(logger, Logger):
-            raise TypeError(f"logger must be a lightning.pytorch Logger (e.g. CSVLogger), got {type(logger).__name__}")
+        if not isinstance(logger, LOGGERS):
+            raise TypeError(
+                "logger must be a lightning.pytorch Logger or a pytorch_lightning one (e.g. CSVLogger), "
+                f"got {type(logger).__name__}"
+            )
         self.logger = logger
         self.failures: Counter[str] = Counter()
 

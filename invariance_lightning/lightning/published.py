@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from invariance_lightning.metrics.evaluate import ForwardFn, Normalization
+from invariance_lightning.metrics.outputs import check_outputs
 from invariance_lightning.metrics.protocols import PROTOCOLS, get_protocol, protocol_counts
 
 
@@ -37,8 +38,9 @@ class ProtocolTotals:
     Args:
         names: keys of :data:`PROTOCOLS`.
         seed: seeds the random shifts (with each image's index).
-        normalize, batch_size, device, forward_fn: as in :func:`~invariance_lightning.metrics.protocols.
-            protocol_counts`.
+        normalize, batch_size, device, forward_fn, outputs: as in :func:`~invariance_lightning.metrics.protocols.
+            protocol_counts` (``outputs="probabilities"`` for a model ending in a softmax or sigmoid; a binary
+            model's one logit needs nothing: it counts as two classes).
     """
 
     def __init__(
@@ -50,8 +52,10 @@ class ProtocolTotals:
         batch_size: int,
         device: torch.device | str | None = None,
         forward_fn: ForwardFn | None = None,
+        outputs: str = "logits",
     ) -> None:
         self.names = check_protocol_names(type(self).__name__, names)
+        self.outputs = check_outputs(type(self).__name__, outputs)
         self.seed = seed
         self.normalize = normalize
         self.batch_size = batch_size
@@ -67,7 +71,7 @@ class ProtocolTotals:
         for name in self.names:
             counts = protocol_counts(
                 model, images, targets, name, indices=indices, normalize=self.normalize, seed=self.seed,
-                batch_size=self.batch_size, device=self.device, forward_fn=self.forward_fn,
+                batch_size=self.batch_size, device=self.device, forward_fn=self.forward_fn, outputs=self.outputs,
             )
             for key, value in counts.items():
                 self.counts[name][key] = self.counts[name].get(key, 0) + value
@@ -92,9 +96,12 @@ def evaluate_protocols(
     normalize: Normalization | None = None,
     batch_size: int = 256,
     device: torch.device | str | None = None,
+    outputs: str = "logits",
 ) -> dict[str, dict[str, float]]:
     """Every protocol of ``names`` on in-memory ``images`` (indices ``0 .. N-1``): ``{protocol: numbers}``."""
-    totals = ProtocolTotals(names, seed=seed, normalize=normalize, batch_size=batch_size, device=device)
+    totals = ProtocolTotals(
+        names, seed=seed, normalize=normalize, batch_size=batch_size, device=device, outputs=outputs
+    )
     totals.update(model, images, targets, torch.arange(len(images)))
     return totals.compute()
 

@@ -3,9 +3,11 @@
 from invariance_lightning.metrics.consistency import TransformConsistency
 from invariance_lightning.metrics.evaluate import evaluate_invariance, iter_frame_logits
 from invariance_lightning.metrics.functional import transform_consistency
+from invariance_lightning.metrics.outputs import OutputKey
 from invariance_lightning.metrics.protocols import PROTOCOLS, ShiftProtocol, evaluate_protocol, protocol_counts
 
 __all__ = [
+    "OutputKey",
     "PROTOCOLS",
     "ShiftProtocol",
     "TransformConsistency",

@@ -17,9 +17,10 @@ from torch import Tensor, nn
 from invariance_lightning.metrics.consistency import TransformConsistency
 from invariance_lightning.metrics.mode import evaluation_mode
 from invariance_lightning.transforms.base import TransformSequence
+from invariance_lightning.metrics.outputs import check_outputs, class_logits, class_targets, class_targets_error
 from invariance_lightning.transforms.normalization import Normalization, normalize_images
 
-ForwardFn = Callable[[nn.Module, Tensor], Tensor]
+ForwardFn = Callable[[nn.Module, Tensor], Any]
 
 
 def as_float_images(images: Tensor) -> Tensor:
@@ -51,8 +52,10 @@ def check_normalize(normalize: Normalization | None) -> Normalization | None:
 
 
 def _batches(images: Tensor | Iterable[Any], targets: Tensor | None) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """Uniform ``(images, targets)`` batches from a tensor or from an iterable of batches."""
+    """Uniform ``(images, targets)`` batches from a tensor or from an iterable of batches; targets as
+    :func:`class_targets`."""
     if isinstance(images, Tensor):
+        targets = class_targets(targets)
         if images.ndim != 4:
             raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
         if targets is not None and (targets.ndim != 1 or targets.shape[0] != images.shape[0]):
@@ -67,7 +70,7 @@ def _batches(images: Tensor | Iterable[Any], targets: Tensor | None) -> Iterator
         if isinstance(batch, Tensor):
             yield batch, None
         elif isinstance(batch, (tuple, list)) and len(batch) >= 1 and isinstance(batch[0], Tensor):
-            yield batch[0], batch[1] if len(batch) > 1 else None
+            yield batch[0], class_targets(batch[1]) if len(batch) > 1 else None
         else:
             raise TypeError(
                 f"each batch must be an images tensor or an (images, targets) tuple, got {type(batch).__name__}"
@@ -118,15 +121,19 @@ def iter_sequence_logits(
     normalize: Normalization | None = None,
     forward_fn: ForwardFn | None = None,
     device: torch.device | str | None = None,
+    outputs: str = "logits",
 ) -> Iterator[SequenceChunk]:
     """Yield a :class:`SequenceChunk` per chunk of images and sequence, in one pass over ``images``.
 
     Each batch of ``images`` (a tensor is one batch; an iterable yields ``(images, targets)``
     batches) goes through every sequence in turn, so a streamed split is read once. A chunk holds
     ``batch_size // len(sequence)`` images (at least one); at most ``batch_size`` frames go through
-    the model at once. ``normalize`` is applied after the geometric transform. The caller owns the
+    the model at once. ``normalize`` is applied after the geometric transform. The model's outputs
+    become ``(N, C)`` logits by :func:`class_logits` (``outputs``; a binary model's ``(N,)`` or
+    ``(N, 1)`` output gives C = 2), targets class indices by :func:`class_targets`. The caller owns the
     model's mode and grad state (see :func:`evaluate_sequences`).
     """
+    check_outputs("iter_sequence_logits", outputs)
     sequences = check_sequences(sequences)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -143,7 +150,7 @@ def iter_sequence_logits(
                 chunk = as_float_images(given.to(device, non_blocking=True))
                 passes = [range(first, min(first + frames_per_forward, num_frames))
                           for first in range(0, num_frames, frames_per_forward)]
-                logits = torch.cat([_frame_logits(model, forward, sequence, chunk, frames, normalize)
+                logits = torch.cat([_frame_logits(model, forward, sequence, chunk, frames, normalize, outputs)
                                     for frames in passes], dim=1)
                 chunk_targets = None if batch_targets is None else batch_targets[start : start + images_per_chunk]
                 yield SequenceChunk(name, given, logits, chunk_targets)
@@ -156,17 +163,12 @@ def _frame_logits(
     chunk: Tensor,
     frames: range,
     normalize: Normalization | None,
+    outputs: str,
 ) -> Tensor:
     """Logits ``(n, len(frames), C)`` of the ``n`` float images of ``chunk`` under ``frames`` of ``sequence``, in one
-    forward pass."""
+    forward pass (the model's outputs read by :func:`class_logits`)."""
     stacked = torch.stack([sequence.frame(chunk, t) for t in frames], dim=1).flatten(0, 1)  # image-major
-    logits = forward(model, normalize_images(stacked, normalize))
-    if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != stacked.shape[0]:
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(
-            f"the model must return (N, C) logits for N={stacked.shape[0]} inputs, got {shape}; "
-            "pass forward_fn to extract logits from other outputs"
-        )
+    logits = class_logits(forward(model, normalize_images(stacked, normalize)), stacked.shape[0], outputs)
     return logits.unflatten(0, (chunk.shape[0], len(frames)))
 
 
@@ -180,12 +182,13 @@ def iter_frame_logits(
     normalize: Normalization | None = None,
     forward_fn: ForwardFn | None = None,
     device: torch.device | str | None = None,
+    outputs: str = "logits",
 ) -> Iterator[tuple[Tensor, Tensor | None]]:
     """Yield ``(logits (n, T, C), targets (n,) or None)`` chunk by chunk: :func:`iter_sequence_logits` for one
     sequence. The caller owns the model's mode and grad state (see :func:`evaluate_invariance`)."""
     chunks = iter_sequence_logits(
         model, images, targets, _one_sequence(sequence),
-        batch_size=batch_size, normalize=normalize, forward_fn=forward_fn, device=device,
+        batch_size=batch_size, normalize=normalize, forward_fn=forward_fn, device=device, outputs=outputs,
     )
     for chunk in chunks:
         yield chunk.logits, chunk.targets
@@ -204,6 +207,7 @@ def evaluate_sequences(
     forward_fn: ForwardFn | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
+    outputs: str = "logits",
 ) -> dict[str, dict[str, Tensor]]:
     """Measure how consistently ``model`` classifies every frame of every sequence applied to ``images``.
 
@@ -211,30 +215,36 @@ def evaluate_sequences(
     iterated once for all sequences.
 
     Args:
-        model: a classifier returning ``(N, C)`` logits (or use ``forward_fn``).
+        model: a classifier returning ``(N, C)`` logits, or one binary logit ``(N,)`` / ``(N, 1)`` (read as
+            two classes, see :func:`class_logits`); other outputs: use ``forward_fn``.
         images: ``(N, C, H, W)`` float or uint8 (then scaled to [0, 1]) images, or a DataLoader /
             iterable of ``(images, targets)`` batches (then ``targets`` must be None).
-        targets: ``(N,)`` class indices, or None (no accuracy keys).
+        targets: ``(N,)`` class indices (floats holding whole numbers, e.g. a binary model's ``0.``/``1.``, are
+            accepted), or None (no accuracy keys).
         sequences: ``{name: sequence}``, e.g. ``sequence_preset("report")``.
         batch_size: at most this many frames go through the model at once, bounding peak memory.
         normalize: ``(mean, std)`` applied after the geometric transform, so that ``fill=0`` means
             black pixels for a model that expects normalized input.
         top_k, num_classes: as in :class:`TransformConsistency` (``top_k`` above the model's class
             count ranks all classes; the key stays ``top{top_k}_distance``).
-        forward_fn: ``forward_fn(model, x) -> logits`` for models whose ``forward`` returns more.
+        forward_fn: ``forward_fn(model, x) -> logits`` for models whose ``forward`` returns more (e.g.
+            :class:`OutputKey` ``("logits")`` for ``model(x)["logits"]``).
         device: where to run; defaults to the model's device.
         progress: show a tqdm progress bar (one step per chunk and sequence).
+        outputs: ``"logits"`` (default) or ``"probabilities"`` for a model ending in a softmax or sigmoid (its
+            outputs, which must lie in [0, 1], are measured as log-probabilities; see :func:`class_logits`).
 
     Returns:
         ``{name: TransformConsistency's dict}``, on the CPU. The model is run in eval mode under
         ``torch.no_grad()``; afterwards every submodule has its own previous train/eval flag back
         (a BatchNorm frozen in eval mode inside a training model stays frozen).
     """
+    check_outputs("evaluate_sequences", outputs)
     sequences = check_sequences(sequences)
     device = torch.device(device) if device is not None else module_device(model)
     chunks = iter_sequence_logits(
         model, images, targets, sequences,
-        batch_size=batch_size, normalize=normalize, forward_fn=forward_fn, device=device,
+        batch_size=batch_size, normalize=normalize, forward_fn=forward_fn, device=device, outputs=outputs,
     )
     if progress:
         from tqdm.auto import tqdm
@@ -246,6 +256,9 @@ def evaluate_sequences(
     }
     with evaluation_mode(model):
         for chunk in chunks:
+            error = class_targets_error(chunk.targets, chunk.logits.shape[-1])
+            if error is not None:
+                raise ValueError(error)
             metrics[chunk.sequence].update(chunk.logits, chunk.targets)
     if any(int(metric.num_images) == 0 for metric in metrics.values()):
         raise ValueError("images is empty: at least one image is needed to measure invariance")
@@ -265,13 +278,15 @@ def evaluate_invariance(
     forward_fn: ForwardFn | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
+    outputs: str = "logits",
 ) -> dict[str, Tensor]:
     """Measure how consistently ``model`` classifies every frame of ``sequence`` applied to ``images``:
     :func:`evaluate_sequences` for one sequence (same arguments; ``sequence``, e.g.
     ``ShiftSequence(max_shift=8)``, instead of a mapping), returning its metric dict."""
+    check_outputs("evaluate_invariance", outputs)
     (metrics,) = evaluate_sequences(
         model, images, targets, _one_sequence(sequence),
         batch_size=batch_size, normalize=normalize, top_k=top_k, num_classes=num_classes,
-        forward_fn=forward_fn, device=device, progress=progress,
+        forward_fn=forward_fn, device=device, progress=progress, outputs=outputs,
     ).values()
     return metrics

@@ -23,13 +23,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from invariance_lightning.metrics.evaluate import (
-    ForwardFn,
-    Normalization,
-    check_normalize,
-    iter_frame_logits,
-    module_device,
-)
+from invariance_lightning.metrics.evaluate import ForwardFn, Normalization, check_normalize, iter_frame_logits, module_device
+from invariance_lightning.metrics.outputs import check_outputs, class_targets, class_targets_error
 from invariance_lightning.metrics.functional import check_logits, consistency_stats
 from invariance_lightning.metrics.mode import evaluation_mode
 from invariance_lightning.transforms import ShiftSequence, TransformSequence
@@ -61,15 +56,20 @@ class _Runner:
     batch_size: int
     device: torch.device
     forward_fn: ForwardFn | None
+    outputs: str = "logits"
 
     def logits(
         self, images: Tensor, targets: Tensor | None, sequence: TransformSequence
     ) -> Iterator[tuple[Tensor, Tensor | None]]:
-        """``(logits (n, T, C), targets)`` chunks of ``sequence`` on ``images``, checked for NaN/inf."""
+        """``(logits (n, T, C), targets)`` chunks of ``sequence`` on ``images``, checked for NaN/inf and for targets
+        that are not class indices of the model's classes."""
         for logits, chunk_targets in iter_frame_logits(
             self.model, images, sequence, targets, batch_size=self.batch_size, normalize=self.normalize,
-            forward_fn=self.forward_fn, device=self.device,
+            forward_fn=self.forward_fn, device=self.device, outputs=self.outputs,
         ):
+            error = class_targets_error(chunk_targets, logits.shape[-1])
+            if error is not None:
+                raise ValueError(error)
             yield check_logits(logits, chunk_targets)
 
 
@@ -531,6 +531,7 @@ def protocol_counts(
     batch_size: int = 256,
     device: torch.device | str | None = None,
     forward_fn: ForwardFn | None = None,
+    outputs: str = "logits",
 ) -> dict[str, Tensor]:
     """Additive counts (int64 tensors on the CPU) of protocol ``name`` on ``images``.
 
@@ -540,11 +541,13 @@ def protocol_counts(
     shard to reproduce the single-process result exactly. Other arguments as in :func:`evaluate_protocol`.
     """
     protocol = get_protocol(name)
+    targets = class_targets(targets)  # float 0./1. targets of a binary model become int64 (N,)
     indices = _check_inputs(protocol, images, targets, indices, seed, batch_size)
     protocol.check_size(images.shape[-2], images.shape[-1])
     run = _Runner(
         model, check_normalize(normalize), batch_size,
         torch.device(device) if device is not None else module_device(model), forward_fn,
+        check_outputs("protocol_counts", outputs),
     )
     with evaluation_mode(model):
         counts = protocol._counts(run, images, targets, indices, seed)
@@ -563,15 +566,18 @@ def evaluate_protocol(
     device: torch.device | str | None = None,
     forward_fn: ForwardFn | None = None,
     indices: Tensor | None = None,
+    outputs: str = "logits",
 ) -> dict[str, float]:
     """Measure ``model`` with the published protocol ``name`` (a key of :data:`PROTOCOLS`, or a definition).
 
     Args:
-        model: a classifier returning ``(N, C)`` logits (or use ``forward_fn``); run in eval mode without
-            autograd, every submodule's mode restored afterwards.
+        model: a classifier returning ``(N, C)`` logits, or one binary logit ``(N,)`` / ``(N, 1)`` (two classes, as
+            in :func:`~invariance_lightning.metrics.outputs.class_logits`; or use ``forward_fn``); run in eval mode
+            without autograd, every submodule's mode restored afterwards.
         images: ``(N, C, H, W)`` uint8, or float in [0, 1].
-        targets: ``(N,)`` class indices, or None (required by ``afc2023_adversarial``); with targets the
-            random-shift and flip protocols also report ``accuracy`` over the frames they classify.
+        targets: ``(N,)`` class indices (or floats holding whole numbers, e.g. ``0.``/``1.``), or None (required by
+            ``afc2023_adversarial``); with targets the random-shift and flip protocols also report ``accuracy``
+            over the frames they classify.
         name: protocol name or a :class:`ShiftProtocol` (e.g. a ``dataclasses.replace`` variant).
         normalize: ``(mean, std)`` applied after the shift, so zero fill is black.
         seed: seeds the random shifts (per image, with its index), independently of the global RNG.
@@ -579,6 +585,8 @@ def evaluate_protocol(
         device: where to run; defaults to the model's device.
         forward_fn: ``forward_fn(model, x) -> logits`` for models whose ``forward`` returns more.
         indices: global indices of ``images`` (default ``0 .. N-1``), see :func:`protocol_counts`.
+        outputs: ``"logits"`` (default) or ``"probabilities"`` for a model ending in a softmax or sigmoid, as in
+            :func:`~invariance_lightning.metrics.evaluate.evaluate_sequences`.
 
     Returns:
         ``num_images`` and the protocol's numbers as fractions in [0, 1]: ``consistency`` (``zhang2019``,
@@ -588,7 +596,7 @@ def evaluate_protocol(
     protocol = get_protocol(name)
     counts = protocol_counts(
         model, images, targets, protocol, indices=indices, normalize=normalize, seed=seed,
-        batch_size=batch_size, device=device, forward_fn=forward_fn,
+        batch_size=batch_size, device=device, forward_fn=forward_fn, outputs=outputs,
     )
     return protocol.summarize(counts)
 

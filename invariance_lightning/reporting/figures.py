@@ -28,12 +28,40 @@ def _figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
+#: The ``savefig.*`` settings under which :func:`write_png` writes what ``savefig`` would (matplotlib's defaults).
+SAVEFIG_DEFAULTS = {"dpi": "figure", "facecolor": "auto", "edgecolor": "auto", "bbox": None, "transparent": False}
+
+
+def write_png(figure: Figure, path: Path | str) -> None:
+    """Write ``figure`` to ``path`` as a PNG, the same pixels and metadata as ``figure.savefig(path)``, drawing it once.
+
+    ``savefig`` draws a figure that has a layout engine (all of ours: constrained layout) twice, a dry run that
+    places the axes and then the real one; an Agg canvas lays out and renders in one draw. A figure that was
+    already drawn on a plain Agg canvas and has not changed since (``figure.stale`` false, e.g. after TensorBoard's
+    ``add_figure``) is not drawn again: its pixels are written as they are.
+    """
+    from matplotlib import rcParams
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.image import imsave
+
+    if any(rcParams[f"savefig.{key}"] != value for key, value in SAVEFIG_DEFAULTS.items()):
+        figure.savefig(path, format="png")  # the user's savefig settings change the pixels: let savefig apply them
+        return
+    canvas = figure.canvas
+    if type(canvas) is not FigureCanvasAgg:  # a GUI canvas could scale the buffer by its device pixel ratio
+        canvas = FigureCanvasAgg(figure)
+        canvas.draw()
+    elif figure.stale:
+        canvas.draw()
+    imsave(path, canvas.buffer_rgba(), format="png", origin="upper", dpi=figure.dpi)
+
+
 def save_figures(folder: Path, figures: Mapping[str, Figure]) -> list[Path]:
-    """Save each figure as ``{folder}/{name}.png``; returns the paths, in order."""
+    """Save each figure as ``{folder}/{name}.png`` (with :func:`write_png`); returns the paths, in order."""
     paths = []
     for name, figure in figures.items():
         paths.append(folder / f"{name}.png")
-        figure.savefig(paths[-1])
+        write_png(figure, paths[-1])
     return paths
 
 
@@ -109,6 +137,11 @@ def flip_grid_figure(
     fig = _figure(1.2 * num_frames + 0.6, 1.35 * max(len(order), 1) + 0.4)
     axes = fig.subplots(max(len(order), 1), num_frames, squeeze=False)
     shown = displayable(images[order])
+    # every frame of the shown images at once, (n, T, H', W', C) on the CPU, rather than one transform per panel
+    frames = (
+        torch.stack([sequence.frame(shown, t).clamp(0, 1) for t in range(num_frames)], dim=1)
+        .permute(0, 1, 3, 4, 2).cpu().numpy() if len(order) else None
+    )
 
     def name_of(label: int) -> str:
         return class_names[label] if class_names and label < len(class_names) else str(label)
@@ -116,8 +149,9 @@ def flip_grid_figure(
     for row, image_index in enumerate(order.tolist()):
         for t in range(num_frames):
             ax = axes[row][t]
-            frame = sequence.frame(shown[row : row + 1], t)[0].clamp(0, 1)
-            ax.imshow(frame.permute(1, 2, 0).squeeze(-1).cpu().numpy(), cmap="gray" if frame.shape[0] == 1 else None)
+            frame = frames[row, t]
+            gray = frame.shape[-1] == 1
+            ax.imshow(frame[..., 0] if gray else frame, cmap="gray" if gray else None)
             label = int(predictions[image_index, t])
             changed = t > 0 and label != int(predictions[image_index, t - 1])
             ax.set_title(name_of(label), fontsize=7, color="red" if changed else "black")

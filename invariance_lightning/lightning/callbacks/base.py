@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from invariance_lightning.lightning.callbacks.measure import (
     ModuleForward,
@@ -20,16 +20,22 @@ from invariance_lightning.lightning.callbacks.measure import (
 )
 from invariance_lightning.reporting.figures import FLIP_GRID_IMAGES, flip_grid_figure, per_frame_figure
 from invariance_lightning.lightning.callbacks.sinks import FigureSink, Table
-from invariance_lightning.lightning.callbacks.subsets import BatchKey
+from invariance_lightning.lightning.packages import CALLBACK_BASES, is_overridden
+from invariance_lightning.lightning.callbacks.inputs import InputSpace, resolve_input_space
+from invariance_lightning.lightning.callbacks.subsets import SPLITS, BatchKey, PipelineFacts
 from invariance_lightning.metrics.evaluate import as_float_images, check_normalize
+from invariance_lightning.metrics.outputs import check_outputs, class_logits, with_output_key
 from invariance_lightning.metrics.mode import evaluation_mode
 from invariance_lightning.transforms import Normalization, TransformSequence
 from invariance_lightning.validation import check_choice, check_int
 
 NONFINITE_POLICIES = ("warn", "raise")
 
+#: Share of all frames predicted as one class above which a model counts as a (nearly) constant predictor.
+CONSTANT_PREDICTION_SHARE = 0.99
 
-class InvarianceCallbackBase(Callback):
+
+class InvarianceCallbackBase(*CALLBACK_BASES):  # a Callback of lightning.pytorch and of pytorch_lightning
     """Common machinery of :class:`InvarianceMonitor` and :class:`InvarianceReport`."""
 
     def __init__(
@@ -38,12 +44,17 @@ class InvarianceCallbackBase(Callback):
         *,
         batch_size: int,
         normalize: Normalization | str | None,
+        data_normalization: Normalization | str | None,
+        plain_transform: Callable[..., Any] | None,
+        datasets: Mapping[str, Dataset] | None,
         forward_fn: ModuleForward | None,
         batch_key: BatchKey,
         top_k: int | None,
         log_plots: bool,
         on_nonfinite: str,
         prefix: str,
+        outputs: str = "logits",
+        output_key: str | int | None = None,
     ) -> None:
         if not isinstance(sequences, Mapping) or not sequences:
             raise ValueError(f"sequences must be a non-empty dict of name -> TransformSequence, got {sequences!r}")
@@ -56,37 +67,58 @@ class InvarianceCallbackBase(Callback):
         check_choice(owner, "on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         if normalize != "auto":
             normalize = check_normalize(normalize)  # type: ignore[arg-type]
+        if data_normalization != "auto":
+            data_normalization = check_normalize(data_normalization)  # type: ignore[arg-type]
+        if plain_transform is not None and not callable(plain_transform):
+            raise TypeError(f"{owner}: plain_transform must be a callable transform, got {type(plain_transform).__name__}")
+        datasets = dict(datasets or {})
+        unknown = sorted(set(datasets) - set(SPLITS))
+        if unknown:
+            raise ValueError(f"{owner}: datasets must map split names {list(SPLITS)} to datasets, got keys {unknown}")
         self.sequences = dict(sequences)
         self.batch_size = check_int(owner, "batch_size", batch_size, 1)
         self.normalize = normalize
+        self.data_normalization = data_normalization
+        self.plain_transform = plain_transform
+        self.datasets: dict[str, Dataset] = datasets
         self.forward_fn = forward_fn
         self.batch_key = batch_key
         self.top_k = top_k
         self.log_plots = log_plots
         self.on_nonfinite = on_nonfinite
         self.prefix = prefix
+        self.outputs = check_outputs(owner, outputs)
+        self.output_key = output_key
+        self.forward_fn = with_output_key(owner, forward_fn, output_key)
         self.class_names: list[str] | None = None
         self._num_classes: int | None = None
+        self._constant = False  # the constant-predictor warning was given
         self._sink = FigureSink(type(self).__name__)
 
     # -- setup -----------------------------------------------------------------------------------
-    def _resolve_normalize(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Normalization | None:
-        """``"auto"``: the module's ``input_normalization`` (``(mean, std)``, as ``ImageClassifier`` has), else the
-        datamodule's ``mean``/``std`` attributes, else no normalization."""
-        if self.normalize != "auto":
-            return self.normalize  # type: ignore[return-value]
-        own = getattr(pl_module, "input_normalization", None)
-        if own is not None:
-            return check_normalize(own)
-        datamodule = trainer.datamodule
-        mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
-        return check_normalize((mean, std)) if mean is not None and std is not None else None
+    def _input_space(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, images: Tensor, facts: PipelineFacts, split: str
+    ) -> InputSpace:
+        """What the ``split`` batches hold and what the model needs (see :func:`resolve_input_space`), checked on
+        ``images``; warns once per split when the images read differently each time (augmentation left)."""
+        if facts.reads_randomly:
+            rank_zero_warn(
+                f"{type(self).__name__}: the {split!r} images differ each time they are read (random augmentation "
+                "in the dataset that the callback could not replace with a plain transform): the fixed subset is one "
+                "random draw of augmented images. Pass plain_transform=<the validation transform> (replaces every "
+                f"transform in the dataset), or datasets={{{split!r}: <an un-augmented dataset>}}"
+            )
+        return resolve_input_space(
+            type(self).__name__, trainer, pl_module, normalize=self.normalize,
+            data_normalization=self.data_normalization, found=facts.normalization, images=images, split=split,
+        )
 
     def _check_images(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, images: Tensor, targets: Tensor | None, split: str
     ) -> None:
         """Check that ``images`` of ``split`` are NCHW and fit every sequence, and that the module gives ``(N, C)``
-        logits for them whose classes cover ``targets``."""
+        logits for them (a binary ``(N,)`` or ``(N, 1)`` logit counts as two classes; see ``outputs``) whose classes
+        cover ``targets``."""
         if images.ndim != 4:
             raise ValueError(
                 f"the {split!r} images must have shape (N, C, H, W), got {tuple(images.shape)}; "
@@ -101,16 +133,16 @@ class InvarianceCallbackBase(Callback):
         probe = as_float_images(images[:2].to(pl_module.device))
         with evaluation_mode(pl_module), trainer.precision_plugin.val_step_context():
             output = self.forward_fn(pl_module, probe) if self.forward_fn else pl_module(probe)
-        if not isinstance(output, Tensor) or output.ndim != 2 or output.shape[0] != probe.shape[0]:
-            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-            raise ValueError(
-                f"{type(self).__name__} needs (N, C) logits from the module on {split!r} images, got {shape}; "
-                "pass forward_fn=lambda module, x: ... to extract them"
-            )
-        self._num_classes = output.shape[1]
+            try:  # the conversion the measurement uses: a binary module's one logit gives two classes
+                logits = class_logits(output, probe.shape[0], self.outputs)
+            except ValueError as error:
+                raise ValueError(
+                    f"{type(self).__name__} needs (N, C) logits from the module on the {split!r} images: {error}"
+                ) from None
+        self._num_classes = logits.shape[1]
         error = targets_error(targets, self._num_classes, split)
         if error is not None:
-            raise ValueError(error)
+            raise ValueError(f"{type(self).__name__}: {error}")
 
     # -- measuring -------------------------------------------------------------------------------
     def _measure(
@@ -125,7 +157,7 @@ class InvarianceCallbackBase(Callback):
         warning) on non-finite logits with ``"warn"``."""
         assert self._num_classes is not None, "_check_images sets the number of classes"
         try:
-            return measure_sequences(
+            results = measure_sequences(
                 trainer,
                 pl_module,
                 batches,
@@ -137,12 +169,32 @@ class InvarianceCallbackBase(Callback):
                 forward_fn=self.forward_fn,
                 top_k=self.top_k,
                 examples=FLIP_GRID_IMAGES if self.log_plots else 0,
+                outputs=self.outputs,
             )
         except NonFiniteLogitsError as error:
             if self.on_nonfinite == "raise":
                 raise
             self._sink.warn_once("non-finite logits", f"{error}; logging NaN for this epoch")
             return None
+        self._check_not_constant(results, split)
+        return results
+
+    def _check_not_constant(self, results: Mapping[str, SequenceMeasurement], split: str) -> None:
+        """Warn once when the model predicts one class on nearly every frame: such a model is trivially invariant."""
+        for name, measurement in results.items():
+            top, share = measurement.dominant_class()
+            if len(measurement.predicted_classes) > 1 and share >= CONSTANT_PREDICTION_SHARE and not self._constant:
+                self._constant = True
+                rank_zero_warn(
+                    f"{type(self).__name__}: the model predicts class {self._class_name(top)} on {share:.1%} of the "
+                    f"{split!r} frames of {name!r}: a (nearly) constant predictor is trivially invariant, so its flip "
+                    "rate near 0 and consistency near 1 say nothing about invariance (a diverged or untrained run?). "
+                    "This warning is shown once"
+                )
+
+    def _class_name(self, index: int) -> str:
+        names = self.class_names
+        return f"{index} ({names[index]!r})" if names is not None and index < len(names) else str(index)
 
     def _scalar_names(self, has_targets: bool) -> list[str]:
         names = ["flip_rate", "consistency", "mac"]
@@ -235,10 +287,12 @@ class InvarianceCallbackBase(Callback):
         self._sink.log(trainer, figures, tables, line_plots, epoch)
 
 
-def class_names_of(trainer: pl.Trainer) -> list[str] | None:
-    """The datamodule's ``classes`` attribute as strings, if it has one."""
+def class_names_of(trainer: pl.Trainer, facts: PipelineFacts | None = None) -> list[str] | None:
+    """The datamodule's ``classes`` attribute as strings, else the dataset's (``facts.classes``), else None."""
     classes = getattr(trainer.datamodule, "classes", None)
-    return [str(c) for c in classes] if classes is not None else None
+    if classes is not None:
+        return [str(c) for c in classes]
+    return None if facts is None else facts.classes
 
 
 def device_transfer(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Callable[[Any], Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -11,10 +12,14 @@ from torch import Tensor
 
 from invariance_lightning.metrics import TransformConsistency
 from invariance_lightning.metrics.evaluate import Normalization, iter_sequence_logits
+from invariance_lightning.metrics.outputs import class_targets_error
 from invariance_lightning.metrics.mode import evaluation_mode
 from invariance_lightning.transforms import TransformSequence
 
-ModuleForward = Callable[[pl.LightningModule, Tensor], Tensor]
+#: ``forward_fn(pl_module, x) -> logits``. The return type is ``Any``, not ``Tensor``: for a ``Callable`` returning a
+#: class, jsonargparse (LightningCLI) accepts only functions annotated ``-> Tensor``, so a plain importable function
+#: named in a YAML config would fail to parse.
+ModuleForward = Callable[[pl.LightningModule, Tensor], Any]
 
 
 class NonFiniteLogitsError(ValueError):
@@ -22,13 +27,10 @@ class NonFiniteLogitsError(ValueError):
 
 
 def targets_error(targets: Tensor | None, num_classes: int, split: str) -> str | None:
-    """Why ``targets`` cannot be class indices for ``num_classes`` logits, or None if they can."""
-    if targets is None or not targets.numel():
-        return None
-    low, high = int(targets.min()), int(targets.max())
-    if low < 0 or high >= num_classes:
-        return f"{split!r} targets range over [{low}, {high}] but the module returns {num_classes} logits"
-    return None
+    """Why ``split``'s ``targets`` cannot be class indices of ``num_classes`` classes (a binary module's one logit
+    counts as two; floats holding whole numbers are class indices), with what to do; None if they can."""
+    error = class_targets_error(targets, num_classes)
+    return None if error is None else f"{split!r} {error}"
 
 
 @dataclass
@@ -58,10 +60,18 @@ class FlipExamples:
 
 @dataclass
 class SequenceMeasurement:
-    """Synced metric values for one sequence, and this process's most-flipping images."""
+    """Synced metric values for one sequence, how often each class was the top-1 prediction over all frames (summed
+    over processes), and this process's most-flipping images."""
 
     metrics: dict[str, Tensor]
     examples: FlipExamples
+    predicted_classes: Tensor
+
+    def dominant_class(self) -> tuple[int, float]:
+        """The most predicted class and its share of all frames."""
+        total = int(self.predicted_classes.sum())
+        top = int(self.predicted_classes.argmax())
+        return top, int(self.predicted_classes[top]) / max(total, 1)
 
 
 def measure_sequences(
@@ -77,6 +87,7 @@ def measure_sequences(
     forward_fn: ModuleForward | None,
     top_k: int | None,
     examples: int,
+    outputs: str = "logits",
 ) -> dict[str, SequenceMeasurement]:
     """Run every sequence over this process's ``batches`` in one pass and return metrics synced over all processes.
 
@@ -85,29 +96,42 @@ def measure_sequences(
     (``batch_size`` bounds the frames per forward pass); each measurement keeps this process's
     ``examples`` most-flipping images. Every process must call this (syncing is collective), also
     with no batches. Raises on every process: ``ValueError`` if any process met targets outside
-    ``[0, num_classes)``, then :class:`NonFiniteLogitsError` if any process saw non-finite logits.
+    ``[0, num_classes)`` or outputs the loop rejects (e.g. probabilities outside [0, 1]), then :class:`NonFiniteLogitsError` if any process saw non-finite logits.
+    ``outputs`` says how the module's outputs become logits (see
+    :func:`~invariance_lightning.metrics.outputs.class_logits`: a binary module's ``(N,)`` or ``(N, 1)`` logit
+    gives two classes; ``"probabilities"`` for a module ending in a softmax or sigmoid).
     """
     device = pl_module.device
     metrics = {name: TransformConsistency(top_k=top_k, num_frames=len(s)).to(device) for name, s in sequences.items()}
     kept = {name: FlipExamples(examples) for name in sequences}
-    bad_targets = nonfinite = None
+    predicted = {name: torch.zeros(num_classes, dtype=torch.long, device=device) for name in sequences}
+    bad_input = nonfinite = None
     with evaluation_mode(pl_module), trainer.precision_plugin.val_step_context():
         chunks = iter_sequence_logits(
             pl_module, batches, None, sequences,
-            batch_size=batch_size, normalize=normalize, forward_fn=forward_fn, device=device,
+            batch_size=batch_size, normalize=normalize, forward_fn=forward_fn, device=device, outputs=outputs,
         )
-        for chunk in chunks:
-            bad_targets = targets_error(chunk.targets, num_classes, split)
-            if bad_targets is not None:
-                break
-            if not bool(torch.isfinite(chunk.logits).all()):
-                nonfinite = f"the model produced NaN or infinite logits on the {chunk.sequence!r} sequence"
-                break
-            metrics[chunk.sequence].update(chunk.logits.float(), chunk.targets)
-            predictions = chunk.logits.argmax(dim=-1).to(chunk.images.device)
-            kept[chunk.sequence].add(chunk.images, predictions, chunk.targets)
-    if not trainer.strategy.reduce_boolean_decision(bad_targets is None, all=True):
-        raise ValueError(bad_targets or f"another process met {split!r} targets outside [0, {num_classes})")
+        try:
+            for chunk in chunks:
+                bad_input = targets_error(chunk.targets, num_classes, split)
+                if bad_input is not None:
+                    break
+                if not bool(torch.isfinite(chunk.logits).all()):
+                    nonfinite = f"the model produced NaN or infinite logits on the {chunk.sequence!r} sequence"
+                    break
+                metrics[chunk.sequence].update(chunk.logits.float(), chunk.targets)
+                predictions = chunk.logits.argmax(dim=-1)
+                predicted[chunk.sequence] += torch.bincount(predictions.flatten(), minlength=num_classes)[:num_classes]
+                kept[chunk.sequence].add(chunk.images, predictions.to(chunk.images.device), chunk.targets)
+        except ValueError as error:  # a later batch the loop rejects (e.g. fractional targets): raise on every process
+            bad_input = f"{split!r} batch: {error}"
+    if not trainer.strategy.reduce_boolean_decision(bad_input is None, all=True):
+        raise ValueError(bad_input or f"another process met {split!r} targets or outputs it could not measure")
     if not trainer.strategy.reduce_boolean_decision(nonfinite is None, all=True):
         raise NonFiniteLogitsError(nonfinite or "the model produced NaN or infinite logits on another process")
-    return {name: SequenceMeasurement(metrics[name].compute(), kept[name]) for name in sequences}
+    return {
+        name: SequenceMeasurement(
+            metrics[name].compute(), kept[name], trainer.strategy.reduce(predicted[name], reduce_op="sum").cpu()
+        )
+        for name in sequences
+    }

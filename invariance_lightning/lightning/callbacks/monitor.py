@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from invariance_lightning._compat import callback_state_key
 from invariance_lightning.lightning.callbacks.base import InvarianceCallbackBase, class_names_of, device_transfer
+from invariance_lightning.lightning.callbacks.inputs import InputSpace
 from invariance_lightning.lightning.callbacks.measure import ModuleForward, NonFiniteLogitsError, SequenceMeasurement
 from invariance_lightning.lightning.callbacks.subsets import BatchKey, ImageSubset, check_splits, draw_subset
 from invariance_lightning.lightning.published import ProtocolTotals, check_protocol_names, summarize
@@ -63,11 +65,20 @@ class InvarianceMonitor(InvarianceCallbackBase):
         every_n_epochs: measure on epochs 0, n, 2n, ...
         batch_size: frames per forward pass (bounds memory).
         seed: chooses the subsets and seeds the protocols' random shifts.
-        normalize: ``(mean, std)`` applied after the geometric transforms (so ``fill=0`` stays
-            black); ``"auto"`` takes the module's ``input_normalization`` attribute (as
-            ``ImageClassifier`` has), else the datamodule's ``mean``/``std``, else none; ``None``
-            passes the images as they are. uint8 images are scaled to [0, 1] first.
-        forward_fn: ``forward_fn(pl_module, x) -> logits`` if ``forward`` does not return logits.
+        normalize: ``(mean, std)`` that *raw* images (uint8, or floats in [0, 1]) must be normalized
+            with before the model, applied after the geometric transforms (so ``fill=0`` stays
+            black); ``"auto"`` takes the batches' own normalization (``data_normalization``), else
+            the module's ``input_normalization`` attribute (as ``ImageClassifier`` has), else the
+            datamodule's ``mean``/``std``, else none; ``None``: raw frames go to the model as they
+            are. uint8 images are scaled to [0, 1] first.
+        forward_fn: ``forward_fn(pl_module, x) -> logits`` if ``forward`` does not return logits (from YAML: the
+            import path of a function, e.g. ``my_package.heads.logits_of``).
+        output_key: instead of ``forward_fn``, the entry of a dict or tuple output to measure
+            (``output_key="logits"`` measures ``pl_module(x)["logits"]``; YAML-friendly).
+        outputs: ``"logits"`` (default) or ``"probabilities"`` for a module ending in a softmax or sigmoid
+            (outputs in [0, 1], measured as log-probabilities). A binary module's one logit, ``(N,)`` or
+            ``(N, 1)`` as ``BCEWithLogitsLoss`` trains it, needs nothing: it is read as two classes, logits
+            ``[0, z]``; targets may be floats ``0.``/``1.``.
         batch_key: where images/targets are in a batch: ``None`` for ``(images, targets)``
             tuples, or ``("image", "label")`` for dict batches (a single key: no targets).
         log_plots: draw and log figures and tables (global rank zero only).
@@ -78,6 +89,16 @@ class InvarianceMonitor(InvarianceCallbackBase):
         prefix: first component of the logged names.
         protocols: names of published protocols to measure as well (default: none); the subset images must
             be un-normalized (uint8, or float in [0, 1]), since shifts fill with black before ``normalize``.
+        data_normalization: ``(mean, std)`` the batches are *already* normalized with (a ``Normalize``
+            in the dataset's transforms): they are un-normalized before each shift and normalized again
+            for the model, so the numbers equal a measurement on the raw images. ``"auto"`` finds
+            torchvision's ``Normalize`` (v1 or v2) in the dataset's transforms, through ``Subset``,
+            ``ConcatDataset`` and ``Compose``; ``None``: the batches are raw images.
+        plain_transform: a deterministic transform that replaces every ``transform`` of the measured
+            datasets (e.g. the validation transform, when training augmentation cannot be found and
+            replaced automatically).
+        datasets: ``{split: dataset}`` to draw a split's images from instead of the Trainer's data
+            (collated like the split's loader).
     """
 
     def __init__(
@@ -96,17 +117,27 @@ class InvarianceMonitor(InvarianceCallbackBase):
         on_nonfinite: str = "warn",
         prefix: str = "invariance",
         protocols: Sequence[str] = (),
+        data_normalization: Normalization | str | None = "auto",
+        plain_transform: Callable[..., Any] | None = None,
+        datasets: Mapping[str, Dataset] | None = None,
+        outputs: str = "logits",
+        output_key: str | int | None = None,
     ) -> None:
         super().__init__(
             sequence_preset("monitor") if sequences is None else sequences,
             batch_size=batch_size,
             normalize=normalize,
+            data_normalization=data_normalization,
+            plain_transform=plain_transform,
+            datasets=datasets,
             forward_fn=forward_fn,
             batch_key=batch_key,
             top_k=top_k,
             log_plots=log_plots,
             on_nonfinite=on_nonfinite,
             prefix=prefix,
+            outputs=outputs,
+            output_key=output_key,
         )
         self.num_samples = check_int("InvarianceMonitor", "num_samples", num_samples, 1)
         self.splits = check_splits(splits)
@@ -125,17 +156,19 @@ class InvarianceMonitor(InvarianceCallbackBase):
 
     # -- Lightning hooks -------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._normalize_values = self._resolve_normalize(trainer, pl_module)
-        self.class_names = class_names_of(trainer)
         self.subsets = {}
         num_samples = self.num_samples
         if trainer.fast_dev_run:  # a quick check of the code path, like Lightning's own callbacks
             num_samples = min(num_samples, FAST_DEV_RUN_SAMPLES)
         transfer = device_transfer(trainer, pl_module)
+        spaces = {}
         for split in self.splits:
-            subset = draw_subset(
-                trainer, split, num_samples, self.seed, self.batch_key, batch_size=self.batch_size, transfer=transfer
+            drawn = draw_subset(
+                trainer, split, num_samples, self.seed, self.batch_key, batch_size=self.batch_size, transfer=transfer,
+                plain_transform=self.plain_transform, dataset=self.datasets.get(split),
             ).to(pl_module.device)
+            spaces[split] = self._input_space(trainer, pl_module, drawn.images, drawn.facts, split)
+            subset = ImageSubset(spaces[split].raw(drawn.images), drawn.targets, drawn.indices, drawn.facts)
             self._check_images(trainer, pl_module, subset.images, subset.targets, split)
             self._check_protocol_images(subset, split)
             restored = self._restored_indices.get(split)
@@ -145,8 +178,23 @@ class InvarianceMonitor(InvarianceCallbackBase):
                     "(different data or seed); the history mixes two subsets"
                 )
             self.subsets[split] = subset
+        self._normalize_values = self._one_model_normalization(spaces)
+        self.class_names = next(
+            (names for s in self.subsets.values() if (names := class_names_of(trainer, s.facts)) is not None), None
+        )
         if self.history:
             self._last_measured_epoch = self.history[-1]["epoch"]
+
+    @staticmethod
+    def _one_model_normalization(spaces: Mapping[str, InputSpace]) -> Normalization | None:
+        """The model normalization all splits agree on (the model is one; its input cannot depend on the split)."""
+        models = {split: space.model for split, space in spaces.items()}
+        if len(set(models.values())) > 1:
+            raise ValueError(
+                f"InvarianceMonitor: the splits' pipelines normalize differently ({models}); the model expects one "
+                "normalization: pass normalize=(mean, std), and data_normalization=(mean, std) if the batches carry it"
+            )
+        return next(iter(models.values()))
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -209,7 +257,7 @@ class InvarianceMonitor(InvarianceCallbackBase):
         shard = subset.shard(rank, world_size)
         totals = ProtocolTotals(
             self.protocols, seed=self.seed, normalize=self._normalize_values, batch_size=self.batch_size,
-            device=pl_module.device, forward_fn=self.forward_fn,
+            device=pl_module.device, forward_fn=self.forward_fn, outputs=self.outputs,
         )
         error = None
         try:

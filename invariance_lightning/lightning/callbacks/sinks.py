@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from invariance_lightning.lightning.loggers import FaultTolerantLogger
+from invariance_lightning.lightning.packages import TENSORBOARD_LOGGERS, WANDB_LOGGERS
+from invariance_lightning.reporting.figures import write_png
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -23,7 +24,9 @@ class FigureSink:
     """Deliver figures/tables to every logger of a Trainer; each kind of failure warns once, never raises.
 
     W&B gets ``wandb.Image`` panels, ``wandb.Table`` s and native line plots; TensorBoard gets
-    ``add_figure``; without a W&B logger, PNG files are written under ``<log_dir>/invariance_plots``.
+    ``add_figure``; without a W&B logger, PNG files are written under ``<log_dir>/invariance_plots``
+    (``<default_root_dir>/invariance_plots`` with ``logger=False``; none under ``fast_dev_run``).
+    Loggers of ``lightning.pytorch`` and of ``pytorch_lightning`` are recognised alike.
     Call :meth:`log` on global rank zero only. Warnings start with ``owner`` (the callback's name)
     and are emitted on global rank zero only.
     """
@@ -57,15 +60,16 @@ class FigureSink:
         # wrapper's None experiment
         loggers = [logger.logger if isinstance(logger, FaultTolerantLogger) else logger for logger in trainer.loggers]
         for logger in loggers:
-            if isinstance(logger, WandbLogger):
+            if isinstance(logger, WANDB_LOGGERS):
                 self._attempt("W&B media", self._to_wandb, logger, trainer, figures, tables, line_plots)
-            elif isinstance(logger, TensorBoardLogger):
+            elif isinstance(logger, TENSORBOARD_LOGGERS):
                 self._attempt("TensorBoard figures", self._to_tensorboard, logger, trainer, figures)
-        if not any(isinstance(logger, WandbLogger) for logger in loggers):
+        # under fast_dev_run Lightning writes no logs or checkpoints, and neither do the callbacks
+        if not trainer.fast_dev_run and not any(isinstance(logger, WANDB_LOGGERS) for logger in loggers):
             self._attempt("PNG files", self._to_files, trainer, figures, epoch)
 
     @staticmethod
-    def _to_wandb(logger: WandbLogger, trainer: pl.Trainer, figures, tables, line_plots) -> None:
+    def _to_wandb(logger: Any, trainer: pl.Trainer, figures, tables, line_plots) -> None:
         import wandb
 
         payload: dict[str, Any] = {key: wandb.Image(fig) for key, fig in figures.items()}
@@ -78,13 +82,15 @@ class FigureSink:
         logger.experiment.log(payload)
 
     @staticmethod
-    def _to_tensorboard(logger: TensorBoardLogger, trainer: pl.Trainer, figures) -> None:
+    def _to_tensorboard(logger: Any, trainer: pl.Trainer, figures) -> None:
         for key, fig in figures.items():
             logger.experiment.add_figure(key, fig, global_step=trainer.global_step, close=False)
 
     @staticmethod
     def _to_files(trainer: pl.Trainer, figures, epoch: int) -> None:
+        # trainer.log_dir is the logger's folder, or default_root_dir without a logger; a logger without a local
+        # folder gives "" there (the working directory), so default_root_dir, where Lightning keeps checkpoints
         folder = Path(trainer.log_dir or trainer.default_root_dir) / "invariance_plots"
         folder.mkdir(parents=True, exist_ok=True)
-        for key, fig in figures.items():
-            fig.savefig(folder / f"{key.replace('/', '_')}_epoch{epoch:03d}.png")
+        for key, fig in figures.items():  # what fig.savefig writes, drawn once (not again after add_figure)
+            write_png(fig, folder / f"{key.replace('/', '_')}_epoch{epoch:03d}.png")

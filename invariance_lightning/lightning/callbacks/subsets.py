@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,14 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, defau
 from invariance_lightning._compat import loop_data_source
 from invariance_lightning.lightning.data.base import SPLITS
 from invariance_lightning.lightning.data.loader import TensorBatchLoader, TensorImageDataset
+from invariance_lightning.transforms.normalization import Normalization
+from invariance_lightning.transforms.pipeline import (
+    find_attribute,
+    find_normalization,
+    reads_randomly,
+    transforms_in,
+    with_transform,
+)
 from invariance_lightning.validation import check_choice
 
 #: How to find images and targets in a batch: None (a tensor, or a tuple/list ``(images, targets, ...)``),
@@ -23,25 +30,40 @@ from invariance_lightning.validation import check_choice
 BatchKey = Hashable | tuple[Hashable, Hashable] | None
 
 
+@dataclass(frozen=True)
+class PipelineFacts:
+    """What the data pipeline behind a split does to its images, as far as the dataset tells.
+
+    ``normalization``: the ``Normalize`` found in the dataset's transforms (None: none found);
+    ``reads_randomly``: reading an image twice gave different data (None: not checked, e.g. an iterable
+    dataset); ``classes``: the dataset's ``classes`` attribute (torchvision's datasets have one), or None.
+    """
+
+    normalization: Normalization | None = None
+    reads_randomly: bool | None = False
+    classes: list[str] | None = None
+
+
 @dataclass
 class ImageSubset:
-    """Images (uint8 or float, NCHW), their targets (or None) and their indices in the split."""
+    """Images (uint8 or float, NCHW), their targets (or None), their indices in the split, and their pipeline."""
 
     images: Tensor
     targets: Tensor | None
     indices: list[int]
+    facts: PipelineFacts = PipelineFacts()
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def to(self, device: torch.device) -> ImageSubset:
         targets = None if self.targets is None else self.targets.to(device)
-        return ImageSubset(self.images.to(device), targets, self.indices)
+        return ImageSubset(self.images.to(device), targets, self.indices, self.facts)
 
     def shard(self, rank: int, world_size: int) -> ImageSubset:
         """Every ``world_size``-th image from ``rank``: disjoint shards, no padding, possibly empty."""
         targets = None if self.targets is None else self.targets[rank::world_size]
-        return ImageSubset(self.images[rank::world_size], targets, self.indices[rank::world_size])
+        return ImageSubset(self.images[rank::world_size], targets, self.indices[rank::world_size], self.facts)
 
 
 def unpack_batch(batch: Any, batch_key: BatchKey = None) -> tuple[Tensor, Tensor | None]:
@@ -86,12 +108,15 @@ def _split_loader(trainer: pl.Trainer, split: str) -> DataLoader | None:
 
 
 def _without_train_augmentation(train_set: Dataset, val_set: Dataset | None) -> Dataset:
-    """A shallow copy of a torchvision-style train dataset using the validation dataset's ``transform``."""
-    if val_set is None or not hasattr(train_set, "transform") or not hasattr(val_set, "transform"):
+    """The train dataset tree with every ``transform`` replaced by the validation tree's one ``transform``.
+
+    Unchanged when the validation data has no transform, several different ones, or none to replace: then
+    :func:`~invariance_lightning.transforms.pipeline.reads_randomly` tells whether augmentation is left.
+    """
+    plain = transforms_in(val_set) if val_set is not None else []
+    if len(plain) != 1 or not transforms_in(train_set):
         return train_set
-    plain = copy.copy(train_set)
-    plain.transform = val_set.transform
-    return plain
+    return with_transform(train_set, plain[0])
 
 
 def _indexable(loader: Any) -> tuple[Dataset | None, Callable[[list[Any]], Any]]:
@@ -104,13 +129,18 @@ def _indexable(loader: Any) -> tuple[Dataset | None, Callable[[list[Any]], Any]]
     return dataset, getattr(loader, "collate_fn", None) or default_collate
 
 
-def _draw_indices(size: int, num_samples: int | None, seed: int, split: str) -> list[int]:
+def _draw_indices(size: int, num_samples: int | None, seed: int, split: str, limit: int | None = None) -> list[int]:
+    """``num_samples`` indices drawn by ``seed`` (None: all), among the first ``limit`` (None: all ``size``)."""
     if size == 0:
         raise ValueError(f"the {split!r} split is empty: nothing to measure invariance on")
+    limited = limit is not None and limit < size
+    size = min(size, limit) if limit is not None else size
     if num_samples is None:
         return list(range(size))
     if num_samples > size:
-        rank_zero_warn(f"num_samples={num_samples} exceeds the {size} images of the {split!r} split; using all of them")
+        which = f"the first {size} images of the {split!r} split (the Trainer's limit)" if limited else (
+            f"the {size} images of the {split!r} split")
+        rank_zero_warn(f"num_samples={num_samples} exceeds {which}; using all of them")
         num_samples = size
     generator = torch.Generator().manual_seed(seed)
     return sorted(torch.randperm(size, generator=generator)[:num_samples].tolist())
@@ -119,17 +149,23 @@ def _draw_indices(size: int, num_samples: int | None, seed: int, split: str) -> 
 class SplitStream:
     """One process's disjoint share of a split (all of it, or a seeded subset), read ``batch_size`` images at a time.
 
-    A map-style dataset (the loader's ``dataset``; for :class:`TensorBatchLoader` its tensors) is
-    indexed directly: the images are ``indices`` (sorted; ``num_samples`` of them drawn by ``seed``,
-    or all) and this process reads ``indices[rank::world_size]``, so shares are disjoint, unpadded
-    and together hold every image once. Items are collated by the loader's ``collate_fn`` and
-    batches pass through ``transfer`` (e.g. Lightning's ``transfer_batch_to_device``) before
-    ``batch_key`` picks images and targets. A training split is read with ``plain_loader``'s
-    transform and collate function (the validation loader's), to skip random augmentation.
+    A map-style dataset (the loader's ``dataset``; for :class:`TensorBatchLoader` its tensors;
+    ``dataset`` if given) is indexed directly: the images are ``indices`` (sorted; ``num_samples`` of
+    them drawn by ``seed``, or all, among the first ``limit`` if given) and this process reads
+    ``indices[rank::world_size]``, so shares are disjoint, unpadded and together hold every image
+    once. Items are collated by the loader's ``collate_fn`` and batches pass through ``transfer``
+    (e.g. Lightning's ``transfer_batch_to_device``) before ``batch_key`` picks images and targets.
+
+    Random augmentation is kept out where the dataset allows: ``plain_transform`` replaces every
+    ``transform`` in the dataset tree (through ``Subset``, ``ConcatDataset`` and other wrappers);
+    without it a training split is read with the ``transform`` (and collate function) of
+    ``plain_loader``'s dataset (the validation loader's). ``facts`` says what is left: the
+    ``Normalize`` in the transforms, whether the first image reads differently twice, and the
+    dataset's ``classes``.
 
     Otherwise (an iterable dataset) every process reads the loader from the start until
-    ``num_samples`` images (or the end) and keeps every ``world_size``-th image, with a warning:
-    the images are "the first ones it yields", fixed only if the loader is deterministic.
+    ``num_samples`` images (or ``limit``, or the end) and keeps every ``world_size``-th image, with a
+    warning: the images are "the first ones it yields", fixed only if the loader is deterministic.
 
     Iterating yields ``(images, targets or None)``; memory holds one batch, never the split.
     ``num_images`` is the number of images over all processes (for an iterable dataset: None until
@@ -149,6 +185,9 @@ class SplitStream:
         rank: int = 0,
         world_size: int = 1,
         plain_loader: Any = None,
+        plain_transform: Callable[..., Any] | None = None,
+        dataset: Dataset | None = None,
+        limit: int | None = None,
     ) -> None:
         self.loader = loader
         self.split = split
@@ -157,22 +196,32 @@ class SplitStream:
         self.batch_key = batch_key
         self.transfer = transfer or (lambda batch: batch)
         self.rank, self.world_size = rank, world_size
+        self.limit = limit
         self.dataset, self.collate_fn = _indexable(loader)
+        if dataset is not None:
+            self.dataset = dataset
+        elif self.dataset is not None and plain_transform is not None:
+            self.dataset = with_transform(self.dataset, plain_transform)
+        elif self.dataset is not None and split == "train":
+            plain_dataset, plain_collate = _indexable(plain_loader)
+            if plain_dataset is not None:
+                self.dataset = _without_train_augmentation(self.dataset, plain_dataset)
+                self.collate_fn = plain_collate
         self.indices: list[int] | None = None
         self.num_images: int | None = None
+        described = self.dataset if self.dataset is not None else getattr(loader, "dataset", None)
+        classes = find_attribute(described, "classes")
         if self.dataset is None:
             rank_zero_warn(
                 f"the {split!r} dataset cannot be indexed; the invariance images are the first ones it yields "
                 "(fixed only if the loader is deterministic)"
             )
+            self.facts = PipelineFacts(find_normalization(described), None, _names(classes))
             return
-        if split == "train":
-            plain_dataset, plain_collate = _indexable(plain_loader)
-            if plain_dataset is not None:
-                self.dataset = _without_train_augmentation(self.dataset, plain_dataset)
-                self.collate_fn = plain_collate
-        self.indices = _draw_indices(len(self.dataset), num_samples, seed, split)
+        self.indices = _draw_indices(len(self.dataset), num_samples, seed, split, limit)
         self.num_images = len(self.indices)
+        randomly = reads_randomly(self.dataset, self.indices[0])
+        self.facts = PipelineFacts(find_normalization(self.dataset), randomly, _names(classes))
 
     def _unpack(self, batch: Any) -> tuple[Tensor, Tensor | None]:
         return unpack_batch(self.transfer(batch), self.batch_key)
@@ -201,17 +250,23 @@ class SplitStream:
                 yield self._unpack(batch)
             return
         position = 0
+        wanted = min((n for n in (self.num_samples, self.limit) if n is not None), default=None)
         for batch in self.loader:
             images, targets = self._unpack(batch)
-            if self.num_samples is not None:
-                images = images[: self.num_samples - position]
+            if wanted is not None:
+                images = images[: wanted - position]
                 targets = None if targets is None else targets[: len(images)]
             mine = slice((self.rank - position) % self.world_size, None, self.world_size)
             yield images[mine], None if targets is None else targets[mine]
             position += len(images)
-            if self.num_samples is not None and position >= self.num_samples:
+            if wanted is not None and position >= wanted:
                 break
         self.num_images = position
+
+
+def _names(classes: Any) -> list[str] | None:
+    """Class names as strings (a torchvision dataset's ``classes`` list), or None."""
+    return None if classes is None or isinstance(classes, str) else [str(name) for name in classes]
 
 
 def split_stream(
@@ -224,11 +279,15 @@ def split_stream(
     batch_key: BatchKey = None,
     transfer: Callable[[Any], Any] | None = None,
     sharded: bool = True,
+    plain_transform: Callable[..., Any] | None = None,
+    dataset: Dataset | None = None,
+    limit: int | None = None,
 ) -> SplitStream:
-    """A :class:`SplitStream` over the data Lightning itself uses for ``split``; ``sharded``: this process's share."""
+    """A :class:`SplitStream` over the data Lightning itself uses for ``split`` (or over ``dataset``, collated as
+    Lightning's loader for ``split`` would); ``sharded``: this process's share."""
     check_choice("split_stream", "split", split, SPLITS)
     loader = _split_loader(trainer, split)
-    if loader is None:
+    if loader is None and dataset is None:
         raise ValueError(
             f"the Trainer has no {split} data to draw the invariance images from; give the Trainer a "
             f"{split}_dataloader (or a datamodule that has one), or drop {split!r} from splits"
@@ -244,7 +303,32 @@ def split_stream(
         rank=trainer.global_rank if sharded else 0,
         world_size=trainer.world_size if sharded else 1,
         plain_loader=_split_loader(trainer, "val") if split == "train" else None,
+        plain_transform=plain_transform,
+        dataset=dataset,
+        limit=limit,
     )
+
+
+def images_within_limit(trainer: pl.Trainer, split: str) -> int | None:
+    """How many images of ``split`` the Trainer's own loop reads under its ``limit_{split}_batches`` (which
+    ``fast_dev_run`` sets too), over all processes; None when the limit covers the whole split or cannot be told.
+
+    An int limit is batches per process; a float is a fraction of the loader's batches, as Lightning counts them.
+    """
+    limit = {"train": trainer.limit_train_batches, "val": trainer.limit_val_batches,
+             "test": trainer.limit_test_batches}[split]
+    if isinstance(limit, float) and limit >= 1.0:
+        return None
+    loader = _split_loader(trainer, split)
+    batch_size = getattr(loader, "batch_size", None)
+    if not batch_size:
+        return None
+    if isinstance(limit, int):
+        return limit * batch_size * trainer.world_size
+    try:
+        return int(len(loader) * limit) * batch_size
+    except TypeError:  # a loader without a length
+        return None
 
 
 def draw_subset(
@@ -256,22 +340,27 @@ def draw_subset(
     *,
     batch_size: int = 256,
     transfer: Callable[[Any], Any] | None = None,
+    plain_transform: Callable[..., Any] | None = None,
+    dataset: Dataset | None = None,
 ) -> ImageSubset:
     """Draw ``num_samples`` images (None: all) of ``split`` by ``seed``, without training augmentation, into memory.
 
-    Sources, in order: a datamodule method ``split_arrays(split) -> (images, targets)`` (the
-    project's data modules provide it); else the split's data as :class:`SplitStream` reads it
-    (whole, on every process), ``batch_size`` images at a time.
+    Sources, in order: ``dataset`` or ``plain_transform`` when given (as :class:`SplitStream` reads them);
+    a datamodule method ``split_arrays(split) -> (images, targets)`` (the project's data modules provide it);
+    else the split's data as :class:`SplitStream` reads it (whole, on every process), ``batch_size`` images
+    at a time.
     """
     check_choice("draw_subset", "split", split, SPLITS)
     datamodule = trainer.datamodule
-    if datamodule is not None and hasattr(datamodule, "split_arrays"):
+    overridden = dataset is not None or plain_transform is not None
+    if not overridden and datamodule is not None and hasattr(datamodule, "split_arrays"):
         images, targets = datamodule.split_arrays(split)
         indices = _draw_indices(images.shape[0], num_samples, seed, split)
         chosen = torch.as_tensor(indices)
         return ImageSubset(images[chosen], None if targets is None else targets[chosen], indices)
     stream = split_stream(
-        trainer, split, num_samples, seed, batch_size=batch_size, batch_key=batch_key, transfer=transfer, sharded=False
+        trainer, split, num_samples, seed, batch_size=batch_size, batch_key=batch_key, transfer=transfer,
+        sharded=False, plain_transform=plain_transform, dataset=dataset,
     )
     batches = [batch for batch in stream if len(batch[0])]
     if not batches:
@@ -279,7 +368,7 @@ def draw_subset(
     images = torch.cat([images for images, _ in batches])
     has_targets = all(targets is not None for _, targets in batches)
     targets = torch.cat([targets for _, targets in batches]) if has_targets else None
-    return ImageSubset(images, targets, stream.indices or list(range(len(images))))
+    return ImageSubset(images, targets, stream.indices or list(range(len(images))), stream.facts)
 
 
 def check_splits(splits: Sequence[str]) -> tuple[str, ...]:
