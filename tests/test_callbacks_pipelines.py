@@ -337,3 +337,56 @@ def test_plots_land_under_the_trainer_root_never_in_the_working_directory(tmp_pa
     fit(root, InvarianceMonitor(num_samples=8, splits=("val",)), loader, loader, logger=False)
     assert list(workdir.iterdir()) == []
     assert sorted(p.name for p in (root / "invariance_plots").iterdir())  # PNGs under default_root_dir
+
+
+class FrozenResNet(pl.LightningModule):
+    """The released CIFAR-10 ResNet-20 in a LightningModule that trains nothing (its numbers stay the paper's)."""
+
+    def __init__(self, weights: Path) -> None:
+        super().__init__()
+        from invariance_lightning.models import load_cifar_resnet
+
+        self.net = load_cifar_resnet(weights).eval()
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        return None  # no optimizer step and no BatchNorm update
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+@pytest.mark.shared_data
+def test_real_cifar10_with_normalize_in_the_transforms_measures_the_raw_images(
+    cifar10_dir, cifar_resnet_weights_dir, tmp_path
+):
+    """The tutorials' pipeline on the real test set and the released ResNet-20 (which expects ImageNet statistics):
+    the monitor equals the raw-image measurement at the model's own accuracy, never a double normalization."""
+    from invariance_lightning import ShiftSequence
+    from invariance_lightning.transforms import IMAGENET_STATS
+
+    archive = np.load(cifar10_dir / "cifar10_test.npz")
+    order = np.random.default_rng(0).permutation(len(archive["labels"]))[:256]  # rows are sorted by class
+    images, labels = archive["images"][order], archive["labels"][order]
+    transform = T.Compose([T.ToTensor(), T.Normalize(*IMAGENET_STATS)])
+    loader = DataLoader(cifar10(images, labels, transform), batch_size=64)
+    sequence = ShiftSequence(max_shift=3, direction="diagonal", mode="zeros")
+    callback = InvarianceMonitor({"shift": sequence}, num_samples=256, splits=("val",), log_plots=False)
+    model = FrozenResNet(cifar_resnet_weights_dir / "resnet20-12fca82f.th")
+    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=1, callbacks=[callback])
+    trainer.fit(model, loader, loader)
+    values = callback.history[-1]["values"]
+    pixels, targets = raw(images, range(256)), torch.as_tensor(labels)
+    right = evaluate_invariance(model.net, pixels, targets, sequence, normalize=IMAGENET_STATS)
+    for metric in METRICS:
+        assert values[f"val/shift/{metric}"] == pytest.approx(float(right[metric]), abs=0.005), metric
+    assert values["val/shift/accuracy"] > 0.85  # the released model's accuracy: the images reach it as it expects
+    # what normalizing the dataset's batches a second time would give: the wrong number the callback must not log
+    normalized = T.functional.normalize(pixels, *IMAGENET_STATS)
+    twice = evaluate_invariance(model.net, normalized, targets, sequence, normalize=IMAGENET_STATS)
+    assert float(twice["accuracy"]) < values["val/shift/accuracy"] - 0.3
