@@ -159,3 +159,41 @@ def test_flip_rate_and_train_test_figures_draw_the_numbers(tmp_path):
     assert [s[1][1] - s[0][1] for s in segments] == pytest.approx([4 * 0.05, 4 * 0.02])  # +- 2 bounds
     (path,) = save_figures(tmp_path, {"train_vs_test": figure})
     assert path == tmp_path / "train_vs_test.png" and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_write_png_writes_what_savefig_writes_drawing_each_figure_once(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from invariance_lightning.reporting.figures import flip_grid_figure, write_png
+
+    sequence = ShiftSequence(2)  # (0, 0), (1, 1), (2, 2)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, 8, 8, generator=generator)
+    predictions = torch.tensor([[0, 1, 0], [2, 2, 2], [1, 0, 1], [3, 3, 4]])
+
+    def grid() -> Figure:
+        names = ["a", "b", "c", "d", "e"]
+        return flip_grid_figure(images, predictions, sequence, names, targets=torch.tensor([0, 2, 1, 3]))
+
+    expected, written = tmp_path / "savefig.png", tmp_path / "write_png.png"
+    grid().savefig(expected)
+    figure = grid()
+    canvas = figure.canvas
+    draws = []
+    original_draw = FigureCanvasAgg.draw
+    monkeypatch.setattr(FigureCanvasAgg, "draw", lambda self: draws.append(1) or original_draw(self))
+    write_png(figure, written)
+    assert len(draws) == 1 and figure.canvas is canvas  # one draw (savefig: a layout pass and a draw); canvas kept
+    with Image.open(expected) as a, Image.open(written) as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b)) and a.info == b.info
+    # drawn already on an Agg canvas (as TensorBoard's add_figure does) and unchanged: written without drawing again
+    drawn = grid()
+    FigureCanvasAgg(drawn).draw()
+    write_png(drawn, tmp_path / "again.png")
+    assert len(draws) == 2
+    with Image.open(expected) as a, Image.open(tmp_path / "again.png") as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))

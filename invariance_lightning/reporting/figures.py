@@ -48,12 +48,17 @@ def write_png(figure: Figure, path: Path | str) -> None:
         figure.savefig(path, format="png")  # the user's savefig settings change the pixels: let savefig apply them
         return
     canvas = figure.canvas
-    if type(canvas) is not FigureCanvasAgg:  # a GUI canvas could scale the buffer by its device pixel ratio
-        canvas = FigureCanvasAgg(figure)
-        canvas.draw()
-    elif figure.stale:
-        canvas.draw()
-    imsave(path, canvas.buffer_rgba(), format="png", origin="upper", dpi=figure.dpi)
+    if type(canvas) is FigureCanvasAgg:  # not a GUI canvas, which could scale the buffer by its device pixel ratio
+        if figure.stale:
+            canvas.draw()
+        imsave(path, canvas.buffer_rgba(), format="png", origin="upper", dpi=figure.dpi)
+        return
+    agg = FigureCanvasAgg(figure)
+    try:
+        agg.draw()
+        imsave(path, agg.buffer_rgba(), format="png", origin="upper", dpi=figure.dpi)
+    finally:  # as savefig does: the figure keeps its own canvas, and the Agg buffer is freed with ``agg``
+        figure.set_canvas(canvas)
 
 
 def save_figures(folder: Path, figures: Mapping[str, Figure]) -> list[Path]:
