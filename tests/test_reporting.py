@@ -197,3 +197,24 @@ def test_write_png_writes_what_savefig_writes_drawing_each_figure_once(tmp_path,
     assert len(draws) == 2
     with Image.open(expected) as a, Image.open(tmp_path / "again.png") as b:
         assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_flip_grid_shows_the_frames_the_model_was_given():
+    pytest.importorskip("matplotlib")
+    from invariance_lightning.reporting.figures import flip_grid_figure
+
+    sequence = ShiftSequence(2, mode="zeros")  # (0, 0), (1, 1), (2, 2) with black fill
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    predictions = torch.tensor([[0, 1, 0], [2, 2, 2]])
+    figure = flip_grid_figure(images, predictions, sequence)
+    for t in range(3):
+        shown = torch.as_tensor(figure.axes[t].images[0].get_array()).permute(2, 0, 1)
+        torch.testing.assert_close(shown.float(), sequence.frame(images[:1], t)[0], atol=1e-6, rtol=0)
+    # images outside [0, 1] (normalized in a way nobody said): shifted as given, so the vacated border shows the
+    # value 0 of the data, scaled for display with the rest of the strip, not black
+    centred = images * 2 - 1
+    figure = flip_grid_figure(centred, predictions, sequence)
+    shifted = torch.as_tensor(figure.axes[2].images[0].get_array())
+    strip = torch.stack([sequence.frame(centred[:1], t)[0] for t in range(3)])
+    zero_shown = (0 - strip.min()) / (strip.max() - strip.min())
+    assert float(shifted[0, 0, 0]) == pytest.approx(float(zero_shown), abs=1e-6) and float(zero_shown) > 0.3

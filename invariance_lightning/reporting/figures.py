@@ -134,19 +134,24 @@ def flip_grid_figure(
     """The images whose predictions flip most, each as a strip of its frames titled with the prediction.
 
     ``images`` (n, C, H, W), ``predictions`` (n, T) and optional ``targets`` (n,) (shown at the left of
-    each row). A title is red where the prediction differs from the previous frame's.
+    each row). The frames are ``sequence``'s frames of the images as given, so they show what the model saw;
+    images outside [0, 1] are min-max scaled per strip for display. A title is red where the prediction differs
+    from the previous frame's.
     """
     flips = (predictions[:, 1:] != predictions[:, :-1]).sum(dim=1)
     order = torch.argsort(flips, descending=True, stable=True)[:max_images]
     num_frames = predictions.shape[1]
     fig = _figure(1.2 * num_frames + 0.6, 1.35 * max(len(order), 1) + 0.4)
     axes = fig.subplots(max(len(order), 1), num_frames, squeeze=False)
-    shown = displayable(images[order])
-    # every frame of the shown images at once, (n, T, H', W', C) on the CPU, rather than one transform per panel
-    frames = (
-        torch.stack([sequence.frame(shown, t).clamp(0, 1) for t in range(num_frames)], dim=1)
-        .permute(0, 1, 3, 4, 2).cpu().numpy() if len(order) else None
-    )
+    chosen = images[order]
+    chosen = chosen.float() / 255 if chosen.dtype == torch.uint8 else chosen.float()
+    # the frames exactly as the model was given them (before its normalization), every frame of the shown images at
+    # once, (n, T, C, H', W'); then made displayable per image over its whole strip (a no-op for images in [0, 1])
+    frames = None
+    if len(order):
+        strips = torch.stack([sequence.frame(chosen, t) for t in range(num_frames)], dim=1)
+        shown = displayable(strips.flatten(1, 2)).unflatten(1, strips.shape[1:3]).clamp(0, 1)
+        frames = shown.permute(0, 1, 3, 4, 2).cpu().numpy()
 
     def name_of(label: int) -> str:
         return class_names[label] if class_names and label < len(class_names) else str(label)
