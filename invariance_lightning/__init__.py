@@ -10,10 +10,15 @@ See docs/architecture.md for the layers.
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from invariance_lightning.augment import BatchAugmentation, ConsistencyRegularization, build_augmentation, consistency_loss
+from invariance_lightning.augment import (
+    BatchAugmentation,
+    ConsistencyRegularization,
+    build_augmentation,
+    consistency_loss,
+)
 from invariance_lightning.diagnostics import EquivarianceReport, LayerEquivariance, layer_equivariance
 from invariance_lightning.metrics import TransformConsistency, evaluate_invariance, transform_consistency
-from invariance_lightning.models import antialias, build_backbone, cifar_resnet, load_cifar_resnet
+from invariance_lightning.models import ShiftAveraging, antialias, build_backbone, cifar_resnet, load_cifar_resnet
 from invariance_lightning.nn import APS2d, BlurPool2d
 from invariance_lightning.transforms import (
     Normalization,
@@ -75,6 +80,7 @@ __all__ = [
     "LayerEquivariance",
     "Normalization",
     "ScaleSequence",
+    "ShiftAveraging",
     "ShiftSequence",
     "TransformConsistency",
     "TransformSequence",

@@ -13,14 +13,17 @@ from invariance_lightning.models.cifar_resnet import (
 )
 from invariance_lightning.models.factory import build_backbone
 from invariance_lightning.models.pretrained import PRETRAINED_CIFAR_RESNETS, cifar_resnet_weights
+from invariance_lightning.models.shift_averaging import STRIDE2_SHIFTS, ShiftAveraging
 
 __all__ = [
     "CIFAR_RESNET_DEPTHS",
     "CIFAR_RESNET_NORMALIZE",
+    "PRETRAINED_CIFAR_RESNETS",
+    "STRIDE2_SHIFTS",
     "CifarBasicBlock",
     "CifarResNet",
     "DownsampledInputConv2d",
-    "PRETRAINED_CIFAR_RESNETS",
+    "ShiftAveraging",
     "antialias",
     "build_backbone",
     "cifar_resnet",
