@@ -5,10 +5,12 @@ The training setup is the ``cpu-full`` preset of ``recipes/compare.py`` (``invar
 from one resident uint8 tensor), kornia crop + flip on the batch, channels-last, SGD one-cycle, label smoothing 0.1,
 batch 128, the whole 5,000-image validation split every epoch, a ``CSVLogger`` (so the monitor's plots go to PNG
 files). The monitor has its defaults (512 val + 512 train images, the ``"monitor"`` shift and scale sequences, 7
-frames each, batch 256), with and without plots.
+frames each, its default forward batch), with and without plots, and with plots at each ``--batch-sizes`` forward
+batch (frames per forward pass) as well.
 
-Three arms take turns over ``--rounds`` rounds, each a one-epoch fit on ``--train-subset`` training images: no
-monitor, the monitor with ``log_plots=False``, the monitor with plots. For each fit it records the training part
+The arms take turns over ``--rounds`` rounds, each a one-epoch fit on ``--train-subset`` training images: no
+monitor, the monitor with ``log_plots=False``, the monitor with plots, and the monitor with plots at each other
+batch size. For each fit it records the training part
 of the epoch (its first batch to the start of validation), the whole fit, and the monitor's own time per
 measurement, split into
 
@@ -164,7 +166,8 @@ class EpochTimer(pl.Callback):
 
 
 def one_epoch(args: argparse.Namespace, arm: str, folder: Path) -> dict:
-    """A one-epoch cpu-full fit with ``arm`` in ``("plain", "monitor", "monitor+plots")``; its timings."""
+    """A one-epoch cpu-full fit with ``arm`` in ``("plain", "monitor", "monitor+plots", "monitor+plots@<batch>")``;
+    its timings."""
     preset = PRESETS["cpu-full"]
     pl.seed_everything(0, verbose=False)
     datamodule = CIFARDataModule(
@@ -174,11 +177,13 @@ def one_epoch(args: argparse.Namespace, arm: str, folder: Path) -> dict:
         "cifar_resnet20", augmentation="standard", schedule="onecycle", **preset.model,  # channels_last, smoothing
     )
     timer = EpochTimer()
-    monitor = TimedMonitor(log_plots=arm == "monitor+plots") if arm != "plain" else None
+    kind, _, batch = arm.partition("@")
+    options = {"batch_size": int(batch)} if batch else {}
+    monitor = TimedMonitor(log_plots=kind == "monitor+plots", **options) if arm != "plain" else None
     trainer = pl.Trainer(
         max_epochs=1, accelerator=args.accelerator, devices=1, precision="32-true", enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        logger=CSVLogger(folder, name=arm.replace("+", "_")), default_root_dir=folder,
+        logger=CSVLogger(folder, name=arm.replace("+", "_").replace("@", "_")), default_root_dir=folder,
         callbacks=[timer] + ([monitor] if monitor else []),
     )
     started = time.perf_counter()
@@ -203,7 +208,7 @@ def summarize(fits: list[dict]) -> dict:
     validation = statistics.median(f["validation_seconds"] for f in plain)
     full_epoch = per_image * FULL_TRAIN_IMAGES + validation
     arms = {}
-    for arm in ("monitor", "monitor+plots"):
+    for arm in dict.fromkeys(f["arm"] for f in fits if f["arm"] != "plain"):
         runs = [f for f in fits if f["arm"] == arm]
         own = statistics.median(f["monitor_seconds"] for f in runs)
         parts = {part: statistics.median(f["monitor_parts"][part] for f in runs) for part in PARTS}
@@ -248,7 +253,8 @@ def write(result: dict) -> None:
     for arm, values in summary["arms"].items():
         parts, shares = values["monitor_parts_seconds"], values["monitor_parts_share"]
         cells = " | ".join(f"{parts[p]:.1f} s ({shares[p]:.0%})" for p in PARTS)
-        label = "defaults (plots)" if arm == "monitor+plots" else "log_plots=False"
+        label = {"monitor+plots": "defaults (plots)", "monitor": "log_plots=False"}.get(
+            arm, f"plots, batch_size={arm.partition('@')[2]}")
         lines.append(
             f"| {label} | {values['monitor_seconds']:.1f} | {values['projected_full_epoch_ratio']:.3f} "
             f"| {values['wall_ratio_of_subset_epoch']:.3f} | {cells} |"
@@ -282,12 +288,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[256],
+                        help="other forward batch sizes of the monitor to time (with plots)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     fits = []
-    arms = ["plain", "monitor", "monitor+plots"]
+    default_batch = InvarianceMonitor().batch_size
+    arms = ["plain", "monitor", "monitor+plots"] + [f"monitor+plots@{b}" for b in args.batch_sizes if b != default_batch]
     with tempfile.TemporaryDirectory() as folder:
         warm_up_plotting(Path(folder))
         for round_index in range(args.rounds):
@@ -296,7 +305,8 @@ def main() -> None:
                 print(json.dumps({"round": round_index, **fits[-1]}), flush=True)
     result = {
         "command": "python benchmarks/bench_monitor_overhead.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "data_dir"
+            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in vars(args).items() if v is not None and k != "data_dir"
         ),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} torch threads, accelerator {args.accelerator}",
