@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from invariance_lightning import BlurPool2d, ImageClassifier
+from invariance_lightning import BlurPool2d, ImageClassifier, locations
 from invariance_lightning.models import CIFAR_RESNET_NORMALIZE, cifar_resnet
 from invariance_lightning.models.factory import build_backbone
 from invariance_lightning.models.pretrained import SHARED_DIR_ENV, SHARED_WEIGHTS_SUBDIR
@@ -169,3 +169,20 @@ def test_a_released_model_name_is_found_in_the_shared_folder_and_sets_the_normal
     assert torch.equal(model.backbone.conv1.weight, saved.conv1.weight)
     with pytest.raises(ValueError, match="init_weights needs a CIFAR ResNet backbone"):
         ImageClassifier(tiny_backbone(), init_weights="resnet20")
+
+
+def test_a_released_model_name_is_found_beside_the_checkout_without_the_variable(tmp_path, monkeypatch):
+    """The CLI's `fit` of a fine-tuning config on a machine with ../shared and no internet finds the same file as
+    the recipes, with $INVARIANCE_SHARED_DIR unset."""
+    beside = tmp_path / "shared"
+    (beside / SHARED_WEIGHTS_SUBDIR).mkdir(parents=True)
+    saved = cifar_resnet(20)
+    torch.save(saved.state_dict(), beside / SHARED_WEIGHTS_SUBDIR / "resnet20-test.th")
+    monkeypatch.delenv(SHARED_DIR_ENV, raising=False)
+    monkeypatch.setattr(locations, "CHECKOUT_SHARED_DIR", beside)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # nothing cached
+    monkeypatch.setenv("INVARIANCE_WEIGHTS_URL", "http://127.0.0.1:9")  # nothing listens: no download possible
+    model = ImageClassifier("cifar_resnet20", augmentation="none", image_size=16, lr=0.0, schedule="none",
+                            init_weights="resnet20")
+    trainer(tmp_path, max_steps=1).fit(model, uint8_loader())
+    assert torch.equal(model.backbone.conv1.weight, saved.conv1.weight)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from http_server import FileServer
+from invariance_lightning import locations
 from invariance_lightning.models import PRETRAINED_CIFAR_RESNETS, cifar_resnet_weights, load_cifar_resnet
 from invariance_lightning.models.pretrained import (
     SHARED_DIR_ENV,
@@ -198,7 +199,12 @@ def test_weights_are_resolved_from_a_file_a_search_folder_or_the_shared_folder(
     with pytest.raises(FileNotFoundError, match="'missing.pt': no such file, and not the name of a released"):
         resolve_cifar_resnet_weights("missing.pt")
     monkeypatch.delenv(SHARED_DIR_ENV)
-    with pytest.raises(FileNotFoundError, match="no weights for resnet20.*downloading is disabled"):
+    # without the variable: shared/ beside the checkout (the CLI's fit, the recipes and the module alike)
+    monkeypatch.setattr(locations, "CHECKOUT_SHARED_DIR", shared)
+    assert resolve_cifar_resnet_weights("resnet20", download=False).name == "resnet20-local.th"
+    monkeypatch.setattr(locations, "CHECKOUT_SHARED_DIR", tmp_path / "no-such-folder")
+    with pytest.raises(FileNotFoundError, match=r"(?s)no weights for resnet20.*downloading is disabled.*"
+                                                r"no-such-folder \(beside the checkout; set \$INVARIANCE_SHARED_DIR"):
         resolve_cifar_resnet_weights("resnet20", search_dirs=[shared], download=False)
 
 

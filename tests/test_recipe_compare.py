@@ -10,15 +10,16 @@ import json
 import math
 import runpy
 import shutil
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import write_random_cifar10
 
+from conftest import write_random_cifar10
+from invariance_lightning import locations
 from invariance_lightning.lightning import comparison
 from invariance_lightning.lightning.checkpoint import load_classifier, read_checkpoint
 from invariance_lightning.lightning.cli import CSV_LOGGER
@@ -296,5 +297,6 @@ def test_the_preset_caps_the_epochs_and_fine_tuning_weights_are_found_before_tra
     assert augmented.max_epochs == 15 and "--model.init_weights" not in augmented.fit_args  # 30 capped at 15
     assert plan("augmented", PRESETS["full"]).max_epochs == 30  # no cap: the config's
     monkeypatch.setenv("INVARIANCE_WEIGHTS_URL", "http://127.0.0.1:9")  # nothing listens: the download fails
+    monkeypatch.setattr(locations, "CHECKOUT_SHARED_DIR", tmp_path / "no-shared")  # no copy beside the checkout
     with pytest.raises(DownloadError, match="127.0.0.1:9/resnet20-12fca82f.th failed"):
         plan("finetuned_blur_consistency", cpu_full, folders=())  # when planning, before anything trains

@@ -34,16 +34,17 @@ from torch import Tensor
 from invariance_lightning.lightning.checkpoint import CheckpointInfo, load_classifier, read_checkpoint
 from invariance_lightning.lightning.cli import CSV_LOGGER, configure_wandb_mode
 from invariance_lightning.lightning.cli import main as cli_main
-from invariance_lightning.lightning.data import ImageClassificationDataModule
+from invariance_lightning.lightning.data import DATA_DIR_ENV, ImageClassificationDataModule
+from invariance_lightning.lightning.published import check_protocol_names, evaluate_protocols
+from invariance_lightning.locations import SHARED_WEIGHTS_SUBDIR, shared_dir
 from invariance_lightning.metrics.evaluate import evaluate_sequences
-from invariance_lightning.models.pretrained import SHARED_WEIGHTS_SUBDIR, resolve_cifar_resnet_weights
+from invariance_lightning.models.pretrained import resolve_cifar_resnet_weights
 from invariance_lightning.reporting.figures import (
     accuracy_flip_figure,
     monitor_history_figure,
     per_frame_figure,
     save_figures,
 )
-from invariance_lightning.lightning.published import check_protocol_names, evaluate_protocols
 from invariance_lightning.reporting.tables import (
     comparison_cell,
     comparison_columns,
@@ -188,20 +189,20 @@ def comparison_config(
     old = config["trainer"].get("default_root_dir")
     if not old:
         raise ValueError("the config must set trainer.default_root_dir (its run directory)")
-    config = moved_paths(config, str(old).rstrip("/"), str(run_dir))
-    config["trainer"]["default_root_dir"] = str(run_dir)
-    checkpoint = find_callback(config, CHECKPOINT)
+    moved: dict[str, Any] = moved_paths(config, str(old).rstrip("/"), str(run_dir))
+    moved["trainer"]["default_root_dir"] = str(run_dir)
+    checkpoint = find_callback(moved, CHECKPOINT)
     if checkpoint is None:
         raise ValueError("the config needs a ModelCheckpoint callback with save_last: true")
     checkpoint.setdefault("init_args", {})["save_last"] = True
-    monitor = find_callback(config, MONITOR)
+    monitor = find_callback(moved, MONITOR)
     if monitor is not None:
         monitor.setdefault("init_args", {}).update(preset.monitor)
-    logger = config["trainer"].get("logger")
+    logger = moved["trainer"].get("logger")
     if wandb_group is not None and isinstance(logger, dict) and "Wandb" in str(logger.get("class_path")):
         logger.setdefault("init_args", {}).update(group=wandb_group, name=variant, save_dir=str(run_dir))
-        config["trainer"]["logger"] = [logger, {"class_path": CSV_LOGGER, "init_args": {"save_dir": str(run_dir)}}]
-    return config
+        moved["trainer"]["logger"] = [logger, {"class_path": CSV_LOGGER, "init_args": {"save_dir": str(run_dir)}}]
+    return moved
 
 
 def checkpoint_path(config: Mapping[str, Any]) -> Path:
@@ -216,16 +217,16 @@ def data_location(repo_root: Path, family: str, data_dir: Path | None, config: M
     """Where the family's data is: ``data_dir`` itself, or its ``data/<subdir>`` or ``<subdir>`` subfolder.
 
     Without ``data_dir``: None for CIFAR when ``$INVARIANCE_DATA_DIR`` is set (the datamodule reads it), else the
-    shared folder beside the repository if it has the data, else the config's own value (None: the datamodule
-    decides).
+    shared folder (``$INVARIANCE_SHARED_DIR``, else beside the repository) if it has the data, else the config's
+    own value (None: the datamodule decides).
     """
     spec = FAMILIES[family]
     if data_dir is None:
-        if family == "cifar10" and os.environ.get("INVARIANCE_DATA_DIR"):
+        if family == "cifar10" and os.environ.get(DATA_DIR_ENV):
             return None
-        shared = repo_root.parent / "shared" / "data" / spec.data_subdir
-        if shared.is_dir():
-            return shared
+        root = shared_dir(repo_root)
+        if root is not None and (root / "data" / spec.data_subdir).is_dir():
+            return root / "data" / spec.data_subdir
         configured = config["data"].get("init_args", {}).get(spec.data_key)
         return None if configured is None else (repo_root / configured).resolve()
     for candidate in (data_dir / "data" / spec.data_subdir, data_dir / spec.data_subdir):
@@ -600,7 +601,8 @@ def plan_comparison(settings: ComparisonSettings) -> ComparisonPlan:
     first = yaml.safe_load(next(iter(variants.values())).read_text())
     data = prepare_data(settings.repo_root, settings.family, settings.data_dir, preset, first, settings.seed)
     group = None if settings.no_wandb else output.name
-    weights_dirs = [settings.repo_root.parent / "shared" / SHARED_WEIGHTS_SUBDIR]
+    shared = shared_dir(settings.repo_root)
+    weights_dirs = [] if shared is None else [shared / SHARED_WEIGHTS_SUBDIR]
     runs = [plan_variant(variant, path, runs_dir / settings.family / path.stem, data.preset, data.overrides, group,
                          weights_dirs) for variant, path in variants.items()]
     actions, records, problems = {}, {}, []
@@ -694,7 +696,8 @@ def log_to_wandb(
     run = wandb.init(project=project, group=group, name="comparison", job_type="comparison", dir=str(output),
                      config=dict(setup))
     columns = list(comparison_columns(rows))
-    table = wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows])
+    data = [[row[c] for c in columns] for row in rows]
+    table = wandb.Table(columns=columns, data=data)  # type: ignore[arg-type]  # wandb: list[str | int], invariant
     run.log({"comparison": table, **{f"plots/{path.stem}": wandb.Image(str(path)) for path in plots}})
     for row in rows:
         for column, value in row.items():

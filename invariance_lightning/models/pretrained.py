@@ -20,15 +20,17 @@ from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 
+from invariance_lightning.locations import SHARED_DIR_ENV, SHARED_WEIGHTS_SUBDIR, shared_dir, shared_dir_origin
+
 __all__ = [
     "DEFAULT_WEIGHTS_URL",
     "PRETRAINED_CIFAR_RESNETS",
+    "SHARED_DIR_ENV",
+    "SHARED_WEIGHTS_SUBDIR",
     "WEIGHTS_URL_ENV",
     "ChecksumError",
     "DownloadError",
     "PretrainedFile",
-    "SHARED_DIR_ENV",
-    "SHARED_WEIGHTS_SUBDIR",
     "cifar_resnet_weights",
     "download_file",
     "release_name",
@@ -39,10 +41,6 @@ __all__ = [
 
 #: Environment variable that replaces :data:`DEFAULT_WEIGHTS_URL` (a mirror, or a local server in tests).
 WEIGHTS_URL_ENV = "INVARIANCE_WEIGHTS_URL"
-#: Environment variable naming a shared folder (``weights/cifar10-resnet/``, ``data/cifar10/``) with local copies.
-SHARED_DIR_ENV = "INVARIANCE_SHARED_DIR"
-#: Where a shared folder keeps the released weights files.
-SHARED_WEIGHTS_SUBDIR = Path("weights") / "cifar10-resnet"
 #: Folder URL of the release; a file's URL is ``<base>/<filename>``.
 DEFAULT_WEIGHTS_URL = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models"
 
@@ -81,7 +79,8 @@ class ChecksumError(DownloadError):
 def weights_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/invariance_lightning/weights``, else ``~/.cache/invariance_lightning/weights``.
 
-    The same cache root as CIFAR-10's torchvision download in :class:`~invariance_lightning.lightning.data.CIFARDataModule`.
+    The same cache root as CIFAR-10's torchvision download in
+    :class:`~invariance_lightning.lightning.data.CIFARDataModule`.
     """
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "invariance_lightning" / "weights"
 
@@ -221,8 +220,9 @@ def resolve_cifar_resnet_weights(
     spec: str | PathLike[str], *, search_dirs: Iterable[str | PathLike[str]] = (), download: bool = True
 ) -> Path:
     """The weights file that ``spec`` names: ``spec`` itself when it is an existing file, else the released model
-    of that name (``"resnet20"``, ...) found by :func:`cifar_resnet_weights` in ``search_dirs``, then in
-    ``$INVARIANCE_SHARED_DIR/weights/cifar10-resnet``, then in the cache or downloaded.
+    of that name (``"resnet20"``, ...) found by :func:`cifar_resnet_weights` in ``search_dirs``, then in the shared
+    folder's ``weights/cifar10-resnet`` (``$INVARIANCE_SHARED_DIR``, else ``shared/`` beside the checkout: see
+    :func:`~invariance_lightning.locations.shared_dir`), then in the cache or downloaded.
 
     Raises:
         FileNotFoundError: ``spec`` is neither a file nor a model name (the message says which was expected), or the
@@ -237,6 +237,14 @@ def resolve_cifar_resnet_weights(
             f"file or one of {sorted(PRETRAINED_CIFAR_RESNETS)})"
         )
     folders = [Path(folder) for folder in search_dirs]
-    if os.environ.get(SHARED_DIR_ENV):
-        folders.append(Path(os.environ[SHARED_DIR_ENV]) / SHARED_WEIGHTS_SUBDIR)
-    return cifar_resnet_weights(name, search_dirs=folders, download=download)
+    shared = shared_dir()
+    if shared is not None:
+        folders.append(shared / SHARED_WEIGHTS_SUBDIR)
+    try:
+        return cifar_resnet_weights(name, search_dirs=folders, download=download)
+    except (FileNotFoundError, DownloadError) as error:
+        raise type(error)(
+            f"{error}\nThe shared folder: {shared_dir_origin()}. Set ${SHARED_DIR_ENV} to a folder holding "
+            f"{SHARED_WEIGHTS_SUBDIR}/{name}-*.th, pass the weights file itself, or allow the download on a machine "
+            "with internet access"
+        ) from error
