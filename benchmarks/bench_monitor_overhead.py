@@ -296,7 +296,8 @@ def main() -> None:
     load_before = os.getloadavg()
     fits = []
     default_batch = InvarianceMonitor().batch_size
-    arms = ["plain", "monitor", "monitor+plots"] + [f"monitor+plots@{b}" for b in args.batch_sizes if b != default_batch]
+    arms = ["plain", "monitor", "monitor+plots"]
+    arms += [f"monitor+plots@{b}" for b in args.batch_sizes if b != default_batch]
     with tempfile.TemporaryDirectory() as folder:
         warm_up_plotting(Path(folder))
         for round_index in range(args.rounds):

@@ -138,8 +138,8 @@ def main() -> None:
                         f"{rate / reference:.2f} | {100 * in_forward:.1f}% | {100 * reference_in_forward:.1f}% | "
                         f"{normalized:.3f} |")
             print(rows[-1], flush=True)
-    sweep = forward_sweep(load_cifar_resnet(args.shared / "weights" / "cifar10-resnet" / WEIGHTS[args.depths[0]]).eval(),
-                          args.forward_sizes)
+    weights = args.shared / "weights" / "cifar10-resnet" / WEIGHTS[args.depths[0]]
+    sweep = forward_sweep(load_cifar_resnet(weights).eval(), args.forward_sizes)
     report["forward_images_per_s"] = sweep
     markdown = [
         "# Published shift-invariance protocols on the shared pretrained CIFAR ResNets", "",

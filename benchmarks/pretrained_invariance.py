@@ -50,7 +50,8 @@ def main() -> None:
         "num_images": len(images),
         "models": {},
     }
-    markdown = [f"# Pretrained CIFAR ResNets: invariance on {len(images)} CIFAR-10 test images", "", f"`{report['command']}`", ""]
+    title = f"# Pretrained CIFAR ResNets: invariance on {len(images)} CIFAR-10 test images"
+    markdown = [title, "", f"`{report['command']}`", ""]
     for depth in args.depths:
         model = load_cifar_resnet(args.shared / "weights" / "cifar10-resnet" / WEIGHTS[depth])
         results, started = {}, time.perf_counter()

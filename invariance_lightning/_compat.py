@@ -96,9 +96,9 @@ class PostComputeMetric(Metric):
         return post_processed
 
 
-def as_pair(value: int | tuple[int, int]) -> tuple[int, int]:
+def as_pair(value: object) -> tuple[int, int]:
     """``(v, v)`` for an int, a pair unchanged: how torch's conv and pooling layers store ``stride``, ``padding``
-    and ``kernel_size`` that were given either way.
+    and ``kernel_size`` that were given either way (typed ``object``: torch types those attributes loosely).
 
     Private because torch only has ``torch.nn.modules.utils._pair`` for this, the helper its own layers use.
     """

@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python recipes/compare.py",
         description="Train the variants of a config family and compare their accuracy and shift/scale invariance.",
     )
-    parser.add_argument("--family", default="cifar10", choices=sorted(FAMILIES), help="configs/<family>/ (default: cifar10)")
+    parser.add_argument(
+        "--family", default="cifar10", choices=sorted(FAMILIES), help="configs/<family>/ (default: cifar10)"
+    )
     parser.add_argument("--variants", nargs="+", default=None,
                         help=f"variants to compare, or 'all' (default: those of {list(MAIN_VARIANTS)} the family has)")
     parser.add_argument("--preset", default="quick", choices=list(PRESETS),

@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Azulay & Weiss (2019)'s shift/scale invariance measurements for one CIFAR-10 model.",
     )
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--model", choices=MODELS, default="resnet20", help="a pretrained CIFAR-10 ResNet (default: resnet20)")
+    which.add_argument(
+        "--model", choices=MODELS, default="resnet20", help="a pretrained CIFAR-10 ResNet (default: resnet20)"
+    )
     which.add_argument("--checkpoint", type=Path, help="a Lightning checkpoint of ImageClassifier instead")
     parser.add_argument(
         "--weights-dir", type=Path, default=None,

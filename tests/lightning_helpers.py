@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import torch
 import lightning.pytorch as pl
+import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten

@@ -78,7 +78,7 @@ def test_regularizer_outputs_and_gradients() -> None:
     original, view = captured[0].split(len(images))
     for i in range(len(images)):
         padded = F.pad(original[i], (1, 1, 1, 1))
-        assert any(torch.equal(view[i], padded[:, t : t + 16, l : l + 16]) for t in range(3) for l in range(3))
+        assert any(torch.equal(view[i], padded[:, t : t + 16, x : x + 16]) for t in range(3) for x in range(3))
 
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
@@ -98,7 +98,7 @@ def test_default_view_fills_the_vacated_border_with_normalized_black() -> None:
     for original, shifted in zip(images, view):
         canvas = black[:, None, None].repeat(1, 6 + 4, 7 + 4)
         canvas[:, 2:-2, 2:-2] = original
-        matches = [(t, l) for t in range(5) for l in range(5) if torch.equal(shifted, canvas[:, t : t + 6, l : l + 7])]
+        matches = [(t, x) for t in range(5) for x in range(5) if torch.equal(shifted, canvas[:, t : t + 6, x : x + 7])]
         assert matches, "the view must be the image shifted by whole pixels over a black border"
         offsets.append(matches[0])
     assert any(offset != (2, 2) for offset in offsets), "some images must be shifted for the border to show"

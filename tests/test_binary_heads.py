@@ -13,11 +13,10 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
-from conftest import write_random_cifar10
-from lightning_helpers import tiny_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import write_random_cifar10
 from invariance_lightning import InvarianceMonitor, InvarianceReport, evaluate_invariance, sequence_preset
 from invariance_lightning.lightning.cli import InvarianceCLI, main
 from invariance_lightning.lightning.published import ProtocolTotals
@@ -25,6 +24,7 @@ from invariance_lightning.metrics import OutputKey, transform_consistency
 from invariance_lightning.metrics.evaluate import evaluate_sequences
 from invariance_lightning.metrics.outputs import class_logits, class_targets
 from invariance_lightning.metrics.protocols import evaluate_protocol
+from lightning_helpers import tiny_trainer
 
 NUM_IMAGES = 48
 SIZE = 16

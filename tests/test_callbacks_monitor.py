@@ -12,13 +12,13 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning_helpers import NUM_CLASSES, TinyClassifier, tiny_data, tiny_loader, tiny_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from invariance_lightning import InvarianceMonitor, ScaleSequence, ShiftSequence, evaluate_invariance
-from invariance_lightning.metrics.protocols import evaluate_protocol
 from invariance_lightning.lightning.callbacks.subsets import _draw_indices
+from invariance_lightning.metrics.protocols import evaluate_protocol
+from lightning_helpers import NUM_CLASSES, TinyClassifier, tiny_data, tiny_loader, tiny_trainer
 
 SEQUENCES = {"shift": ShiftSequence(max_shift=2, mode="zeros"), "scale": ScaleSequence([0.9, 1.0, 1.1])}
 

@@ -8,12 +8,12 @@ import warnings
 import pytest
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from lightning_helpers import LargestImageBatch, TinyClassifier, tiny_data, tiny_loader, tiny_trainer
 from torch.utils.data import DataLoader, IterableDataset
 
 from invariance_lightning import InvarianceReport, ScaleSequence, ShiftSequence, evaluate_invariance
 from invariance_lightning.lightning.callbacks import sinks
 from invariance_lightning.lightning.callbacks.measure import FlipExamples
+from lightning_helpers import LargestImageBatch, TinyClassifier, tiny_data, tiny_loader, tiny_trainer
 
 SEQUENCES = {"shift": ShiftSequence(max_shift=4, mode="circular"), "zoom": ScaleSequence([1.0, 0.8, 1.2])}
 

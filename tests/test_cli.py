@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import write_random_cifar10
-from lightning_helpers import LargestImageBatch
 from torchvision.io import write_png
 
+from conftest import write_random_cifar10
 from invariance_lightning import evaluate_invariance, sequence_preset
+from invariance_lightning.lightning.checkpoint import load_classifier
 from invariance_lightning.lightning.cli import main, wandb_logged_in
 from invariance_lightning.lightning.data import ImageFolderDataModule
-from invariance_lightning.lightning.checkpoint import load_classifier
 from invariance_lightning.metrics.protocols import PROTOCOLS, evaluate_protocol
 from invariance_lightning.models import cifar_resnet
+from lightning_helpers import LargestImageBatch
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_CONFIGS = sorted((REPO / "configs" / "cifar10").glob("*.yaml"))

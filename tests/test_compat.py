@@ -9,7 +9,6 @@ import kornia.augmentation as K
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning_helpers import TinyClassifier, tiny_loader
 from torch import nn
 from torchmetrics import Metric
 
@@ -21,6 +20,7 @@ from invariance_lightning._compat import (
     loop_data_source,
     training_batch_index,
 )
+from lightning_helpers import TinyClassifier, tiny_loader
 
 
 def trainer(tmp_path, **kwargs) -> pl.Trainer:

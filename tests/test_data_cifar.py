@@ -74,7 +74,7 @@ def test_val_split_reproducible_by_seed_and_fraction(npz_dir):
 
 def test_split_arrays_subsets(npz_dir):
     dm = CIFARDataModule(data_dir=npz_dir, download=False, val_split=40)
-    images, labels = dm.split_arrays("train", num=7, seed=1)
+    images, _labels = dm.split_arrays("train", num=7, seed=1)
     assert images.shape == (7, 3, 32, 32) and len(set(_index(images).tolist())) == 7
     assert torch.equal(dm.split_arrays("train", num=7, seed=1)[0], images)
     assert not torch.equal(dm.split_arrays("train", num=7, seed=2)[0], images)
@@ -110,7 +110,7 @@ def test_found_through_the_environment_variable(tmp_path, monkeypatch, layout):
     _write(tmp_path / "root" / layout)
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "root"))
     dm = CIFARDataModule(download=False, val_split=0)
-    assert dm.split_size("train") == 200 and dm.source == str((tmp_path / "root" / layout))
+    assert dm.split_size("train") == 200 and dm.source == str(tmp_path / "root" / layout)
 
 
 def test_data_dir_comes_before_the_environment_variable(tmp_path, monkeypatch):

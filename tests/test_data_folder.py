@@ -108,7 +108,7 @@ def test_device_decoding_gives_the_worker_pixels(tree):
 def test_random_resized_training_crop(tree):
     dm = _module(tree, train_crop="random-resized", batch_size=18)
     train_images, train_labels = next(iter(dm.train_dataloader()))
-    eval_images, eval_labels = dm.split_arrays("train")
+    _eval_images, eval_labels = dm.split_arrays("train")
     order = torch.argsort(train_labels * 1000 + torch.arange(18))  # only compare colours: solid images
     assert train_images.shape == (18, 3, 32, 32) and train_images.dtype == torch.uint8
     assert train_labels[order].tolist() == sorted(eval_labels.tolist())
@@ -195,7 +195,7 @@ def test_shared_imagenette(imagenette_dir):
     dm = ImageFolderDataModule(imagenette_dir, image_size=128, batch_size=50, num_workers=0)
     assert dm.num_classes == 10 and dm.class_folders[0] == "n01440764" and dm.classes[0] == "tench"
     assert (dm.split_size("train"), dm.split_size("val")) == (1000, 500)
-    images, labels = dm.split_arrays("val", num=30, seed=1)
+    images, _labels = dm.split_arrays("val", num=30, seed=1)
     assert images.shape == (30, 3, 128, 128) and images.dtype == torch.uint8
     assert torch.equal(dm.split_arrays("val", num=30, seed=1)[0], images)
     first_images, first_labels = next(iter(dm.val_dataloader()))

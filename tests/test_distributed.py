@@ -10,11 +10,10 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.multiprocessing as mp
-from distributed_workers import free_port, metric_worker
-from lightning_helpers import NUM_CLASSES, tiny_data, tiny_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from distributed_workers import free_port, metric_worker
 from invariance_lightning import (
     InvarianceMonitor,
     InvarianceReport,
@@ -25,6 +24,7 @@ from invariance_lightning import (
 )
 from invariance_lightning.lightning.callbacks.subsets import _draw_indices
 from invariance_lightning.metrics.protocols import PROTOCOLS, evaluate_protocol
+from lightning_helpers import NUM_CLASSES, tiny_data, tiny_trainer
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ def reference_blurpool(x: np.ndarray, filter_size: int, stride: int, mode: str) 
     padded = np.pad(x, ((0, 0), (0, 0), (before, after), (before, after)), mode=NUMPY_PAD[mode])
     height, width = x.shape[-2:]
     out_h, out_w = -(-height // stride), -(-width // stride)
-    out = np.zeros(x.shape[:2] + (out_h, out_w))
+    out = np.zeros((*x.shape[:2], out_h, out_w))
     for i in range(out_h):
         for j in range(out_w):
             window = padded[:, :, stride * i : stride * i + filter_size, stride * j : stride * j + filter_size]

@@ -40,7 +40,7 @@ def source_of(module: str) -> Path:
 
 def _is_type_checking(node: ast.AST) -> bool:
     test = node.test if isinstance(node, ast.If) else None
-    return isinstance(test, ast.Name) and test.id == "TYPE_CHECKING" or (
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
     )
 
@@ -94,7 +94,7 @@ def test_lazy_names_are_their_modules_objects_and_typed_for_type_checkers():
     typed = {alias.name: node.module for node in block.body for alias in node.names}
     assert typed == lazy
     with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
-        invariance_lightning.nothing_here  # noqa: B018
+        invariance_lightning.nothing_here
 
 
 def test_load_classifier_and_build_backbone_are_exported():

@@ -16,7 +16,6 @@ import lightning.pytorch
 import pytest
 import pytorch_lightning as pl
 import torch
-from lightning_helpers import ClassifierSteps, TinyClassifier, tiny_trainer
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from invariance_lightning import FaultTolerantLogger, InvarianceMonitor, InvarianceReport, evaluate_invariance
 from invariance_lightning.lightning import packages
 from invariance_lightning.transforms import sequence_preset
+from lightning_helpers import ClassifierSteps, TinyClassifier, tiny_trainer
 
 NUM_CLASSES = 6
 #: The tiny images are in [0, 1]; centred, an untrained network tells them apart (not all one class).

@@ -16,9 +16,8 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from http_server import FileServer
 
-from invariance_lightning.diagnostics import layer_equivariance
+from http_server import FileServer
 from invariance_lightning.lightning.data import CIFAR_STATS, CIFARDataModule
 from invariance_lightning.lightning.module import ImageClassifier
 from invariance_lightning.lightning.paper import load_checkpoint_model, load_pretrained, load_subsets, shared_root

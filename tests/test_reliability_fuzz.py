@@ -15,6 +15,7 @@ given here, not taken from a profile, so every run tries the same inputs whateve
 
 from __future__ import annotations
 
+import itertools
 import math
 import pickle
 import re
@@ -450,7 +451,7 @@ def test_metric(case, cuts):
     # the metric over arbitrary (possibly empty) consecutive batches equals the function on all images
     metric = TransformConsistency(top_k=top_k)
     bounds = sorted({0, logits.shape[0], *(min(c, logits.shape[0]) for c in cuts)})
-    for start, stop in zip(bounds, bounds[1:]):
+    for start, stop in itertools.pairwise(bounds):
         metric.update(logits[start:stop], None if target is None else target[start:stop])
     merged = metric.compute()
     assert merged.keys() == result.keys()

@@ -14,10 +14,10 @@ import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
-from lightning_helpers import TinyClassifier, tiny_loader, tiny_trainer
 
 from invariance_lightning import InvarianceMonitor, ShiftSequence
 from invariance_lightning.lightning.loggers import FaultTolerantLogger
+from lightning_helpers import TinyClassifier, tiny_loader, tiny_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 SCALARS = ("invariance/val/shift/flip_rate", "invariance/train/shift/consistency", "val_loss")
@@ -93,8 +93,8 @@ def build_cli(args: list[str]):
     """Parse and instantiate like ``invariance-lightning fit`` without running anything."""
     from lightning.pytorch import LightningDataModule
 
-    from invariance_lightning.lightning.module import ImageClassifier
     from invariance_lightning.lightning.cli import InvarianceCLI
+    from invariance_lightning.lightning.module import ImageClassifier
 
     return InvarianceCLI(ImageClassifier, LightningDataModule, subclass_mode_data=True, args=args, run=False)
 

@@ -12,12 +12,12 @@ import weakref
 
 import pytest
 import torch
-from test_evaluate import strided_net
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from invariance_lightning import ShiftSequence, evaluate_invariance
+from test_evaluate import strided_net
 
 SIZE = 128
 FRAME_BYTES = 3 * SIZE * SIZE * 4  # one float32 128x128 RGB frame: 192 KiB

@@ -11,10 +11,10 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning_helpers import TinyClassifier, tiny_data, tiny_loader, tiny_trainer
 
 from invariance_lightning import InvarianceMonitor, ScaleSequence, ShiftSequence, evaluate_invariance
 from invariance_lightning.metrics import iter_frame_logits
+from lightning_helpers import TinyClassifier, tiny_data, tiny_loader, tiny_trainer
 
 SEQUENCES = {
     "shift": ShiftSequence(max_shift=8, mode="zeros"),

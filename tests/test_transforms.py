@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import pickle
 
@@ -49,7 +50,7 @@ def test_direction_sequences_list_expected_shifts():
     grid = ShiftSequence(max_shift=2, grid=True).shifts
     assert sorted(grid) == [(dx, dy) for dx in range(3) for dy in range(3)]
     assert grid[0] == (0, 0)
-    steps = [abs(a[0] - b[0]) + abs(a[1] - b[1]) for a, b in zip(grid, grid[1:])]
+    steps = [abs(a[0] - b[0]) + abs(a[1] - b[1]) for a, b in itertools.pairwise(grid)]
     assert steps == [1] * (len(grid) - 1), "grid frames must be one step apart (snake order)"
 
 

@@ -56,9 +56,8 @@ class AntialiasedRandomAffine(K.RandomAffine):
         p: float = 1.0,
         **kwargs: Any,
     ) -> None:
-        if scale is not None:
-            if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
-                raise ValueError(f"AntialiasedRandomAffine: `scale` must be a pair 0 < min <= max, got {scale!r}")
+        if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1]):
+            raise ValueError(f"AntialiasedRandomAffine: `scale` must be a pair 0 < min <= max, got {scale!r}")
         super().__init__(degrees, translate=translate, scale=scale, p=p, **kwargs)
         smallest = 1.0 if scale is None else min(float(scale[0]), 1.0)
         max_sigma = float(antialias_sigma(torch.tensor(smallest)))

@@ -104,6 +104,7 @@ class ConsistencyRegularization(nn.Module):
         self.fill: float | tuple[float, ...] = 0.0
         if mean is not None:
             normalization = BatchAugmentation(mean=mean, std=std)  # validates mean/std like the input pipeline
+            assert normalization.mean is not None  # mean was given
             black = torch.zeros(1, len(normalization.mean), 1, 1, dtype=torch.uint8)
             self.fill = tuple(normalization(black).flatten().tolist())
         self._shifts: dict[tuple[int, int], nn.Module] = {}
@@ -111,7 +112,9 @@ class ConsistencyRegularization(nn.Module):
     def _default_view(self, images: torch.Tensor) -> torch.Tensor:
         size = (int(images.shape[-2]), int(images.shape[-1]))
         if not self.max_shift < min(size):
-            raise ValueError(f"ConsistencyRegularization: `max_shift`={self.max_shift} must be below the image size {size}")
+            raise ValueError(
+                f"ConsistencyRegularization: `max_shift`={self.max_shift} must be below the image size {size}"
+            )
         if isinstance(self.fill, tuple) and len(self.fill) != images.shape[1]:
             raise ValueError(
                 f"ConsistencyRegularization: mean/std have {len(self.fill)} values but images have {images.shape[1]} "

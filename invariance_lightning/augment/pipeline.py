@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,7 +87,7 @@ class BatchAugmentation(nn.Module):
         if self.augmentation is not None:
             keep_kornia_rng_on(self.augmentation, _CPU, torch.float32)
 
-    def _apply(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], *args: Any, **kwargs: Any) -> BatchAugmentation:
         # kornia moves its samplers to the device a module is moved to; keep them on the CPU (see class docstring).
         out = super()._apply(fn, *args, **kwargs)
         self._keep_rng_on_cpu()

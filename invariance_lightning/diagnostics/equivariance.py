@@ -104,7 +104,9 @@ def layer_equivariance(
     normalize = check_normalize(normalize)
     names = default_layers(model) if layers is None else check_layer_names(model, layers)
     if not names:
-        raise ValueError(f"{owner}: model has no Conv2d, pooling, block or Linear modules to measure; pass layers=[...]")
+        raise ValueError(
+            f"{owner}: model has no Conv2d, pooling, block or Linear modules to measure; pass layers=[...]"
+        )
 
     device = module_device(model)
     stats = {name: _LayerStats(size, main_shift, mode, border) for name in names}
@@ -121,7 +123,9 @@ def layer_equivariance(
     never_ran = [name for name in names if name not in order]
     for name in never_ran:
         stats[name].notes["did not run in the forward pass"] = None
-    rows = [stats[name].row(name, type(model.get_submodule(name)).__name__, len(images)) for name in [*order, *never_ran]]
+    rows = [
+        stats[name].row(name, type(model.get_submodule(name)).__name__, len(images)) for name in [*order, *never_ran]
+    ]
     return EquivarianceReport(tuple(rows), main_shift, mode, border, len(images))
 
 
@@ -160,6 +164,7 @@ class _LayerStats:
 
     def geometry(self) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
         """The feature-map shift ``(dx, dy)`` (``None`` unless whole) and the kept ``(rows, cols)`` margin."""
+        assert self.shape is not None  # only called once a feature map was seen
         (h_in, w_in), (h, w) = self.size, self.shape[-2:]
         dx, dy = self.shift
         whole = (dx * w) % w_in == 0 and (dy * h) % h_in == 0
@@ -212,5 +217,7 @@ def _as_shift(shift: Any, argument: str, size: tuple[int, int]) -> tuple[int, in
         raise TypeError(f"layer_equivariance: {argument} must be an int or a (dx, dy) pair of ints, got {shift!r}")
     dx, dy = pair
     if abs(dx) >= size[1] or abs(dy) >= size[0]:
-        raise ValueError(f"layer_equivariance: {argument} {shift!r} must be smaller than the image size (H, W) = {size}")
+        raise ValueError(
+            f"layer_equivariance: {argument} {shift!r} must be smaller than the image size (H, W) = {size}"
+        )
     return (dx, dy)

@@ -92,7 +92,7 @@ class EquivarianceReport(Sequence[LayerEquivariance]):
                 _format_value(row.equivariance_error, digits),
             ]
             cells += [_format_value(row.pooled_change_by_shift.get(s, math.nan), digits) for s in shifts]
-            lines.append("| " + " | ".join(cells + [row.note]) + " |")
+            lines.append("| " + " | ".join([*cells, row.note]) + " |")
         return "\n".join(lines)
 
 

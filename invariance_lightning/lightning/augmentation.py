@@ -39,7 +39,7 @@ def map_batch_images(batch: Any, fn: Callable[[torch.Tensor], torch.Tensor], key
     if isinstance(batch, (tuple, list)) and len(batch) > 0:
         images = fn(batch[0])
         if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
-            return batch._replace(**{batch._fields[0]: images})
+            return batch._replace(**{batch._fields[0]: images})  # type: ignore[attr-defined]
         return type(batch)([images, *batch[1:]])
     if isinstance(batch, Mapping):
         raise TypeError("map_batch_images: a mapping batch needs `key` naming its images")

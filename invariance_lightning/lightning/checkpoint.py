@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path, PosixPath, PurePosixPath, PureWindowsPath, WindowsPath
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import nn
@@ -70,14 +70,17 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
         hyper_parameters=dict(state.get("hyper_parameters") or {}),
         datamodule_hyper_parameters=dict(state.get("datamodule_hyper_parameters") or {}),
         callbacks=dict(state.get("callbacks") or {}),
-        input_normalization=None if normalization is None else Normalization(*check_normalize(normalization)),
+        input_normalization=(
+            None if normalization is None else Normalization(*cast(Normalization, check_normalize(normalization)))
+        ),
     )
 
 
 def load_classifier(
     path: str | Path, map_location: str | torch.device = "cpu", *, default_normalization: Normalization | None = None
 ) -> LoadedClassifier:
-    """Load ``path``: a Lightning ``.ckpt`` of :class:`ImageClassifier`, or CIFAR ResNet weights (``.th``/``.pt``/``.pth``).
+    """Load ``path``: a Lightning ``.ckpt`` of :class:`ImageClassifier`, or CIFAR ResNet weights
+    (``.th``/``.pt``/``.pth``).
 
     An ``ImageClassifier`` checkpoint carries the normalization it trained with (its ``mean``/``std``
     or its datamodule's). A checkpoint saved before that was stored, from a model trained without
@@ -89,8 +92,8 @@ def load_classifier(
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}: give a Lightning .ckpt or CIFAR ResNet weights (.th/.pt)")
     if path.suffix != ".ckpt":
-        model = load_cifar_resnet(path)
-        return LoadedClassifier(model.eval(), Normalization(*CIFAR_RESNET_NORMALIZE), path.stem.split("-")[0])
+        resnet = load_cifar_resnet(path)
+        return LoadedClassifier(resnet.eval(), Normalization(*CIFAR_RESNET_NORMALIZE), path.stem.split("-")[0])
     with torch.serialization.safe_globals(list(CHECKPOINT_SAFE_GLOBALS)):
         model = ImageClassifier.load_from_checkpoint(path, map_location=map_location, weights_only=True)
     normalization = model.input_normalization or default_normalization
@@ -100,4 +103,5 @@ def load_classifier(
             "ImageClassifier stored it, from a model without mean/std): pass default_normalization=(mean, std), "
             "the statistics of the data it was trained on"
         )
-    return LoadedClassifier(model.eval(), Normalization(*check_normalize(normalization)), path.stem)
+    checked = cast(Normalization, check_normalize(normalization))  # a plain (mean, std) tuple, never None here
+    return LoadedClassifier(model.eval(), Normalization(*checked), path.stem)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import yaml
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from torch import Tensor
 
 from invariance_lightning.lightning.callbacks.subsets import SplitStream
@@ -81,8 +81,7 @@ def _config_without_wandb(path: str, root: str | None = None) -> str:
     if "Wandb" not in json.dumps(trainer.get("logger"), default=str):
         return path
     trainer["logger"] = _csv_logger(root or trainer.get("default_root_dir"))
-    handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="config-csv-", delete=False)
-    with handle:
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="config-csv-", delete=False) as handle:
         yaml.safe_dump(config, handle)
     return handle.name
 
@@ -90,16 +89,17 @@ def _config_without_wandb(path: str, root: str | None = None) -> str:
 class InvarianceCLI(LightningCLI):
     """LightningCLI for :class:`ImageClassifier` with any datamodule, and a ``--no_wandb`` switch."""
 
-    def add_arguments_to_parser(self, parser) -> None:
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--no_wandb", type=bool, default=False, help="log to CSV files instead of W&B")
 
-    def parse_arguments(self, parser, args) -> None:
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         if importlib.util.find_spec("wandb") is None and isinstance(args, (list, tuple)):
             # without wandb, jsonargparse cannot resolve WandbLogger's options, so a config naming one fails to
             # parse before before_instantiate_classes could swap it: swap it in the config files first
             root = _option_value(args, "--trainer.default_root_dir")
             rewritten = [
-                _config_without_wandb(a, root) if i and args[i - 1] in ("--config", "-c") else a for i, a in enumerate(args)
+                _config_without_wandb(a, root) if i and args[i - 1] in ("--config", "-c") else a
+                for i, a in enumerate(args)
             ]
             try:
                 super().parse_arguments(parser, rewritten)
@@ -128,7 +128,9 @@ def evaluate_main(argv: Sequence[str]) -> Path:
     parser = argparse.ArgumentParser(prog="invariance-lightning evaluate", description=evaluate_main.__doc__)
     parser.add_argument("--model", required=True, help="ImageClassifier .ckpt or pretrained CIFAR ResNet weights (.th)")
     parser.add_argument("--data", default="cifar10", help="cifar10, cifar100, or an ImageFolder root")
-    parser.add_argument("--data_dir", default=None, help="folder with local CIFAR .npz files (else $INVARIANCE_DATA_DIR)")
+    parser.add_argument(
+        "--data_dir", default=None, help="folder with local CIFAR .npz files (else $INVARIANCE_DATA_DIR)"
+    )
     parser.add_argument("--image_size", type=positive_int, default=128, help="ImageFolder evaluation size")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--preset", default="report", choices=sorted(SEQUENCE_PRESETS))
@@ -165,7 +167,8 @@ def evaluate_main(argv: Sequence[str]) -> Path:
         """The stream's batches, each added to the protocol counts (indices: positions in the split's subset)."""
         position = 0
         for batch_images, batch_targets in images:
-            totals.update(loaded.model, batch_images, batch_targets, torch.arange(position, position + len(batch_images)))
+            indices = torch.arange(position, position + len(batch_images))
+            totals.update(loaded.model, batch_images, batch_targets, indices)
             position += len(batch_images)
             yield batch_images, batch_targets
 
@@ -175,7 +178,9 @@ def evaluate_main(argv: Sequence[str]) -> Path:
     protocols = totals.compute()
     output = args.output or Path("results") / "evaluate" / loaded.name
     payload = {"model": str(args.model), "data": args.data, "split": args.split, "num_images": images.num_images}
-    title = f"Invariance of {loaded.name} on {args.data} {args.split} ({images.num_images} images, preset {args.preset})"
+    title = (
+        f"Invariance of {loaded.name} on {args.data} {args.split} ({images.num_images} images, preset {args.preset})"
+    )
     command = "invariance-lightning evaluate " + " ".join(argv)
     report = write_report(
         output, "report", payload, results, sequences, title, notes=f"Command: `{command}`",

@@ -99,7 +99,7 @@ class FaultTolerantLogger(Logger):
         """
         if not hasattr(type(self.logger), "experiment"):
             raise AttributeError(f"{type(self.logger).__name__} has no experiment")
-        return self._guarded("experiment", lambda: self.logger.experiment)
+        return self._guarded("experiment", lambda: self.logger.experiment)  # type: ignore[attr-defined]  # checked above
 
     # -- identity and locations of the wrapped logger --------------------------------------------
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning.pytorch as pl
 import torch
@@ -19,6 +19,9 @@ from invariance_lightning.models.factory import build_backbone
 from invariance_lightning.models.pretrained import release_name, resolve_cifar_resnet_weights
 from invariance_lightning.transforms.normalization import Normalization
 from invariance_lightning.validation import check_choice
+
+if TYPE_CHECKING:
+    from lightning.fabric.utilities.data import AttributeDict
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "none")
@@ -60,6 +63,11 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
             then becomes the default ``mean``/``std``. Loaded when ``fit`` starts from scratch,
             not when it resumes from a checkpoint, and never when a checkpoint is loaded for evaluation.
     """
+
+    if TYPE_CHECKING:  # for mypy only: save_hyperparameters() made it an AttributeDict, read by attribute
+
+        @property
+        def hparams(self) -> AttributeDict: ...
 
     def __init__(
         self,
@@ -140,7 +148,7 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         if self.input_normalization is None:
-            datamodule = self.trainer.datamodule
+            datamodule = self.trainer.datamodule  # type: ignore[attr-defined]  # set by the Trainer's data connector
             mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
             if mean is None or std is None:
                 raise ValueError(
@@ -184,7 +192,8 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
     def on_fit_start(self) -> None:
         # after a resumed run's checkpoint was restored (``trainer.ckpt_path`` set): then the file is not needed
         if self.hparams.init_weights is not None and self.trainer.ckpt_path is None:
-            load_cifar_resnet_weights(self.backbone, resolve_cifar_resnet_weights(self.hparams.init_weights))
+            backbone = cast(CifarResNet, self.backbone)  # checked in __init__
+            load_cifar_resnet_weights(backbone, resolve_cifar_resnet_weights(self.hparams.init_weights))
 
     def on_train_epoch_start(self) -> None:
         self._epoch_started, self._epoch_images, self._training_seconds = time.perf_counter(), 0, None
@@ -216,6 +225,7 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
         decay = [p for p in self.parameters() if p.ndim > 1]
         no_decay = [p for p in self.parameters() if p.ndim <= 1]
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer: torch.optim.Optimizer
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.momentum > 0)
         else:
@@ -223,6 +233,7 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
         if hp.schedule == "none":
             return optimizer
         steps = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler: torch.optim.lr_scheduler.LRScheduler
         if hp.schedule == "onecycle":
             scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=steps)
         else:

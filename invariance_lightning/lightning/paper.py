@@ -16,19 +16,18 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor, nn
 
 from invariance_lightning.diagnostics import default_layers
 from invariance_lightning.lightning.checkpoint import load_classifier, read_checkpoint
 from invariance_lightning.lightning.data import CIFAR_STATS, DATA_DIR_ENV, CIFARDataModule
+from invariance_lightning.lightning.module import ImageClassifier
 from invariance_lightning.lightning.published import evaluate_protocols
 from invariance_lightning.metrics.evaluate import evaluate_sequences
 from invariance_lightning.models import PRETRAINED_CIFAR_RESNETS, cifar_resnet_weights
-from invariance_lightning.models.pretrained import (
-    SHARED_DIR_ENV, SHARED_WEIGHTS_SUBDIR, WEIGHTS_URL_ENV, DownloadError,
-)
+from invariance_lightning.models.pretrained import SHARED_DIR_ENV, SHARED_WEIGHTS_SUBDIR, WEIGHTS_URL_ENV, DownloadError
 from invariance_lightning.reporting.tables import protocol_numbers
 from invariance_lightning.transforms import TransformSequence
 from invariance_lightning.transforms.normalization import Normalization
@@ -103,7 +102,7 @@ def load_checkpoint_model(path: Path) -> LoadedModel:
             "this recipe measures CIFAR-10/100 models"
         )
     loaded = load_classifier(path, default_normalization=CIFAR_STATS[name])  # for checkpoints that predate it
-    model = loaded.model
+    model = cast(ImageClassifier, loaded.model)  # a .ckpt holds an ImageClassifier
     if model.hparams.num_classes != _NUM_CLASSES[name]:
         raise ValueError(
             f"--checkpoint {path} has num_classes={model.hparams.num_classes}, but its data, {name}, has "
@@ -197,5 +196,6 @@ def measure_published(
     results = evaluate_protocols(loaded.model, images, labels, names, seed=seed, normalize=loaded.normalize,
                                  batch_size=batch_size)
     for name, numbers in results.items():
-        print(f"test  {name:18s} " + "  ".join(f"{k} {v:.4f}" for k, v in protocol_numbers(numbers).items()), flush=True)
+        numbers_text = "  ".join(f"{k} {v:.4f}" for k, v in protocol_numbers(numbers).items())
+        print(f"test  {name:18s} " + numbers_text, flush=True)
     return results, time.perf_counter() - started

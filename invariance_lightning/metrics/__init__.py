@@ -7,8 +7,8 @@ from invariance_lightning.metrics.outputs import OutputKey
 from invariance_lightning.metrics.protocols import PROTOCOLS, ShiftProtocol, evaluate_protocol, protocol_counts
 
 __all__ = [
-    "OutputKey",
     "PROTOCOLS",
+    "OutputKey",
     "ShiftProtocol",
     "TransformConsistency",
     "evaluate_invariance",

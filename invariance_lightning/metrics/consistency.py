@@ -44,6 +44,9 @@ class TransformConsistency(PostComputeMetric):
     is_differentiable = False
     higher_is_better = None
     full_state_update = False
+    # states (add_state) read as attributes; the others are read by name
+    correct: Tensor
+    num_images: Tensor
 
     def __init__(
         self, num_classes: int | None = None, top_k: int | None = 5, num_frames: int | None = None, **kwargs: Any

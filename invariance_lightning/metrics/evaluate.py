@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from invariance_lightning.metrics.consistency import TransformConsistency
 from invariance_lightning.metrics.mode import evaluation_mode
-from invariance_lightning.transforms.base import TransformSequence
 from invariance_lightning.metrics.outputs import check_outputs, class_logits, class_targets, class_targets_error
+from invariance_lightning.transforms.base import TransformSequence
 from invariance_lightning.transforms.normalization import Normalization, normalize_images
 
 ForwardFn = Callable[[nn.Module, Tensor], Any]
@@ -39,7 +39,7 @@ def module_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def check_normalize(normalize: Normalization | None) -> Normalization | None:
+def check_normalize(normalize: object) -> Normalization | None:
     """Validate a ``(mean, std)`` pair of per-channel sequences."""
     if normalize is None:
         return None
@@ -48,7 +48,8 @@ def check_normalize(normalize: Normalization | None) -> Normalization | None:
     mean, std = (tuple(float(v) for v in part) for part in normalize)
     if len(mean) != len(std) or any(s <= 0 for s in std):
         raise ValueError(f"normalize needs mean and std of equal length with std > 0, got mean={mean} std={std}")
-    return mean, std
+    # a plain (mean, std) tuple, unpacked like a Normalization everywhere (yaml.safe_dump writes it, not a NamedTuple)
+    return cast(Normalization, (mean, std))
 
 
 def _batches(images: Tensor | Iterable[Any], targets: Tensor | None) -> Iterator[tuple[Tensor, Tensor | None]]:
@@ -242,7 +243,7 @@ def evaluate_sequences(
     check_outputs("evaluate_sequences", outputs)
     sequences = check_sequences(sequences)
     device = torch.device(device) if device is not None else module_device(model)
-    chunks = iter_sequence_logits(
+    chunks: Iterable[SequenceChunk] = iter_sequence_logits(
         model, images, targets, sequences,
         batch_size=batch_size, normalize=normalize, forward_fn=forward_fn, device=device, outputs=outputs,
     )

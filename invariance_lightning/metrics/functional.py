@@ -43,7 +43,9 @@ def check_logits(
     if classes < 1:
         raise ValueError(f"logits need at least C=1 class, got shape {tuple(logits.shape)}")
     if num_frames < 2:
-        raise ValueError(f"logits need at least T=2 frames to compare, got T={num_frames} (shape {tuple(logits.shape)})")
+        raise ValueError(
+            f"logits need at least T=2 frames to compare, got T={num_frames} (shape {tuple(logits.shape)})"
+        )
     if num_classes is not None and classes != num_classes:
         raise ValueError(f"logits have C={classes} classes but num_classes={num_classes}")
     if not bool(torch.isfinite(logits).all()):

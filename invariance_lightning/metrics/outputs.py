@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -21,7 +21,7 @@ OUTPUTS = ("logits", "probabilities")
 
 def check_outputs(owner: str, outputs: object) -> str:
     """``outputs`` if it is one of :data:`OUTPUTS`; TypeError/ValueError naming the argument otherwise."""
-    return check_choice(owner, "outputs", outputs, OUTPUTS)
+    return cast(str, check_choice(owner, "outputs", outputs, OUTPUTS))
 
 
 class OutputKey:

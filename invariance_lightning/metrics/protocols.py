@@ -14,8 +14,9 @@ by ``dy`` pixels. docs/metrics.md maps each protocol to the authors' code (windo
 from __future__ import annotations
 
 import copy
+import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -23,10 +24,16 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from invariance_lightning.metrics.evaluate import ForwardFn, Normalization, check_normalize, iter_frame_logits, module_device
-from invariance_lightning.metrics.outputs import check_outputs, class_targets, class_targets_error
+from invariance_lightning.metrics.evaluate import (
+    ForwardFn,
+    Normalization,
+    check_normalize,
+    iter_frame_logits,
+    module_device,
+)
 from invariance_lightning.metrics.functional import check_logits, consistency_stats
 from invariance_lightning.metrics.mode import evaluation_mode
+from invariance_lightning.metrics.outputs import check_outputs, class_targets, class_targets_error
 from invariance_lightning.transforms import ShiftSequence, TransformSequence
 from invariance_lightning.transforms.functional import pad_2d, shift
 from invariance_lightning.validation import check_choice, check_int
@@ -231,7 +238,8 @@ class RandomPairProtocol(ShiftProtocol):
         low, high = self.shift_range
         shifts = torch.empty(len(indices), self.frames_per_image, 2, dtype=torch.long)
         for row, index in enumerate(indices.tolist()):
-            shifts[row] = torch.randint(low, high + 1, (self.frames_per_image, 2), generator=image_generator(seed, index))
+            generator = image_generator(seed, index)
+            shifts[row] = torch.randint(low, high + 1, (self.frames_per_image, 2), generator=generator)
         return shifts
 
     def check_size(self, height: int, width: int) -> None:
@@ -255,7 +263,9 @@ class RandomPairProtocol(ShiftProtocol):
                 pairs = logits.unflatten(1, (self.passes, 2)).flatten(0, 1)  # (n * passes, 2, C), image-major
                 pair_targets = None if logit_targets is None else logit_targets.repeat_interleave(self.passes)
                 stats = consistency_stats(pairs, pair_targets, top_k=None)
-                _add(totals, num_images=logits.shape[0], num_pairs=pairs.shape[0], agreeing_pairs=stats["agreeing_pairs"])
+                _add(
+                    totals, num_images=logits.shape[0], num_pairs=pairs.shape[0], agreeing_pairs=stats["agreeing_pairs"]
+                )
                 if pair_targets is not None:
                     _add(totals, num_predictions=2 * pairs.shape[0], correct=stats["correct"].sum())
         return totals
@@ -273,7 +283,7 @@ def _split(sequence: ShiftSequence, size: int) -> list[ShiftSequence]:
     count = max(1, len(sequence) // size)
     bounds = [len(sequence) * i // count for i in range(count + 1)]
     parts = []
-    for start, stop in zip(bounds, bounds[1:]):
+    for start, stop in itertools.pairwise(bounds):
         part = copy.copy(sequence)  # same class and mode, fewer frames
         part.shifts = sequence.shifts[start:stop]
         parts.append(part)
@@ -293,7 +303,7 @@ class _SeparableShifts(ShiftSequence):
         return shift(shift(images, dx, 0, "circular"), 0, dy, "circular")
 
 
-def _grid(axis: list[float]) -> list[tuple[float, float]]:
+def _grid(axis: Sequence[float]) -> list[tuple[float, float]]:
     """``(0, 0)`` first, then every other ``(dx, dy)`` with ``dx, dy`` in ``axis``."""
     return [(0, 0)] + [(dx, dy) for dy in axis for dx in axis if (dx, dy) != (0, 0)]
 
@@ -363,6 +373,7 @@ class AdversarialGridProtocol(ShiftProtocol):
             for part_index, part in enumerate(_split(sequence, frames_per_pass)):
                 start = 0
                 for logits, chunk_targets in run.logits(images, targets, part):
+                    assert chunk_targets is not None  # needs_targets: checked before measuring
                     hits = (logits.argmax(dim=-1) == chunk_targets[:, None]).cpu()  # (n, frames)
                     robust[start : start + hits.shape[0]] &= hits.all(dim=1)
                     if grid == "integer" and part_index == 0:

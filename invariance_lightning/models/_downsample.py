@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 from torch import nn
 
@@ -63,5 +63,6 @@ def make_downsample_pair(
     main = make_downsample(method, main_channels, stride, filter_size, padding_mode)
     if method == "blur":
         return main, BlurPool2d(shortcut_channels, filter_size, stride, padding_mode)
-    leader = main if isinstance(main, APS2d) else main[-1]
+    # the APS2d itself, or the last layer of _aps's (low-pass, APS2d) Sequential
+    leader = main if isinstance(main, APS2d) else cast(APS2d, cast(nn.Sequential, main)[-1])
     return main, _aps(shortcut_channels, stride, filter_size, padding_mode, APS2dFollower(leader))

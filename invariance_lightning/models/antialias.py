@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -41,12 +42,12 @@ _STRIDED_TYPES = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)
 _CONV_PAIRS = (("conv1", "conv2"), ("conv2", "conv3"))
 
 
-def _known_classes() -> tuple[tuple[type, ...], tuple[type, ...]]:
+def _known_classes() -> tuple[tuple[type[nn.Module], ...], tuple[type[nn.Module], ...]]:
     """(ResNet model classes with a ``conv1``/``bn1``/``maxpool`` stem, their residual block classes)."""
     from torchvision.models import resnet as tv
 
-    models: list[type] = [tv.ResNet]
-    blocks: list[type] = [tv.BasicBlock, tv.Bottleneck]
+    models: list[type[nn.Module]] = [tv.ResNet]
+    blocks: list[type[nn.Module]] = [tv.BasicBlock, tv.Bottleneck]
     try:  # timm is optional
         from timm.models import resnet as timm_resnet
     except ImportError:
@@ -68,10 +69,10 @@ class DownsampledInputConv2d(nn.Conv2d):
         super().__init__(
             conv.in_channels,
             conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
+            as_pair(conv.kernel_size),  # (h, w) pairs already: as_pair only types them as pairs
+            stride=as_pair(conv.stride),
+            padding=conv.padding,  # type: ignore[arg-type]  # a str or an (h, w) pair, typed tuple[int, ...]
+            dilation=as_pair(conv.dilation),
             groups=conv.groups,
             bias=conv.bias is not None,
             padding_mode=conv.padding_mode,
@@ -101,7 +102,7 @@ class _Rewrite:
 
     path: str
     converts: tuple[str, ...]
-    apply: Callable[[nn.Module, Method, int], None]
+    apply: Callable[[Any, Method, int], None]  # Any: a torchvision/timm/CifarBasicBlock module, read by name
 
 
 def _join(path: str, name: str) -> str:
@@ -128,7 +129,7 @@ def _block_rewrite(path: str, block: nn.Module) -> _Rewrite | None:
     ):
         return None
 
-    def apply(block: nn.Module, method: Method, filter_size: int) -> None:
+    def apply(block: Any, method: Method, filter_size: int) -> None:
         strided, following, shortcut_conv = getattr(block, pair[0]), getattr(block, pair[1]), block.downsample[0]
         strided.stride = shortcut_conv.stride = (1, 1)
         main, short = make_downsample_pair(
@@ -154,7 +155,7 @@ def _stem_rewrite(path: str, model: nn.Module, stem_conv: bool) -> _Rewrite | No
         return None  # nothing to do, or no max-pool to put the conv's subsampler in front of
     converts = (_join(path, "conv1"),) * strided_conv + (_join(path, "maxpool"),) * strided_pool
 
-    def apply(model: nn.Module, method: Method, filter_size: int) -> None:
+    def apply(model: Any, method: Method, filter_size: int) -> None:
         if not strided_pool:  # only a stem conv deliberately left strided
             return
         conv, pool, channels = model.conv1, model.maxpool, model.bn1.num_features

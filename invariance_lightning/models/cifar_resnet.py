@@ -16,17 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from invariance_lightning.models._downsample import (
-    DOWNSAMPLE_CHOICES,
-    blur_padding,
-    check_method,
-    make_downsample_pair,
-)
+from invariance_lightning.models._downsample import DOWNSAMPLE_CHOICES, blur_padding, check_method, make_downsample_pair
 from invariance_lightning.nn import BlurPool2d
 from invariance_lightning.transforms.normalization import IMAGENET_STATS
 from invariance_lightning.validation import check_choice, check_int
 
 Downsample = Literal["stride", "blur", "aps"]
+#: What ``nn.Conv2d`` accepts as ``padding_mode`` (:func:`cifar_resnet` offers "zeros" and "circular").
+ConvPaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 CIFAR_RESNET_DEPTHS: tuple[int, ...] = (20, 32, 44, 56, 110)
 
 
@@ -44,7 +41,9 @@ class CifarBasicBlock(nn.Module):
     method (for "aps", the component the main path chose).
     """
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, padding_mode: str = "zeros") -> None:
+    def __init__(
+        self, in_planes: int, planes: int, stride: int = 1, padding_mode: ConvPaddingMode = "zeros"
+    ) -> None:
         super().__init__()
         if stride == 1 and in_planes != planes:
             raise ValueError(f"a stride-1 block keeps its width, got in_planes={in_planes}, planes={planes}")
@@ -86,8 +85,12 @@ class CifarBasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """conv3x3(16) -> BN -> ReLU -> 3 stages of ``n`` blocks (16, 32, 64 ch) -> global avg pool -> ``linear``."""
 
+    layer1: nn.Sequential  # the three stages, added by name in __init__
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+
     def __init__(
-        self, blocks_per_stage: int, num_classes: int = 10, padding_mode: str = "zeros"
+        self, blocks_per_stage: int, num_classes: int = 10, padding_mode: ConvPaddingMode = "zeros"
     ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 16, 3, 1, padding=1, bias=False, padding_mode=padding_mode)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+from typing import Literal, cast
 
 from torch import nn
 
-from invariance_lightning.models._downsample import DOWNSAMPLE_CHOICES
+from invariance_lightning.models._downsample import DOWNSAMPLE_CHOICES, Method
 from invariance_lightning.models.antialias import antialias
-from invariance_lightning.models.cifar_resnet import CIFAR_RESNET_DEPTHS, cifar_resnet
+from invariance_lightning.models.cifar_resnet import CIFAR_RESNET_DEPTHS, Downsample, cifar_resnet
 from invariance_lightning.validation import check_choice
+
 _CIFAR_NAME = re.compile(r"cifar_resnet(\d+)")
 
 
@@ -34,8 +36,9 @@ def build_backbone(
         depth = int(match.group(1))
         if depth not in CIFAR_RESNET_DEPTHS:
             raise ValueError(f"unknown backbone {name!r}: CIFAR ResNet depths are {list(CIFAR_RESNET_DEPTHS)}")
-        return cifar_resnet(
-            depth, num_classes=num_classes, downsample=downsample, filter_size=filter_size, padding_mode=padding_mode
+        return cifar_resnet(  # downsample checked above, padding_mode by cifar_resnet
+            depth, num_classes=num_classes, downsample=cast(Downsample, downsample), filter_size=filter_size,
+            padding_mode=cast(Literal["zeros", "circular"], padding_mode),
         )
     library, _, model_name = name.partition(":")
     if library == "torchvision" and model_name:
@@ -53,4 +56,6 @@ def build_backbone(
         )
     if padding_mode != "zeros":
         raise ValueError(f"padding_mode={padding_mode!r} is only supported for cifar_resnet backbones")
-    return model if downsample == "stride" else antialias(model, method=downsample, filter_size=filter_size, inplace=True)
+    if downsample == "stride":
+        return model
+    return antialias(model, method=cast(Method, downsample), filter_size=filter_size, inplace=True)

@@ -44,7 +44,8 @@ def write_png(figure: Figure, path: Path | str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.image import imsave
 
-    if any(rcParams[f"savefig.{key}"] != value for key, value in SAVEFIG_DEFAULTS.items()):
+    # rcParams' stubs only take literal keys
+    if any(rcParams[f"savefig.{key}"] != value for key, value in SAVEFIG_DEFAULTS.items()):  # type: ignore[index]
         figure.savefig(path, format="png")  # the user's savefig settings change the pixels: let savefig apply them
         return
     canvas = figure.canvas
@@ -70,7 +71,9 @@ def save_figures(folder: Path, figures: Mapping[str, Figure]) -> list[Path]:
     return paths
 
 
-def per_frame_figure(sequence: TransformSequence, metrics_by_split: Mapping[str, Mapping[str, Tensor]], title: str) -> Figure:
+def per_frame_figure(
+    sequence: TransformSequence, metrics_by_split: Mapping[str, Mapping[str, Tensor]], title: str
+) -> Figure:
     """Accuracy per frame and flip rate per transition along ``sequence``, one line per split."""
     fig = _figure(9, 3.4)
     acc_ax, flip_ax = fig.subplots(1, 2)
@@ -157,6 +160,7 @@ def flip_grid_figure(
         return class_names[label] if class_names and label < len(class_names) else str(label)
 
     for row, image_index in enumerate(order.tolist()):
+        assert frames is not None  # drawn above whenever there are images to show
         for t in range(num_frames):
             ax = axes[row][t]
             frame = frames[row, t]

@@ -68,7 +68,7 @@ def summary_markdown(results: Mapping[str, Mapping[str, Tensor]]) -> str:
 def per_frame_markdown(metrics: Mapping[str, Tensor], sequence: TransformSequence) -> str:
     """Per-frame accuracy and the flip rate from the previous frame, one row per frame."""
     accuracy = metrics.get("per_frame_accuracy")
-    flips = [math.nan] + metrics["per_frame_flip_rate"].tolist()
+    flips = [math.nan, *metrics["per_frame_flip_rate"].tolist()]
     lines = ["| frame | accuracy | flip rate from previous |", "|---|---:|---:|"]
     for t, label in enumerate(sequence.frame_labels):
         acc = "" if accuracy is None else format_cell(float(accuracy[t]))

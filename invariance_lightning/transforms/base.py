@@ -29,7 +29,9 @@ def check_images(images: Any, name: str = "images") -> Tensor:
     if not isinstance(images, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (N, C, H, W), got {type(images).__name__}")
     if images.ndim != 4:
-        raise ValueError(f"{name} must have shape (N, C, H, W), got a {images.ndim}-D tensor of shape {tuple(images.shape)}")
+        raise ValueError(
+            f"{name} must have shape (N, C, H, W), got a {images.ndim}-D tensor of shape {tuple(images.shape)}"
+        )
     if not images.is_floating_point():
         raise TypeError(
             f"{name} must be floating point (e.g. uint8 images divided by 255), got dtype {images.dtype}"

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from kornia.geometry.transform import translate
 from torch import Tensor
 
+
 def pad_2d(images: Tensor, left: int, right: int, top: int, bottom: int, mode: str, fill: float = 0.0) -> Tensor:
     """Pad the last two dims; ``mode`` is ``"zeros"`` (constant ``fill``), ``"reflect"``, ``"replicate"`` or
     ``"circular"``.

@@ -147,7 +147,7 @@ def with_transform(dataset: Dataset, transform: Callable[..., Any] | None) -> Da
     that carry a ``transform``; the data itself is shared, never copied. A torchvision ``VisionDataset``'s
     ``transforms`` (the ``StandardTransform`` pairing it with ``target_transform``) follows along.
     """
-    node = copy.copy(dataset)
+    node: Any = copy.copy(dataset)  # any dataset class: its attributes are found by name
     inner = getattr(node, "dataset", None)
     if inner is not None and inner is not dataset:
         node.dataset = with_transform(inner, transform)

@@ -27,7 +27,7 @@ def _direction_shifts(max_shift: float, step: float, direction: str) -> list[tup
 def _grid_shifts(max_shift: float, step: float) -> list[tuple[float, float]]:
     """Every (dx, dy) in [0, max_shift]^2, in snake order so that consecutive frames are one step apart."""
     axis = [dx for dx, _ in _direction_shifts(max_shift, step, "horizontal")]
-    rows = []
+    rows: list[tuple[float, float]] = []
     for row, dy in enumerate(axis):
         columns = axis if row % 2 == 0 else axis[::-1]
         rows.extend((dx, dy) for dx in columns)
@@ -163,7 +163,10 @@ class ShiftSequence(TransformSequence):
         top, left = (height - crop_h) // 2, (width - crop_w) // 2
         rows = [top - dy for _, dy in self.shifts]
         cols = [left - dx for dx, _ in self.shifts]
-        if crop_h <= 0 or crop_w <= 0 or min(rows) < 0 or max(rows) + crop_h > height or min(cols) < 0 or max(cols) + crop_w > width:
+        if (
+            crop_h <= 0 or crop_w <= 0
+            or min(rows) < 0 or max(rows) + crop_h > height or min(cols) < 0 or max(cols) + crop_w > width
+        ):
             raise ValueError(
                 f"a {crop_h}x{crop_w} crop window shifted by up to (dx={max_dx}, dy={max_dy}) does not fit "
                 f"{height}x{width} images: the window needs crop_size + 2 * shift <= image size on each axis"

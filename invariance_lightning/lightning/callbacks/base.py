@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from invariance_lightning.lightning.callbacks.inputs import InputSpace, resolve_input_space
 from invariance_lightning.lightning.callbacks.measure import (
     ModuleForward,
     NonFiniteLogitsError,
@@ -18,14 +19,13 @@ from invariance_lightning.lightning.callbacks.measure import (
     measure_sequences,
     targets_error,
 )
-from invariance_lightning.reporting.figures import FLIP_GRID_IMAGES, flip_grid_figure, per_frame_figure
 from invariance_lightning.lightning.callbacks.sinks import FigureSink, Table
-from invariance_lightning.lightning.packages import CALLBACK_BASES, is_overridden
-from invariance_lightning.lightning.callbacks.inputs import InputSpace, resolve_input_space
 from invariance_lightning.lightning.callbacks.subsets import SPLITS, BatchKey, PipelineFacts
+from invariance_lightning.lightning.packages import CALLBACK_BASES, is_overridden
 from invariance_lightning.metrics.evaluate import as_float_images, check_normalize
-from invariance_lightning.metrics.outputs import check_outputs, class_logits, with_output_key
 from invariance_lightning.metrics.mode import evaluation_mode
+from invariance_lightning.metrics.outputs import check_outputs, class_logits, with_output_key
+from invariance_lightning.reporting.figures import FLIP_GRID_IMAGES, flip_grid_figure, per_frame_figure
 from invariance_lightning.transforms import Normalization, TransformSequence
 from invariance_lightning.validation import check_choice, check_int
 
@@ -35,7 +35,8 @@ NONFINITE_POLICIES = ("warn", "raise")
 CONSTANT_PREDICTION_SHARE = 0.99
 
 
-class InvarianceCallbackBase(*CALLBACK_BASES):  # a Callback of lightning.pytorch and of pytorch_lightning
+# a Callback of lightning.pytorch and of pytorch_lightning (bases unpacked from a tuple, which mypy cannot follow)
+class InvarianceCallbackBase(*CALLBACK_BASES):  # type: ignore[misc]
     """Common machinery of :class:`InvarianceMonitor` and :class:`InvarianceReport`."""
 
     def __init__(
@@ -66,11 +67,13 @@ class InvarianceCallbackBase(*CALLBACK_BASES):  # a Callback of lightning.pytorc
         owner = type(self).__name__
         check_choice(owner, "on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         if normalize != "auto":
-            normalize = check_normalize(normalize)  # type: ignore[arg-type]
+            normalize = check_normalize(normalize)
         if data_normalization != "auto":
-            data_normalization = check_normalize(data_normalization)  # type: ignore[arg-type]
+            data_normalization = check_normalize(data_normalization)
         if plain_transform is not None and not callable(plain_transform):
-            raise TypeError(f"{owner}: plain_transform must be a callable transform, got {type(plain_transform).__name__}")
+            raise TypeError(
+                f"{owner}: plain_transform must be a callable transform, got {type(plain_transform).__name__}"
+            )
         datasets = dict(datasets or {})
         unknown = sorted(set(datasets) - set(SPLITS))
         if unknown:
@@ -140,9 +143,9 @@ class InvarianceCallbackBase(*CALLBACK_BASES):  # a Callback of lightning.pytorc
                     f"{type(self).__name__} needs (N, C) logits from the module on the {split!r} images: {error}"
                 ) from None
         self._num_classes = logits.shape[1]
-        error = targets_error(targets, self._num_classes, split)
-        if error is not None:
-            raise ValueError(f"{type(self).__name__}: {error}")
+        problem = targets_error(targets, self._num_classes, split)
+        if problem is not None:
+            raise ValueError(f"{type(self).__name__}: {problem}")
 
     # -- measuring -------------------------------------------------------------------------------
     def _measure(
@@ -241,7 +244,7 @@ class InvarianceCallbackBase(*CALLBACK_BASES):  # a Callback of lightning.pytorc
             rows, flips = [], []
             for split, metrics in by_split.items():
                 accuracy = metrics.get("per_frame_accuracy")
-                flip = [math.nan] + metrics["per_frame_flip_rate"].tolist()
+                flip = [math.nan, *metrics["per_frame_flip_rate"].tolist()]
                 for t, (value, label) in enumerate(zip(sequence.frame_values, sequence.frame_labels)):
                     acc = math.nan if accuracy is None else float(accuracy[t])
                     rows.append([epoch, split, label, value, acc, flip[t]])
@@ -253,6 +256,7 @@ class InvarianceCallbackBase(*CALLBACK_BASES):  # a Callback of lightning.pytorc
             )
             split, result = next(iter(measured.items()))  # the first split's images, this process's shard
             examples = result[name].examples  # rank zero's shard is never empty
+            assert examples.images is not None and examples.predictions is not None
             figures[f"{self.prefix}_plots/{name}/flips_{split}"] = flip_grid_figure(
                 examples.images.cpu(),
                 examples.predictions.cpu(),
@@ -289,7 +293,7 @@ class InvarianceCallbackBase(*CALLBACK_BASES):  # a Callback of lightning.pytorc
 
 def class_names_of(trainer: pl.Trainer, facts: PipelineFacts | None = None) -> list[str] | None:
     """The datamodule's ``classes`` attribute as strings, else the dataset's (``facts.classes``), else None."""
-    classes = getattr(trainer.datamodule, "classes", None)
+    classes = getattr(trainer.datamodule, "classes", None)  # type: ignore[attr-defined]  # set by the data connector
     if classes is not None:
         return [str(c) for c in classes]
     return None if facts is None else facts.classes
@@ -299,7 +303,7 @@ def device_transfer(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Calla
     """Move a batch to the module's device with the ``transfer_batch_to_device`` hook Lightning would use (the
     datamodule's where it overrides it, e.g. to decode images there), without the before/after-transfer hooks,
     which may augment or normalize."""
-    datamodule = trainer.datamodule
+    datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by the Trainer's data connector
     overrides = datamodule is not None and is_overridden("transfer_batch_to_device", datamodule)
     owner = datamodule if overrides else pl_module
     return lambda batch: owner.transfer_batch_to_device(batch, pl_module.device, 0)

@@ -80,7 +80,7 @@ def resolve_input_space(
     when the images are outside [0, 1] and nothing says how they were normalized, or when a raw model input may
     depend on an ``on_after_batch_transfer`` hook the callback skips.
     """
-    data = found if data_normalization == "auto" else check_normalize(data_normalization)  # type: ignore[arg-type]
+    data = found if data_normalization == "auto" else check_normalize(data_normalization)
     if data is not None and found is not None and data != found:
         raise ValueError(
             f"{owner}: data_normalization={tuple(data)}, but the Normalize in the {split!r} dataset's transforms uses "
@@ -89,13 +89,13 @@ def resolve_input_space(
     if normalize == "auto":
         model = _model_normalization(trainer, pl_module, data)
     else:
-        model = check_normalize(normalize)  # type: ignore[arg-type]
+        model = check_normalize(normalize)
         if data is not None and model != data:
             origin = "the dataset's transforms normalize" if data_normalization == "auto" else "data_normalization says"
             raise ValueError(
                 f"{owner}: {origin} the {split!r} batches with {tuple(data)}, so the model is fed images normalized "
-                f"that way, but normalize={None if model is None else tuple(model)}; leave normalize='auto' (or pass the "
-                "same statistics), or pass data_normalization=None if the batches are in fact raw images in [0, 1]"
+                f"that way, but normalize={None if model is None else tuple(model)}; leave normalize='auto' (or pass "
+                "the same statistics), or pass data_normalization=None if the batches are in fact raw images in [0, 1]"
             )
     space = InputSpace(data, model)
     if not images.is_floating_point():
@@ -115,9 +115,9 @@ def resolve_input_space(
     if data is None and not _is_raw(low, high):
         if model is not None:
             raise ValueError(
-                f"{owner}: the {split!r} images range over [{low:.4g}, {high:.4g}], not [0, 1], so they look normalized "
-                f"already, and normalize={tuple(model)} would normalize them again; if the batches are normalized "
-                "with (mean, std), pass data_normalization=(mean, std)"
+                f"{owner}: the {split!r} images range over [{low:.4g}, {high:.4g}], not [0, 1], so they look "
+                f"normalized already, and normalize={tuple(model)} would normalize them again; if the batches are "
+                "normalized with (mean, std), pass data_normalization=(mean, std)"
             )
         rank_zero_warn(
             f"{owner}: the {split!r} images range over [{low:.4g}, {high:.4g}], not [0, 1], and no torchvision "

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
 from invariance_lightning.metrics import TransformConsistency
-from invariance_lightning.metrics.evaluate import Normalization, iter_sequence_logits
-from invariance_lightning.metrics.outputs import class_targets_error
+from invariance_lightning.metrics.evaluate import ForwardFn, Normalization, iter_sequence_logits
 from invariance_lightning.metrics.mode import evaluation_mode
+from invariance_lightning.metrics.outputs import class_targets_error
 from invariance_lightning.transforms import TransformSequence
 
 #: ``forward_fn(pl_module, x) -> logits``. The return type is ``Any``, not ``Tensor``: for a ``Callable`` returning a
@@ -49,6 +49,7 @@ class FlipExamples:
     def add(self, images: Tensor, predictions: Tensor, targets: Tensor | None) -> None:
         """Offer ``images`` (n, C, H, W) with their ``predictions`` (n, T) and ``targets`` (n,) or None."""
         if self.images is not None:
+            assert self.predictions is not None  # kept together with images
             images = torch.cat([self.images, images])
             predictions = torch.cat([self.predictions, predictions])
             targets = None if targets is None or self.targets is None else torch.cat([self.targets, targets])
@@ -96,7 +97,8 @@ def measure_sequences(
     (``batch_size`` bounds the frames per forward pass); each measurement keeps this process's
     ``examples`` most-flipping images. Every process must call this (syncing is collective), also
     with no batches. Raises on every process: ``ValueError`` if any process met targets outside
-    ``[0, num_classes)`` or outputs the loop rejects (e.g. probabilities outside [0, 1]), then :class:`NonFiniteLogitsError` if any process saw non-finite logits.
+    ``[0, num_classes)`` or outputs the loop rejects (e.g. probabilities outside [0, 1]), then
+    :class:`NonFiniteLogitsError` if any process saw non-finite logits.
     ``outputs`` says how the module's outputs become logits (see
     :func:`~invariance_lightning.metrics.outputs.class_logits`: a binary module's ``(N,)`` or ``(N, 1)`` logit
     gives two classes; ``"probabilities"`` for a module ending in a softmax or sigmoid).
@@ -109,7 +111,8 @@ def measure_sequences(
     with evaluation_mode(pl_module), trainer.precision_plugin.val_step_context():
         chunks = iter_sequence_logits(
             pl_module, batches, None, sequences,
-            batch_size=batch_size, normalize=normalize, forward_fn=forward_fn, device=device, outputs=outputs,
+            batch_size=batch_size, normalize=normalize, device=device, outputs=outputs,
+            forward_fn=cast("ForwardFn | None", forward_fn),  # called with pl_module only
         )
         try:
             for chunk in chunks:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
@@ -17,12 +17,12 @@ from invariance_lightning.lightning.callbacks.inputs import InputSpace
 from invariance_lightning.lightning.callbacks.measure import ModuleForward, NonFiniteLogitsError, SequenceMeasurement
 from invariance_lightning.lightning.callbacks.subsets import BatchKey, ImageSubset, check_splits, draw_subset
 from invariance_lightning.lightning.published import ProtocolTotals, check_protocol_names, summarize
+from invariance_lightning.metrics.evaluate import ForwardFn
 from invariance_lightning.metrics.protocols import PROTOCOLS
 from invariance_lightning.reporting.figures import history_figure
 from invariance_lightning.reporting.tables import protocol_numbers
 from invariance_lightning.transforms import Normalization, TransformSequence, sequence_preset
 from invariance_lightning.validation import check_int
-
 
 #: Images per split under ``Trainer(fast_dev_run=...)``.
 FAST_DEV_RUN_SAMPLES = 8
@@ -159,7 +159,8 @@ class InvarianceMonitor(InvarianceCallbackBase):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.subsets = {}
         num_samples = self.num_samples
-        if trainer.fast_dev_run:  # a quick check of the code path, like Lightning's own callbacks
+        # a quick check of the code path, like Lightning's own callbacks (fast_dev_run: set by the Trainer's setup)
+        if trainer.fast_dev_run:  # type: ignore[attr-defined]
             num_samples = min(num_samples, FAST_DEV_RUN_SAMPLES)
         transfer = device_transfer(trainer, pl_module)
         spaces = {}
@@ -238,7 +239,9 @@ class InvarianceMonitor(InvarianceCallbackBase):
             protocol = PROTOCOLS[name]
             protocol.check_size(images.shape[-2], images.shape[-1])
             if protocol.needs_targets and subset.targets is None:
-                raise ValueError(f"InvarianceMonitor: protocol {name!r} needs targets, but the {split!r} batches have none")
+                raise ValueError(
+                    f"InvarianceMonitor: protocol {name!r} needs targets, but the {split!r} batches have none"
+                )
         if images.is_floating_point() and not (0.0 <= float(images.min()) and float(images.max()) <= 1.0):
             raise ValueError(
                 f"InvarianceMonitor: protocols need un-normalized {split!r} images (uint8, or float in [0, 1]: shifts "
@@ -258,7 +261,8 @@ class InvarianceMonitor(InvarianceCallbackBase):
         shard = subset.shard(rank, world_size)
         totals = ProtocolTotals(
             self.protocols, seed=self.seed, normalize=self._normalize_values, batch_size=self.batch_size,
-            device=pl_module.device, forward_fn=self.forward_fn, outputs=self.outputs,
+            device=pl_module.device, outputs=self.outputs,
+            forward_fn=cast("ForwardFn | None", self.forward_fn),  # called with pl_module only
         )
         error = None
         try:

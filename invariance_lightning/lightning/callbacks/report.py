@@ -84,7 +84,9 @@ class InvarianceReport(InvarianceCallbackBase):
         )
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
-        if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1):
+        if num_samples is not None and (
+            isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
+        ):
             raise ValueError(f"num_samples must be None (whole split) or a positive int, got {num_samples!r}")
         self.split = split
         self.num_samples = num_samples
@@ -97,7 +99,9 @@ class InvarianceReport(InvarianceCallbackBase):
         if self.split == "test":
             self.run(trainer, pl_module, log=True)
 
-    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, log: bool = False) -> dict[str, dict[str, Tensor]]:
+    def run(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, log: bool = False
+    ) -> dict[str, dict[str, Tensor]]:
         """Measure now; ``log`` sends scalars through ``pl_module.log`` (only valid inside a Lightning hook)."""
         limit = images_within_limit(trainer, self.split)
         stream = split_stream(
@@ -139,6 +143,7 @@ class InvarianceReport(InvarianceCallbackBase):
         return scope
 
     def _write(self, num_images: int | None) -> None:
+        assert self.output_dir is not None  # called only when there is one
         title = f"Invariance report: {self.scope}"
         payload = {"split": self.split, "num_images": num_images, "measured": self.scope}
         write_report(self.output_dir, "invariance_report", payload, self.results, self.sequences, title)

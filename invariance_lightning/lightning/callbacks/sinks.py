@@ -65,11 +65,18 @@ class FigureSink:
             elif isinstance(logger, TENSORBOARD_LOGGERS):
                 self._attempt("TensorBoard figures", self._to_tensorboard, logger, trainer, figures)
         # under fast_dev_run Lightning writes no logs or checkpoints, and neither do the callbacks
-        if not trainer.fast_dev_run and not any(isinstance(logger, WANDB_LOGGERS) for logger in loggers):
+        fast_dev_run = trainer.fast_dev_run  # type: ignore[attr-defined]  # set by the Trainer's setup
+        if not fast_dev_run and not any(isinstance(logger, WANDB_LOGGERS) for logger in loggers):
             self._attempt("PNG files", self._to_files, trainer, figures, epoch)
 
     @staticmethod
-    def _to_wandb(logger: Any, trainer: pl.Trainer, figures, tables, line_plots) -> None:
+    def _to_wandb(
+        logger: Any,
+        trainer: pl.Trainer,
+        figures: Mapping[str, Figure],
+        tables: Mapping[str, Table],
+        line_plots: Mapping[str, tuple[str, Table]],
+    ) -> None:
         import wandb
 
         payload: dict[str, Any] = {key: wandb.Image(fig) for key, fig in figures.items()}
@@ -82,12 +89,12 @@ class FigureSink:
         logger.experiment.log(payload)
 
     @staticmethod
-    def _to_tensorboard(logger: Any, trainer: pl.Trainer, figures) -> None:
+    def _to_tensorboard(logger: Any, trainer: pl.Trainer, figures: Mapping[str, Figure]) -> None:
         for key, fig in figures.items():
             logger.experiment.add_figure(key, fig, global_step=trainer.global_step, close=False)
 
     @staticmethod
-    def _to_files(trainer: pl.Trainer, figures, epoch: int) -> None:
+    def _to_files(trainer: pl.Trainer, figures: Mapping[str, Figure], epoch: int) -> None:
         # trainer.log_dir is the logger's folder, or default_root_dir without a logger; a logger without a local
         # folder gives "" there (the working directory), so default_root_dir, where Lightning keeps checkpoints
         folder = Path(trainer.log_dir or trainer.default_root_dir) / "invariance_plots"

@@ -218,7 +218,8 @@ class SplitStream:
             )
             self.facts = PipelineFacts(find_normalization(described), None, _names(classes))
             return
-        self.indices = _draw_indices(len(self.dataset), num_samples, seed, split, limit)
+        size = len(self.dataset)  # type: ignore[arg-type]  # _indexable keeps only datasets with a __len__
+        self.indices = _draw_indices(size, num_samples, seed, split, limit)
         self.num_images = len(self.indices)
         randomly = reads_randomly(self.dataset, self.indices[0])
         self.facts = PipelineFacts(find_normalization(self.dataset), randomly, _names(classes))
@@ -229,6 +230,7 @@ class SplitStream:
     def probe(self) -> tuple[Tensor, Tensor | None]:
         """The first (at most two) images of the split and their targets: the same on every process."""
         if self.indices is not None:
+            assert self.dataset is not None  # indices are drawn from a dataset only
             return self._unpack(self.collate_fn([self.dataset[i] for i in self.indices[:2]]))
         for batch in self.loader:
             images, targets = self._unpack(batch)
@@ -237,6 +239,7 @@ class SplitStream:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor | None]]:
         if self.indices is not None:
+            assert self.dataset is not None  # indices are drawn from a dataset only
             share = Subset(self.dataset, self.indices[self.rank :: self.world_size])
             # its own generator: iterating a DataLoader draws a worker seed, which must not consume the global RNG
             reader = DataLoader(
@@ -326,7 +329,7 @@ def images_within_limit(trainer: pl.Trainer, split: str) -> int | None:
     if isinstance(limit, int):
         return limit * batch_size * trainer.world_size
     try:
-        return int(len(loader) * limit) * batch_size
+        return int(len(loader) * limit) * batch_size  # type: ignore[arg-type]  # not None: it has a batch_size
     except TypeError:  # a loader without a length
         return None
 
@@ -351,7 +354,7 @@ def draw_subset(
     at a time.
     """
     check_choice("draw_subset", "split", split, SPLITS)
-    datamodule = trainer.datamodule
+    datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by the Trainer's data connector
     overridden = dataset is not None or plain_transform is not None
     if not overridden and datamodule is not None and hasattr(datamodule, "split_arrays"):
         images, targets = datamodule.split_arrays(split)
@@ -367,7 +370,7 @@ def draw_subset(
         raise ValueError(f"the {split!r} split is empty: nothing to measure invariance on")
     images = torch.cat([images for images, _ in batches])
     has_targets = all(targets is not None for _, targets in batches)
-    targets = torch.cat([targets for _, targets in batches]) if has_targets else None
+    targets = torch.cat([targets for _, targets in batches if targets is not None]) if has_targets else None
     return ImageSubset(images, targets, stream.indices or list(range(len(images))), stream.facts)
 
 

@@ -65,8 +65,8 @@ class ImageClassificationDataModule(pl.LightningDataModule):
     """
 
     #: Per-channel mean and standard deviation of the dataset's images in ``[0, 1]``.
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
 
     def __init__(
         self, *, batch_size: int, num_workers: int, seed: int, drop_last: bool, pin_memory: bool | None

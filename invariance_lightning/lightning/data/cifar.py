@@ -122,6 +122,8 @@ class CIFARDataModule(ImageClassificationDataModule):
         move_to_device: on the fast path, keep the splits on the trainer's device.
     """
 
+    name: str  # LightningDataModule declares it Optional; here it is always one of the dataset names
+
     def __init__(
         self,
         name: str = "cifar10",

@@ -21,6 +21,7 @@ frees the CPU workers for reading, and crops/resizes there too. Non-JPEG files i
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -69,7 +70,7 @@ class EncodedBatch(NamedTuple):
     def files(self) -> list[torch.Tensor]:
         """The encoded files, as views of ``data``."""
         bounds = self.offsets.tolist()
-        return [self.data[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
+        return [self.data[start:end] for start, end in itertools.pairwise(bounds)]
 
 
 def _decode_rgb(data: torch.Tensor, path: str) -> torch.Tensor:

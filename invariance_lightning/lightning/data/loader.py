@@ -30,7 +30,9 @@ def epoch_sampler(
     them out), so all ranks run the same number of batches.
     """
     # DistributedSampler only needs len(dataset); a range stands in for the dataset.
-    return DistributedSampler(range(num_examples), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+    return DistributedSampler(
+        range(num_examples), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed  # type: ignore[arg-type]
+    )
 
 
 class TensorImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
