@@ -17,10 +17,19 @@ from invariance_lightning.augment import (
     consistency_loss,
 )
 from invariance_lightning.diagnostics import EquivarianceReport, LayerEquivariance, layer_equivariance
-from invariance_lightning.metrics import TransformConsistency, evaluate_invariance, transform_consistency
+from invariance_lightning.metrics import (
+    PROTOCOLS,
+    TransformConsistency,
+    evaluate_invariance,
+    evaluate_protocol,
+    evaluate_sequences,
+    transform_consistency,
+)
 from invariance_lightning.models import ShiftAveraging, antialias, build_backbone, cifar_resnet, load_cifar_resnet
 from invariance_lightning.nn import APS2d, BlurPool2d
 from invariance_lightning.transforms import (
+    CIFAR_STATS,
+    IMAGENET_STATS,
     Normalization,
     ScaleSequence,
     ShiftSequence,
@@ -65,6 +74,9 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "CIFAR_STATS",
+    "IMAGENET_STATS",
+    "PROTOCOLS",
     "APS2d",
     "BatchAugmentation",
     "BlurPool2d",
@@ -90,6 +102,8 @@ __all__ = [
     "cifar_resnet",
     "consistency_loss",
     "evaluate_invariance",
+    "evaluate_protocol",
+    "evaluate_sequences",
     "layer_equivariance",
     "load_cifar_resnet",
     "load_classifier",

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from invariance_lightning.augment import (
-    PRESETS,
+    AUGMENTATION_PRESETS,
     AntialiasedRandomAffine,
     BatchAugmentation,
     antialias_sigma,
@@ -144,7 +144,7 @@ def test_uint8_and_unit_float_inputs_give_the_same_output() -> None:
     assert torch.allclose(from_uint8.double(), from_float, atol=1e-6)
 
 
-@pytest.mark.parametrize("preset", PRESETS[1:])
+@pytest.mark.parametrize("preset", AUGMENTATION_PRESETS[1:])
 def test_seeded_presets_are_deterministic_and_leave_global_rng_alone(preset: str) -> None:
     images = uint8_images(8)
     first = build_augmentation(preset, image_size=32, seed=11)
@@ -222,3 +222,12 @@ def test_bad_images_raise_clear_errors() -> None:
         aug(uint8_images(2).permute(0, 2, 3, 1))  # NHWC by mistake
     with pytest.raises(ValueError, match=r"\(H, W\) = \(32, 32\)"):
         aug(uint8_images(2, size=28))
+
+
+def test_the_old_name_of_the_preset_list_still_works_and_warns():
+    import invariance_lightning.augment as augment
+    from invariance_lightning.augment import presets
+
+    for module in (augment, presets):
+        with pytest.warns(DeprecationWarning, match=r"PRESETS is deprecated.*use .*AUGMENTATION_PRESETS"):
+            assert module.PRESETS is AUGMENTATION_PRESETS

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from invariance_lightning.lightning.data import DATA_DIR_ENV, CIFARDataModule, TensorBatchLoader, read_cifar_npz
+from invariance_lightning.locations import SHARED_DIR_ENV
 
 CLASSES = [f"class{i}" for i in range(10)]
 
@@ -36,6 +37,12 @@ def _write(folder: Path, name: str = "cifar10", n_train: int = 200, n_test: int 
 def _index(images: torch.Tensor) -> torch.Tensor:
     """Row indices encoded in the first pixel of uint8 NCHW images."""
     return images[:, 0, 0, 0].long() + 256 * images[:, 1, 0, 0].long()
+
+
+@pytest.fixture(autouse=True)
+def _no_shared_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No shared folder unless a test makes one: the real one beside the checkout holds CIFAR-10."""
+    monkeypatch.setenv(SHARED_DIR_ENV, str(tmp_path / "no-shared-folder"))
 
 
 @pytest.fixture
@@ -117,6 +124,17 @@ def test_data_dir_comes_before_the_environment_variable(tmp_path, monkeypatch):
     _write(tmp_path / "env", n_train=120)
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "env"))
     assert CIFARDataModule(data_dir=_write(tmp_path / "arg"), download=False, val_split=0).split_size("train") == 200
+
+
+def test_without_a_folder_or_the_variable_the_shared_folders_data_is_used_after_the_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    _write(tmp_path / "shared" / "data" / "cifar10", n_train=130)
+    monkeypatch.setenv(SHARED_DIR_ENV, str(tmp_path / "shared"))
+    dm = CIFARDataModule(download=False, val_split=0)
+    assert dm.split_size("train") == 130 and dm.source == str(tmp_path / "shared" / "data" / "cifar10")
+    _write(tmp_path / "env", n_train=120)
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "env"))
+    assert CIFARDataModule(download=False, val_split=0).split_size("train") == 120
 
 
 def test_missing_data_error_lists_places_and_fixes(tmp_path, monkeypatch):

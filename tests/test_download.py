@@ -26,7 +26,6 @@ from invariance_lightning.models.pretrained import (
     PretrainedFile,
     download_file,
     release_name,
-    resolve_cifar_resnet_weights,
     weights_cache_dir,
 )
 
@@ -40,6 +39,12 @@ RELEASE = {
     "resnet20": ("resnet20-12fca82f.th", 1_099_231, "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8"),
     "resnet56": ("resnet56-4bfd9763.th", 3_471_733, "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367"),
 }
+
+
+@pytest.fixture(autouse=True)
+def _no_shared_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No shared folder: the real one beside the checkout would answer every lookup of resnet20/56 first."""
+    monkeypatch.setenv(SHARED_DIR_ENV, str(tmp_path / "no-shared-folder"))
 
 
 @pytest.fixture
@@ -183,29 +188,29 @@ def test_weights_are_resolved_from_a_file_a_search_folder_or_the_shared_folder(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # an empty cache
     file = tmp_path / "mine.pt"
     file.write_bytes(b"weights")
-    assert resolve_cifar_resnet_weights(str(file)) == file  # a file is used as it is
+    assert cifar_resnet_weights(str(file)) == file  # a file is used as it is
     assert release_name(str(file)) is None and release_name("resnet32") == "resnet32"  # any depth of the release
     monkeypatch.chdir(tmp_path)
     Path("resnet44").write_bytes(b"a file that happens to carry a model's name")
-    assert release_name("resnet44") is None and resolve_cifar_resnet_weights("resnet44") == Path("resnet44")
+    assert release_name("resnet44") is None and cifar_resnet_weights("resnet44") == Path("resnet44")
     first, shared = tmp_path / "first", tmp_path / "shared"
     (shared / SHARED_WEIGHTS_SUBDIR).mkdir(parents=True)
     (shared / SHARED_WEIGHTS_SUBDIR / "resnet20-local.th").write_bytes(b"shared copy")
     first.mkdir()
     monkeypatch.setenv(SHARED_DIR_ENV, str(shared))
-    assert resolve_cifar_resnet_weights("resnet20", search_dirs=[first]).name == "resnet20-local.th"
+    assert cifar_resnet_weights("resnet20", search_dirs=[first]).name == "resnet20-local.th"
     (first / "resnet20-first.th").write_bytes(b"first")
-    assert resolve_cifar_resnet_weights("resnet20", search_dirs=[first]).name == "resnet20-first.th"
+    assert cifar_resnet_weights("resnet20", search_dirs=[first]).name == "resnet20-first.th"
     with pytest.raises(FileNotFoundError, match="'missing.pt': no such file, and not the name of a released"):
-        resolve_cifar_resnet_weights("missing.pt")
+        cifar_resnet_weights("missing.pt")
     monkeypatch.delenv(SHARED_DIR_ENV)
     # without the variable: shared/ beside the checkout (the CLI's fit, the recipes and the module alike)
     monkeypatch.setattr(locations, "CHECKOUT_SHARED_DIR", shared)
-    assert resolve_cifar_resnet_weights("resnet20", download=False).name == "resnet20-local.th"
+    assert cifar_resnet_weights("resnet20", download=False).name == "resnet20-local.th"
     monkeypatch.setattr(locations, "CHECKOUT_SHARED_DIR", tmp_path / "no-such-folder")
     with pytest.raises(FileNotFoundError, match=r"(?s)no weights for resnet20.*downloading is disabled.*"
                                                 r"no-such-folder \(beside the checkout; set \$INVARIANCE_SHARED_DIR"):
-        resolve_cifar_resnet_weights("resnet20", search_dirs=[shared], download=False)
+        cifar_resnet_weights("resnet20", search_dirs=[shared], download=False)
 
 
 def test_nothing_found_and_nothing_downloadable(server: FileServer, fake_release, tmp_path: Path) -> None:
@@ -241,7 +246,8 @@ def test_cache_folder_follows_xdg_cache_home(tmp_path: Path, monkeypatch: pytest
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
-        (lambda: cifar_resnet_weights("vgg16"), ValueError, "`name` must be a CIFAR ResNet name"),
+        (lambda: cifar_resnet_weights("vgg16"), FileNotFoundError, "'vgg16': no such file, and not the name of a"),
+        (lambda: cifar_resnet_weights(20), TypeError, "`spec` must be a weights file or a model name"),
         (lambda: cifar_resnet_weights("resnet20", search_dirs="here"), TypeError, "`search_dirs` must be an iterable"),
         (lambda: download_file("", "x", FAKE_SHA256), TypeError, "`url` must be a non-empty str"),
         (lambda: download_file("http://h/x", "x", "abc"), ValueError, "`sha256` must be 64 hex digits"),
@@ -251,3 +257,12 @@ def test_cache_folder_follows_xdg_cache_home(tmp_path: Path, monkeypatch: pytest
 def test_bad_arguments_are_rejected_early(call, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         call()
+
+
+def test_the_old_name_of_the_weights_finder_still_works_and_warns() -> None:
+    from invariance_lightning.models import pretrained
+
+    with pytest.warns(DeprecationWarning, match="resolve_cifar_resnet_weights is deprecated.*use .*cifar_resnet_weights"):
+        assert pretrained.resolve_cifar_resnet_weights is cifar_resnet_weights
+    with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
+        pretrained.nothing_here  # noqa: B018

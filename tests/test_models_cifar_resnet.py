@@ -13,7 +13,6 @@ from invariance_lightning.models import (
     CIFAR_RESNET_NORMALIZE,
     cifar_resnet,
     load_cifar_resnet,
-    load_cifar_resnet_weights,
 )
 
 RESNET20 = "resnet20-12fca82f.th"
@@ -140,18 +139,41 @@ def test_load_rejects_inconsistent_arguments_and_foreign_checkpoints(tmp_path: P
 def test_weights_load_into_an_antialiased_network_of_the_same_depth(tmp_path: Path) -> None:
     saved = cifar_resnet(20).eval()
     torch.save({"state_dict": {f"module.{k}": v for k, v in saved.state_dict().items()}}, tmp_path / "r20.th")
-    blurred = load_cifar_resnet_weights(cifar_resnet(20, downsample="blur").eval(), tmp_path / "r20.th")
+    blurred = load_cifar_resnet(tmp_path / "r20.th", model=cifar_resnet(20, downsample="blur").eval())
     assert all(torch.equal(blurred.state_dict()[k], v) for k, v in saved.state_dict().items())
     # the same weights behind BlurPool compute something else; a blur of size 1 is the strided network again
     x = torch.randn(2, 3, 32, 32)
-    identity = load_cifar_resnet_weights(cifar_resnet(20, downsample="blur", filter_size=1).eval(), tmp_path / "r20.th")
+    identity = load_cifar_resnet(tmp_path / "r20.th", model=cifar_resnet(20, downsample="blur", filter_size=1).eval())
     with torch.no_grad():
         assert torch.allclose(identity(x), saved(x), atol=1e-5)
         assert not torch.allclose(blurred(x), saved(x), atol=1e-3)
     with pytest.raises(ValueError, match="r20.th.* do not fit this CifarResNet"):
-        load_cifar_resnet_weights(cifar_resnet(32), tmp_path / "r20.th")
+        load_cifar_resnet(tmp_path / "r20.th", model=cifar_resnet(32))
     with pytest.raises(TypeError, match="`model` must be a CifarResNet"):
-        load_cifar_resnet_weights(torch.nn.Linear(2, 2), tmp_path / "r20.th")  # type: ignore[arg-type]
+        load_cifar_resnet(tmp_path / "r20.th", model=torch.nn.Linear(2, 2))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"architecture arguments \['downsample'\] cannot be combined with `model`"):
+        load_cifar_resnet(tmp_path / "r20.th", model=cifar_resnet(20), downsample="blur")
+
+
+def test_the_old_loading_functions_still_work_and_warn(tmp_path: Path) -> None:
+    from invariance_lightning.models import cifar_resnet_state_dict, load_cifar_resnet_weights
+
+    saved = cifar_resnet(20).eval()
+    torch.save({"state_dict": saved.state_dict()}, tmp_path / "r20.th")
+    with pytest.warns(DeprecationWarning, match=r"use load_cifar_resnet\(path, model=model\)"):
+        loaded = load_cifar_resnet_weights(cifar_resnet(20), tmp_path / "r20.th")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in saved.state_dict().items())
+    with pytest.warns(DeprecationWarning, match="cifar_resnet_state_dict is deprecated"):
+        state = cifar_resnet_state_dict({"state_dict": {f"module.{k}": v for k, v in saved.state_dict().items()}})
+    assert state.keys() == saved.state_dict().keys()
+
+
+@pytest.mark.shared_data
+def test_a_released_model_is_loaded_by_name_from_the_shared_folder(cifar_resnet_weights_dir: Path, monkeypatch) -> None:
+    monkeypatch.setenv("INVARIANCE_SHARED_DIR", str(cifar_resnet_weights_dir.parents[1]))
+    by_name = load_cifar_resnet("resnet20", download=False)
+    by_file = load_cifar_resnet(cifar_resnet_weights_dir / RESNET20)
+    assert all(torch.equal(by_name.state_dict()[k], v) for k, v in by_file.state_dict().items())
 
 
 @pytest.mark.parametrize(

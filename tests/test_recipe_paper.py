@@ -20,7 +20,15 @@ import torch
 from http_server import FileServer
 from invariance_lightning.lightning.data import CIFAR_STATS, CIFARDataModule
 from invariance_lightning.lightning.module import ImageClassifier
-from invariance_lightning.lightning.paper import load_checkpoint_model, load_pretrained, load_subsets, shared_root
+from invariance_lightning.lightning.paper import (
+    PAPER_PRESETS,
+    PAPER_SEQUENCES,
+    PaperSettings,
+    load_checkpoint_model,
+    load_pretrained,
+    load_subsets,
+)
+from invariance_lightning.metrics.protocols import PROTOCOLS as PUBLISHED
 from invariance_lightning.metrics.evaluate import evaluate_sequences
 from invariance_lightning.metrics.protocols import evaluate_protocol
 from invariance_lightning.models import CIFAR_RESNET_NORMALIZE, PRETRAINED_CIFAR_RESNETS, load_cifar_resnet
@@ -103,10 +111,10 @@ def check_outputs(report_path: Path, payload: dict, protocols: set[str]) -> str:
 
 @pytest.mark.shared_data
 def test_pretrained_resnet20_on_cifar10(cifar10_dir, cifar_resnet_weights_dir, tmp_path):
-    loaded = load_pretrained("resnet20", cifar_resnet_weights_dir, tmp_path / "no-shared", download=False)
+    loaded = load_pretrained("resnet20", cifar_resnet_weights_dir, download=False)
     assert loaded.source == str(cifar_resnet_weights_dir / "resnet20-12fca82f.th") and loaded.name == "resnet20"
     assert tuple(loaded.normalize) == tuple(CIFAR_RESNET_NORMALIZE)
-    subsets, datamodule = load_subsets(loaded, {"test": 16, "train": 16}, cifar10_dir, tmp_path, False, seed=0)
+    subsets, datamodule = load_subsets(loaded, {"test": 16, "train": 16}, cifar10_dir, False, seed=0)
     assert datamodule.source == str(cifar10_dir)
     reference = CIFARDataModule(data_dir=cifar10_dir, download=False, val_split=0)
     model = load_cifar_resnet(cifar_resnet_weights_dir / "resnet20-12fca82f.th")
@@ -148,8 +156,8 @@ def test_recipe_end_to_end_on_a_generated_checkpoint(generated, tmp_path, monkey
     data_dir, checkpoint = generated
     monkeypatch.chdir(tmp_path)
     protocols = ["shift_circular", "shift_crop"]
-    report = recipe["main"](["--checkpoint", str(checkpoint), "--data-dir", str(data_dir), "--num-images", "32",
-                             "--layer-images", "4", "--protocols", *protocols, "aps2021_circular", "--seed", "2"])
+    report = recipe["main"](["--checkpoint", str(checkpoint), "--data_dir", str(data_dir), "--num_images", "32",
+                             "--layer_images", "4", "--protocols", *protocols, "aps2021_circular", "--seed", "2"])
     assert report == Path("results/paper/model/report.md")  # the default output folder, under the cwd
     payload = json.loads(report.with_name("report.json").read_text())
     markdown = check_outputs(report, payload, set(protocols))
@@ -204,10 +212,10 @@ def test_missing_data_says_where_it_looked(generated, tmp_path, monkeypatch):
     empty.mkdir()
     loaded = load_checkpoint_model(generated[1])
     with pytest.raises(FileNotFoundError, match="no data found") as info:
-        load_subsets(loaded, {"test": 4}, empty, tmp_path / "no-shared", download=False, seed=0)
+        load_subsets(loaded, {"test": 4}, empty, download=False, seed=0)
     message = str(info.value)
     assert str(empty) in message and "download=False" in message
-    assert "--data-dir" in message and "without --no-download" in message
+    assert "--data_dir" in message and "without --no-download" in message
 
 
 def test_checkpoint_model_checks_its_data_and_normalizes_old_checkpoints_with_it(tmp_path):
@@ -276,14 +284,13 @@ def test_main_job_downloads_data_and_weights_on_a_fresh_machine(generated, train
     monkeypatch.setattr("invariance_lightning.lightning.data.cifar._TORCHVISION", {"cifar10": TorchvisionCIFAR10})
     sha256 = hashlib.sha256(trained_resnet20).hexdigest()
     monkeypatch.setitem(PRETRAINED_CIFAR_RESNETS, "resnet20", PretrainedFile("resnet20-random.th", 0, sha256))
-    shared = tmp_path / "no-shared"
     with FileServer({"/resnet20-random.th": trained_resnet20}) as release:
         monkeypatch.setenv(WEIGHTS_URL_ENV, release.url)
-        loaded = load_pretrained("resnet20", None, shared, download=True)
+        loaded = load_pretrained("resnet20", None, download=True)
     assert release.requests == ["/resnet20-random.th"]
     cached = fresh_machine / "weights" / "resnet20-random.th"
     assert hashlib.sha256(cached.read_bytes()).hexdigest() == sha256 and loaded.source == str(cached)
-    subsets, datamodule = load_subsets(loaded, {"train": 8, "test": 8}, None, shared, download=True, seed=0)
+    subsets, datamodule = load_subsets(loaded, {"train": 8, "test": 8}, None, download=True, seed=0)
     assert downloads == [(str(fresh_machine), True, True), (str(fresh_machine), False, True)]
     assert datamodule.source == str(fresh_machine)
     # the numbers are those of the downloaded model on the "downloaded" images
@@ -300,18 +307,15 @@ def test_explicit_then_shared_weights_win_over_cache_and_download(trained_resnet
     (shared / "weights" / "cifar10-resnet").mkdir(parents=True)
     (shared / "weights" / "cifar10-resnet" / "resnet20-shared.th").write_bytes(trained_resnet20)
     monkeypatch.setenv("INVARIANCE_SHARED_DIR", str(shared))
-    assert shared_root(tmp_path / "beside-the-repository") == shared
     explicit = tmp_path / "explicit"
     explicit.mkdir()
     with FileServer({}) as release:  # a download attempt would show up here (and fail with 404)
         monkeypatch.setenv(WEIGHTS_URL_ENV, release.url)
-        loaded = load_pretrained("resnet20", explicit, shared, download=True)  # --weights-dir lacks it
+        loaded = load_pretrained("resnet20", explicit, download=True)  # --weights_dir lacks it
         assert loaded.source == str(shared / "weights" / "cifar10-resnet" / "resnet20-shared.th")
         (explicit / "resnet20-mine.th").write_bytes(trained_resnet20)
-        assert load_pretrained("resnet20", explicit, shared, download=True).source == str(explicit / "resnet20-mine.th")
+        assert load_pretrained("resnet20", explicit, download=True).source == str(explicit / "resnet20-mine.th")
     assert release.requests == [] and not fresh_machine.exists()
-    monkeypatch.delenv("INVARIANCE_SHARED_DIR")
-    assert shared_root(tmp_path / "beside-the-repository") == tmp_path / "beside-the-repository"
 
 
 def test_missing_weights_fail_with_a_clear_message(fresh_machine, tmp_path, monkeypatch):
@@ -319,7 +323,7 @@ def test_missing_weights_fail_with_a_clear_message(fresh_machine, tmp_path, monk
     empty.mkdir()
     shared = tmp_path / "no-shared"
     with pytest.raises(FileNotFoundError) as info:
-        load_pretrained("resnet56", empty, shared, download=False)
+        load_pretrained("resnet56", empty, download=False)
     message = str(info.value)
     assert message.startswith("no weights for resnet56: looked for ")
     for place in (empty, shared / "weights" / "cifar10-resnet"):
@@ -328,14 +332,40 @@ def test_missing_weights_fail_with_a_clear_message(fresh_machine, tmp_path, monk
     assert "drop --no-download" in message and "--checkpoint" in message and "INVARIANCE_SHARED_DIR" in message
 
     with pytest.raises(FileNotFoundError) as info:  # no pinned release file to download
-        load_pretrained("resnet32", None, shared, download=True)
+        load_pretrained("resnet32", None, download=True)
     message = str(info.value)
     assert "resnet32 has no pinned download" in message and WEIGHTS_URL_ENV not in message
 
     with FileServer({}) as release, pytest.raises(DownloadError) as info:  # the release answers 404
         monkeypatch.setenv(WEIGHTS_URL_ENV, release.url)
-        load_pretrained("resnet20", None, shared, download=True)
+        load_pretrained("resnet20", None, download=True)
     message = str(info.value)
     assert f"download of {release.url}/resnet20-12fca82f.th failed: HTTPError: HTTP Error 404" in message
     assert f"set {WEIGHTS_URL_ENV} to a mirror" in message
     assert not list((fresh_machine / "weights").iterdir())
+
+
+def test_the_quick_preset_measures_the_paper_sequences_and_the_full_preset_adds_every_published_protocol():
+    assert PaperSettings(preset="quick").chosen_protocols() == (list(PAPER_SEQUENCES), [])
+    assert PaperSettings(preset="full").chosen_protocols() == (list(PAPER_SEQUENCES), list(PUBLISHED))
+    chosen = PaperSettings(preset="full", protocols=("scale", "zhang2019")).chosen_protocols()
+    assert chosen == (["scale"], ["zhang2019"])  # given protocols replace the preset's
+    assert PaperSettings(preset="full", num_images=7).sizes() == PAPER_PRESETS["full"].__class__(
+        7, 7, PAPER_PRESETS["full"].layers, tuple(PUBLISHED))
+
+
+def test_settings_refuse_no_sequence_an_unknown_protocol_and_an_unknown_preset():
+    with pytest.raises(ValueError, match="needs at least one of shift_zeros"):
+        PaperSettings(protocols=("zhang2019",)).chosen_protocols()
+    with pytest.raises(ValueError, match="protocols"):
+        PaperSettings(protocols=("shift_zeros", "nope")).chosen_protocols()
+    with pytest.raises(ValueError, match="preset"):
+        PaperSettings(preset="fast").sizes()
+
+
+def test_options_take_the_lightning_cli_spelling_and_the_old_hyphen_spelling():
+    parser = runpy.run_path(str(REPO_ROOT / "recipes" / "paper.py"), run_name="paper_recipe")["build_parser"]()
+    for option in ("--data_dir", "--data-dir"):
+        assert parser.parse_args([option, "here"]).data_dir == Path("here")
+    for option in ("--batch_size", "--batch-size"):
+        assert parser.parse_args([option, "64"]).batch_size == 64

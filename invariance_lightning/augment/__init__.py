@@ -3,11 +3,12 @@
 from invariance_lightning.augment.antialiased_affine import AntialiasedRandomAffine, antialias_sigma
 from invariance_lightning.augment.consistency import CONSISTENCY_KINDS, ConsistencyRegularization, consistency_loss
 from invariance_lightning.augment.pipeline import BatchAugmentation
-from invariance_lightning.augment.presets import PRESETS, build_augmentation, preset_sequence
+from invariance_lightning.augment.presets import AUGMENTATION_PRESETS, build_augmentation, preset_sequence
+from invariance_lightning.deprecation import deprecated_aliases
 
 __all__ = [
+    "AUGMENTATION_PRESETS",
     "CONSISTENCY_KINDS",
-    "PRESETS",
     "AntialiasedRandomAffine",
     "BatchAugmentation",
     "ConsistencyRegularization",
@@ -16,3 +17,6 @@ __all__ = [
     "consistency_loss",
     "preset_sequence",
 ]
+
+#: Old names, kept working with a DeprecationWarning.
+__getattr__ = deprecated_aliases(__name__, globals(), {"PRESETS": "AUGMENTATION_PRESETS"})

@@ -9,12 +9,15 @@ from kornia.augmentation import ImageSequential
 
 from invariance_lightning.augment.antialiased_affine import AntialiasedRandomAffine
 from invariance_lightning.augment.pipeline import BatchAugmentation
+from invariance_lightning.deprecation import deprecated_aliases
 from invariance_lightning.validation import check_choice, check_size
 
-__all__ = ["PRESETS", "build_augmentation", "preset_sequence"]
+__all__ = ["AUGMENTATION_PRESETS", "build_augmentation", "preset_sequence"]
 
 #: Names accepted by :func:`preset_sequence` and :func:`build_augmentation`.
-PRESETS: tuple[str, ...] = ("none", "standard", "translate", "translate-subpixel", "scale", "translate+scale")
+AUGMENTATION_PRESETS: tuple[str, ...] = (
+    "none", "standard", "translate", "translate-subpixel", "scale", "translate+scale"
+)
 
 
 def preset_sequence(
@@ -39,7 +42,7 @@ def preset_sequence(
 
     All fills are zeros: black, since normalization comes after augmentation in :class:`BatchAugmentation`.
     """
-    check_choice("preset_sequence", "preset", preset, PRESETS)
+    check_choice("preset_sequence", "preset", preset, AUGMENTATION_PRESETS)
     height, width = check_size("preset_sequence", "image_size", image_size)
     is_number = isinstance(max_shift, (int, float)) and not isinstance(max_shift, bool)
     if not is_number or not 0 <= max_shift < min(height, width):
@@ -87,3 +90,7 @@ def build_augmentation(
             raise ValueError(f"build_augmentation: preset {preset!r} needs `image_size`")
         sequence = preset_sequence(preset, image_size=image_size, max_shift=max_shift, scale_range=scale_range)
     return BatchAugmentation(sequence, image_size=image_size, mean=mean, std=std, seed=seed)
+
+
+#: Old names, kept working with a DeprecationWarning.
+__getattr__ = deprecated_aliases(__name__, globals(), {"PRESETS": "AUGMENTATION_PRESETS"})

@@ -14,9 +14,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from invariance_lightning.augment import ConsistencyRegularization, build_augmentation
 from invariance_lightning.lightning.augmentation import GPUAugmentationMixin
-from invariance_lightning.models.cifar_resnet import CIFAR_RESNET_NORMALIZE, CifarResNet, load_cifar_resnet_weights
+from invariance_lightning.models.cifar_resnet import CIFAR_RESNET_NORMALIZE, CifarResNet, load_cifar_resnet
 from invariance_lightning.models.factory import build_backbone
-from invariance_lightning.models.pretrained import release_name, resolve_cifar_resnet_weights
+from invariance_lightning.models.pretrained import release_name
 from invariance_lightning.transforms.normalization import Normalization
 from invariance_lightning.validation import check_choice
 
@@ -57,9 +57,9 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
             shift of it whose vacated border is black (``(0 - mean) / std`` after normalization);
             0 disables it. ``consistency_kind``/``consistency_max_shift`` configure it.
         init_weights: CIFAR ResNet weights to fine-tune from: a weights file (the layouts of
-            :func:`~invariance_lightning.models.cifar_resnet_state_dict`) or a released model's name
+            :func:`~invariance_lightning.models.load_cifar_resnet`) or a released model's name
             (``"resnet20"``, ``"resnet56"``, found by
-            :func:`~invariance_lightning.models.pretrained.resolve_cifar_resnet_weights`), whose normalization
+            :func:`~invariance_lightning.models.pretrained.cifar_resnet_weights`), whose normalization
             then becomes the default ``mean``/``std``. Loaded when ``fit`` starts from scratch,
             not when it resumes from a checkpoint, and never when a checkpoint is loaded for evaluation.
     """
@@ -193,7 +193,7 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
         # after a resumed run's checkpoint was restored (``trainer.ckpt_path`` set): then the file is not needed
         if self.hparams.init_weights is not None and self.trainer.ckpt_path is None:
             backbone = cast(CifarResNet, self.backbone)  # checked in __init__
-            load_cifar_resnet_weights(backbone, resolve_cifar_resnet_weights(self.hparams.init_weights))
+            load_cifar_resnet(self.hparams.init_weights, model=backbone)
 
     def on_train_epoch_start(self) -> None:
         self._epoch_started, self._epoch_images, self._training_seconds = time.perf_counter(), 0, None

@@ -1,38 +1,79 @@
-"""What the Azulay & Weiss (2019) reproduction measures: a CIFAR classifier and seeded subsets of its data.
+"""The Azulay & Weiss (2019) reproduction: the package half of ``recipes/paper.py`` (docs/recipes.md).
 
-The package half of ``recipes/paper.py`` (docs/recipes.md): loading a pretrained CIFAR ResNet (found locally or
-downloaded) or an ``ImageClassifier`` checkpoint, and the test and training images it is measured on, the
-training images being those the checkpoint was trained on where its datamodule saved how it split them; then
-measuring them (:func:`measure_splits`, :func:`measure_published`, :func:`profile_layers`) with the torch-only
+:func:`run_paper` does the whole job for :class:`PaperSettings`: loading a pretrained CIFAR ResNet (found locally or
+downloaded) or an ``ImageClassifier`` checkpoint, the test and training images it is measured on (the training
+images being those the checkpoint was trained on where its datamodule saved how it split them), measuring them
+(:func:`measure_splits`, :func:`measure_published`, :func:`profile_layers`) with the torch-only
 :func:`~invariance_lightning.metrics.evaluate.evaluate_sequences`, the published protocols and
-:func:`~invariance_lightning.diagnostics.layer_equivariance`. Error messages name the recipe's options that fix
-them.
+:func:`~invariance_lightning.diagnostics.layer_equivariance`, and writing the report. Error messages name the
+recipe's options that fix them.
 """
 
 from __future__ import annotations
 
-import os
+import json
+import platform
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import torch
 from torch import Tensor, nn
 
-from invariance_lightning.diagnostics import default_layers
+from invariance_lightning.diagnostics import default_layers, layer_equivariance
 from invariance_lightning.lightning.checkpoint import load_classifier, read_checkpoint
-from invariance_lightning.lightning.data import CIFAR_STATS, DATA_DIR_ENV, CIFARDataModule
+from invariance_lightning.lightning.data import CIFAR_NUM_CLASSES, CIFAR_STATS, DATA_DIR_ENV, CIFARDataModule
 from invariance_lightning.lightning.module import ImageClassifier
 from invariance_lightning.lightning.published import evaluate_protocols
+from invariance_lightning.locations import SHARED_DIR_ENV, shared_dir_origin
 from invariance_lightning.metrics.evaluate import evaluate_sequences
+from invariance_lightning.metrics.gap import train_test_gap
+from invariance_lightning.metrics.protocols import PROTOCOLS
 from invariance_lightning.models import PRETRAINED_CIFAR_RESNETS, cifar_resnet_weights
-from invariance_lightning.models.pretrained import SHARED_DIR_ENV, SHARED_WEIGHTS_SUBDIR, WEIGHTS_URL_ENV, DownloadError
-from invariance_lightning.reporting.tables import protocol_numbers
-from invariance_lightning.transforms import TransformSequence
+from invariance_lightning.models.pretrained import WEIGHTS_URL_ENV, DownloadError
+from invariance_lightning.reporting.figures import (
+    flip_rate_by_sequence_figure,
+    layer_profile_figure,
+    per_frame_figure,
+    save_figures,
+    train_test_figure,
+)
+from invariance_lightning.reporting.tables import (
+    json_safe,
+    paper_report_markdown,
+    protocol_numbers,
+    protocols_to_dict,
+    results_to_dict,
+)
+from invariance_lightning.transforms import TransformSequence, sequence_preset
 from invariance_lightning.transforms.normalization import Normalization
+from invariance_lightning.validation import check_choice
 
-_NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+#: The splits measured, in report order.
+SPLITS = ("test", "train")
+#: The sequences of the paper's protocols (``sequence_preset("paper")``), by name.
+PAPER_SEQUENCES = tuple(sequence_preset("paper"))
+
+
+@dataclass(frozen=True)
+class PaperSizes:
+    """What a preset measures: test and training images, images of the per-layer profile, and the published
+    protocols (:data:`~invariance_lightning.metrics.protocols.PROTOCOLS`) run on the test images by default."""
+
+    test: int
+    train: int
+    layers: int
+    published: tuple[str, ...] = ()
+
+
+#: ``quick``: a first look in under half a minute on a 2-core CPU (300 + 300 images, the paper's sequences);
+#: ``full``: the whole test set, 10,000 training images and every published protocol.
+PAPER_PRESETS = {
+    "quick": PaperSizes(test=300, train=300, layers=64),
+    "full": PaperSizes(test=10_000, train=10_000, layers=512, published=tuple(PROTOCOLS)),
+}
 
 
 @dataclass
@@ -48,23 +89,16 @@ class LoadedModel:
     train_note: str
 
 
-def shared_root(default: Path) -> Path:
-    """``$INVARIANCE_SHARED_DIR`` when set, else ``default`` (the recipe's: ``../shared`` beside the repository)."""
-    return Path(os.environ[SHARED_DIR_ENV]) if os.environ.get(SHARED_DIR_ENV) else default
-
-
-def load_pretrained(name: str, weights_dir: Path | None, shared: Path, download: bool) -> LoadedModel:
-    """Pretrained CIFAR-10 ResNet ``name``: ``weights_dir`` first, then ``<shared>/weights/cifar10-resnet``, then the
-    cache and a download (see :func:`~invariance_lightning.models.cifar_resnet_weights`); a missing file raises
-    with every way to fix it."""
-    folders = [weights_dir] if weights_dir is not None else []
+def load_pretrained(name: str, weights_dir: Path | None, download: bool) -> LoadedModel:
+    """Pretrained CIFAR-10 ResNet ``name``: ``weights_dir`` first, then the shared folder, the cache and a download
+    (see :func:`~invariance_lightning.models.cifar_resnet_weights`); a missing file raises with every way to fix
+    it."""
     try:
-        path = cifar_resnet_weights(name, search_dirs=[*folders, shared / SHARED_WEIGHTS_SUBDIR],
+        path = cifar_resnet_weights(name, search_dirs=[weights_dir] if weights_dir is not None else [],
                                     download=download)
     except (FileNotFoundError, DownloadError) as err:
-        origin = f"from ${SHARED_DIR_ENV}" if os.environ.get(SHARED_DIR_ENV) else "../shared beside the repository"
-        fixes = [f"pass --weights-dir FOLDER with {name}-<hash>.th (e.g. resnet20-12fca82f.th)",
-                 f"set {SHARED_DIR_ENV} to the folder holding weights/cifar10-resnet/ (now: {shared}, {origin})"]
+        fixes = [f"pass --weights_dir FOLDER with {name}-<hash>.th (e.g. resnet20-12fca82f.th)",
+                 f"set {SHARED_DIR_ENV} to the folder holding weights/cifar10-resnet/ (now: {shared_dir_origin()})"]
         if name in PRETRAINED_CIFAR_RESNETS:
             fixes.append("download it (drop --no-download)" if not download else "retry on a machine with "
                          f"internet access, or set {WEIGHTS_URL_ENV} to a mirror of the release")
@@ -103,10 +137,10 @@ def load_checkpoint_model(path: Path) -> LoadedModel:
         )
     loaded = load_classifier(path, default_normalization=CIFAR_STATS[name])  # for checkpoints that predate it
     model = cast(ImageClassifier, loaded.model)  # a .ckpt holds an ImageClassifier
-    if model.hparams.num_classes != _NUM_CLASSES[name]:
+    if model.hparams.num_classes != CIFAR_NUM_CLASSES[name]:
         raise ValueError(
             f"--checkpoint {path} has num_classes={model.hparams.num_classes}, but its data, {name}, has "
-            f"{_NUM_CLASSES[name]}"
+            f"{CIFAR_NUM_CLASSES[name]}"
         )
     kwargs = {"name": name, "val_split": saved.get("val_split", 0), "seed": saved.get("seed", 0),
               "train_subset": saved.get("train_subset")}
@@ -128,22 +162,17 @@ def load_checkpoint_model(path: Path) -> LoadedModel:
 
 
 def load_subsets(
-    loaded: LoadedModel, counts: dict[str, int], data_dir: Path | None, shared: Path, download: bool, seed: int
+    loaded: LoadedModel, counts: dict[str, int], data_dir: Path | None, download: bool, seed: int
 ) -> tuple[dict[str, tuple[Tensor, Tensor]], CIFARDataModule]:
     """Seeded subsets ``{split: (images, labels)}`` (uint8) of ``counts[split]`` images (at most the split's size)
-    of the model's data, and the datamodule.
-
-    ``data_dir`` None: ``$INVARIANCE_DATA_DIR`` when set, else ``<shared>/data`` if present, else the
-    datamodule's cache (downloaded there when ``download``).
-    """
-    if data_dir is None and not os.environ.get(DATA_DIR_ENV) and (shared / "data").is_dir():
-        data_dir = shared / "data"
+    of the model's data, and the datamodule. ``data_dir`` None: where :class:`CIFARDataModule` looks
+    (``$INVARIANCE_DATA_DIR``, the shared folder, the cache; downloaded there when ``download``)."""
     datamodule = CIFARDataModule(data_dir=data_dir, download=download, **loaded.datamodule_kwargs)
     try:
         datamodule.setup()
     except FileNotFoundError as err:
         raise FileNotFoundError(
-            f"{err}\nWith this recipe: pass --data-dir FOLDER, set {DATA_DIR_ENV} (or {SHARED_DIR_ENV} to the folder "
+            f"{err}\nWith this recipe: pass --data_dir FOLDER, set {DATA_DIR_ENV} (or {SHARED_DIR_ENV} to the folder "
             "holding data/cifar10/), or run it on a machine with internet access without --no-download."
         ) from err
     subsets = {}
@@ -199,3 +228,128 @@ def measure_published(
         numbers_text = "  ".join(f"{k} {v:.4f}" for k, v in protocol_numbers(numbers).items())
         print(f"test  {name:18s} " + numbers_text, flush=True)
     return results, time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class PaperSettings:
+    """Everything :func:`run_paper` needs; the recipe's options (``python recipes/paper.py --help``) map onto it.
+
+    ``checkpoint`` (an ``ImageClassifier`` ``.ckpt``) replaces the pretrained ``model``; ``num_images`` and
+    ``layer_images`` override the preset's sizes; ``protocols`` None means the paper's sequences plus the preset's
+    published protocols; ``output`` None means ``results/paper/<model>``; ``command`` is recorded in the report.
+    """
+
+    model: str = "resnet20"
+    checkpoint: Path | None = None
+    weights_dir: Path | None = None
+    data_dir: Path | None = None
+    download: bool = True
+    preset: str = "quick"
+    num_images: int | None = None
+    layer_images: int | None = None
+    protocols: tuple[str, ...] | None = None
+    layers: str = "blocks"
+    layer_shifts: tuple[int, ...] = (1, 2, 4)
+    layer_mode: str = "circular"
+    layer_border: int = 0
+    seed: int = 0
+    batch_size: int = 256
+    device: str = "cpu"
+    output: Path | None = None
+    command: str = ""
+
+    def sizes(self) -> PaperSizes:
+        """The preset's sizes with ``num_images`` / ``layer_images`` applied."""
+        check_choice("PaperSettings", "preset", self.preset, tuple(PAPER_PRESETS))
+        preset = PAPER_PRESETS[self.preset]
+        images = self.num_images
+        return PaperSizes(images or preset.test, images or preset.train, self.layer_images or preset.layers,
+                          preset.published)
+
+    def chosen_protocols(self) -> tuple[list[str], list[str]]:
+        """``(paper sequences, published protocols)`` to measure; ``ValueError`` for an unknown name or no
+        sequence."""
+        names = self.protocols if self.protocols is not None else (*PAPER_SEQUENCES, *self.sizes().published)
+        for name in names:
+            check_choice("PaperSettings", "protocols", name, (*PAPER_SEQUENCES, *PROTOCOLS))
+        sequences = [name for name in names if name in PAPER_SEQUENCES]
+        if not sequences:
+            raise ValueError(
+                f"--protocols needs at least one of {', '.join(PAPER_SEQUENCES)} besides published protocols"
+            )
+        return sequences, [name for name in names if name in PROTOCOLS]
+
+
+def run_paper(settings: PaperSettings) -> Path:
+    """Measure one model as :class:`PaperSettings` says and write ``report.md``, ``report.json`` and the PNG plots
+    to its output folder; returns the path of ``report.md``."""
+    started = time.perf_counter()
+    sizes = settings.sizes()
+    sequence_names, published_names = settings.chosen_protocols()
+    if settings.checkpoint is not None:
+        loaded = load_checkpoint_model(settings.checkpoint)
+    else:
+        loaded = load_pretrained(settings.model, settings.weights_dir, settings.download)
+    # channels-last convolutions are faster on CPUs and GPUs alike; the model is ours (just loaded), not a user's
+    loaded.model.to(settings.device).to(memory_format=torch.channels_last)  # layer_model: the model or a part of it
+    wanted = {"test": sizes.test, "train": sizes.train}
+    subsets, datamodule = load_subsets(loaded, wanted, settings.data_dir, settings.download, settings.seed)
+    counts = {split: len(labels) for split, (_, labels) in subsets.items()}
+    output = settings.output or Path("results") / "paper" / loaded.name
+    output.mkdir(parents=True, exist_ok=True)
+
+    tick = time.perf_counter()
+    layers = layer_equivariance(
+        loaded.layer_model, subsets["test"][0][: sizes.layers], profile_layers(loaded.layer_model, settings.layers),
+        shift=settings.layer_shifts[0], pooled_shifts=settings.layer_shifts[1:], mode=settings.layer_mode,
+        border=settings.layer_border, normalize=loaded.normalize,
+    )
+    layer_seconds = time.perf_counter() - tick
+    print(f"per-layer profile: {len(layers)} layers, {layers.num_images} images ({layer_seconds:.1f} s)", flush=True)
+
+    sequences = {name: sequence_preset("paper")[name] for name in sequence_names}
+    results, seconds = measure_splits(loaded, subsets, sequences, settings.batch_size)
+    published, seconds["published"] = measure_published(
+        loaded, *subsets["test"], published_names, settings.seed, settings.batch_size)
+    gap = train_test_gap(results, counts)
+
+    figures = {
+        "flip_rate_by_protocol": flip_rate_by_sequence_figure(sequences, results["test"], "test images"),
+        "train_vs_test": train_test_figure(gap, counts),
+        "layer_profile": layer_profile_figure(layers),
+    }
+    for name, sequence in sequences.items():
+        figures[f"per_frame_{name}"] = per_frame_figure(
+            sequence, {split: results[split][name] for split in SPLITS}, f"{name}: {sequence!r}"
+        )
+    save_figures(output, figures)
+
+    payload = {
+        "command": settings.command,
+        "model": {"name": loaded.name, "source": loaded.source, "normalize": [list(v) for v in loaded.normalize]},
+        "data": {
+            "dataset": datamodule.name, "source": datamodule.source, "num_images": counts,
+            "layer_images": layers.num_images, "train_note": loaded.train_note,
+            "datamodule": dict(loaded.datamodule_kwargs),
+        },
+        "settings": {
+            "preset": settings.preset, "seed": settings.seed, "batch_size": settings.batch_size,
+            "device": settings.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "machine": platform.processor() or platform.machine(),
+        },
+        "seconds": {**seconds, "layers": layer_seconds, "total": time.perf_counter() - started},
+        "protocols": {name: repr(seq) for name, seq in sequences.items()},
+        "published_protocols": protocols_to_dict(published, settings.seed),
+        "results": {split: results_to_dict(results[split], sequences) for split in SPLITS},
+        "train_test_gap": gap,
+        "layers": {
+            "shift": list(layers.shift), "mode": layers.mode, "border": layers.border,
+            "num_images": layers.num_images, "rows": layers.as_dict(),
+        },
+        "plots": [f"{name}.png" for name in figures],
+    }
+    (output / "report.json").write_text(json.dumps(json_safe(payload), indent=1, allow_nan=False))
+    report = output / "report.md"
+    report.write_text(paper_report_markdown(payload, sequences, results, layers))
+    print(f"report: {report}")
+    return report

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from os import PathLike
 from typing import Any, Literal
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from invariance_lightning.models._downsample import DOWNSAMPLE_CHOICES, blur_padding, check_method, make_downsample_pair
+from invariance_lightning.models.pretrained import cifar_resnet_weights
 from invariance_lightning.nn import BlurPool2d
 from invariance_lightning.transforms.normalization import IMAGENET_STATS
 from invariance_lightning.validation import check_choice, check_int
@@ -177,12 +179,10 @@ def _find_prefix(keys: list[str]) -> str:
     return prefixes[0]
 
 
-def cifar_resnet_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
-    """Extract a plain :class:`CifarResNet` state dict from a loaded checkpoint.
-
-    Accepts a plain state dict, ``{"state_dict": ...}`` (the pretrained ``.th`` files, Lightning
-    checkpoints) and keys under one prefix such as ``module.`` (DataParallel) or ``model.``.
-    """
+def _cifar_resnet_state(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
+    """A plain :class:`CifarResNet` state dict from a loaded checkpoint: a plain state dict, ``{"state_dict": ...}``
+    (the pretrained ``.th`` files, Lightning checkpoints), keys under one prefix such as ``module.`` (DataParallel)
+    or ``model.``."""
     if not isinstance(checkpoint, Mapping):
         raise TypeError(f"expected a checkpoint dict, got {type(checkpoint).__name__}")
     state = checkpoint.get("state_dict", checkpoint)
@@ -192,43 +192,70 @@ def cifar_resnet_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
     return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
 
 
-def load_cifar_resnet(path: str | PathLike[str], **kwargs: Any) -> CifarResNet:
-    """Build a :func:`cifar_resnet` whose depth and class count are read from a checkpoint, and load it.
+def load_cifar_resnet(
+    weights: str | PathLike[str], *, model: CifarResNet | None = None, download: bool = True, **kwargs: Any
+) -> CifarResNet:
+    """A CIFAR ResNet with the weights ``weights`` names: a file, or a released model (``"resnet20"``, found locally
+    or downloaded by :func:`~invariance_lightning.models.pretrained.cifar_resnet_weights`).
 
-    Always ``torch.load(..., weights_only=True, map_location="cpu")``: a file that would need
-    arbitrary unpickling raises ``ValueError``. Missing ``num_batches_tracked`` entries (old
-    checkpoints) are filled in by BatchNorm; every other key must match (strict loading).
-    The returned model is in training mode, like any freshly built module; call ``.eval()``.
+    Without ``model``, a :func:`cifar_resnet` is built whose depth and class count are read from the weights; with
+    ``model``, the weights are loaded into it (in place; returned), e.g. into an antialiased network to fine-tune it
+    (BlurPool and APS add no parameters, but change what the loaded weights compute). Always
+    ``torch.load(..., weights_only=True, map_location="cpu")``: a file that would need arbitrary unpickling raises
+    ``ValueError``. Accepted layouts: a plain state dict, ``{"state_dict": ...}`` (the released ``.th`` files,
+    Lightning checkpoints), keys under one prefix such as ``module.`` or ``model.``. Missing ``num_batches_tracked``
+    entries (old checkpoints) are filled in by BatchNorm; every other key must match (strict loading). The returned
+    model is in training mode, like any freshly built module; call ``.eval()``.
 
     Args:
-        path: checkpoint file (see :func:`cifar_resnet_state_dict` for the accepted layouts).
-        **kwargs: other :func:`cifar_resnet` arguments (``downsample``, ``filter_size``,
-            ``padding_mode``); ``depth``/``num_classes`` must agree with the weights if given.
+        weights: a weights file or a released model's name.
+        model: a :class:`CifarResNet` to load into instead of building one.
+        download: whether a released model missing locally may be downloaded.
+        **kwargs: other :func:`cifar_resnet` arguments (``downsample``, ``filter_size``, ``padding_mode``) when
+            building; ``depth``/``num_classes`` must agree with the weights if given.
+
+    Raises:
+        ValueError: the weights do not fit (depth or classes differ from ``model`` or ``kwargs``).
     """
-    state = cifar_resnet_state_dict(_load_weights_only(path))
-    stage1 = {int(m.group(1)) for key in state if (m := re.fullmatch(r"layer1\.(\d+)\.conv1\.weight", key))}
-    inferred = {"depth": 6 * len(stage1) + 2, "num_classes": int(state["linear.weight"].shape[0])}
-    for name, value in inferred.items():
-        if name in kwargs and kwargs[name] != value:
-            raise ValueError(f"{name}={kwargs[name]!r} was given but the weights in {str(path)!r} have {name}={value}")
-    model = cifar_resnet(**{**kwargs, **inferred})
-    model.load_state_dict(state)
-    return model
-
-
-def load_cifar_resnet_weights(model: CifarResNet, path: str | PathLike[str]) -> CifarResNet:
-    """Load a checkpoint's CIFAR ResNet weights into ``model`` (in place; returned for chaining), to fine-tune it.
-
-    The layouts of :func:`cifar_resnet_state_dict` are accepted and read with ``weights_only=True``. ``model`` may
-    downsample differently from the network that was saved (BlurPool and APS add no parameters), which changes
-    what the loaded weights compute. ``ValueError`` when depth or class count differ.
-    """
-    if not isinstance(model, CifarResNet):
-        raise TypeError(f"`model` must be a CifarResNet, got {type(model).__name__}")
-    state = cifar_resnet_state_dict(_load_weights_only(path))
+    if model is not None and not isinstance(model, CifarResNet):
+        raise TypeError(f"load_cifar_resnet: `model` must be a CifarResNet or None, got {type(model).__name__}")
+    if model is not None and kwargs:
+        raise TypeError(f"load_cifar_resnet: architecture arguments {sorted(kwargs)} cannot be combined with `model`")
+    path = cifar_resnet_weights(weights, download=download)
+    state = _cifar_resnet_state(_load_weights_only(path))
+    if model is None:
+        stage1 = {int(m.group(1)) for key in state if (m := re.fullmatch(r"layer1\.(\d+)\.conv1\.weight", key))}
+        inferred = {"depth": 6 * len(stage1) + 2, "num_classes": int(state["linear.weight"].shape[0])}
+        for name, value in inferred.items():
+            if name in kwargs and kwargs[name] != value:
+                raise ValueError(
+                    f"{name}={kwargs[name]!r} was given but the weights in {str(path)!r} have {name}={value}"
+                )
+        model = cifar_resnet(**{**kwargs, **inferred})
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
         raise ValueError(f"the weights in {str(path)!r} do not fit this CifarResNet (depth or classes differ): "
                          f"{error}") from error
     return model
+
+
+def load_cifar_resnet_weights(model: CifarResNet, path: str | PathLike[str]) -> CifarResNet:
+    """Deprecated: ``load_cifar_resnet(path, model=model)``."""
+    warnings.warn(
+        "load_cifar_resnet_weights(model, path) is deprecated and will be removed; use "
+        "load_cifar_resnet(path, model=model)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return load_cifar_resnet(path, model=model)
+
+
+def cifar_resnet_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Deprecated: the state dict of a loaded checkpoint; load models with :func:`load_cifar_resnet`."""
+    warnings.warn(
+        "cifar_resnet_state_dict is deprecated and will be removed; load weights with load_cifar_resnet",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return _cifar_resnet_state(checkpoint)

@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 
-from invariance_lightning.locations import SHARED_DIR_ENV, SHARED_WEIGHTS_SUBDIR, shared_dir, shared_dir_origin
+from invariance_lightning.deprecation import deprecated_aliases
+from invariance_lightning.locations import (
+    SHARED_DIR_ENV,
+    SHARED_WEIGHTS_SUBDIR,
+    cache_dir,
+    shared_dir,
+    shared_dir_origin,
+)
 
 __all__ = [
     "DEFAULT_WEIGHTS_URL",
@@ -34,7 +41,6 @@ __all__ = [
     "cifar_resnet_weights",
     "download_file",
     "release_name",
-    "resolve_cifar_resnet_weights",
     "sha256_file",
     "weights_cache_dir",
 ]
@@ -77,12 +83,8 @@ class ChecksumError(DownloadError):
 
 
 def weights_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/invariance_lightning/weights``, else ``~/.cache/invariance_lightning/weights``.
-
-    The same cache root as CIFAR-10's torchvision download in
-    :class:`~invariance_lightning.lightning.data.CIFARDataModule`.
-    """
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "invariance_lightning" / "weights"
+    """``weights/`` in :func:`~invariance_lightning.locations.cache_dir` (where CIFAR-10 is downloaded too)."""
+    return cache_dir() / "weights"
 
 
 def sha256_file(path: str | PathLike[str]) -> str:
@@ -150,7 +152,7 @@ def download_file(url: str, destination: str | PathLike[str], sha256: str, *, ti
 
 
 def cifar_resnet_weights(
-    name: str,
+    spec: str | PathLike[str],
     *,
     search_dirs: Iterable[str | PathLike[str]] = (),
     cache_dir: str | PathLike[str] | None = None,
@@ -158,11 +160,13 @@ def cifar_resnet_weights(
     download: bool = True,
     timeout: float = 60.0,
 ) -> Path:
-    """The weights file of pretrained CIFAR-10 model ``name`` (``"resnet20"``, ...), downloading it if needed.
+    """The weights file that ``spec`` names: ``spec`` itself when it is an existing file, else the file of the released
+    CIFAR-10 model of that name (``"resnet20"``, ...), downloaded if needed.
 
-    Looked for, in order:
+    A released model is looked for, in order:
 
-    1. ``<name>-*.th`` in each of ``search_dirs`` (local copies, used as they are);
+    1. ``<name>-*.th`` in each of ``search_dirs``, then in the shared folder's ``weights/cifar10-resnet``
+       (:func:`~invariance_lightning.locations.shared_dir`), used as they are;
     2. the release's file in ``cache_dir`` (default :func:`weights_cache_dir`), used only if its sha256 is the pinned
        one;
     3. downloaded into ``cache_dir`` from ``<base_url>/<filename>`` (default ``$INVARIANCE_WEIGHTS_URL``, else
@@ -170,15 +174,47 @@ def cifar_resnet_weights(
        :data:`PRETRAINED_CIFAR_RESNETS`. A cached file with the wrong hash is replaced.
 
     Raises:
-        FileNotFoundError: not found and not downloadable (listing the places looked in and why).
+        ValueError: ``spec`` is neither an existing file nor a name like ``"resnet20"``.
+        FileNotFoundError: not found and not downloadable (listing the places looked in, the shared folder's origin and
+            what to set).
         ChecksumError: the cached file is corrupt and ``download`` is False, or the download is.
         DownloadError: the download failed.
     """
-    if not isinstance(name, str) or not re.fullmatch(r"resnet\d+", name):
-        raise ValueError(f"`name` must be a CIFAR ResNet name like 'resnet20', got {name!r}")
     if isinstance(search_dirs, (str, PathLike)):
         raise TypeError(f"`search_dirs` must be an iterable of folders, not a single path ({search_dirs!r})")
+    if not isinstance(spec, (str, PathLike)):
+        raise TypeError(f"`spec` must be a weights file or a model name (str or path), got {type(spec).__name__}")
+    name = release_name(spec)
+    if name is None:
+        if Path(spec).is_file():
+            return Path(spec)
+        raise FileNotFoundError(
+            f"weights {str(spec)!r}: no such file, and not the name of a released CIFAR ResNet (expected a weights "
+            f"file or a name like 'resnet20'; downloadable: {', '.join(sorted(PRETRAINED_CIFAR_RESNETS))})"
+        )
     folders = [Path(folder) for folder in search_dirs]
+    shared = shared_dir()
+    if shared is not None:
+        folders.append(shared / SHARED_WEIGHTS_SUBDIR)
+    try:
+        return _released_weights(name, folders, cache_dir, base_url, download, timeout)
+    except (FileNotFoundError, DownloadError) as error:
+        raise type(error)(
+            f"{error}\nThe shared folder: {shared_dir_origin()}. Set ${SHARED_DIR_ENV} to a folder holding "
+            f"{SHARED_WEIGHTS_SUBDIR}/{name}-*.th, pass the weights file itself, or allow the download on a machine "
+            "with internet access"
+        ) from error
+
+
+def _released_weights(
+    name: str,
+    folders: list[Path],
+    cache_dir: str | PathLike[str] | None,
+    base_url: str | None,
+    download: bool,
+    timeout: float,
+) -> Path:
+    """The released model ``name``: a local copy in ``folders``, else the checked cache, else a download."""
     for folder in folders:
         found = sorted(folder.glob(f"{name}-*.th")) if folder.is_dir() else []
         if found:
@@ -216,35 +252,5 @@ def release_name(spec: str | PathLike[str]) -> str | None:
     return name if re.fullmatch(r"resnet\d+", name) and not Path(spec).is_file() else None
 
 
-def resolve_cifar_resnet_weights(
-    spec: str | PathLike[str], *, search_dirs: Iterable[str | PathLike[str]] = (), download: bool = True
-) -> Path:
-    """The weights file that ``spec`` names: ``spec`` itself when it is an existing file, else the released model
-    of that name (``"resnet20"``, ...) found by :func:`cifar_resnet_weights` in ``search_dirs``, then in the shared
-    folder's ``weights/cifar10-resnet`` (``$INVARIANCE_SHARED_DIR``, else ``shared/`` beside the checkout: see
-    :func:`~invariance_lightning.locations.shared_dir`), then in the cache or downloaded.
-
-    Raises:
-        FileNotFoundError: ``spec`` is neither a file nor a model name (the message says which was expected), or the
-            named model was not found and could not be downloaded.
-    """
-    name = release_name(spec)
-    if name is None:
-        if Path(spec).is_file():
-            return Path(spec)
-        raise FileNotFoundError(
-            f"weights {str(spec)!r}: no such file, and not the name of a released CIFAR ResNet (expected a weights "
-            f"file or one of {sorted(PRETRAINED_CIFAR_RESNETS)})"
-        )
-    folders = [Path(folder) for folder in search_dirs]
-    shared = shared_dir()
-    if shared is not None:
-        folders.append(shared / SHARED_WEIGHTS_SUBDIR)
-    try:
-        return cifar_resnet_weights(name, search_dirs=folders, download=download)
-    except (FileNotFoundError, DownloadError) as error:
-        raise type(error)(
-            f"{error}\nThe shared folder: {shared_dir_origin()}. Set ${SHARED_DIR_ENV} to a folder holding "
-            f"{SHARED_WEIGHTS_SUBDIR}/{name}-*.th, pass the weights file itself, or allow the download on a machine "
-            "with internet access"
-        ) from error
+#: Old names, kept working with a DeprecationWarning.
+__getattr__ = deprecated_aliases(__name__, globals(), {"resolve_cifar_resnet_weights": "cifar_resnet_weights"})

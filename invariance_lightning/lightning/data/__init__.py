@@ -5,7 +5,7 @@ and re-exported here next to the datamodules that use them.
 """
 
 from invariance_lightning.lightning.data.base import SPLITS, ImageClassificationDataModule, holdout_split
-from invariance_lightning.lightning.data.cifar import DATA_DIR_ENV, CIFARDataModule, read_cifar_npz
+from invariance_lightning.lightning.data.cifar import CIFAR_NUM_CLASSES, DATA_DIR_ENV, CIFARDataModule, read_cifar_npz
 from invariance_lightning.lightning.data.folder import (
     IMAGE_EXTENSIONS,
     EncodedBatch,
@@ -17,6 +17,7 @@ from invariance_lightning.lightning.data.loader import TensorBatchLoader, Tensor
 from invariance_lightning.transforms.normalization import CIFAR_STATS, IMAGENET_STATS
 
 __all__ = [
+    "CIFAR_NUM_CLASSES",
     "CIFAR_STATS",
     "DATA_DIR_ENV",
     "IMAGENET_STATS",

@@ -3,10 +3,12 @@
 Where the data comes from, in this order:
 
 1. a local pair ``{name}_train.npz`` / ``{name}_test.npz`` (``images`` uint8 ``(N, 32, 32, 3)`` RGB HWC, ``labels``
-   int ``(N,)``, optional ``classes`` str ``(K,)``) in ``data_dir`` or ``$INVARIANCE_DATA_DIR``, each searched as
+   int ``(N,)``, optional ``classes`` str ``(K,)``) in ``data_dir``, then in ``$INVARIANCE_DATA_DIR`` and the
+   shared folder's ``data/`` (:func:`invariance_lightning.locations.data_search_roots`), each searched as
    ``<dir>/``, ``<dir>/<name>/`` and ``<dir>/data/<name>/`` (so pointing at the project's shared folder works);
 2. torchvision's copy (``cifar-10-batches-py/`` or ``cifar-100-python/``) under the download root (``data_dir``,
-   else ``$INVARIANCE_DATA_DIR``, else ``~/.cache/invariance_lightning``), downloaded there first if ``download``.
+   else ``$INVARIANCE_DATA_DIR``, else :func:`invariance_lightning.locations.cache_dir`), downloaded there first if
+   ``download``.
 """
 
 from __future__ import annotations
@@ -22,15 +24,22 @@ import torchvision
 
 from invariance_lightning.lightning.data.base import ImageClassificationDataModule, holdout_split
 from invariance_lightning.lightning.data.loader import TensorBatchLoader, TensorImageDataset
+from invariance_lightning.locations import DATA_DIR_ENV, SHARED_DIR_ENV, cache_dir, data_search_roots
 from invariance_lightning.transforms.normalization import CIFAR_STATS
 from invariance_lightning.validation import check_choice, check_optional_int
 
-__all__ = ["DATA_DIR_ENV", "CIFARArrays", "CIFARDataModule", "check_cifar_arrays", "read_cifar_npz"]
+__all__ = [
+    "CIFAR_NUM_CLASSES",
+    "DATA_DIR_ENV",
+    "CIFARArrays",
+    "CIFARDataModule",
+    "check_cifar_arrays",
+    "read_cifar_npz",
+]
 
-#: Environment variable naming a folder with local copies of the data.
-DATA_DIR_ENV = "INVARIANCE_DATA_DIR"
 
-_NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+#: Classes of each CIFAR dataset, by name.
+CIFAR_NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 _TORCHVISION = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}
 _READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile)
 
@@ -113,7 +122,7 @@ class CIFARDataModule(ImageClassificationDataModule):
     Args:
         name: ``"cifar10"`` or ``"cifar100"``.
         data_dir: folder with the ``.npz`` files (or their ``<name>/``, ``data/<name>/`` subfolders); also the
-            download root. Defaults to ``$INVARIANCE_DATA_DIR``.
+            download root. Defaults to ``$INVARIANCE_DATA_DIR``, then the shared folder (module docstring).
         download: let torchvision download the data when no local copy is found.
         val_split: held-out validation examples, an int count or a float fraction in ``[0, 1)``; 0 for none.
         batch_size, num_workers, seed, drop_last, pin_memory: see :class:`ImageClassificationDataModule`.
@@ -143,7 +152,7 @@ class CIFARDataModule(ImageClassificationDataModule):
         super().__init__(
             batch_size=batch_size, num_workers=num_workers, seed=seed, drop_last=drop_last, pin_memory=pin_memory
         )
-        check_choice("CIFARDataModule", "name", name, tuple(_NUM_CLASSES))
+        check_choice("CIFARDataModule", "name", name, tuple(CIFAR_NUM_CLASSES))
         if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
             raise TypeError(f"CIFARDataModule: `data_dir` must be a path or None, got {type(data_dir).__name__}")
         if isinstance(val_split, bool) or not isinstance(val_split, (int, float)):
@@ -160,7 +169,7 @@ class CIFARDataModule(ImageClassificationDataModule):
         self.train_subset = train_subset
         self.move_to_device = move_to_device
         self.mean, self.std = CIFAR_STATS[name]
-        self._num_classes = _NUM_CLASSES[name]
+        self._num_classes = CIFAR_NUM_CLASSES[name]
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._classes: tuple[str, ...] = ()
         self._device_splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -187,14 +196,10 @@ class CIFARDataModule(ImageClassificationDataModule):
     # -- finding and reading -------------------------------------------------------------------------------------
     def search_dirs(self) -> list[tuple[Path, str]]:
         """Folders searched for the ``.npz`` pair, in order, each with the setting it came from."""
-        roots = [(self.data_dir, "data_dir")]
-        if os.environ.get(DATA_DIR_ENV):
-            roots.append((Path(os.environ[DATA_DIR_ENV]), DATA_DIR_ENV))
+        roots = [(self.data_dir, "data_dir")] if self.data_dir is not None else []
+        roots += data_search_roots()
         return [
-            (folder, origin)
-            for root, origin in roots
-            if root is not None
-            for folder in (root, root / self.name, root / "data" / self.name)
+            (folder, origin) for root, origin in roots for folder in (root, root / self.name, root / "data" / self.name)
         ]
 
     def download_root(self) -> Path:
@@ -203,7 +208,7 @@ class CIFARDataModule(ImageClassificationDataModule):
             return self.data_dir
         if os.environ.get(DATA_DIR_ENV):
             return Path(os.environ[DATA_DIR_ENV])
-        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "invariance_lightning"
+        return cache_dir()
 
     def _npz_pair(self, folder: Path) -> tuple[Path, Path]:
         return folder / f"{self.name}_train.npz", folder / f"{self.name}_test.npz"
@@ -241,14 +246,15 @@ class CIFARDataModule(ImageClassificationDataModule):
             present = [path.name for path in self._npz_pair(folder) if path.is_file()]
             lines.append(f"  - {folder}  [{origin}]" + (f" (has only {present[0]})" if present else ""))
         if not self.search_dirs():
-            lines.append(f"  - nowhere: neither `data_dir` nor ${DATA_DIR_ENV} is set")
+            lines.append(f"  - nowhere: neither `data_dir` nor ${DATA_DIR_ENV} is set, and there is no shared folder")
         folder = _TORCHVISION[self.name].base_folder
         attempt = f"download failed: {error}" if self.download else f"not there, and download=False ({error})"
         lines += [
             f"and for torchvision's {folder}/ in {self.download_root()}: {attempt}",
             "Fix it either way:",
             f"  1. download=True on a machine with internet access (torchvision saves it in {self.download_root()});",
-            f"  2. point `data_dir` or the environment variable {DATA_DIR_ENV} at a local copy: a folder holding "
+            f"  2. point `data_dir`, the environment variable {DATA_DIR_ENV} or {SHARED_DIR_ENV} (the shared folder "
+            "holding data/<name>/) at a local copy: a folder holding "
             f"{train_name} and {test_name}, or its {self.name}/ or data/{self.name}/ subfolder.",
         ]
         return FileNotFoundError("\n".join(lines))

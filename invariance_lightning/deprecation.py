@@ -1,0 +1,24 @@
+"""Old public names that keep working, with a ``DeprecationWarning`` that names the replacement."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+
+def deprecated_aliases(module: str, namespace: Mapping[str, Any], aliases: Mapping[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562) for the module named ``module`` with globals ``namespace``: each old name
+    of ``aliases`` returns the object its new name has in ``namespace``, with a ``DeprecationWarning`` naming it."""
+
+    def __getattr__(name: str) -> Any:
+        if name not in aliases:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        warnings.warn(
+            f"{module}.{name} is deprecated and will be removed; use {module}.{aliases[name]}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return namespace[aliases[name]]
+
+    return __getattr__
