@@ -13,10 +13,11 @@ from torchvision.io import write_png
 from conftest import write_random_cifar10
 from invariance_lightning import evaluate_invariance, sequence_preset
 from invariance_lightning.lightning.checkpoint import load_classifier
-from invariance_lightning.lightning.cli import main, wandb_logged_in
+from invariance_lightning.lightning.cli import InvarianceCLI, main, run_cli, wandb_logged_in
 from invariance_lightning.lightning.data import ImageFolderDataModule
 from invariance_lightning.metrics.protocols import PROTOCOLS, evaluate_protocol
 from invariance_lightning.models import cifar_resnet
+from invariance_lightning.nn import APS2d, BlurPool2d
 from lightning_helpers import LargestImageBatch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,27 +54,50 @@ def test_configs_exist_for_every_variant():
         assert config["trainer"]["logger"]["class_path"].endswith("WandbLogger"), path
 
 
+def check_fast_dev_run(cli: InvarianceCLI, config: Path) -> None:
+    """One training step ran with the model the config's name describes, and the monitor measured it."""
+    trainer, model = cli.trainer, cli.model
+    assert trainer.global_step == 1 and trainer.fast_dev_run
+    settings = yaml.safe_load(config.read_text())["model"]
+    modules = list(model.backbone.modules())
+    # a low-pass filter before subsampling (APS samples after one too, as the configs set it; the strided network
+    # subsamples its shortcuts with a BlurPool2d of filter size 1, no filter)
+    low_pass = any(isinstance(m, BlurPool2d) and m.filter_size > 1 for m in modules)
+    assert low_pass == (settings.get("downsample") in ("blur", "aps")), config.stem
+    assert any(isinstance(m, APS2d) for m in modules) == (settings.get("downsample") == "aps"), config.stem
+    metrics = trainer.callback_metrics
+    assert ("train/consistency_penalty" in metrics) == (settings.get("consistency_weight", 0) > 0), config.stem
+    for split in ("train", "val"):
+        assert 0 <= float(metrics[f"invariance/{split}/shift/flip_rate"]) <= 1, config.stem
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CIFAR_CONFIGS, ids=lambda p: p.stem)
-def test_every_cifar_config_fits_with_fast_dev_run(config, tiny_cifar_dir, tmp_path):
+def test_every_cifar_config_trains_the_model_it_names_and_measures_it(config, tiny_cifar_dir, tmp_path):
     weights = []
     if "init_weights" in yaml.safe_load(config.read_text())["model"]:  # fine-tuning: random weights stand in
-        torch.save(cifar_resnet(20).state_dict(), tmp_path / "resnet20.pt")
+        saved = cifar_resnet(20).state_dict()
+        torch.save(saved, tmp_path / "resnet20.pt")
         weights = ["--model.init_weights", str(tmp_path / "resnet20.pt")]
-    main(
+    cli = run_cli(
         [
             "fit", "--config", str(config), "--trainer.fast_dev_run", "true", "--no_wandb", "true",
             "--trainer.default_root_dir", str(tmp_path), "--data.data_dir", str(tiny_cifar_dir),
             "--data.val_split", "16", "--data.batch_size", "16", "--trainer.enable_progress_bar", "false", *weights,
         ]
     )
+    check_fast_dev_run(cli, config)
+    if weights:  # fine-tuning started from the given weights: one small step away from them
+        trained = cli.model.backbone.conv1.weight.detach()
+        assert torch.allclose(trained, saved["conv1.weight"], atol=1e-2)
+        assert not torch.allclose(cifar_resnet(20).conv1.weight, saved["conv1.weight"], atol=1e-2)
 
 
 @pytest.mark.shared_data
 @pytest.mark.slow
 @pytest.mark.parametrize("config", IMAGENETTE_CONFIGS, ids=lambda p: p.stem)
-def test_every_imagenette_config_fits_with_fast_dev_run(config, imagenette_dir, tmp_path):
-    main(
+def test_every_imagenette_config_trains_the_model_it_names_and_measures_it(config, imagenette_dir, tmp_path):
+    cli = run_cli(
         [
             "fit", "--config", str(config), "--trainer.fast_dev_run", "true", "--no_wandb", "true",
             "--trainer.default_root_dir", str(tmp_path), "--data.root", str(imagenette_dir),
@@ -81,6 +105,7 @@ def test_every_imagenette_config_fits_with_fast_dev_run(config, imagenette_dir, 
             "--trainer.enable_progress_bar", "false",
         ]
     )
+    check_fast_dev_run(cli, config)
 
 
 def test_no_wandb_switch_logs_to_csv(tiny_cifar_dir, tmp_path):

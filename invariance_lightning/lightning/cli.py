@@ -205,20 +205,27 @@ def _write_per_frame_plots(
         print(f"plots skipped ({error}); pip install 'invariance-lightning[wandb]' for matplotlib")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``invariance-lightning`` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def run_cli(argv: Sequence[str]) -> InvarianceCLI:
+    """Run a LightningCLI subcommand (``fit``, ``validate``, ``test``, ...) of :class:`ImageClassifier` with any
+    datamodule and return the CLI, whose ``model``, ``datamodule`` and ``trainer`` hold what ran (offline W&B unless
+    the user chose otherwise)."""
     configure_wandb_mode()
-    if argv and argv[0] == "evaluate":
-        evaluate_main(argv[1:])
-        return
-    InvarianceCLI(
+    return InvarianceCLI(
         ImageClassifier,
         LightningDataModule,
         subclass_mode_data=True,
-        args=argv,
+        args=list(argv),
         save_config_kwargs={"overwrite": True},
     )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``invariance-lightning`` console script: ``evaluate`` or :func:`run_cli`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "evaluate":
+        evaluate_main(argv[1:])
+        return
+    run_cli(argv)
 
 
 if __name__ == "__main__":
