@@ -16,9 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from invariance_lightning import InvarianceMonitor, ScaleSequence, ShiftSequence, evaluate_invariance
-from invariance_lightning.lightning.callbacks.subsets import _draw_indices
 from invariance_lightning.metrics.protocols import evaluate_protocol
-from lightning_helpers import NUM_CLASSES, TinyClassifier, tiny_data, tiny_loader, tiny_trainer
+from lightning_helpers import TinyClassifier, tiny_data, tiny_loader, tiny_trainer
 
 SEQUENCES = {"shift": ShiftSequence(max_shift=2, mode="zeros"), "scale": ScaleSequence([0.9, 1.0, 1.1])}
 
@@ -37,8 +36,7 @@ def test_logged_values_equal_evaluate_invariance_on_the_same_subset(tmp_path):
     trainer.fit(model, tiny_loader(40, seed=1), tiny_loader(24, seed=2))
 
     val_images, val_targets = tiny_data(24, seed=2)
-    indices = _draw_indices(24, 16, seed=0, split="val")
-    assert callback.subsets["val"].indices == indices
+    indices = callback.subsets["val"].indices
     for name, sequence in SEQUENCES.items():
         expected = evaluate_invariance(model, val_images[indices], val_targets[indices], sequence)
         for metric in ("flip_rate", "consistency", "mac", "top5_distance", "accuracy", "worst_case_accuracy"):
@@ -161,42 +159,73 @@ def test_plot_failures_warn_once_and_training_continues(tmp_path, monkeypatch):
     assert "invariance/val/shift/flip_rate" in trainer.callback_metrics
 
 
-def test_nonfinite_logits_log_nan_with_warning_or_raise(tmp_path):
-    class Exploding(TinyClassifier):
-        def forward(self, x):
-            out = super().forward(x)
-            return out if self.training else out * float("nan")
+class NaNInEvalMode(TinyClassifier):
+    """Trains normally, returns NaN logits in eval mode (where the monitor measures)."""
 
+    def forward(self, x):
+        out = super().forward(x)
+        return out if self.training else out * float("nan")
+
+
+def test_nonfinite_logits_are_logged_as_nan_with_a_warning(tmp_path):
     callback = monitor()
     trainer = tiny_trainer(tmp_path, max_epochs=1, callbacks=[callback])
     with pytest.warns(UserWarning, match="NaN or infinite logits"):
-        trainer.fit(Exploding(), tiny_loader(40, seed=1), tiny_loader(24, seed=2))
+        trainer.fit(NaNInEvalMode(), tiny_loader(40, seed=1), tiny_loader(24, seed=2))
     assert math.isnan(callback.history[0]["values"]["val/shift/flip_rate"])
 
+
+def test_nonfinite_logits_stop_the_run_when_asked_to_raise(tmp_path):
     trainer = tiny_trainer(tmp_path, max_epochs=1, callbacks=[monitor(on_nonfinite="raise")])
     with pytest.raises(ValueError, match="NaN or infinite logits"):
-        trainer.fit(Exploding(), tiny_loader(40, seed=1), tiny_loader(24, seed=2))
+        trainer.fit(NaNInEvalMode(), tiny_loader(40, seed=1), tiny_loader(24, seed=2))
 
 
-def test_bad_setups_fail_at_fit_start_with_clear_errors(tmp_path):
-    class Features(TinyClassifier):
-        def forward(self, x):
-            return self.net[:3](x)  # feature maps, not logits
+class FeatureMaps(TinyClassifier):
+    """Returns feature maps, not logits."""
 
-    with pytest.raises(ValueError, match=r"needs \(N, C\) logits"):
-        tiny_trainer(tmp_path, callbacks=[monitor()]).fit(Features(), tiny_loader(40), tiny_loader(24))
-    with pytest.raises(ValueError, match="no val data"):
-        tiny_trainer(tmp_path, callbacks=[monitor()]).fit(TinyClassifier(), tiny_loader(40))
-    empty = DataLoader(TensorDataset(torch.zeros(0, 3, 16, 16), torch.zeros(0, dtype=torch.long)), batch_size=4)
-    with pytest.raises(ValueError, match="'val' split is empty"):
-        tiny_trainer(tmp_path, callbacks=[monitor()]).fit(TinyClassifier(), tiny_loader(40), empty)
-    too_far = {"shift": ShiftSequence(max_shift=16)}
-    with pytest.raises(ValueError, match="sequence 'shift' does not fit the 'val' images"):
-        tiny_trainer(tmp_path, callbacks=[monitor(sequences=too_far)]).fit(TinyClassifier(), tiny_loader(40), tiny_loader(24))
+    def forward(self, x):
+        return self.net[:3](x)
+
+
+EMPTY = DataLoader(TensorDataset(torch.zeros(0, 3, 16, 16), torch.zeros(0, dtype=torch.long)), batch_size=4)
+
+
+@pytest.mark.parametrize(
+    ("module", "val_loader", "options", "match"),
+    [
+        (FeatureMaps, tiny_loader(24), {}, r"needs \(N, C\) logits"),
+        (TinyClassifier, None, {}, "no val data"),
+        (TinyClassifier, EMPTY, {}, "'val' split is empty"),
+        (TinyClassifier, tiny_loader(24), {"sequences": {"shift": ShiftSequence(max_shift=16)}},
+         "sequence 'shift' does not fit the 'val' images"),
+    ],
+    ids=["feature-maps", "no-val-loader", "empty-val-split", "shift-larger-than-the-images"],
+)
+def test_a_bad_setup_fails_at_fit_start_with_an_error_naming_it(tmp_path, module, val_loader, options, match):
+    trainer = tiny_trainer(tmp_path, callbacks=[monitor(**options)])
+    with pytest.raises(ValueError, match=match):
+        trainer.fit(module(), tiny_loader(40), val_loader)
+    assert trainer.global_step == 0, "nothing was trained before the error"
+
+
+def test_more_samples_than_images_warns_and_measures_every_image(tmp_path):
     callback = monitor(num_samples=100)
     with pytest.warns(UserWarning, match="num_samples=100 exceeds the 24 images"):
         tiny_trainer(tmp_path, max_epochs=1, callbacks=[callback]).fit(TinyClassifier(), tiny_loader(40), tiny_loader(24))
-    assert len(callback.subsets["val"]) == 24
+    assert callback.subsets["val"].indices == list(range(24))
+
+
+def test_the_subsets_are_drawn_by_the_seed_without_repeats(tmp_path):
+    def drawn(seed):
+        callback = monitor(seed=seed)
+        trainer = tiny_trainer(tmp_path, max_epochs=1, callbacks=[callback], logger=False, enable_checkpointing=False)
+        trainer.fit(TinyClassifier(), tiny_loader(40), tiny_loader(24))
+        return callback.subsets["val"].indices
+
+    first = drawn(0)
+    assert len(set(first)) == 16 and set(first) <= set(range(24))
+    assert drawn(0) == first and drawn(1) != first
 
 
 @pytest.mark.parametrize(
@@ -230,7 +259,7 @@ def test_state_dict_round_trip_restores_every_saved_field(tmp_path):
     saved = source.state_dict()
     assert set(saved) == {"history", "subset_indices"}
     assert [row["epoch"] for row in saved["history"]] == [0, 1]
-    assert saved["subset_indices"]["val"] == _draw_indices(24, 16, seed=0, split="val")
+    assert saved["subset_indices"]["val"] == source.subsets["val"].indices
     restored = monitor(seed=5, num_samples=4)
     restored.load_state_dict(saved)
     assert restored.state_dict() == saved
@@ -258,11 +287,20 @@ def test_dict_batches_with_batch_key_and_forward_fn(tmp_path):
         def validation_step(self, batch, batch_idx):
             pass
 
-    callback = monitor(batch_key=("image", "label"), forward_fn=lambda module, x: module(x)["logits"])
+    def logits_of(module, x):
+        return module(x)["logits"]
+
+    pl.seed_everything(0)
+    model = DictModule()
+    callback = monitor(batch_key=("image", "label"), forward_fn=logits_of)
     trainer = tiny_trainer(tmp_path, max_epochs=1, callbacks=[callback])
-    trainer.fit(DictModule(), DataLoader(DictDataset(1), batch_size=8), DataLoader(DictDataset(2), batch_size=8))
-    assert "invariance/val/shift/accuracy" in trainer.callback_metrics
-    assert NUM_CLASSES == 6
+    trainer.fit(model, DataLoader(DictDataset(1), batch_size=8), DataLoader(DictDataset(2), batch_size=8))
+    images, targets = tiny_data(24, seed=2)
+    indices = callback.subsets["val"].indices
+    expected = evaluate_invariance(model, images[indices], targets[indices], SEQUENCES["shift"], forward_fn=logits_of)
+    for metric in ("accuracy", "flip_rate"):
+        logged = float(trainer.callback_metrics[f"invariance/val/shift/{metric}"])
+        assert logged == pytest.approx(float(expected[metric]), abs=1e-6), metric
 
 
 def test_a_module_with_fewer_classes_than_top_k_logs_the_full_ranking_distance_under_a_stable_name(tmp_path):
@@ -281,7 +319,6 @@ def test_a_module_with_fewer_classes_than_top_k_logs_the_full_ranking_distance_u
     assert "invariance/val/shift/top3_distance" not in trainer.callback_metrics
     logged = trainer.callback_metrics["invariance/val/shift/top5_distance"]
     assert float(logged) == pytest.approx(float(full_ranking["top3_distance"]), abs=1e-6)
-    assert callback.top_k == 5
 
 
 def unit_loader(num_images: int, seed: int) -> DataLoader:
@@ -316,11 +353,19 @@ def test_protocol_values_equal_evaluate_protocol_on_the_subset_and_are_kept_in_t
     assert restored.history == callback.history
 
 
-def test_protocols_are_checked_before_training(tmp_path):
-    with pytest.raises(ValueError, match="unknown protocol 'zhang2020'; valid protocols: zhang2019, aps2021_standard"):
-        InvarianceMonitor(protocols=("zhang2020",))
-    with pytest.raises(ValueError, match="names a protocol twice"):
-        InvarianceMonitor(protocols=("zhang2019", "zhang2019"))
+@pytest.mark.parametrize(
+    ("protocols", "match"),
+    [
+        (("zhang2020",), "unknown protocol 'zhang2020'; valid protocols: zhang2019, aps2021_standard"),
+        (("zhang2019", "zhang2019"), "names a protocol twice"),
+    ],
+)
+def test_unknown_or_repeated_protocols_are_refused_by_the_constructor(protocols, match):
+    with pytest.raises(ValueError, match=match):
+        InvarianceMonitor(protocols=protocols)
+
+
+def test_protocols_refuse_normalized_images_at_fit_start(tmp_path):
     callback = monitor(protocols=("aps2021_standard",))
     with pytest.raises(ValueError, match=r"protocols need un-normalized 'val' images .* got values in \[-"):
         tiny_trainer(tmp_path, callbacks=[callback]).fit(TinyClassifier(), unit_loader(40, 1), tiny_loader(24))
