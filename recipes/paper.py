@@ -24,8 +24,6 @@ it). Run from the repository root, e.g.::
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import shlex
 import sys
 import time
@@ -57,7 +55,9 @@ from invariance_lightning.reporting.figures import (
     save_figures,
     train_test_figure,
 )
-from invariance_lightning.reporting.tables import json_safe, paper_report_markdown, protocols_to_dict, results_to_dict
+from invariance_lightning.reporting.machine import machine_info
+from invariance_lightning.reporting.paper import paper_report_markdown
+from invariance_lightning.reporting.tables import protocols_to_dict, results_to_dict, write_json
 from invariance_lightning.transforms import sequence_preset
 from invariance_lightning.validation import nonnegative_int, positive_int
 
@@ -186,13 +186,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
         "model": {"name": loaded.name, "source": loaded.source, "normalize": [list(v) for v in loaded.normalize]},
         "data": {
             "dataset": datamodule.name, "source": datamodule.source, "num_images": counts,
+            "image_size": list(subsets["test"][0].shape[-2:]),
             "layer_images": layers.num_images, "train_note": loaded.train_note,
             "datamodule": dict(loaded.datamodule_kwargs),
         },
         "settings": {
             "preset": args.preset, "seed": args.seed, "batch_size": args.batch_size, "device": args.device,
-            "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "machine": platform.processor() or platform.machine(),
+            **machine_info(),
         },
         "seconds": {**seconds, "layers": layer_seconds, "total": time.perf_counter() - started},
         "protocols": {name: repr(seq) for name, seq in sequences.items()},
@@ -205,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         },
         "plots": [f"{name}.png" for name in figures],
     }
-    (output / "report.json").write_text(json.dumps(json_safe(payload), indent=1, allow_nan=False))
+    write_json(output / "report.json", payload)
     report = output / "report.md"
     report.write_text(paper_report_markdown(payload, sequences, results, layers))
     print(f"report: {report}")

@@ -34,7 +34,7 @@ from invariance_lightning.lightning.data import CIFARDataModule
 from invariance_lightning.lightning.module import ImageClassifier
 from invariance_lightning.metrics.protocols import evaluate_protocol
 from invariance_lightning.models.pretrained import DownloadError
-from invariance_lightning.reporting.tables import COMPARISON_COLUMNS
+from invariance_lightning.reporting.comparison import COMPARISON_COLUMNS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

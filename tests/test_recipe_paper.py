@@ -155,6 +155,7 @@ def test_recipe_end_to_end_on_a_generated_checkpoint(generated, tmp_path, monkey
     markdown = check_outputs(report, payload, set(protocols))
     # 32 requested: all 24 test images, and 32 of the 56 training images left after the checkpoint's hold-out of 8
     assert payload["data"]["num_images"] == {"test": 24, "train": 32}
+    assert payload["data"]["image_size"] == [32, 32] and "smaller than the 32x32 it was trained on" in markdown
     assert payload["data"]["datamodule"] == {"name": "cifar10", "val_split": 8, "seed": 0, "train_subset": None}
     assert payload["model"]["normalize"] == [list(v) for v in CIFAR_STATS["cifar10"]]
 

@@ -39,19 +39,14 @@ from invariance_lightning.lightning.published import check_protocol_names, evalu
 from invariance_lightning.locations import SHARED_WEIGHTS_SUBDIR, shared_dir
 from invariance_lightning.metrics.evaluate import evaluate_sequences
 from invariance_lightning.models.pretrained import resolve_cifar_resnet_weights
+from invariance_lightning.reporting.comparison import comparison_cell, comparison_columns, write_comparison
 from invariance_lightning.reporting.figures import (
     accuracy_flip_figure,
     monitor_history_figure,
     per_frame_figure,
     save_figures,
 )
-from invariance_lightning.reporting.tables import (
-    comparison_cell,
-    comparison_columns,
-    json_safe,
-    protocol_numbers,
-    write_comparison,
-)
+from invariance_lightning.reporting.tables import json_safe, protocol_numbers
 from invariance_lightning.transforms import sequence_preset
 
 MONITOR = "InvarianceMonitor"
