@@ -24,12 +24,13 @@ from invariance_lightning.lightning import comparison
 from invariance_lightning.lightning.checkpoint import load_classifier, read_checkpoint
 from invariance_lightning.lightning.cli import CSV_LOGGER
 from invariance_lightning.lightning.comparison import (
+    COMPARISON_PRESETS,
     MAIN_VARIANTS,
-    PRESETS,
     ComparisonSettings,
     plan_comparison,
     run_comparison,
 )
+from invariance_lightning.lightning.comparison import run as comparison_run
 from invariance_lightning.lightning.data import CIFARDataModule
 from invariance_lightning.lightning.module import ImageClassifier
 from invariance_lightning.metrics.protocols import evaluate_protocol
@@ -123,7 +124,7 @@ def test_recipe_end_to_end_trains_refuses_resumes_and_reuses_on_generated_data(g
     def stop_after_this_epoch(module):  # as if the 2-epoch run were killed after its first epoch
         module.trainer.should_stop = True
 
-    monkeypatch.setattr(comparison, "save_figures", lambda *args: [])  # tested above; seconds per call
+    monkeypatch.setattr(comparison_run, "save_figures", lambda *args: [])  # tested above; seconds per call
     with monkeypatch.context() as patch:
         patch.setattr(ImageClassifier, "on_train_epoch_end", stop_after_this_epoch)
         assert recipe["main"](base) == output / "comparison.md"
@@ -210,7 +211,7 @@ def test_unknown_names_list_the_valid_ones():
 def test_config_copy_moves_the_run_directory_and_groups_wandb(tmp_path):
     source = yaml.safe_load((REPO_ROOT / "configs" / "cifar10" / "resnet20_aps.yaml").read_text())
     run_dir = tmp_path / "runs" / "cifar10" / "resnet20_aps"
-    config = comparison.comparison_config(source, run_dir, PRESETS["quick"], "compare_x", "aps")
+    config = comparison.comparison_config(source, run_dir, COMPARISON_PRESETS["quick"], "compare_x", "aps")
     assert config["trainer"]["default_root_dir"] == str(run_dir)
     assert comparison.checkpoint_path(config) == run_dir / "checkpoints" / "last.ckpt"
     wandb_logger, csv_logger = config["trainer"]["logger"]
@@ -218,7 +219,7 @@ def test_config_copy_moves_the_run_directory_and_groups_wandb(tmp_path):
                                          "save_dir": str(run_dir)}
     assert csv_logger == {"class_path": CSV_LOGGER, "init_args": {"save_dir": str(run_dir)}}
     monitor = comparison.find_callback(config, "InvarianceMonitor")["init_args"]
-    assert monitor == {**PRESETS["quick"].monitor, "batch_size": 256}
+    assert monitor == {**COMPARISON_PRESETS["quick"].monitor, "batch_size": 256}
     assert source["trainer"]["default_root_dir"] == "runs/cifar10/resnet20_aps"  # the source is left alone
     assert "runs/cifar10" not in yaml.safe_dump(config).replace(str(run_dir), "")  # nothing left at the old place
 
@@ -256,7 +257,7 @@ def test_imagenette_data_plumbing_on_generated_folders(tmp_path):
             for i in range(per_class):
                 Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     config = yaml.safe_load((REPO_ROOT / "configs" / "imagenette" / "resnet18_plain.yaml").read_text())
-    data = comparison.prepare_data(REPO_ROOT, "imagenette", tmp_path / "imagenette", PRESETS["quick"], config, seed=0)
+    data = comparison.prepare_data(REPO_ROOT, "imagenette", tmp_path / "imagenette", COMPARISON_PRESETS["quick"], config, seed=0)
     assert data.preset.train_subset is None  # 6 training images < the preset's 2,000: all of them
     assert data.preset.test_images is None and "all test images" in data.preset.describe()  # 4 < 1,000
     assert data.overrides == {"root": str(tmp_path / "imagenette")}
@@ -289,13 +290,13 @@ def test_the_preset_caps_the_epochs_and_fine_tuning_weights_are_found_before_tra
         return comparison.plan_variant(name, configs / f"resnet20_{name}.yaml", tmp_path / name, preset, {}, None,
                                        list(folders))
 
-    cpu_full = PRESETS["cpu-full"]
+    cpu_full = COMPARISON_PRESETS["cpu-full"]
     finetuned = plan("finetuned_blur_consistency", cpu_full)
     assert finetuned.max_epochs == 5  # the config plans 5, fewer than the preset's 15
     assert finetuned.fit_args[finetuned.fit_args.index("--model.init_weights") + 1] == str(weights / "resnet20-local.th")
     augmented = plan("augmented", cpu_full)
     assert augmented.max_epochs == 15 and "--model.init_weights" not in augmented.fit_args  # 30 capped at 15
-    assert plan("augmented", PRESETS["full"]).max_epochs == 30  # no cap: the config's
+    assert plan("augmented", COMPARISON_PRESETS["full"]).max_epochs == 30  # no cap: the config's
     monkeypatch.setenv("INVARIANCE_WEIGHTS_URL", "http://127.0.0.1:9")  # nothing listens: the download fails
     monkeypatch.setattr(locations, "CHECKOUT_SHARED_DIR", tmp_path / "no-shared")  # no copy beside the checkout
     with pytest.raises(DownloadError, match="127.0.0.1:9/resnet20-12fca82f.th failed"):
