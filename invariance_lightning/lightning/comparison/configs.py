@@ -91,4 +91,3 @@ def checkpoint_path(config: Mapping[str, Any]) -> Path:
     callback = find_callback(config, CHECKPOINT)
     dirpath = (callback or {}).get("init_args", {}).get("dirpath")
     return Path(dirpath or Path(config["trainer"]["default_root_dir"]) / "checkpoints") / "last.ckpt"
-

@@ -77,4 +77,3 @@ def prepare_data(
     preset = replace(preset, test_images=count)  # the report says "all test images" rather than a larger number
     images, labels = datamodule.split_arrays("test", count, seed=seed)
     return EvaluationData(images, labels, overrides, preset)
-

@@ -55,4 +55,3 @@ def epoch_log(run_dir: Path) -> list[dict[str, float]]:
                 values = {key: float(value) for key, value in row.items() if value and key not in ("epoch", "step")}
                 epochs.setdefault(epoch, {"epoch": float(epoch)}).update(values)
     return [epochs[epoch] for epoch in sorted(epochs)]
-

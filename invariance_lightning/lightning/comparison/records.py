@@ -145,4 +145,3 @@ def read_record(path: Path, key: Mapping[str, Any]) -> VariantRecord | None:
                for name, metrics in payload["results"].items()}
     return VariantRecord(row, results, payload["history"], payload["log"], payload["seconds"],
                          payload["checkpoint_sha256"])
-

@@ -164,5 +164,3 @@ def evaluate_variant(plan: ComparisonPlan, run: VariantRun, device: str) -> Vari
                            file_sha256(run.checkpoint))
     write_record(record_path(plan.output, run.variant), evaluation_key(run, data, settings), record)
     return record
-
-

@@ -73,8 +73,6 @@ COMPARISON_PRESETS = {
 }
 
 
-
-# -- the whole comparison ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ComparisonSettings:
     """What the recipe's command line asks for (``None``: the preset's or the default value)."""
@@ -96,4 +94,3 @@ class ComparisonSettings:
     batch_size: int = 256
     protocols: Sequence[str] = ()  # published protocols (metrics.protocols.PROTOCOLS) run on the test images
     command: str = ""  # the command line, for the report
-

@@ -123,5 +123,3 @@ def train(run: VariantRun, action: str) -> None:
         wandb.finish()  # WandbLogger leaves its run open; the next variant must start its own
     if not run.checkpoint.is_file():
         raise RuntimeError(f"{run.variant}: training finished without writing {run.checkpoint}")
-
-

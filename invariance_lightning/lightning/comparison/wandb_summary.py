@@ -27,4 +27,3 @@ def log_to_wandb(
             if isinstance(value, (int, float)) and column != "test_images":
                 run.summary[f"{row['variant']}/{column}"] = value
     run.finish()
-
