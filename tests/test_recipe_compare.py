@@ -17,7 +17,7 @@ import shutil
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -311,9 +311,11 @@ def test_the_record_rebuilds_the_tables_in_a_clone_without_the_run(scenario, reu
 
 
 def test_a_record_made_with_other_settings_is_not_used(scenario, reused, generated_cifar):
-    other_seed = ComparisonSettings(REPO_ROOT, variants=["plain"], preset="tiny", epochs=2, train_subset=64,
-                                    test_images=16, no_wandb=True, data_dir=generated_cifar, output=scenario.output,
-                                    protocols=["aps2021_circular"], seed=4, reuse=True)
+    same = ComparisonSettings(REPO_ROOT, variants=["plain"], preset="tiny", epochs=2, train_subset=64, test_images=16,
+                              monitor_samples=24, no_wandb=True, data_dir=generated_cifar, output=scenario.output,
+                              protocols=["aps2021_circular"], seed=3, reuse=True)
+    assert plan_comparison(same).actions == {"plain": "recorded"}
+    other_seed = replace(same, seed=4)  # other test images, other random shifts
     assert plan_comparison(other_seed).actions == {"plain": "reused"}  # the run is reused, its record is not
 
 
