@@ -1,12 +1,13 @@
 """Cost of InvarianceMonitor (defaults) on a ``cpu-full`` CIFAR-10 ResNet-20 epoch: ratios within one run.
 
-The training setup is the ``cpu-full`` preset of ``recipes/compare.py`` (``invariance_lightning.lightning.comparison``
-``PRESETS["cpu-full"]`` on ``configs/cifar10/resnet20_augmented.yaml``): ``CIFARDataModule``'s fast path (batches cut
-from one resident uint8 tensor), kornia crop + flip on the batch, channels-last, SGD one-cycle, label smoothing 0.1,
-batch 128, the whole 5,000-image validation split every epoch, a ``CSVLogger`` (so the monitor's plots go to PNG
-files). The monitor has its defaults (512 val + 512 train images, the ``"monitor"`` shift and scale sequences, 7
-frames each, its default forward batch), with and without plots, and with plots at each ``--batch-sizes`` forward
-batch (frames per forward pass) as well.
+The training setup is the ``cpu-full`` preset of ``recipes/compare.py``
+(``invariance_lightning.lightning.comparison.COMPARISON_PRESETS["cpu-full"]`` on
+``configs/cifar10/resnet20_augmented.yaml``): ``CIFARDataModule``'s fast path (batches cut from one resident uint8
+tensor), kornia crop + flip on the batch, channels-last, SGD one-cycle, label smoothing 0.1, batch 128, the whole
+5,000-image validation split every epoch, a ``CSVLogger`` (so the monitor's plots go to PNG files). The monitor has its
+defaults (512 val + 512 train images, the ``"monitor"`` shift and scale sequences, 7 frames each, its default forward
+batch), with and without plots, and with plots at each ``--batch-sizes`` forward batch (frames per forward pass) as
+well.
 
 The arms take turns over ``--rounds`` rounds, each a one-epoch fit on ``--train-subset`` training images: no
 monitor, the monitor with ``log_plots=False``, the monitor with plots, and the monitor with plots at each other
@@ -47,7 +48,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from invariance_lightning.lightning.callbacks import InvarianceMonitor
-from invariance_lightning.lightning.comparison import PRESETS
+from invariance_lightning.lightning.comparison import COMPARISON_PRESETS
 from invariance_lightning.lightning.data import CIFARDataModule
 from invariance_lightning.lightning.module import ImageClassifier
 from invariance_lightning.reporting.figures import flip_grid_figure, write_png
@@ -168,7 +169,7 @@ class EpochTimer(pl.Callback):
 def one_epoch(args: argparse.Namespace, arm: str, folder: Path) -> dict:
     """A one-epoch cpu-full fit with ``arm`` in ``("plain", "monitor", "monitor+plots", "monitor+plots@<batch>")``;
     its timings."""
-    preset = PRESETS["cpu-full"]
+    preset = COMPARISON_PRESETS["cpu-full"]
     pl.seed_everything(0, verbose=False)
     datamodule = CIFARDataModule(
         data_dir=args.data_dir, download=False, batch_size=preset.data["batch_size"], train_subset=args.train_subset,

@@ -28,7 +28,7 @@ import lightning.pytorch as pl
 import yaml
 from bench_cpu_training import SHARED, alternate, images_per_second, machine, write_report
 
-from invariance_lightning.lightning.comparison import PRESETS
+from invariance_lightning.lightning.comparison import COMPARISON_PRESETS
 from invariance_lightning.lightning.data import CIFARDataModule
 from invariance_lightning.lightning.module import ImageClassifier
 
@@ -41,7 +41,7 @@ def model_options(variant: str) -> dict[str, Any]:
     """The variant config's ``ImageClassifier`` arguments with the ``cpu-full`` preset's overrides, without initial
     weights."""
     config = yaml.safe_load((ROOT / "configs" / "cifar10" / f"resnet20_{variant}.yaml").read_text())
-    options = {**config["model"], **PRESETS["cpu-full"].model}
+    options = {**config["model"], **COMPARISON_PRESETS["cpu-full"].model}
     options.pop("init_weights", None)
     return options
 
@@ -62,7 +62,7 @@ def main() -> None:
     if BASELINE not in args.variants:
         parser.error(f"--variants must include the baseline {BASELINE!r}")
     pl.seed_everything(0, verbose=False)
-    batch_size = PRESETS["cpu-full"].data["batch_size"]
+    batch_size = COMPARISON_PRESETS["cpu-full"].data["batch_size"]
     datamodule = CIFARDataModule(data_dir=SHARED / "data" / "cifar10", download=False, batch_size=batch_size)
     datamodule.setup("fit")
     options = {variant: model_options(variant) for variant in args.variants}

@@ -13,7 +13,6 @@ Writes ``benchmarks/results/<output>.json`` and ``.md``. Example::
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -25,7 +24,7 @@ from invariance_lightning import ShiftAveraging, evaluate_invariance, evaluate_p
 from invariance_lightning.lightning.data import CIFARDataModule
 from invariance_lightning.metrics.gap import wilson_interval
 from invariance_lightning.models import CIFAR_RESNET_NORMALIZE, STRIDE2_SHIFTS, load_cifar_resnet
-from invariance_lightning.reporting.tables import json_safe
+from invariance_lightning.reporting.tables import write_json
 from invariance_lightning.validation import positive_int
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -87,7 +86,7 @@ def main() -> None:
               "sequence": repr(sequence), "boundary": args.boundary, "threads": torch.get_num_threads(),
               "torch": torch.__version__, "rows": rows}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.output}.json").write_text(json.dumps(json_safe(report), indent=1))
+    write_json(RESULTS / f"{args.output}.json", report)
     lines = [
         f"# Test-time shift averaging on {len(images):,} CIFAR-10 test images ({args.weights})", "",
         f"`{command}`", "",

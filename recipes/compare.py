@@ -39,9 +39,9 @@ from pathlib import Path
 import torch
 
 from invariance_lightning.lightning.comparison import (
+    COMPARISON_PRESETS,
     FAMILIES,
     MAIN_VARIANTS,
-    PRESETS,
     ComparisonSettings,
     plan_comparison,
     run_comparison,
@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--variants", nargs="+", default=None,
                         help=f"variants to compare, or 'all' (default: those of {list(MAIN_VARIANTS)} the family has)")
-    parser.add_argument("--preset", default="quick", choices=list(PRESETS),
-                        help="default quick; " + "; ".join(f"{name}: {p.describe()}" for name, p in PRESETS.items()))
+    parser.add_argument("--preset", default="quick", choices=list(COMPARISON_PRESETS),
+                        help="default quick; "
+                        + "; ".join(f"{name}: {p.describe()}" for name, p in COMPARISON_PRESETS.items()))
     parser.add_argument("--epochs", type=positive_int,
                         help="the most epochs a variant trains (default: the preset's); a config planned for fewer, "
                         "such as a fine-tuning run, keeps its own")

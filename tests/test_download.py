@@ -265,4 +265,4 @@ def test_the_old_name_of_the_weights_finder_still_works_and_warns() -> None:
     with pytest.warns(DeprecationWarning, match="resolve_cifar_resnet_weights is deprecated.*use .*cifar_resnet_weights"):
         assert pretrained.resolve_cifar_resnet_weights is cifar_resnet_weights
     with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
-        pretrained.nothing_here  # noqa: B018
+        pretrained.nothing_here

@@ -9,11 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from invariance_lightning.models import (
-    CIFAR_RESNET_NORMALIZE,
-    cifar_resnet,
-    load_cifar_resnet,
-)
+from invariance_lightning.models import CIFAR_RESNET_NORMALIZE, cifar_resnet, load_cifar_resnet
 
 RESNET20 = "resnet20-12fca82f.th"
 RESNET56 = "resnet56-4bfd9763.th"

@@ -28,8 +28,8 @@ from invariance_lightning.lightning.paper import (
     load_pretrained,
     load_subsets,
 )
-from invariance_lightning.metrics.protocols import PROTOCOLS as PUBLISHED
 from invariance_lightning.metrics.evaluate import evaluate_sequences
+from invariance_lightning.metrics.protocols import PROTOCOLS as PUBLISHED
 from invariance_lightning.metrics.protocols import evaluate_protocol
 from invariance_lightning.models import CIFAR_RESNET_NORMALIZE, PRETRAINED_CIFAR_RESNETS, load_cifar_resnet
 from invariance_lightning.models.pretrained import WEIGHTS_URL_ENV, DownloadError, PretrainedFile
@@ -163,6 +163,7 @@ def test_recipe_end_to_end_on_a_generated_checkpoint(generated, tmp_path, monkey
     markdown = check_outputs(report, payload, set(protocols))
     # 32 requested: all 24 test images, and 32 of the 56 training images left after the checkpoint's hold-out of 8
     assert payload["data"]["num_images"] == {"test": 24, "train": 32}
+    assert payload["data"]["image_size"] == [32, 32] and "smaller than the 32x32 it was trained on" in markdown
     assert payload["data"]["datamodule"] == {"name": "cifar10", "val_split": 8, "seed": 0, "train_subset": None}
     assert payload["model"]["normalize"] == [list(v) for v in CIFAR_STATS["cifar10"]]
 
@@ -208,6 +209,7 @@ def test_recipe_end_to_end_on_a_generated_checkpoint(generated, tmp_path, monkey
 
 def test_missing_data_says_where_it_looked(generated, tmp_path, monkeypatch):
     monkeypatch.delenv("INVARIANCE_DATA_DIR", raising=False)
+    monkeypatch.setenv("INVARIANCE_SHARED_DIR", str(tmp_path / "no-shared"))
     empty = tmp_path / "empty"
     empty.mkdir()
     loaded = load_checkpoint_model(generated[1])

@@ -5,27 +5,29 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 
 import pytest
 import torch
 
 from invariance_lightning import ScaleSequence, ShiftSequence
 from invariance_lightning.metrics.gap import sampling_bound, train_test_gap, wilson_interval
+from invariance_lightning.reporting.comparison import (
+    COMPARISON_COLUMNS,
+    comparison_markdown,
+    interval_markdown,
+    write_comparison,
+)
 from invariance_lightning.reporting.figures import (
     flip_rate_by_sequence_figure,
     monitor_history_figure,
     save_figures,
     train_test_figure,
 )
-from invariance_lightning.reporting.tables import (
-    COMPARISON_COLUMNS,
-    comparison_markdown,
-    format_cell,
-    gap_markdown,
-    interval_markdown,
-    json_safe,
-    write_comparison,
-)
+from invariance_lightning.reporting.machine import load_average, machine_info
+from invariance_lightning.reporting.paper import gap_markdown, protocol_note
+from invariance_lightning.reporting.tables import format_cell, json_safe, to_json, write_json
+from invariance_lightning.transforms import sequence_preset
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -82,7 +84,7 @@ def test_comparison_files_hold_the_rows_with_nan_as_n_a_and_null(tmp_path):
     assert list(read[0]) == list(COMPARISON_COLUMNS) and [r["variant"] for r in read] == ["plain", "blur"]
     assert read[0]["train_images_per_second"] == "81.26" and read[0]["monitor_train_shift_flip_rate"] == "nan"
     markdown = (tmp_path / "out" / "comparison.md").read_text()
-    assert markdown == comparison_markdown(rows, {**SETUP, "nan": math.nan})
+    assert markdown == comparison_markdown(rows, {**SETUP, "nan": math.nan}, sequences)
     assert markdown.startswith("# Invariance comparison: cifar10 variants (SMOKE RUN, preset tiny)")
     # shown columns only; 4 decimals, images per second with 1, NaN as n/a
     assert "| plain | 0.5000 | 0.2500 | 0.5000 |" in markdown and "| n/a | 0.5000 | 81.3 | 3 | trained |" in markdown
@@ -218,3 +220,59 @@ def test_flip_grid_shows_the_frames_the_model_was_given():
     strip = torch.stack([sequence.frame(centred[:1], t)[0] for t in range(3)])
     zero_shown = (0 - strip.min()) / (strip.max() - strip.min())
     assert float(shifted[0, 0, 0]) == pytest.approx(float(zero_shown), abs=1e-6) and float(zero_shown) > 0.3
+
+
+def test_comparison_definitions_describe_the_sequences_they_are_given():
+    sequences = {"shift": ShiftSequence(max_shift=5, mode="circular"), "zoom": ScaleSequence([0.5, 2.0])}
+    monitor_shift = ShiftSequence(max_shift=2, mode="reflect")
+    markdown = comparison_markdown([row("plain", 0.25, 0.5, 8.0)], SETUP, sequences, monitor_shift)
+    definitions = markdown.split("## Definitions")[1]
+    assert "**shift**: 6 frames (0, 0), (1, 1), ..., (5, 5), wrap-around" in definitions
+    assert "**zoom**: 2 frames x0.5, x2, zero fill" in definitions
+    assert "images (3 frames (0, 0), (1, 1), (2, 2), mirrored border)" in definitions
+    assert "(8, 8)" not in definitions and "(3, 3)" not in definitions and "9 frames" not in definitions
+    assert "![zoom: per-frame accuracy and flip rate](zoom_per_frame.png)" in markdown
+    assert "scale_per_frame.png" not in markdown
+
+
+def test_comparison_definitions_default_to_the_report_and_monitor_presets():
+    definitions = comparison_markdown([row("plain", 0.25, 0.5, 8.0)], SETUP).split("## Definitions")[1]
+    report, monitor = sequence_preset("report"), sequence_preset("monitor")["shift"]
+    assert f"**shift**: {len(report['shift'])} frames (0, 0), (1, 1), ..., (8, 8), zero fill" in definitions
+    assert f"**scale**: {len(report['scale'])} frames x0.8, x0.85, ..., x1.2, zero fill" in definitions
+    assert f"images ({len(monitor)} frames (0, 0), (1, 1), ..., (3, 3), zero fill)" in definitions
+
+
+def test_paper_protocol_lines_follow_the_sequence_and_the_image_size():
+    crop = ShiftSequence(max_shift=3, mode="crop", crop_size=40)
+    line = protocol_note("shift_crop", crop, (48, 64))
+    assert "4 frames (0, 0), (1, 1), ..., (3, 3), cropped" in line
+    assert "a 40x40 window moves" in line and "smaller than the 48x64 it was trained on" in line
+    assert "32x32" not in line and "24x24" not in line
+    scale = protocol_note("scale", ScaleSequence([0.5, 1.0], mode="zeros"), (20, 30))
+    assert "2 frames x0.5, x1, zero fill" in scale and "centre crop back to 20x30" in scale
+    assert protocol_note("mine", ShiftSequence(max_shift=1), (8, 8)).endswith("2 frames (0, 0), (1, 1), zero fill")
+
+
+def test_json_helpers_write_strict_json(tmp_path):
+    assert to_json({"a": math.nan, "b": (1, 2.5)}) == '{\n "a": null,\n "b": [\n  1,\n  2.5\n ]\n}'
+    write_json(tmp_path / "x.json", {"inf": math.inf})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"inf": None}
+
+
+def test_moved_table_names_still_import_from_tables_with_a_deprecation_warning():
+    from invariance_lightning.reporting import comparison, paper, tables
+
+    with pytest.warns(DeprecationWarning, match="moved to invariance_lightning.reporting.comparison"):
+        assert tables.COMPARISON_COLUMNS is comparison.COMPARISON_COLUMNS
+    with pytest.warns(DeprecationWarning, match="reporting.paper.paper_report_markdown"):
+        assert tables.paper_report_markdown is paper.paper_report_markdown
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        tables.nothing
+
+
+def test_machine_info_names_this_process():
+    info = machine_info()
+    assert info["threads"] == torch.get_num_threads() and info["torch"] == torch.__version__
+    assert info["cpus"] == os.cpu_count() and info["machine"]
+    assert load_average() == "n/a" or len(load_average().split(" / ")) == 3

@@ -11,8 +11,6 @@ recipe's options that fix them.
 
 from __future__ import annotations
 
-import json
-import platform
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,13 +38,9 @@ from invariance_lightning.reporting.figures import (
     save_figures,
     train_test_figure,
 )
-from invariance_lightning.reporting.tables import (
-    json_safe,
-    paper_report_markdown,
-    protocol_numbers,
-    protocols_to_dict,
-    results_to_dict,
-)
+from invariance_lightning.reporting.machine import machine_info
+from invariance_lightning.reporting.paper import paper_report_markdown
+from invariance_lightning.reporting.tables import protocol_numbers, protocols_to_dict, results_to_dict, write_json
 from invariance_lightning.transforms import TransformSequence, sequence_preset
 from invariance_lightning.transforms.normalization import Normalization
 from invariance_lightning.validation import check_choice
@@ -329,13 +323,13 @@ def run_paper(settings: PaperSettings) -> Path:
         "model": {"name": loaded.name, "source": loaded.source, "normalize": [list(v) for v in loaded.normalize]},
         "data": {
             "dataset": datamodule.name, "source": datamodule.source, "num_images": counts,
+            "image_size": list(subsets["test"][0].shape[-2:]),
             "layer_images": layers.num_images, "train_note": loaded.train_note,
             "datamodule": dict(loaded.datamodule_kwargs),
         },
         "settings": {
             "preset": settings.preset, "seed": settings.seed, "batch_size": settings.batch_size,
-            "device": settings.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "machine": platform.processor() or platform.machine(),
+            "device": settings.device, **machine_info(),
         },
         "seconds": {**seconds, "layers": layer_seconds, "total": time.perf_counter() - started},
         "protocols": {name: repr(seq) for name, seq in sequences.items()},
@@ -348,7 +342,7 @@ def run_paper(settings: PaperSettings) -> Path:
         },
         "plots": [f"{name}.png" for name in figures],
     }
-    (output / "report.json").write_text(json.dumps(json_safe(payload), indent=1, allow_nan=False))
+    write_json(output / "report.json", payload)
     report = output / "report.md"
     report.write_text(paper_report_markdown(payload, sequences, results, layers))
     print(f"report: {report}")
