@@ -9,7 +9,8 @@ from typing import Any
 
 def deprecated_aliases(module: str, namespace: Mapping[str, Any], aliases: Mapping[str, str]) -> Callable[[str], Any]:
     """A module ``__getattr__`` (PEP 562) for the module named ``module`` with globals ``namespace``: each old name
-    of ``aliases`` returns the object its new name has in ``namespace``, with a ``DeprecationWarning`` naming it."""
+    of ``aliases`` returns the object its new name has in ``namespace`` (a dotted name reads attributes of a
+    submodule there, e.g. ``"comparison.comparison_markdown"``), with a ``DeprecationWarning`` naming it."""
 
     def __getattr__(name: str) -> Any:
         if name not in aliases:
@@ -19,6 +20,10 @@ def deprecated_aliases(module: str, namespace: Mapping[str, Any], aliases: Mappi
             DeprecationWarning,
             stacklevel=2,
         )
-        return namespace[aliases[name]]
+        first, *rest = aliases[name].split(".")
+        value = namespace[first]
+        for attribute in rest:
+            value = getattr(value, attribute)
+        return value
 
     return __getattr__

@@ -3,7 +3,7 @@
 For each variant (``configs/<family>/<label>_<variant>.yaml``) the recipe
 
 1. trains it through the project's own CLI (``invariance-lightning fit``, in-process), on a copy of the config whose
-   run directory is moved under ``--runs-dir``, with the size preset's overrides on the command line; with
+   run directory is moved under ``--runs_dir``, with the size preset's overrides on the command line; with
    ``--reuse`` a run whose ``last.ckpt`` already covers the epochs is read instead, and a run stopped before its
    ``max_epochs`` is resumed (``--ckpt_path last``; a finished run cannot be extended: its one-cycle schedule is
    fixed by ``max_epochs``);
@@ -20,10 +20,10 @@ PNG plots to ``--output``
 (offline unless you are logged in) the training runs and a summary run with the table and plots share one W&B group.
 Run from the repository root, e.g.::
 
-    python recipes/compare.py --preset quick --no-wandb          # smoke run: ~11 min on 2 CPU cores (docs/recipes.md)
+    python recipes/compare.py --preset quick --no_wandb          # smoke run: ~11 min on 2 CPU cores (docs/recipes.md)
     python recipes/compare.py --preset cpu --variants all        # 20 epochs on 5,000 images: docs/results.md
     python recipes/compare.py --preset cpu-full --reuse --variants augmented augmented_blur_consistency \
-        --runs-dir runs/cpu-full --output benchmarks/results/compare_cifar10_cpu-full   # 45,000 images, 15 epochs
+        --runs_dir runs/cpu-full --output benchmarks/results/compare_cifar10_cpu-full   # 45,000 images, 15 epochs
     python recipes/compare.py --preset full --reuse              # the configs' schedules, for a GPU
     python recipes/compare.py --family imagenette --variants plain blur --preset full
 """
@@ -47,7 +47,7 @@ from invariance_lightning.lightning.comparison import (
     run_comparison,
 )
 from invariance_lightning.metrics.protocols import PROTOCOLS
-from invariance_lightning.validation import positive_int
+from invariance_lightning.validation import nonnegative_int, positive_int
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,26 +68,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=positive_int,
                         help="the most epochs a variant trains (default: the preset's); a config planned for fewer, "
                         "such as a fine-tuning run, keeps its own")
-    parser.add_argument("--train-subset", type=positive_int, help="override the preset's training images")
-    parser.add_argument("--test-images", type=positive_int, help="override the preset's test images")
-    parser.add_argument("--monitor-samples", type=positive_int,
+    parser.add_argument("--train_subset", "--train-subset", type=positive_int,
+                        help="override the preset's training images")
+    parser.add_argument("--test_images", "--test-images", type=positive_int,
+                        help="override the preset's test images")
+    parser.add_argument("--monitor_samples", "--monitor-samples", type=positive_int,
                         help="override the InvarianceMonitor's num_samples (images per split it measures each epoch)")
-    parser.add_argument("--data-dir", type=Path, default=None,
+    parser.add_argument("--data_dir", "--data-dir", type=Path, default=None,
                         help="the data, or a folder holding data/<name>/ (default: $INVARIANCE_DATA_DIR for CIFAR "
                         "when set, else ../shared beside the repository when it has the data, else the config's)")
     parser.add_argument("--output", type=Path, default=None, help="default: results/compare_<family>_<preset>")
-    parser.add_argument("--runs-dir", type=Path, default=None,
-                        help="training runs go to <runs-dir>/<family>/<config name> (default: runs for --preset "
+    parser.add_argument("--runs_dir", "--runs-dir", type=Path, default=None,
+                        help="training runs go to <runs_dir>/<family>/<config name> (default: runs for --preset "
                         "full, the configs' own run folders; <output>/runs otherwise)")
     parser.add_argument("--reuse", action="store_true",
                         help="use runs whose last.ckpt covers the epochs; resume runs stopped before their "
                         "max_epochs (--ckpt_path last)")
-    parser.add_argument("--no-wandb", action="store_true", help="CSV logs only, no W&B runs")
+    parser.add_argument("--no_wandb", "--no-wandb", action="store_true", help="CSV logs only, no W&B runs")
     parser.add_argument("--protocols", nargs="+", choices=list(PROTOCOLS), default=[], metavar="NAME",
                         help=f"published protocols to run on the test images: {', '.join(PROTOCOLS)} (default: none)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=nonnegative_int, default=0,
                         help="seed of the test subset and of the protocols' random shifts (default: 0)")
-    parser.add_argument("--batch-size", type=positive_int, default=256,
+    parser.add_argument("--batch_size", "--batch-size", type=positive_int, default=256,
                         help="frames per evaluation forward pass (default: 256)")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     return parser

@@ -190,8 +190,8 @@ class Scenario:
 @pytest.fixture(scope="module")
 def scenario(generated_cifar, tmp_path_factory) -> Scenario:
     recipe = runpy.run_path(str(REPO_ROOT / "recipes" / "compare.py"), run_name="compare_recipe")
-    base = ["--preset", "tiny", "--variants", "plain", "--epochs", "2", "--train-subset", "64", "--test-images", "16",
-            "--no-wandb", "--data-dir", str(generated_cifar), "--monitor-samples", "24",
+    base = ["--preset", "tiny", "--variants", "plain", "--epochs", "2", "--train_subset", "64", "--test_images", "16",
+            "--no_wandb", "--data_dir", str(generated_cifar), "--monitor_samples", "24",
             "--protocols", "aps2021_circular", "--seed", "3"]
     return Scenario(recipe["main"], tmp_path_factory.mktemp("scenario") / "out", base)
 
@@ -322,13 +322,22 @@ def test_a_record_made_with_other_settings_is_not_used(scenario, reused, generat
 @pytest.mark.parametrize(("argv", "message"), [
     (["--variants", "plain", "antialiased"], "valid variants"),
     (["--family", "mnist"], "'imagenette'"),
-    (["--monitor-samples", "-3"], "argument --monitor-samples: must be an int >= 1, got '-3'"),
+    (["--monitor_samples", "-3"], "argument --monitor_samples/--monitor-samples: must be an int >= 1, got '-3'"),
+    (["--seed", "-1"], "argument --seed: must be an int >= 0, got '-1'"),
 ])
 def test_bad_command_lines_exit_with_status_2_and_say_what_is_valid(argv, message, capsys):
     main = runpy.run_path(str(REPO_ROOT / "recipes" / "compare.py"), run_name="compare_recipe")["main"]
     with pytest.raises(SystemExit) as stop:
         main(argv)
     assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_options_take_the_lightning_cli_spelling_and_the_old_hyphen_spelling():
+    parser = runpy.run_path(str(REPO_ROOT / "recipes" / "compare.py"), run_name="compare_recipe")["build_parser"]()
+    for option in ("--runs_dir", "--runs-dir"):
+        assert parser.parse_args([option, "here"]).runs_dir == Path("here")
+    for option in ("--no_wandb", "--no-wandb"):
+        assert parser.parse_args([option]).no_wandb is True
 
 
 def test_unknown_names_list_the_valid_ones():

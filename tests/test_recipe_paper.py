@@ -241,7 +241,7 @@ def test_checkpoint_model_checks_its_data_and_normalizes_old_checkpoints_with_it
         load_checkpoint_model(save("folder", 10, {"root": "imagenette"}))
     weights = tmp_path / "resnet20-0.th"
     weights.write_bytes(b"")
-    with pytest.raises(ValueError, match="--model resnet<depth> with --weights-dir"):
+    with pytest.raises(ValueError, match="--model resnet<depth> with --weights_dir"):
         load_checkpoint_model(weights)
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_checkpoint_model(tmp_path / "missing.ckpt")

@@ -276,3 +276,14 @@ def test_machine_info_names_this_process():
     assert info["threads"] == torch.get_num_threads() and info["torch"] == torch.__version__
     assert info["cpus"] == os.cpu_count() and info["machine"]
     assert load_average() == "n/a" or len(load_average().split(" / ")) == 3
+
+
+def test_the_package_exports_the_generic_tables_and_the_recipes_reports_warn_under_their_old_names():
+    import invariance_lightning.reporting as reporting
+    from invariance_lightning.reporting import comparison, paper
+
+    assert "write_report" in reporting.__all__ and "comparison_markdown" not in reporting.__all__
+    with pytest.warns(DeprecationWarning, match=r"reporting.comparison_markdown is deprecated.*reporting\.comparison"):
+        assert reporting.comparison_markdown is comparison.comparison_markdown
+    with pytest.warns(DeprecationWarning, match="paper_report_markdown is deprecated"):
+        assert reporting.paper_report_markdown is paper.paper_report_markdown

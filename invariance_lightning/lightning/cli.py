@@ -34,7 +34,7 @@ from invariance_lightning.lightning.module import ImageClassifier
 from invariance_lightning.lightning.published import ProtocolTotals
 from invariance_lightning.metrics.evaluate import evaluate_sequences, module_device
 from invariance_lightning.metrics.protocols import PROTOCOLS
-from invariance_lightning.reporting.tables import write_report
+from invariance_lightning.reporting.tables import protocol_line, write_report
 from invariance_lightning.transforms import SEQUENCE_PRESETS, TransformSequence, sequence_preset
 from invariance_lightning.transforms.normalization import Normalization
 from invariance_lightning.validation import nonnegative_int, positive_int
@@ -188,7 +188,7 @@ def evaluate_main(argv: Sequence[str]) -> Path:
     )
     _write_per_frame_plots(results, sequences, output)
     for name, numbers in protocols.items():
-        print(f"{name}: " + ", ".join(f"{key} {value:.4f}" for key, value in numbers.items() if key != "num_images"))
+        print(protocol_line(name, numbers))
     print(f"report written to {report}")
     return output
 

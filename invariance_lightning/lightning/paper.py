@@ -40,7 +40,7 @@ from invariance_lightning.reporting.figures import (
 )
 from invariance_lightning.reporting.machine import machine_info
 from invariance_lightning.reporting.paper import paper_report_markdown
-from invariance_lightning.reporting.tables import protocol_numbers, protocols_to_dict, results_to_dict, write_json
+from invariance_lightning.reporting.tables import protocol_line, protocols_to_dict, results_to_dict, write_json
 from invariance_lightning.transforms import TransformSequence, sequence_preset
 from invariance_lightning.transforms.normalization import Normalization
 from invariance_lightning.validation import check_choice
@@ -120,7 +120,7 @@ def load_checkpoint_model(path: Path) -> LoadedModel:
     if path.suffix != ".ckpt":
         raise ValueError(
             f"--checkpoint {path}: expected a Lightning .ckpt of ImageClassifier; for pretrained CIFAR ResNet weights "
-            "use --model resnet<depth> with --weights-dir"
+            "use --model resnet<depth> with --weights_dir"
         )
     saved = read_checkpoint(path).datamodule_hyper_parameters
     name = saved.get("name") if saved else "cifar10"
@@ -219,8 +219,7 @@ def measure_published(
     results = evaluate_protocols(loaded.model, images, labels, names, seed=seed, normalize=loaded.normalize,
                                  batch_size=batch_size)
     for name, numbers in results.items():
-        numbers_text = "  ".join(f"{k} {v:.4f}" for k, v in protocol_numbers(numbers).items())
-        print(f"test  {name:18s} " + numbers_text, flush=True)
+        print(f"test  {protocol_line(name, numbers)}", flush=True)
     return results, time.perf_counter() - started
 
 

@@ -112,6 +112,11 @@ def protocol_numbers(numbers: Mapping[str, float]) -> dict[str, float]:
     return {key: value for key, value in numbers.items() if key != "num_images"}
 
 
+def protocol_line(name: str, numbers: Mapping[str, float]) -> str:
+    """One console line of a published protocol's numbers, e.g. ``"aps2021_standard   consistency 0.9490"``."""
+    return f"{name:18s} " + "  ".join(f"{key} {value:.4f}" for key, value in protocol_numbers(numbers).items())
+
+
 def protocols_to_dict(protocols: ProtocolResults, seed: int) -> dict[str, Any]:
     """Each published protocol's numbers with its citation, description and the seed of its random shifts."""
     return {

@@ -98,7 +98,7 @@ def plan_comparison(settings: ComparisonSettings) -> ComparisonPlan:
         except ValueError as error:
             problems.append(f"{run.variant}: {error}")
     if problems:
-        raise ValueError("\n".join(problems) + "\n(or choose another --runs-dir / --output)")
+        raise ValueError("\n".join(problems) + "\n(or choose another --runs_dir / --output)")
     project = (first["trainer"].get("logger") or {}).get("init_args", {}).get("project", "invariance-lightning")
     wandb_project = None if settings.no_wandb else project
     return ComparisonPlan(settings, output, data, runs, actions, records, wandb_project, started, load_start)
