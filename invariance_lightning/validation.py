@@ -12,11 +12,14 @@ import argparse
 import math
 from typing import TypeVar
 
+import torch
 from torch import Tensor
 
 __all__ = [
+    "NonFiniteLogitsError",
     "check_choice",
     "check_feature_map",
+    "check_finite_logits",
     "check_int",
     "check_number",
     "check_optional_int",
@@ -26,6 +29,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+class NonFiniteLogitsError(ValueError):
+    """A model's logits hold NaN or infinite values: its state, not an argument, is wrong (a diverged run)."""
 
 
 def _checked_int(owner: str, name: str, value: object, low: int, high: int | None, expected: str) -> int:
@@ -118,6 +125,22 @@ def check_feature_map(owner: str, x: object, channels: int | None) -> None:
             f"{owner} was built for channels={channels}, got an input with {x.shape[1]} channels "
             f"(shape {tuple(x.shape)})"
         )
+
+
+def check_finite_logits(owner: str, name: str, value: Tensor) -> Tensor:
+    """Return the logits ``value`` if every entry is finite; :class:`NonFiniteLogitsError` otherwise.
+
+    >>> check_finite_logits("f", "logits", torch.tensor([1.0, float("nan")]))
+    Traceback (most recent call last):
+    ...
+    invariance_lightning.validation.NonFiniteLogitsError: f: logits must be finite, got 1 NaN or infinite values
+    """
+    finite = torch.isfinite(value)
+    if not bool(finite.all()):
+        raise NonFiniteLogitsError(
+            f"{owner}: {name} must be finite, got {int((~finite).sum())} NaN or infinite values"
+        )
+    return value
 
 
 def _argparse_int(text: str, low: int) -> int:

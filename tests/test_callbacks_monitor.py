@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from invariance_lightning import InvarianceMonitor, ScaleSequence, ShiftSequence, evaluate_invariance
 from invariance_lightning.lightning.callbacks.subsets import _draw_indices
 from invariance_lightning.metrics.protocols import evaluate_protocol
+from invariance_lightning.validation import NonFiniteLogitsError
 from lightning_helpers import NUM_CLASSES, TinyClassifier, tiny_data, tiny_loader, tiny_trainer
 
 SEQUENCES = {"shift": ShiftSequence(max_shift=2, mode="zeros"), "scale": ScaleSequence([0.9, 1.0, 1.1])}
@@ -169,12 +170,12 @@ def test_nonfinite_logits_log_nan_with_warning_or_raise(tmp_path):
 
     callback = monitor()
     trainer = tiny_trainer(tmp_path, max_epochs=1, callbacks=[callback])
-    with pytest.warns(UserWarning, match="NaN or infinite logits"):
+    with pytest.warns(UserWarning, match="NaN or infinite"):
         trainer.fit(Exploding(), tiny_loader(40, seed=1), tiny_loader(24, seed=2))
     assert math.isnan(callback.history[0]["values"]["val/shift/flip_rate"])
 
     trainer = tiny_trainer(tmp_path, max_epochs=1, callbacks=[monitor(on_nonfinite="raise")])
-    with pytest.raises(ValueError, match="NaN or infinite logits"):
+    with pytest.raises(NonFiniteLogitsError, match="NaN or infinite"):
         trainer.fit(Exploding(), tiny_loader(40, seed=1), tiny_loader(24, seed=2))
 
 

@@ -73,7 +73,7 @@ class TransformConsistency(PostComputeMetric):
 
     def update(self, logits: Tensor, target: Tensor | None = None) -> None:
         """Accumulate one batch: ``logits`` (N, T, C) and optional ``target`` (N,)."""
-        logits, target = check_logits(logits, target, num_classes=self.num_classes)
+        logits, target = check_logits(logits, target, num_classes=self.num_classes, owner="TransformConsistency")
         expected = self._frames_seen()
         if expected is not None and logits.shape[1] != expected:
             raise ValueError(

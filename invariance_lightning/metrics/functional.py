@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from invariance_lightning.validation import check_optional_int
+from invariance_lightning.validation import check_finite_logits, check_optional_int
 
 #: Names of the additive statistics, in a fixed order.
 STAT_NAMES = (
@@ -28,9 +28,10 @@ STAT_NAMES = (
 
 
 def check_logits(
-    logits: Any, target: Any = None, *, num_classes: int | None = None
+    logits: Any, target: Any = None, *, num_classes: int | None = None, owner: str = "transform_consistency"
 ) -> tuple[Tensor, Tensor | None]:
-    """Validate ``logits`` (N, T, C) and the optional ``target`` (N,); raise ValueError/TypeError on bad input."""
+    """Validate ``logits`` (N, T, C) and the optional ``target`` (N,); raise ValueError/TypeError on bad input,
+    :class:`~invariance_lightning.validation.NonFiniteLogitsError` (a ValueError) for NaN or infinite logits."""
     if not isinstance(logits, Tensor):
         raise TypeError(f"logits must be a torch.Tensor of shape (N, T, C), got {type(logits).__name__}")
     if logits.ndim != 3:
@@ -48,9 +49,7 @@ def check_logits(
         )
     if num_classes is not None and classes != num_classes:
         raise ValueError(f"logits have C={classes} classes but num_classes={num_classes}")
-    if not bool(torch.isfinite(logits).all()):
-        bad = int((~torch.isfinite(logits)).sum())
-        raise ValueError(f"logits contain {bad} NaN or infinite values; the model's outputs are not finite")
+    check_finite_logits(owner, "logits", logits)
     if target is None:
         return logits, None
     if not isinstance(target, Tensor):

@@ -77,7 +77,7 @@ class _Runner:
             error = class_targets_error(chunk_targets, logits.shape[-1])
             if error is not None:
                 raise ValueError(error)
-            yield check_logits(logits, chunk_targets)
+            yield check_logits(logits, chunk_targets, owner="protocol_counts")
 
 
 def _add(totals: dict[str, int], **counts: Tensor | int) -> None:

@@ -14,7 +14,6 @@ from torch.utils.data import Dataset
 from invariance_lightning.lightning.callbacks.inputs import InputSpace, resolve_input_space
 from invariance_lightning.lightning.callbacks.measure import (
     ModuleForward,
-    NonFiniteLogitsError,
     SequenceMeasurement,
     measure_sequences,
     targets_error,
@@ -27,7 +26,7 @@ from invariance_lightning.metrics.mode import evaluation_mode
 from invariance_lightning.metrics.outputs import check_outputs, class_logits, with_output_key
 from invariance_lightning.reporting.figures import FLIP_GRID_IMAGES, flip_grid_figure, per_frame_figure
 from invariance_lightning.transforms import Normalization, TransformSequence
-from invariance_lightning.validation import check_choice, check_int
+from invariance_lightning.validation import NonFiniteLogitsError, check_choice, check_int
 
 NONFINITE_POLICIES = ("warn", "raise")
 

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from invariance_lightning._compat import callback_state_key
 from invariance_lightning.lightning.callbacks.base import InvarianceCallbackBase, class_names_of, device_transfer
 from invariance_lightning.lightning.callbacks.inputs import InputSpace
-from invariance_lightning.lightning.callbacks.measure import ModuleForward, NonFiniteLogitsError, SequenceMeasurement
+from invariance_lightning.lightning.callbacks.measure import ModuleForward, SequenceMeasurement
 from invariance_lightning.lightning.callbacks.subsets import BatchKey, ImageSubset, check_splits, draw_subset
 from invariance_lightning.lightning.published import ProtocolTotals, check_protocol_names, summarize
 from invariance_lightning.metrics.evaluate import ForwardFn
@@ -22,7 +22,7 @@ from invariance_lightning.metrics.protocols import PROTOCOLS
 from invariance_lightning.reporting.figures import history_figure
 from invariance_lightning.reporting.tables import protocol_numbers
 from invariance_lightning.transforms import Normalization, TransformSequence, sequence_preset
-from invariance_lightning.validation import check_int
+from invariance_lightning.validation import NonFiniteLogitsError, check_int
 
 #: Images per split under ``Trainer(fast_dev_run=...)``.
 FAST_DEV_RUN_SAMPLES = 8
@@ -268,7 +268,7 @@ class InvarianceMonitor(InvarianceCallbackBase):
         try:
             with trainer.precision_plugin.val_step_context():
                 totals.update(pl_module, shard.images, shard.targets, torch.arange(len(subset))[rank::world_size])
-        except ValueError as caught:  # the inputs were checked at fit start: non-finite logits
+        except NonFiniteLogitsError as caught:  # the inputs were checked at fit start
             error = str(caught)
         if not trainer.strategy.reduce_boolean_decision(error is None, all=True):
             message = f"protocols on the {split!r} subset: {error or 'non-finite logits on another process'}"
