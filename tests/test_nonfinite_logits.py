@@ -8,8 +8,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from invariance_lightning import InvarianceMonitor, ShiftSequence, evaluate_invariance
-from invariance_lightning.lightning.published import ProtocolTotals
 from invariance_lightning.metrics.protocols import evaluate_protocol
+from invariance_lightning.metrics.published import ProtocolTotals
 from invariance_lightning.validation import NonFiniteLogitsError
 from lightning_helpers import NUM_CLASSES, TinyClassifier, tiny_trainer
 

@@ -101,6 +101,8 @@ class ShiftProtocol(ABC):
 
     #: Whether the protocol measures accuracy, so that ``targets`` are required.
     needs_targets: ClassVar[bool] = False
+    #: Every key :func:`protocol_counts` may return (a key missing from a result counts 0).
+    count_names: ClassVar[tuple[str, ...]]
 
     @property
     @abstractmethod
@@ -207,6 +209,8 @@ class RandomPairProtocol(ShiftProtocol):
     passes: int
     crop: int | None = None
 
+    count_names: ClassVar[tuple[str, ...]] = ("num_images", "num_pairs", "agreeing_pairs", "num_predictions", "correct")
+
     def __post_init__(self) -> None:
         low, high = self.shift_range
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)) or low > high:
@@ -273,7 +277,7 @@ class RandomPairProtocol(ShiftProtocol):
     def summarize(self, counts: Mapping[str, Tensor | int]) -> dict[str, float]:
         out = {"num_images": float(counts["num_images"]),
                "consistency": int(counts["agreeing_pairs"]) / int(counts["num_pairs"])}
-        if "correct" in counts:
+        if int(counts.get("num_predictions", 0)):  # measured with targets
             out["accuracy"] = int(counts["correct"]) / int(counts["num_predictions"])
         return out
 
@@ -326,6 +330,9 @@ class AdversarialGridProtocol(ShiftProtocol):
     crop_margin: int = 3
 
     needs_targets: ClassVar[bool] = True
+    count_names: ClassVar[tuple[str, ...]] = (
+        "num_images", "correct", "integer_all_correct", "half_pixel_all_correct", "crop_all_correct"
+    )
 
     def __post_init__(self) -> None:
         check_int(self.name, "max_shift", self.max_shift, 2)
@@ -399,6 +406,8 @@ class FlipProbabilityProtocol(ShiftProtocol):
 
     shifts: tuple[tuple[int, int], ...]
 
+    count_names: ClassVar[tuple[str, ...]] = ("num_images", "flips", "num_predictions", "correct")
+
     def __post_init__(self) -> None:
         _ = self.sequence  # building the ShiftSequence validates the shifts (>= 2 finite (dx, dy) pairs)
 
@@ -437,7 +446,7 @@ class FlipProbabilityProtocol(ShiftProtocol):
         num_images = int(counts["num_images"])
         out = {"num_images": float(num_images),
                "flip_probability": int(counts["flips"]) / (num_images * (len(self.shifts) - 1))}
-        if "correct" in counts:
+        if int(counts.get("num_predictions", 0)):  # measured with targets
             out["accuracy"] = int(counts["correct"]) / int(counts["num_predictions"])
         return out
 

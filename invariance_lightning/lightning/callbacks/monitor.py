@@ -8,7 +8,6 @@ from typing import Any, cast
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor
 from torch.utils.data import Dataset
 
 from invariance_lightning._compat import callback_state_key
@@ -16,9 +15,9 @@ from invariance_lightning.lightning.callbacks.base import InvarianceCallbackBase
 from invariance_lightning.lightning.callbacks.inputs import InputSpace
 from invariance_lightning.lightning.callbacks.measure import ModuleForward, SequenceMeasurement
 from invariance_lightning.lightning.callbacks.subsets import BatchKey, ImageSubset, check_splits, draw_subset
-from invariance_lightning.lightning.published import ProtocolTotals, check_protocol_names, summarize
 from invariance_lightning.metrics.evaluate import ForwardFn
 from invariance_lightning.metrics.protocols import PROTOCOLS
+from invariance_lightning.metrics.published import ProtocolTotals, check_protocol_names
 from invariance_lightning.reporting.figures import history_figure
 from invariance_lightning.reporting.tables import protocol_numbers
 from invariance_lightning.transforms import Normalization, TransformSequence, sequence_preset
@@ -263,7 +262,7 @@ class InvarianceMonitor(InvarianceCallbackBase):
             self.protocols, seed=self.seed, normalize=self._normalize_values, batch_size=self.batch_size,
             device=pl_module.device, outputs=self.outputs,
             forward_fn=cast("ForwardFn | None", self.forward_fn),  # called with pl_module only
-        )
+        ).to(pl_module.device)
         error = None
         try:
             with trainer.precision_plugin.val_step_context():
@@ -276,28 +275,11 @@ class InvarianceMonitor(InvarianceCallbackBase):
                 raise NonFiniteLogitsError(message)
             self._sink.warn_once("protocols", f"{message}; no protocol values logged for this epoch")
             return {}
-        counts = self._sum_over_processes(trainer, pl_module, totals.counts)
-        return {
+        return {  # compute() sums the counts over processes
             f"{split}/{name}/{key}": value
-            for name, numbers in summarize(counts).items()
+            for name, numbers in totals.compute().items()
             for key, value in protocol_numbers(numbers).items()
         }
-
-    @staticmethod
-    def _sum_over_processes(
-        trainer: pl.Trainer, pl_module: pl.LightningModule, counts: Mapping[str, Mapping[str, Tensor]]
-    ) -> dict[str, dict[str, Tensor]]:
-        """Counts summed exactly over processes (int64; a process with an empty shard adds zeros)."""
-        # rank zero's shard is never empty, so its keys are the full set
-        keys = trainer.strategy.broadcast(sorted((name, key) for name, values in counts.items() for key in values))
-        local = torch.tensor(
-            [int(counts[name].get(key, 0)) for name, key in keys], dtype=torch.long, device=pl_module.device
-        )
-        summed = trainer.strategy.reduce(local, reduce_op="sum").cpu()
-        totals: dict[str, dict[str, Tensor]] = {name: {} for name in counts}
-        for (name, key), value in zip(keys, summed):
-            totals[name][key] = value
-        return totals
 
     def _extra_figures(self) -> dict[str, Any]:
         return {f"{self.prefix}_plots/history": history_figure(self.history)}
