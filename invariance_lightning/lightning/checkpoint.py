@@ -14,9 +14,8 @@ import torch
 from torch import nn
 
 from invariance_lightning.lightning.module import ImageClassifier
-from invariance_lightning.metrics.evaluate import check_normalize
 from invariance_lightning.models import CIFAR_RESNET_NORMALIZE, load_cifar_resnet
-from invariance_lightning.transforms.normalization import Normalization
+from invariance_lightning.transforms.normalization import Normalization, check_normalize
 
 #: Classes a checkpoint may hold beyond tensors and plain containers: a datamodule given a ``pathlib`` folder
 #: saves it among its hyperparameters, and a path is safe to unpickle.

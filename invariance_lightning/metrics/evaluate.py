@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,18 +18,14 @@ from invariance_lightning.metrics.consistency import TransformConsistency
 from invariance_lightning.metrics.mode import evaluation_mode
 from invariance_lightning.metrics.outputs import check_outputs, class_logits, class_targets, class_targets_error
 from invariance_lightning.transforms.base import TransformSequence
-from invariance_lightning.transforms.normalization import Normalization, normalize_images
+from invariance_lightning.transforms.normalization import (
+    Normalization,
+    as_float_images,
+    check_normalize,
+    normalize_images,
+)
 
 ForwardFn = Callable[[nn.Module, Tensor], Any]
-
-
-def as_float_images(images: Tensor) -> Tensor:
-    """uint8 images become floats in [0, 1]; floating-point images pass unchanged."""
-    if images.dtype == torch.uint8:
-        return images.float().div_(255)
-    if not images.is_floating_point():
-        raise TypeError(f"images must be uint8 or floating point, got dtype {images.dtype}")
-    return images
 
 
 def module_device(model: nn.Module) -> torch.device:
@@ -37,19 +33,6 @@ def module_device(model: nn.Module) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return torch.device("cpu")
-
-
-def check_normalize(normalize: object) -> Normalization | None:
-    """Validate a ``(mean, std)`` pair of per-channel sequences."""
-    if normalize is None:
-        return None
-    if not isinstance(normalize, (tuple, list)) or len(normalize) != 2:
-        raise ValueError(f"normalize must be a (mean, std) pair of per-channel sequences, got {normalize!r}")
-    mean, std = (tuple(float(v) for v in part) for part in normalize)
-    if len(mean) != len(std) or any(s <= 0 for s in std):
-        raise ValueError(f"normalize needs mean and std of equal length with std > 0, got mean={mean} std={std}")
-    # a plain (mean, std) tuple, unpacked like a Normalization everywhere (yaml.safe_dump writes it, not a NamedTuple)
-    return cast(Normalization, (mean, std))
 
 
 def _batches(images: Tensor | Iterable[Any], targets: Tensor | None) -> Iterator[tuple[Tensor, Tensor | None]]:

@@ -24,18 +24,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from invariance_lightning.metrics.evaluate import (
-    ForwardFn,
-    Normalization,
-    check_normalize,
-    iter_frame_logits,
-    module_device,
-)
+from invariance_lightning.metrics.evaluate import ForwardFn, Normalization, iter_frame_logits, module_device
 from invariance_lightning.metrics.functional import check_logits, consistency_stats
 from invariance_lightning.metrics.mode import evaluation_mode
 from invariance_lightning.metrics.outputs import check_outputs, class_targets, class_targets_error
 from invariance_lightning.transforms import ShiftSequence, TransformSequence
 from invariance_lightning.transforms.functional import pad_2d, shift
+from invariance_lightning.transforms.normalization import check_normalize
 from invariance_lightning.validation import check_choice, check_int
 
 _MASK64 = (1 << 64) - 1

@@ -8,13 +8,22 @@ sequences is accepted too.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
+import torch
 from kornia.enhance import denormalize as kornia_denormalize
 from kornia.enhance import normalize as kornia_normalize
 from torch import Tensor
 
-__all__ = ["CIFAR_STATS", "IMAGENET_STATS", "Normalization", "denormalize_images", "normalize_images"]
+__all__ = [
+    "CIFAR_STATS",
+    "IMAGENET_STATS",
+    "Normalization",
+    "as_float_images",
+    "check_normalize",
+    "denormalize_images",
+    "normalize_images",
+]
 
 
 class Normalization(NamedTuple):
@@ -61,3 +70,25 @@ def denormalize_images(images: Tensor, normalization: Normalization | None) -> T
         return images
     mean, std = normalization
     return kornia_denormalize(images, images.new_tensor(mean), images.new_tensor(std))
+
+
+def check_normalize(normalize: object) -> Normalization | None:
+    """Validate a ``(mean, std)`` pair of per-channel sequences."""
+    if normalize is None:
+        return None
+    if not isinstance(normalize, (tuple, list)) or len(normalize) != 2:
+        raise ValueError(f"normalize must be a (mean, std) pair of per-channel sequences, got {normalize!r}")
+    mean, std = (tuple(float(v) for v in part) for part in normalize)
+    if len(mean) != len(std) or any(s <= 0 for s in std):
+        raise ValueError(f"normalize needs mean and std of equal length with std > 0, got mean={mean} std={std}")
+    # a plain (mean, std) tuple, unpacked like a Normalization everywhere (yaml.safe_dump writes it, not a NamedTuple)
+    return cast(Normalization, (mean, std))
+
+
+def as_float_images(images: Tensor) -> Tensor:
+    """uint8 images become floats in [0, 1]; floating-point images pass unchanged."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255)
+    if not images.is_floating_point():
+        raise TypeError(f"images must be uint8 or floating point, got dtype {images.dtype}")
+    return images

@@ -21,11 +21,11 @@ from invariance_lightning.lightning.callbacks.measure import (
 from invariance_lightning.lightning.callbacks.sinks import FigureSink, Table
 from invariance_lightning.lightning.callbacks.subsets import SPLITS, BatchKey, PipelineFacts
 from invariance_lightning.lightning.packages import CALLBACK_BASES, is_overridden
-from invariance_lightning.metrics.evaluate import as_float_images, check_normalize
 from invariance_lightning.metrics.mode import evaluation_mode
 from invariance_lightning.metrics.outputs import check_outputs, class_logits, with_output_key
 from invariance_lightning.reporting.figures import FLIP_GRID_IMAGES, flip_grid_figure, per_frame_figure
 from invariance_lightning.transforms import Normalization, TransformSequence
+from invariance_lightning.transforms.normalization import as_float_images, check_normalize
 from invariance_lightning.validation import NonFiniteLogitsError, check_choice, check_int
 
 NONFINITE_POLICIES = ("warn", "raise")

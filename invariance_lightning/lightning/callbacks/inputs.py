@@ -17,8 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from invariance_lightning.lightning.packages import is_overridden
-from invariance_lightning.metrics.evaluate import check_normalize
-from invariance_lightning.transforms.normalization import Normalization, denormalize_images
+from invariance_lightning.transforms.normalization import Normalization, check_normalize, denormalize_images
 
 #: How far outside [0, 1] raw float images may reach (rounding of an un-normalization) before they are not raw.
 RAW_TOLERANCE = 1e-3
