@@ -175,7 +175,7 @@ def test_bad_input_is_rejected_early():
         evaluate_invariance(model, [torch.rand(2, 3, 8, 8)], torch.zeros(2, dtype=torch.long), seq)
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         evaluate_invariance(model, torch.rand(4, 3, 8, 8), None, seq, batch_size=0)
-    with pytest.raises(ValueError, match="normalize must be"):
+    with pytest.raises(TypeError, match=r"^iter_sequence_logits: normalize must be a \(mean, std\) pair"):
         evaluate_invariance(model, torch.rand(4, 3, 8, 8), None, seq, normalize=(0.5,))
     with pytest.raises(TypeError, match="sequence must be a TransformSequence"):
         evaluate_invariance(model, torch.rand(4, 3, 8, 8), None, [(0, 0), (1, 1)])

@@ -106,7 +106,7 @@ def layer_equivariance(
     size = (images.shape[-2], images.shape[-1])
     main_shift = _as_shift(shift, "shift", size)
     all_shifts = list(dict.fromkeys([main_shift, *(_as_shift(s, "pooled_shifts", size) for s in pooled_shifts or ())]))
-    normalize = check_normalize(normalize)
+    normalize = check_normalize("measure_equivariance", "normalize", normalize)
     names = default_layers(model) if layers is None else check_layer_names(model, layers)
     if not names:
         raise ValueError(

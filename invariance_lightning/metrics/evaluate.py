@@ -121,7 +121,7 @@ def iter_sequence_logits(
     sequences = check_sequences(sequences)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    normalize = check_normalize(normalize)
+    normalize = check_normalize("iter_sequence_logits", "normalize", normalize)
     device = torch.device(device) if device is not None else module_device(model)
     forward = forward_fn or (lambda module, x: module(x))
     for batch_images, batch_targets in _batches(images, targets):

@@ -560,7 +560,7 @@ def protocol_counts(
     indices = _check_inputs(protocol, images, targets, indices, seed, batch_size)
     protocol.check_size(images.shape[-2], images.shape[-1])
     run = _Runner(
-        model, check_normalize(normalize), batch_size,
+        model, check_normalize("protocol_counts", "normalize", normalize), batch_size,
         torch.device(device) if device is not None else module_device(model), forward_fn,
         check_outputs("protocol_counts", outputs),
     )

@@ -15,6 +15,8 @@ from kornia.enhance import denormalize as kornia_denormalize
 from kornia.enhance import normalize as kornia_normalize
 from torch import Tensor
 
+from invariance_lightning.validation import check_images
+
 __all__ = [
     "CIFAR_STATS",
     "IMAGENET_STATS",
@@ -72,23 +74,33 @@ def denormalize_images(images: Tensor, normalization: Normalization | None) -> T
     return kornia_denormalize(images, images.new_tensor(mean), images.new_tensor(std))
 
 
-def check_normalize(normalize: object) -> Normalization | None:
-    """Validate a ``(mean, std)`` pair of per-channel sequences."""
-    if normalize is None:
+def check_normalize(owner: str, name: str, value: object) -> Normalization | None:
+    """Return ``value`` (None, or a ``(mean, std)`` pair of per-channel sequences of numbers) as a plain
+    ``(mean, std)`` tuple of float tuples; TypeError for another type, ValueError for unequal lengths or a
+    std <= 0.
+
+    >>> check_normalize("f", "normalize", ([0.5], [0]))
+    Traceback (most recent call last):
+    ...
+    ValueError: f: normalize must be a (mean, std) pair of equal lengths with std > 0, got ([0.5], [0])
+    """
+    if value is None:
         return None
-    if not isinstance(normalize, (tuple, list)) or len(normalize) != 2:
-        raise ValueError(f"normalize must be a (mean, std) pair of per-channel sequences, got {normalize!r}")
-    mean, std = (tuple(float(v) for v in part) for part in normalize)
-    if len(mean) != len(std) or any(s <= 0 for s in std):
-        raise ValueError(f"normalize needs mean and std of equal length with std > 0, got mean={mean} std={std}")
+    expected = "a (mean, std) pair of per-channel sequences of numbers"
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{owner}: {name} must be {expected}, got {value!r}")
+    try:
+        mean, std = (tuple(float(v) for v in part) for part in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{owner}: {name} must be {expected}, got {value!r}") from None
+    if len(mean) != len(std) or not mean or any(s <= 0 for s in std):
+        raise ValueError(f"{owner}: {name} must be a (mean, std) pair of equal lengths with std > 0, got {value!r}")
     # a plain (mean, std) tuple, unpacked like a Normalization everywhere (yaml.safe_dump writes it, not a NamedTuple)
     return cast(Normalization, (mean, std))
 
 
-def as_float_images(images: Tensor) -> Tensor:
-    """uint8 images become floats in [0, 1]; floating-point images pass unchanged."""
-    if images.dtype == torch.uint8:
-        return images.float().div_(255)
-    if not images.is_floating_point():
-        raise TypeError(f"images must be uint8 or floating point, got dtype {images.dtype}")
-    return images
+def as_float_images(images: Tensor, owner: str = "as_float_images") -> Tensor:
+    """An ``(N, C, H, W)`` image batch as floats in [0, 1]: uint8 is divided by 255, floating point passes unchanged
+    (TypeError for another dtype, through :func:`~invariance_lightning.validation.check_images`)."""
+    check_images(owner, "images", images, uint8=True)
+    return images.float().div_(255) if images.dtype == torch.uint8 else images

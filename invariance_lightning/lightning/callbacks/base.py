@@ -66,9 +66,9 @@ class InvarianceCallbackBase(*CALLBACK_BASES):  # type: ignore[misc]
         owner = type(self).__name__
         check_choice(owner, "on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         if normalize != "auto":
-            normalize = check_normalize(normalize)
+            normalize = check_normalize(owner, "normalize", normalize)
         if data_normalization != "auto":
-            data_normalization = check_normalize(data_normalization)
+            data_normalization = check_normalize(owner, "data_normalization", data_normalization)
         if plain_transform is not None and not callable(plain_transform):
             raise TypeError(
                 f"{owner}: plain_transform must be a callable transform, got {type(plain_transform).__name__}"
