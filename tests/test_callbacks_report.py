@@ -131,7 +131,7 @@ def test_report_warnings_and_errors_name_the_report(tmp_path, monkeypatch):
         def test_step(self, batch, batch_idx):
             pass
 
-    with pytest.raises(ValueError, match=r"^InvarianceReport needs \(N, C\) logits"):
+    with pytest.raises(ValueError, match=r"^InvarianceReport: the model's outputs must be a floating-point \(N, C\)"):
         tiny_trainer(tmp_path, callbacks=[InvarianceReport(log_plots=False)]).test(Features(), tiny_loader(10))
 
 

@@ -157,7 +157,7 @@ def test_forward_fn_extracts_logits_from_other_outputs():
     model = DictModel()
     images = torch.rand(4, 3, 12, 12)
     seq = ShiftSequence(max_shift=2)
-    with pytest.raises(ValueError, match=r"must return \(N, C\) logits"):
+    with pytest.raises(TypeError, match=r"^class_logits: the model's outputs must be a floating-point \(N, C\), .* got dict"):
         evaluate_invariance(model, images, None, seq)
     out = evaluate_invariance(model, images, None, seq, forward_fn=lambda m, x: m(x)["logits"])
     expected = evaluate_invariance(model.net, images, None, seq)
@@ -169,11 +169,11 @@ def test_bad_input_is_rejected_early():
     seq = ShiftSequence(max_shift=2)
     with pytest.raises(ValueError, match="images is empty"):
         evaluate_invariance(model, torch.rand(0, 3, 8, 8), None, seq)
-    with pytest.raises(ValueError, match=r"targets must have shape \(N,\)"):
+    with pytest.raises(ValueError, match=r"^iter_sequence_logits: targets must be None or of shape \(N,\) = \(4,\)"):
         evaluate_invariance(model, torch.rand(4, 3, 8, 8), torch.zeros(3, dtype=torch.long), seq)
     with pytest.raises(ValueError, match="targets must be None"):
         evaluate_invariance(model, [torch.rand(2, 3, 8, 8)], torch.zeros(2, dtype=torch.long), seq)
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+    with pytest.raises(ValueError, match="^iter_sequence_logits: batch_size must be an int >= 1, got 0$"):
         evaluate_invariance(model, torch.rand(4, 3, 8, 8), None, seq, batch_size=0)
     with pytest.raises(TypeError, match=r"^iter_sequence_logits: normalize must be a \(mean, std\) pair"):
         evaluate_invariance(model, torch.rand(4, 3, 8, 8), None, seq, normalize=(0.5,))

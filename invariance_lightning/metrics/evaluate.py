@@ -24,6 +24,7 @@ from invariance_lightning.transforms.normalization import (
     check_normalize,
     normalize_images,
 )
+from invariance_lightning.validation import check_images, check_int, check_targets
 
 ForwardFn = Callable[[nn.Module, Tensor], Any]
 
@@ -35,21 +36,20 @@ def module_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _batches(images: Tensor | Iterable[Any], targets: Tensor | None) -> Iterator[tuple[Tensor, Tensor | None]]:
+def _batches(
+    owner: str, images: Tensor | Iterable[Any], targets: Tensor | None
+) -> Iterator[tuple[Tensor, Tensor | None]]:
     """Uniform ``(images, targets)`` batches from a tensor or from an iterable of batches; targets as
     :func:`class_targets`."""
     if isinstance(images, Tensor):
-        targets = class_targets(targets)
-        if images.ndim != 4:
-            raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
-        if targets is not None and (targets.ndim != 1 or targets.shape[0] != images.shape[0]):
-            raise ValueError(
-                f"targets must have shape (N,) = ({images.shape[0]},) to match images, got {tuple(targets.shape)}"
-            )
-        yield images, targets
+        check_images(owner, "images", images, uint8=True)
+        yield images, check_targets(owner, "targets", class_targets(targets), images.shape[0])
         return
     if targets is not None:
-        raise ValueError("targets must be None when images is a DataLoader/iterable: it yields (images, targets)")
+        raise ValueError(
+            f"{owner}: targets must be None when images is a DataLoader/iterable (it yields (images, targets)), "
+            f"got {type(targets).__name__}"
+        )
     for batch in images:
         if isinstance(batch, Tensor):
             yield batch, None
@@ -117,14 +117,14 @@ def iter_sequence_logits(
     ``(N, 1)`` output gives C = 2), targets class indices by :func:`class_targets`. The caller owns the
     model's mode and grad state (see :func:`evaluate_sequences`).
     """
-    check_outputs("iter_sequence_logits", outputs)
+    owner = "iter_sequence_logits"
+    check_outputs(owner, outputs)
     sequences = check_sequences(sequences)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    normalize = check_normalize("iter_sequence_logits", "normalize", normalize)
+    check_int(owner, "batch_size", batch_size, 1)
+    normalize = check_normalize(owner, "normalize", normalize)
     device = torch.device(device) if device is not None else module_device(model)
     forward = forward_fn or (lambda module, x: module(x))
-    for batch_images, batch_targets in _batches(images, targets):
+    for batch_images, batch_targets in _batches(owner, images, targets):
         for name, sequence in sequences.items():
             num_frames = len(sequence)
             images_per_chunk = max(1, batch_size // num_frames)

@@ -31,7 +31,14 @@ from invariance_lightning.metrics.outputs import check_outputs, class_targets, c
 from invariance_lightning.transforms import ShiftSequence, TransformSequence
 from invariance_lightning.transforms.functional import pad_2d, shift
 from invariance_lightning.transforms.normalization import check_normalize
-from invariance_lightning.validation import check_choice, check_int
+from invariance_lightning.validation import (
+    check_choice,
+    check_fits,
+    check_images,
+    check_int,
+    check_targets,
+    check_unit_range,
+)
 
 _MASK64 = (1 << 64) - 1
 
@@ -123,11 +130,6 @@ class ShiftProtocol(ABC):
     def summarize(self, counts: Mapping[str, Tensor | int]) -> dict[str, float]:
         """The protocol's numbers (fractions in [0, 1]) from summed counts."""
 
-    def _fit(self, sequence: ShiftSequence, height: int, width: int) -> None:
-        try:
-            sequence.output_size(height, width)
-        except ValueError as error:
-            raise ValueError(f"protocol {self.name!r} does not fit {height}x{width} images: {error}") from error
 
 
 class _ImageShifts(TransformSequence):
@@ -359,8 +361,8 @@ class AdversarialGridProtocol(ShiftProtocol):
         )
 
     def check_size(self, height: int, width: int) -> None:
-        for sequence in self.sequences.values():
-            self._fit(sequence, height, width)
+        for grid, sequence in self.sequences.items():
+            check_fits(self.name, f"its {grid} grid", sequence, height, width)
 
     def _counts(
         self, run: _Runner, images: Tensor, targets: Tensor | None, indices: Tensor, seed: int
@@ -424,7 +426,7 @@ class FlipProbabilityProtocol(ShiftProtocol):
         )
 
     def check_size(self, height: int, width: int) -> None:
-        self._fit(self.sequence, height, width)
+        check_fits(self.name, "its shift sequence", self.sequence, height, width)
 
     def _counts(
         self, run: _Runner, images: Tensor, targets: Tensor | None, indices: Tensor, seed: int
@@ -502,35 +504,23 @@ def get_protocol(name: str | ShiftProtocol) -> ShiftProtocol:
 def _check_inputs(
     protocol: ShiftProtocol, images: Any, targets: Any, indices: Any, seed: Any, batch_size: Any
 ) -> Tensor:
-    if not isinstance(images, Tensor) or images.ndim != 4:
-        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"images must be a tensor of shape (N, C, H, W), got {shape}")
+    owner = protocol.name
+    check_images(owner, "images", images, uint8=True)
     if images.shape[0] == 0:
-        raise ValueError(f"images is empty: protocol {protocol.name!r} needs at least one image")
-    if images.dtype != torch.uint8:
-        if not images.is_floating_point():
-            raise TypeError(f"images must be uint8 or floating point in [0, 1], got dtype {images.dtype}")
-        low, high = float(images.min()), float(images.max())
-        if not (0.0 <= low and high <= 1.0):
-            raise ValueError(
-                f"float images must lie in [0, 1] (shifts fill with 0 = black before normalize is applied), got "
-                f"values in [{low:.4g}, {high:.4g}]; pass unnormalized images and normalize=(mean, std)"
-            )
+        raise ValueError(f"{owner}: images must hold at least one image, got shape {tuple(images.shape)}")
+    check_unit_range(owner, "images", images)  # shifts fill with 0 = black before normalize is applied
     if targets is None and protocol.needs_targets:
-        raise ValueError(f"protocol {protocol.name!r} measures accuracy: targets (N,) are required")
-    if targets is not None and (not isinstance(targets, Tensor) or targets.shape != (images.shape[0],)):
-        shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
-        raise ValueError(f"targets must have shape (N,) = ({images.shape[0]},), got {shape}")
-    check_int(protocol.name, "seed", seed, 0)
-    check_int(protocol.name, "batch_size", batch_size, 1)
+        raise ValueError(f"{owner}: targets must be (N,) class indices (the protocol measures accuracy), got None")
+    check_targets(owner, "targets", targets, images.shape[0])
+    check_int(owner, "seed", seed, 0)
+    check_int(owner, "batch_size", batch_size, 1)
     if indices is None:
         return torch.arange(images.shape[0])
-    if (not isinstance(indices, Tensor) or indices.shape != (images.shape[0],) or indices.is_floating_point()
-            or indices.dtype == torch.bool or (indices.numel() and int(indices.min()) < 0)):
-        raise ValueError(
-            f"indices must be a tensor of N={images.shape[0]} non-negative integer (global) image indices, "
-            f"got {indices!r}"
-        )
+    expected = f"a tensor of N={images.shape[0]} non-negative integer (global) image indices"
+    if not isinstance(indices, Tensor) or indices.is_floating_point() or indices.dtype == torch.bool:
+        raise TypeError(f"{owner}: indices must be {expected}, got {indices!r}")
+    if indices.shape != (images.shape[0],) or (indices.numel() and int(indices.min()) < 0):
+        raise ValueError(f"{owner}: indices must be {expected}, got {indices!r}")
     return indices.cpu()
 
 

@@ -26,7 +26,7 @@ from invariance_lightning.metrics.outputs import check_outputs, class_logits, wi
 from invariance_lightning.reporting.figures import FLIP_GRID_IMAGES, flip_grid_figure, per_frame_figure
 from invariance_lightning.transforms import Normalization, TransformSequence
 from invariance_lightning.transforms.normalization import as_float_images, check_normalize
-from invariance_lightning.validation import NonFiniteLogitsError, check_choice, check_int
+from invariance_lightning.validation import NonFiniteLogitsError, check_choice, check_fits, check_images, check_int
 
 NONFINITE_POLICIES = ("warn", "raise")
 
@@ -121,30 +121,19 @@ class InvarianceCallbackBase(*CALLBACK_BASES):  # type: ignore[misc]
         """Check that ``images`` of ``split`` are NCHW and fit every sequence, and that the module gives ``(N, C)``
         logits for them (a binary ``(N,)`` or ``(N, 1)`` logit counts as two classes; see ``outputs``) whose classes
         cover ``targets``."""
-        if images.ndim != 4:
-            raise ValueError(
-                f"the {split!r} images must have shape (N, C, H, W), got {tuple(images.shape)}; "
-                "pass batch_key if batches are not (images, targets)"
-            )
-        height, width = images.shape[-2:]
+        owner = type(self).__name__
+        check_images(owner, f"the {split!r} images (batch_key says where they are)", images, uint8=True)
         for name, sequence in self.sequences.items():
-            try:
-                sequence.output_size(height, width)
-            except ValueError as error:
-                raise ValueError(f"sequence {name!r} does not fit the {split!r} images: {error}") from None
-        probe = as_float_images(images[:2].to(pl_module.device))
+            check_fits(owner, f"sequence {name!r} (on the {split!r} images)", sequence, *images.shape[-2:])
+        probe = as_float_images(images[:2].to(pl_module.device), owner)
         with evaluation_mode(pl_module), trainer.precision_plugin.val_step_context():
             output = self.forward_fn(pl_module, probe) if self.forward_fn else pl_module(probe)
-            try:  # the conversion the measurement uses: a binary module's one logit gives two classes
-                logits = class_logits(output, probe.shape[0], self.outputs)
-            except ValueError as error:
-                raise ValueError(
-                    f"{type(self).__name__} needs (N, C) logits from the module on the {split!r} images: {error}"
-                ) from None
+            # the conversion the measurement uses: a binary module's one logit gives two classes
+            logits = class_logits(output, probe.shape[0], self.outputs, owner)
         self._num_classes = logits.shape[1]
         problem = targets_error(targets, self._num_classes, split)
         if problem is not None:
-            raise ValueError(f"{type(self).__name__}: {problem}")
+            raise ValueError(f"{owner}: {problem}")
 
     # -- measuring -------------------------------------------------------------------------------
     def _measure(

@@ -21,7 +21,7 @@ from invariance_lightning.metrics.published import ProtocolTotals, check_protoco
 from invariance_lightning.reporting.figures import history_figure
 from invariance_lightning.reporting.tables import protocol_numbers
 from invariance_lightning.transforms import Normalization, TransformSequence, sequence_preset
-from invariance_lightning.validation import NonFiniteLogitsError, check_int
+from invariance_lightning.validation import NonFiniteLogitsError, check_int, check_unit_range
 
 #: Images per split under ``Trainer(fast_dev_run=...)``.
 FAST_DEV_RUN_SAMPLES = 8
@@ -241,12 +241,8 @@ class InvarianceMonitor(InvarianceCallbackBase):
                 raise ValueError(
                     f"InvarianceMonitor: protocol {name!r} needs targets, but the {split!r} batches have none"
                 )
-        if images.is_floating_point() and not (0.0 <= float(images.min()) and float(images.max()) <= 1.0):
-            raise ValueError(
-                f"InvarianceMonitor: protocols need un-normalized {split!r} images (uint8, or float in [0, 1]: shifts "
-                f"fill with black before normalize), got values in [{float(images.min()):.4g}, "
-                f"{float(images.max()):.4g}]"
-            )
+        # shifts fill with black before normalize
+        check_unit_range("InvarianceMonitor", f"the {split!r} images of the protocols", images)
 
     def _measure_protocols(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, subset: ImageSubset, split: str
