@@ -207,7 +207,7 @@ def test_bad_setups_fail_at_fit_start_with_clear_errors(tmp_path):
         ({"num_samples": 0}, "^InvarianceMonitor: num_samples must be an int >= 1, got 0$"),
         ({"every_n_epochs": 0}, "^InvarianceMonitor: every_n_epochs must be an int >= 1, got 0$"),
         ({"batch_size": 0}, "^InvarianceMonitor: batch_size must be an int >= 1, got 0$"),
-        ({"sequences": {}}, "non-empty dict"),
+        ({"sequences": {}}, "^InvarianceMonitor: sequences must be a non-empty mapping .* got an empty mapping$"),
         ({"sequences": {"a/b": ShiftSequence(max_shift=1)}}, "without '/'"),
         ({"on_nonfinite": "ignore"}, "on_nonfinite must be one of"),
         ({"normalize": ((0.5,), (0.0,))}, "std > 0"),

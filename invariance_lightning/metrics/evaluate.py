@@ -75,23 +75,23 @@ class SequenceChunk:
     targets: Tensor | None
 
 
-def check_sequences(sequences: Mapping[str, TransformSequence]) -> dict[str, TransformSequence]:
-    """A non-empty ``{name: TransformSequence}`` mapping, as a dict."""
+def check_sequences(owner: str, sequences: object) -> dict[str, TransformSequence]:
+    """``sequences`` as a dict if it is a non-empty mapping of names to :class:`TransformSequence`."""
+    expected = "a non-empty mapping of name -> TransformSequence"
     if not isinstance(sequences, Mapping):
-        raise TypeError(f"sequences must be a mapping of name -> TransformSequence, got {type(sequences).__name__}")
+        raise TypeError(f"{owner}: sequences must be {expected}, got {type(sequences).__name__}")
     if not sequences:
-        raise ValueError("sequences must name at least one TransformSequence, got an empty mapping")
+        raise ValueError(f"{owner}: sequences must be {expected}, got an empty mapping")
     for name, sequence in sequences.items():
-        if not isinstance(sequence, TransformSequence):
-            raise TypeError(
-                f"sequences[{name!r}] must be a TransformSequence (e.g. ShiftSequence), got {type(sequence).__name__}"
-            )
+        _one_sequence(owner, f"sequences[{name!r}]", sequence)
     return dict(sequences)
 
 
-def _one_sequence(sequence: TransformSequence) -> dict[str, TransformSequence]:
+def _one_sequence(owner: str, name: str, sequence: object) -> dict[str, TransformSequence]:
+    """``{"sequence": sequence}`` if ``sequence`` is a :class:`TransformSequence`."""
     if not isinstance(sequence, TransformSequence):
-        raise TypeError(f"sequence must be a TransformSequence (e.g. ShiftSequence), got {type(sequence).__name__}")
+        kind = type(sequence).__name__
+        raise TypeError(f"{owner}: {name} must be a TransformSequence (e.g. ShiftSequence), got {kind}")
     return {"sequence": sequence}
 
 
@@ -119,7 +119,7 @@ def iter_sequence_logits(
     """
     owner = "iter_sequence_logits"
     check_outputs(owner, outputs)
-    sequences = check_sequences(sequences)
+    sequences = check_sequences(owner, sequences)
     check_int(owner, "batch_size", batch_size, 1)
     normalize = check_normalize(owner, "normalize", normalize)
     device = torch.device(device) if device is not None else module_device(model)
@@ -171,7 +171,7 @@ def iter_frame_logits(
     """Yield ``(logits (n, T, C), targets (n,) or None)`` chunk by chunk: :func:`iter_sequence_logits` for one
     sequence. The caller owns the model's mode and grad state (see :func:`evaluate_invariance`)."""
     chunks = iter_sequence_logits(
-        model, images, targets, _one_sequence(sequence),
+        model, images, targets, _one_sequence("iter_frame_logits", "sequence", sequence),
         batch_size=batch_size, normalize=normalize, forward_fn=forward_fn, device=device, outputs=outputs,
     )
     for chunk in chunks:
@@ -224,7 +224,7 @@ def evaluate_sequences(
         (a BatchNorm frozen in eval mode inside a training model stays frozen).
     """
     check_outputs("evaluate_sequences", outputs)
-    sequences = check_sequences(sequences)
+    sequences = check_sequences("evaluate_sequences", sequences)
     device = torch.device(device) if device is not None else module_device(model)
     chunks: Iterable[SequenceChunk] = iter_sequence_logits(
         model, images, targets, sequences,
@@ -269,7 +269,7 @@ def evaluate_invariance(
     ``ShiftSequence(max_shift=8)``, instead of a mapping), returning its metric dict."""
     check_outputs("evaluate_invariance", outputs)
     (metrics,) = evaluate_sequences(
-        model, images, targets, _one_sequence(sequence),
+        model, images, targets, _one_sequence("evaluate_invariance", "sequence", sequence),
         batch_size=batch_size, normalize=normalize, top_k=top_k, num_classes=num_classes,
         forward_fn=forward_fn, device=device, progress=progress, outputs=outputs,
     ).values()

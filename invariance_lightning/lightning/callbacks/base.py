@@ -21,6 +21,7 @@ from invariance_lightning.lightning.callbacks.measure import (
 from invariance_lightning.lightning.callbacks.sinks import FigureSink, Table
 from invariance_lightning.lightning.callbacks.subsets import SPLITS, BatchKey, PipelineFacts
 from invariance_lightning.lightning.packages import CALLBACK_BASES, is_overridden
+from invariance_lightning.metrics.evaluate import check_sequences
 from invariance_lightning.metrics.mode import evaluation_mode
 from invariance_lightning.metrics.outputs import check_outputs, class_logits, with_output_key
 from invariance_lightning.reporting.figures import FLIP_GRID_IMAGES, flip_grid_figure, per_frame_figure
@@ -56,14 +57,10 @@ class InvarianceCallbackBase(*CALLBACK_BASES):  # type: ignore[misc]
         outputs: str = "logits",
         output_key: str | int | None = None,
     ) -> None:
-        if not isinstance(sequences, Mapping) or not sequences:
-            raise ValueError(f"sequences must be a non-empty dict of name -> TransformSequence, got {sequences!r}")
-        for name, sequence in sequences.items():
-            if not isinstance(name, str) or not name or "/" in name:
-                raise ValueError(f"sequence names must be non-empty strings without '/', got {name!r}")
-            if not isinstance(sequence, TransformSequence):
-                raise TypeError(f"sequences[{name!r}] must be a TransformSequence, got {type(sequence).__name__}")
         owner = type(self).__name__
+        for name in check_sequences(owner, sequences):  # names become parts of the logged names
+            if not isinstance(name, str) or not name or "/" in name:
+                raise ValueError(f"{owner}: sequence names must be non-empty strings without '/', got {name!r}")
         check_choice(owner, "on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         if normalize != "auto":
             normalize = check_normalize(owner, "normalize", normalize)
