@@ -51,10 +51,12 @@ def test_report_on_demand_for_the_validation_split(tmp_path):
 
 
 def test_report_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="split must be one of"):
+    with pytest.raises(ValueError, match="^InvarianceReport: split must be one of .* got 'holdout'$"):
         InvarianceReport(split="holdout")
-    with pytest.raises(ValueError, match="num_samples must be None"):
+    with pytest.raises(ValueError, match="^InvarianceReport: num_samples must be None or an int >= 1, got 0$"):
         InvarianceReport(num_samples=0)
+    with pytest.raises(TypeError, match="^InvarianceReport: num_samples must be None or an int >= 1, got float 8.0$"):
+        InvarianceReport(num_samples=8.0)
 
 
 def test_report_streams_the_split_and_never_builds_a_tensor_of_its_size(tmp_path):

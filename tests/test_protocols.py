@@ -378,8 +378,10 @@ def test_bad_input_is_rejected_with_a_clear_error(kwargs, error, match):
 
 def test_bad_definitions_are_rejected():
     base = PROTOCOLS["aps2021_circular"]
-    with pytest.raises(ValueError, match="shift_range"):
+    with pytest.raises(ValueError, match=r"^aps2021_circular: shift_range must be a \(low, high\) pair .* got \(2, -3\)$"):
         dataclasses.replace(base, shift_range=(2, -3))
+    with pytest.raises(TypeError, match=r"^aps2021_circular: shift_range must be .* got \(-2.0, 3\)$"):
+        dataclasses.replace(base, shift_range=(-2.0, 3))
     with pytest.raises(ValueError, match="boundary"):
         dataclasses.replace(base, boundary="reflect")
     with pytest.raises(ValueError, match="passes"):

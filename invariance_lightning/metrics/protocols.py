@@ -210,8 +210,11 @@ class RandomPairProtocol(ShiftProtocol):
 
     def __post_init__(self) -> None:
         low, high = self.shift_range
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)) or low > high:
-            raise ValueError(f"shift_range must be integers (low, high) with low <= high, got {self.shift_range!r}")
+        expected = "a (low, high) pair of ints with low <= high"
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)):
+            raise TypeError(f"{self.name}: shift_range must be {expected}, got {self.shift_range!r}")
+        if low > high:
+            raise ValueError(f"{self.name}: shift_range must be {expected}, got {self.shift_range!r}")
         check_choice(self.name, "boundary", self.boundary, _ImageShifts.modes)
         check_int(self.name, "passes", self.passes, 1)
         if self.crop is not None:
