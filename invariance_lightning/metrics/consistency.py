@@ -77,8 +77,8 @@ class TransformConsistency(PostComputeMetric):
         expected = self._frames_seen()
         if expected is not None and logits.shape[1] != expected:
             raise ValueError(
-                f"logits have T={logits.shape[1]} frames but this metric has seen T={expected}; "
-                "use one metric instance per sequence"
+                f"TransformConsistency: logits must have the T={expected} frames it has seen (one metric per "
+                f"sequence), got T={logits.shape[1]}"
             )
         for name, value in consistency_stats(logits, target, self.top_k).items():
             current = getattr(self, name)

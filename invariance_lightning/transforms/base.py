@@ -76,7 +76,7 @@ class TransformSequence(ABC):
         """Frame ``index`` (0 <= index < T) of the float batch ``images`` (N, C, H, W)."""
         check_images(type(self).__name__, "images", images)
         if isinstance(index, bool) or not isinstance(index, int):
-            raise TypeError(f"frame index must be an int, got {type(index).__name__} {index!r}")
+            raise TypeError(f"{type(self).__name__}: frame index must be an int, got {type(index).__name__} {index!r}")
         if not 0 <= index < len(self):
             raise IndexError(f"frame index must be in [0, {len(self)}), got {index}")
         self.output_size(images.shape[-2], images.shape[-1])
