@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import warnings
 from typing import Protocol, TypeVar
 
 import torch
@@ -18,6 +19,7 @@ from torch import Tensor
 __all__ = [
     "NonFiniteLogitsError",
     "check_choice",
+    "check_feature_map",
     "check_finite_logits",
     "check_fits",
     "check_images",
@@ -151,6 +153,16 @@ def check_images(
     if size is not None and tuple(value.shape[-2:]) != tuple(size):
         raise ValueError(f"{owner}: {name} must be of size (H, W) = {tuple(size)}, got {_got(value)}")
     return value
+
+
+def check_feature_map(owner: str, x: object, channels: int | None) -> None:
+    """Deprecated: :func:`check_images` ``(owner, "input", x, channels=channels)``."""
+    warnings.warn(
+        "check_feature_map is deprecated: use check_images(owner, 'input', x, channels=channels)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    check_images(owner, "input", x, channels=channels)
 
 
 def check_unit_range(owner: str, name: str, images: Tensor) -> Tensor:

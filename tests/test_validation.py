@@ -9,6 +9,7 @@ from invariance_lightning.transforms import ShiftSequence
 from invariance_lightning.transforms.normalization import as_float_images, check_normalize
 from invariance_lightning.validation import (
     NonFiniteLogitsError,
+    check_feature_map,
     check_finite_logits,
     check_fits,
     check_images,
@@ -89,3 +90,10 @@ def test_as_float_images_scales_uint8_only():
     assert as_float_images(IMAGES) is IMAGES
     with pytest.raises(TypeError, match="^BatchAugmentation: images must be a uint8 or floating-point"):
         as_float_images(IMAGES.to(torch.int64), "BatchAugmentation")
+
+
+def test_check_feature_map_is_a_deprecated_alias_of_check_images():
+    with pytest.warns(DeprecationWarning, match="use check_images"):
+        check_feature_map("BlurPool2d", IMAGES, 3)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="^BlurPool2d: input must have C=4 channels"):
+        check_feature_map("BlurPool2d", IMAGES, 4)
