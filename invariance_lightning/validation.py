@@ -10,22 +10,35 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import TypeVar
+import warnings
+from typing import Protocol, TypeVar
 
+import torch
 from torch import Tensor
 
 __all__ = [
+    "NonFiniteLogitsError",
     "check_choice",
     "check_feature_map",
+    "check_finite_logits",
+    "check_fits",
+    "check_images",
     "check_int",
     "check_number",
     "check_optional_int",
+    "check_scores",
     "check_size",
+    "check_targets",
+    "check_unit_range",
     "nonnegative_int",
     "positive_int",
 ]
 
 T = TypeVar("T")
+
+
+class NonFiniteLogitsError(ValueError):
+    """A model's logits hold NaN or infinite values: its state, not an argument, is wrong (a diverged run)."""
 
 
 def _checked_int(owner: str, name: str, value: object, low: int, high: int | None, expected: str) -> int:
@@ -105,19 +118,124 @@ def check_choice(owner: str, name: str, value: T, choices: tuple[str, ...]) -> T
     return value
 
 
+def _got(value: object) -> str:
+    """How a message names a wrong ``value``: a tensor by its shape and dtype, anything else by its type."""
+    if isinstance(value, Tensor):
+        return f"shape {tuple(value.shape)} and dtype {value.dtype}"
+    return type(value).__name__
+
+
+def check_images(
+    owner: str,
+    name: str,
+    value: object,
+    *,
+    uint8: bool = False,
+    channels: int | None = None,
+    size: tuple[int, int] | None = None,
+) -> Tensor:
+    """Return ``value`` if it is a batch of images: an ``(N, C, H, W)`` floating-point tensor (also uint8 with
+    ``uint8``), with ``channels`` channels and ``(H, W) == size`` where those are given.
+
+    >>> check_images("APS2d", "input", torch.zeros(2, 8))
+    Traceback (most recent call last):
+    ...
+    ValueError: APS2d: input must be a floating-point (N, C, H, W) tensor, got shape (2, 8) and dtype torch.float32
+    """
+    kinds = "a uint8 or floating-point" if uint8 else "a floating-point"
+    expected = f"{kinds} (N, C, H, W) tensor"
+    if not isinstance(value, Tensor) or not (value.is_floating_point() or (uint8 and value.dtype == torch.uint8)):
+        raise TypeError(f"{owner}: {name} must be {expected}, got {_got(value)}")
+    if value.ndim != 4:
+        raise ValueError(f"{owner}: {name} must be {expected}, got {_got(value)}")
+    if channels is not None and value.shape[1] != channels:
+        raise ValueError(f"{owner}: {name} must have C={channels} channels (N, C, H, W), got {_got(value)}")
+    if size is not None and tuple(value.shape[-2:]) != tuple(size):
+        raise ValueError(f"{owner}: {name} must be of size (H, W) = {tuple(size)}, got {_got(value)}")
+    return value
+
+
 def check_feature_map(owner: str, x: object, channels: int | None) -> None:
-    """Require a 4-D ``(N, C, H, W)`` floating tensor with ``channels`` channels (when not None)."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{owner} expects a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"{owner} expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{owner} expects a floating-point input, got dtype {x.dtype}")
-    if channels is not None and x.shape[1] != channels:
-        raise ValueError(
-            f"{owner} was built for channels={channels}, got an input with {x.shape[1]} channels "
-            f"(shape {tuple(x.shape)})"
+    """Deprecated: :func:`check_images` ``(owner, "input", x, channels=channels)``."""
+    warnings.warn(
+        "check_feature_map is deprecated: use check_images(owner, 'input', x, channels=channels)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    check_images(owner, "input", x, channels=channels)
+
+
+def check_unit_range(owner: str, name: str, images: Tensor) -> Tensor:
+    """Return ``images`` if they are un-normalized: uint8, or floats in [0, 1] (what a zero fill makes black).
+
+    >>> check_unit_range("evaluate_protocol", "images", torch.tensor([-0.5, 1.0]))
+    Traceback (most recent call last):
+    ...
+    ValueError: evaluate_protocol: images must be uint8 or floats in [0, 1] (un-normalized), got values in [-0.5, 1]
+    """
+    if images.is_floating_point() and images.numel():
+        low, high = float(images.min()), float(images.max())
+        if not (0.0 <= low and high <= 1.0):
+            raise ValueError(
+                f"{owner}: {name} must be uint8 or floats in [0, 1] (un-normalized), got values in "
+                f"[{low:.4g}, {high:.4g}]"
+            )
+    return images
+
+
+def check_targets(owner: str, name: str, value: object, num_images: int) -> Tensor | None:
+    """Return ``value`` if it is None or a ``(num_images,)`` tensor (the values are the caller's to check)."""
+    if value is None:
+        return None
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{owner}: {name} must be None or a tensor of shape (N,) = ({num_images},), got {_got(value)}")
+    if value.shape != (num_images,):
+        raise ValueError(f"{owner}: {name} must be None or of shape (N,) = ({num_images},), got {_got(value)}")
+    return value
+
+
+def check_scores(owner: str, name: str, value: object, num_inputs: int) -> Tensor:
+    """Return a model's outputs ``value`` if they are floating-point ``(N, C)``, ``(N,)`` or ``(N, 1)`` scores for
+    ``num_inputs`` inputs (how they become ``(N, C)`` logits is :func:`~invariance_lightning.metrics.outputs.
+    class_logits`'s)."""
+    expected = f"a floating-point (N, C), (N,) or (N, 1) tensor for N={num_inputs} inputs"
+    if not isinstance(value, Tensor) or not value.is_floating_point():
+        raise TypeError(f"{owner}: {name} must be {expected}, got {_got(value)}")
+    if value.ndim not in (1, 2) or value.shape[0] != num_inputs:
+        raise ValueError(f"{owner}: {name} must be {expected}, got {_got(value)}")
+    return value
+
+
+class FrameSizes(Protocol):
+    """What :func:`check_fits` needs of a transform sequence."""
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Frame size for ``height`` x ``width`` inputs; ValueError if the frames do not fit them."""
+        ...
+
+
+def check_fits(owner: str, name: str, sequence: FrameSizes, height: int, width: int) -> None:
+    """Raise ValueError unless ``sequence`` (e.g. a ``TransformSequence``) fits ``height`` x ``width`` images."""
+    try:
+        sequence.output_size(height, width)
+    except ValueError as error:
+        raise ValueError(f"{owner}: {name} must fit the {height}x{width} images, got {error}") from None
+
+
+def check_finite_logits(owner: str, name: str, value: Tensor) -> Tensor:
+    """Return the logits ``value`` if every entry is finite; :class:`NonFiniteLogitsError` otherwise.
+
+    >>> check_finite_logits("f", "logits", torch.tensor([1.0, float("nan")]))
+    Traceback (most recent call last):
+    ...
+    invariance_lightning.validation.NonFiniteLogitsError: f: logits must be finite, got 1 NaN or infinite values
+    """
+    finite = torch.isfinite(value)
+    if not bool(finite.all()):
+        raise NonFiniteLogitsError(
+            f"{owner}: {name} must be finite, got {int((~finite).sum())} NaN or infinite values"
         )
+    return value
 
 
 def _argparse_int(text: str, low: int) -> int:

@@ -19,11 +19,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from conftest import write_random_cifar10
 from invariance_lightning import InvarianceMonitor, InvarianceReport, evaluate_invariance, sequence_preset
 from invariance_lightning.lightning.cli import InvarianceCLI, main
-from invariance_lightning.lightning.published import ProtocolTotals
 from invariance_lightning.metrics import OutputKey, transform_consistency
 from invariance_lightning.metrics.evaluate import evaluate_sequences
 from invariance_lightning.metrics.outputs import class_logits, class_targets
 from invariance_lightning.metrics.protocols import evaluate_protocol
+from invariance_lightning.metrics.published import ProtocolTotals
 from lightning_helpers import tiny_trainer
 
 NUM_IMAGES = 48
@@ -251,8 +251,8 @@ def test_bad_outputs_and_probabilities_out_of_range_are_clear_errors():
             callback(outputs="probability")
         with pytest.raises(ValueError, match=rf"^{callback.__name__}: pass forward_fn or output_key, not both"):
             callback(forward_fn=OutputKey("logit"), output_key="logit")
-    with pytest.raises(ValueError, match=r"outputs='probabilities' needs model outputs in \[0, 1\], got values in "
-                                         r"\[1\.25, 1\.25\]; pass outputs='logits'"):
+    with pytest.raises(ValueError, match=r"^class_logits: the model's outputs must be probabilities in \[0, 1\] "
+                                         r"\(outputs='probabilities'\), got values in \[1\.25, 1\.25\]; pass outputs='logits'"):
         evaluate_invariance(model, images, targets, sequence, outputs="probabilities",
                             forward_fn=lambda m, x: m(x) * 0 + 1.25)
     with pytest.raises(ValueError, match=r"targets must be class indices: integers, or floats"):
@@ -351,9 +351,8 @@ def test_monitor_errors_name_the_fix(tmp_path):
     nn.init.zeros_(module.fc[-1].weight)
     monitor = InvarianceMonitor(num_samples=8, splits=("val",), log_plots=False, outputs="probabilities")
     trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=1, callbacks=[monitor])
-    with pytest.raises(ValueError, match=r"^InvarianceMonitor needs \(N, C\) logits from the module on the 'val' "
-                                         r"images: outputs='probabilities' needs model outputs in \[0, 1\], got "
-                                         r"values in \[5, 5\]"):
+    with pytest.raises(ValueError, match=r"^InvarianceMonitor: the model's outputs must be probabilities in \[0, 1\] "
+                                         r"\(outputs='probabilities'\), got values in \[5, 5\]"):
         trainer.fit(module, datamodule=BinaryData())
 
 

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from invariance_lightning import InvarianceMonitor, ScaleSequence, ShiftSequence, evaluate_invariance
 from invariance_lightning.metrics.protocols import evaluate_protocol
+from invariance_lightning.validation import NonFiniteLogitsError
 from lightning_helpers import TinyClassifier, tiny_data, tiny_loader, tiny_trainer
 
 SEQUENCES = {"shift": ShiftSequence(max_shift=2, mode="zeros"), "scale": ScaleSequence([0.9, 1.0, 1.1])}
@@ -170,14 +171,14 @@ class NaNInEvalMode(TinyClassifier):
 def test_nonfinite_logits_are_logged_as_nan_with_a_warning(tmp_path):
     callback = monitor()
     trainer = tiny_trainer(tmp_path, max_epochs=1, callbacks=[callback])
-    with pytest.warns(UserWarning, match="NaN or infinite logits"):
+    with pytest.warns(UserWarning, match="NaN or infinite"):
         trainer.fit(NaNInEvalMode(), tiny_loader(40, seed=1), tiny_loader(24, seed=2))
     assert math.isnan(callback.history[0]["values"]["val/shift/flip_rate"])
 
 
 def test_nonfinite_logits_stop_the_run_when_asked_to_raise(tmp_path):
     trainer = tiny_trainer(tmp_path, max_epochs=1, callbacks=[monitor(on_nonfinite="raise")])
-    with pytest.raises(ValueError, match="NaN or infinite logits"):
+    with pytest.raises(NonFiniteLogitsError, match="NaN or infinite"):
         trainer.fit(NaNInEvalMode(), tiny_loader(40, seed=1), tiny_loader(24, seed=2))
 
 
@@ -194,11 +195,11 @@ EMPTY = DataLoader(TensorDataset(torch.zeros(0, 3, 16, 16), torch.zeros(0, dtype
 @pytest.mark.parametrize(
     ("module", "val_loader", "options", "match"),
     [
-        (FeatureMaps, tiny_loader(24), {}, r"needs \(N, C\) logits"),
+        (FeatureMaps, tiny_loader(24), {}, r"^InvarianceMonitor: the model's outputs must be a floating-point \(N, C\)"),
         (TinyClassifier, None, {}, "no val data"),
         (TinyClassifier, EMPTY, {}, "'val' split is empty"),
         (TinyClassifier, tiny_loader(24), {"sequences": {"shift": ShiftSequence(max_shift=16)}},
-         "sequence 'shift' does not fit the 'val' images"),
+         r"^InvarianceMonitor: sequence 'shift' \(on the 'val' images\) must fit the 16x16 images, got "),
     ],
     ids=["feature-maps", "no-val-loader", "empty-val-split", "shift-larger-than-the-images"],
 )
@@ -235,7 +236,7 @@ def test_the_subsets_are_drawn_by_the_seed_without_repeats(tmp_path):
         ({"num_samples": 0}, "^InvarianceMonitor: num_samples must be an int >= 1, got 0$"),
         ({"every_n_epochs": 0}, "^InvarianceMonitor: every_n_epochs must be an int >= 1, got 0$"),
         ({"batch_size": 0}, "^InvarianceMonitor: batch_size must be an int >= 1, got 0$"),
-        ({"sequences": {}}, "non-empty dict"),
+        ({"sequences": {}}, "^InvarianceMonitor: sequences must be a non-empty mapping .* got an empty mapping$"),
         ({"sequences": {"a/b": ShiftSequence(max_shift=1)}}, "without '/'"),
         ({"on_nonfinite": "ignore"}, "on_nonfinite must be one of"),
         ({"normalize": ((0.5,), (0.0,))}, "std > 0"),
@@ -367,5 +368,5 @@ def test_unknown_or_repeated_protocols_are_refused_by_the_constructor(protocols,
 
 def test_protocols_refuse_normalized_images_at_fit_start(tmp_path):
     callback = monitor(protocols=("aps2021_standard",))
-    with pytest.raises(ValueError, match=r"protocols need un-normalized 'val' images .* got values in \[-"):
+    with pytest.raises(ValueError, match=r"^InvarianceMonitor: the 'val' images of the protocols must be uint8 or floats in \[0, 1\] .* got values in \[-"):
         tiny_trainer(tmp_path, callbacks=[callback]).fit(TinyClassifier(), unit_loader(40, 1), tiny_loader(24))

@@ -51,10 +51,12 @@ def test_report_on_demand_for_the_validation_split(tmp_path):
 
 
 def test_report_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="split must be one of"):
+    with pytest.raises(ValueError, match="^InvarianceReport: split must be one of .* got 'holdout'$"):
         InvarianceReport(split="holdout")
-    with pytest.raises(ValueError, match="num_samples must be None"):
+    with pytest.raises(ValueError, match="^InvarianceReport: num_samples must be None or an int >= 1, got 0$"):
         InvarianceReport(num_samples=0)
+    with pytest.raises(TypeError, match="^InvarianceReport: num_samples must be None or an int >= 1, got float 8.0$"):
+        InvarianceReport(num_samples=8.0)
 
 
 def test_report_streams_the_split_and_never_builds_a_tensor_of_its_size(tmp_path):
@@ -131,7 +133,7 @@ def test_report_warnings_and_errors_name_the_report(tmp_path, monkeypatch):
         def test_step(self, batch, batch_idx):
             pass
 
-    with pytest.raises(ValueError, match=r"^InvarianceReport needs \(N, C\) logits"):
+    with pytest.raises(ValueError, match=r"^InvarianceReport: the model's outputs must be a floating-point \(N, C\)"):
         tiny_trainer(tmp_path, callbacks=[InvarianceReport(log_plots=False)]).test(Features(), tiny_loader(10))
 
 

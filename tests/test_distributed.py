@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from distributed_workers import free_port, metric_worker
+from distributed_workers import free_port, metric_worker, protocol_worker
 from invariance_lightning import (
     InvarianceMonitor,
     InvarianceReport,
@@ -24,6 +24,7 @@ from invariance_lightning import (
 )
 from invariance_lightning.lightning.callbacks.subsets import _draw_indices
 from invariance_lightning.metrics.protocols import PROTOCOLS, evaluate_protocol
+from invariance_lightning.metrics.published import evaluate_protocols
 from lightning_helpers import NUM_CLASSES, tiny_data, tiny_trainer
 
 pytestmark = pytest.mark.slow
@@ -45,6 +46,19 @@ def test_metric_under_gloo_equals_single_process_with_uneven_and_empty_shards():
     for case in ("uneven", "empty_rank"):
         for key, value in expected.items():
             torch.testing.assert_close(results[case][key], value, rtol=0, atol=0, msg=f"{case}: {key}")
+
+
+def test_protocol_totals_under_gloo_equal_single_process_with_uneven_and_empty_shards():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+    images, targets = torch.rand(9, 3, 16, 16), torch.randint(0, 5, (9,))
+    names = ("zhang2019", "imagenet_p_flip")
+    expected = evaluate_protocols(model, images, targets, names, seed=3)
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(protocol_worker, args=(2, free_port(), model, images, targets, names, out), nprocs=2, join=True)
+        results = dict(out)
+    assert results == {"uneven": expected, "empty_rank": expected}
 
 
 FRAMES = 6  # frames per image: SEQUENCES' 3 shifts and 3 scales

@@ -122,11 +122,11 @@ def test_evaluate_sequences_reads_a_stream_once_and_equals_direct_computation_pe
 
 def test_evaluate_sequences_rejects_bad_sequences():
     model, images = strided_net(), torch.rand(2, 3, 8, 8)
-    with pytest.raises(ValueError, match="at least one TransformSequence"):
+    with pytest.raises(ValueError, match="^evaluate_sequences: sequences must be a non-empty mapping .* got an empty mapping$"):
         evaluate_sequences(model, images, None, {})
-    with pytest.raises(TypeError, match="sequences must be a mapping"):
+    with pytest.raises(TypeError, match="^evaluate_sequences: sequences must be a non-empty mapping .* got list$"):
         evaluate_sequences(model, images, None, [ShiftSequence(max_shift=1)])
-    with pytest.raises(TypeError, match=r"sequences\['b'\] must be a TransformSequence"):
+    with pytest.raises(TypeError, match=r"^evaluate_sequences: sequences\['b'\] must be a TransformSequence"):
         evaluate_sequences(model, images, None, {"a": ShiftSequence(max_shift=1), "b": [(0, 0)]})
 
 def test_dataloader_input_uint8_images_and_restored_mode():
@@ -157,7 +157,7 @@ def test_forward_fn_extracts_logits_from_other_outputs():
     model = DictModel()
     images = torch.rand(4, 3, 12, 12)
     seq = ShiftSequence(max_shift=2)
-    with pytest.raises(ValueError, match=r"must return \(N, C\) logits"):
+    with pytest.raises(TypeError, match=r"^class_logits: the model's outputs must be a floating-point \(N, C\), .* got dict"):
         evaluate_invariance(model, images, None, seq)
     out = evaluate_invariance(model, images, None, seq, forward_fn=lambda m, x: m(x)["logits"])
     expected = evaluate_invariance(model.net, images, None, seq)
@@ -169,13 +169,13 @@ def test_bad_input_is_rejected_early():
     seq = ShiftSequence(max_shift=2)
     with pytest.raises(ValueError, match="images is empty"):
         evaluate_invariance(model, torch.rand(0, 3, 8, 8), None, seq)
-    with pytest.raises(ValueError, match=r"targets must have shape \(N,\)"):
+    with pytest.raises(ValueError, match=r"^iter_sequence_logits: targets must be None or of shape \(N,\) = \(4,\)"):
         evaluate_invariance(model, torch.rand(4, 3, 8, 8), torch.zeros(3, dtype=torch.long), seq)
     with pytest.raises(ValueError, match="targets must be None"):
         evaluate_invariance(model, [torch.rand(2, 3, 8, 8)], torch.zeros(2, dtype=torch.long), seq)
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+    with pytest.raises(ValueError, match="^iter_sequence_logits: batch_size must be an int >= 1, got 0$"):
         evaluate_invariance(model, torch.rand(4, 3, 8, 8), None, seq, batch_size=0)
-    with pytest.raises(ValueError, match="normalize must be"):
+    with pytest.raises(TypeError, match=r"^iter_sequence_logits: normalize must be a \(mean, std\) pair"):
         evaluate_invariance(model, torch.rand(4, 3, 8, 8), None, seq, normalize=(0.5,))
     with pytest.raises(TypeError, match="sequence must be a TransformSequence"):
         evaluate_invariance(model, torch.rand(4, 3, 8, 8), None, [(0, 0), (1, 1)])

@@ -17,8 +17,17 @@ import invariance_lightning
 
 PACKAGE_DIR = Path(invariance_lightning.__file__).parent
 LIGHTNING_LAYER = "invariance_lightning.lightning"
-#: Only the Lightning layer and reporting itself may import reporting.
-REPORTING = "invariance_lightning.reporting"
+#: The torch-only layers of docs/architecture.md's diagram, lowest first: a module may import its own layer and the
+#: rows below its row, never a layer of its own row or above (nor the top-level package, which imports them all).
+TORCH_ONLY_LAYERS = (
+    ("validation", "_compat", "locations"),
+    ("transforms",),
+    ("nn", "augment"),
+    ("models",),
+    ("metrics",),
+    ("diagnostics",),
+    ("reporting",),
+)
 #: Top-level modules that belong to Lightning itself.
 LIGHTNING_MODULES = ("lightning", "pytorch_lightning")
 
@@ -77,6 +86,24 @@ def _forbidden_for_torch_only(name: str) -> bool:
     return name.split(".")[0] in LIGHTNING_MODULES or _within(name, LIGHTNING_LAYER)
 
 
+def _row(layer: str) -> int:
+    return next(row for row, layers in enumerate(TORCH_ONLY_LAYERS) if layer in layers)
+
+
+def layer_problems(module: str, imports: set[str]) -> list[str]:
+    """The imports of the torch-only ``module`` that break the layer order of :data:`TORCH_ONLY_LAYERS`."""
+    layer = module.split(".")[1]
+    problems = []
+    for name in sorted(imports):
+        if name == "invariance_lightning":
+            problems.append(f"{module} imports the top-level package")
+        elif _within(name, "invariance_lightning"):
+            other = name.split(".")[1]
+            if other != layer and (other == "lightning" or _row(other) >= _row(layer)):
+                problems.append(f"{module} ({layer}) imports {name} ({other})")
+    return problems
+
+
 # -- public API ----------------------------------------------------------------------------------------------------
 def test_every_public_name_resolves_and_is_listed_by_dir():
     for name in invariance_lightning.__all__:
@@ -130,9 +157,42 @@ def test_no_module_imports_lightning_where_the_layers_forbid_it_or_imports_recip
         problems += [f"{module} imports {name}" for name in imports if name.split(".")[0] == "recipes"]
         if module in torch_only_modules():
             problems += [f"{module} imports {name}" for name in imports if _forbidden_for_torch_only(name)]
-        if module in torch_only_modules() and not _within(module, REPORTING):
-            problems += [f"{module} imports {name}" for name in imports if _within(name, REPORTING)]
     assert problems == []
+
+
+def test_each_torch_only_layer_imports_only_the_layers_below_it():
+    layers = {module.split(".")[1] for module in torch_only_modules() if module != "invariance_lightning"}
+    assert layers == {layer for row in TORCH_ONLY_LAYERS for layer in row}, "every layer has its row"
+    problems = []
+    for module in torch_only_modules():
+        if module != "invariance_lightning":
+            problems += layer_problems(module, imported_modules(ast.parse(source_of(module).read_text()), module))
+    assert problems == []
+
+
+def test_the_layer_check_finds_upward_and_sideways_imports_also_inside_functions():
+    tree = ast.parse(
+        "from invariance_lightning.validation import check_int\n"
+        "from invariance_lightning.nn.blurpool import pad\n"
+        "def f():\n    from invariance_lightning.metrics import evaluate\n    import invariance_lightning\n"
+        "def g():\n    from ..augment import pipeline\n"
+    )
+    problems = layer_problems("invariance_lightning.nn.aps", imported_modules(tree, "invariance_lightning.nn.aps"))
+    assert problems == [
+        "invariance_lightning.nn.aps imports the top-level package",
+        "invariance_lightning.nn.aps (nn) imports invariance_lightning.augment (augment)",
+        "invariance_lightning.nn.aps (nn) imports invariance_lightning.augment.pipeline (augment)",
+        "invariance_lightning.nn.aps (nn) imports invariance_lightning.metrics (metrics)",
+        "invariance_lightning.nn.aps (nn) imports invariance_lightning.metrics.evaluate (metrics)",
+    ]
+
+
+def test_the_diagram_of_docs_architecture_lists_the_layers_in_their_order():
+    text = (PACKAGE_DIR.parent / "docs" / "architecture.md").read_text()
+    diagram = text[text.index("torch-only layers (never import") : text.index("```", text.index("torch-only layers"))]
+    drawn = [tuple(w.strip("/").removesuffix(".py") for w in line.split() if w.endswith(("/", ".py"))) for line in
+             diagram.splitlines()[1:] if line.strip()]
+    assert [row for row in drawn if row] == list(reversed(TORCH_ONLY_LAYERS))
 
 
 def test_the_import_scan_sees_imports_inside_functions_and_relative_ones():

@@ -350,14 +350,14 @@ def test_model_runs_in_eval_mode_without_grad_and_modes_are_restored():
     ("kwargs", "error", "match"),
     [
         ({"name": "zhang"}, ValueError, "valid protocols: zhang2019, aps2021_standard"),
-        ({"images": torch.rand(0, 3, 32, 32)}, ValueError, "empty"),
+        ({"images": torch.rand(0, 3, 32, 32)}, ValueError, r"^aps2021_circular: images must hold at least one image, got shape \(0, 3, 32, 32\)$"),
         ({"images": torch.rand(2, 32, 32)}, ValueError, r"\(N, C, H, W\)"),
         ({"images": torch.randn(2, 3, 32, 32)}, ValueError, r"\[0, 1\]"),
         ({"images": torch.ones(2, 3, 32, 32, dtype=torch.int32)}, TypeError, "uint8 or floating"),
-        ({"images": torch.rand(2, 3, 16, 16), "name": "afc2023_adversarial"}, ValueError, "does not fit 16x16"),
+        ({"images": torch.rand(2, 3, 16, 16), "name": "afc2023_adversarial"}, ValueError, "^afc2023_adversarial: its integer grid must fit the 16x16 images, got "),
         ({"images": torch.rand(2, 3, 3, 3)}, ValueError, "does not fit 3x3"),
         ({"targets": None, "name": "afc2023_adversarial"}, ValueError, "targets"),
-        ({"targets": torch.zeros(3, dtype=torch.long)}, ValueError, r"targets must have shape \(N,\)"),
+        ({"targets": torch.zeros(3, dtype=torch.long)}, ValueError, r"^aps2021_circular: targets must be None or of shape \(N,\) = \(2,\), got shape \(3,\)"),
         ({"targets": torch.tensor([0, 10])}, ValueError, "class indices"),
         ({"indices": torch.tensor([0, -1])}, ValueError, "indices"),
         ({"seed": 1.5}, TypeError, "seed"),
@@ -378,8 +378,10 @@ def test_bad_input_is_rejected_with_a_clear_error(kwargs, error, match):
 
 def test_bad_definitions_are_rejected():
     base = PROTOCOLS["aps2021_circular"]
-    with pytest.raises(ValueError, match="shift_range"):
+    with pytest.raises(ValueError, match=r"^aps2021_circular: shift_range must be a \(low, high\) pair .* got \(2, -3\)$"):
         dataclasses.replace(base, shift_range=(2, -3))
+    with pytest.raises(TypeError, match=r"^aps2021_circular: shift_range must be .* got \(-2.0, 3\)$"):
+        dataclasses.replace(base, shift_range=(-2.0, 3))
     with pytest.raises(ValueError, match="boundary"):
         dataclasses.replace(base, boundary="reflect")
     with pytest.raises(ValueError, match="passes"):

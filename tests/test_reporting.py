@@ -40,7 +40,7 @@ def metrics(flip_rate: float, worst: float, accuracy: float) -> dict[str, torch.
 def test_train_test_gap_by_hand():
     assert sampling_bound(0.5, 100) == pytest.approx(0.05)  # sqrt(0.25 / 100)
     assert sampling_bound(0.0, 7) == 0.0
-    with pytest.raises(ValueError, match="n must be an int >= 1"):
+    with pytest.raises(ValueError, match="^sampling_bound: n must be an int >= 1, got 0$"):
         sampling_bound(0.5, 0)
     results = {"train": {"shift": metrics(0.5, 0.9, 0.84)}, "test": {"shift": metrics(0.8, 0.9, 0.75)}}
     gap = train_test_gap(results, {"train": 100, "test": 400})
@@ -102,7 +102,7 @@ def test_wilson_interval_by_hand():
     centre, half = (0.9 + 1.9208e-4) / 1.00038416, 1.96 * math.sqrt(9e-6 + 9.604e-9) / 1.00038416
     assert wilson_interval(0.9, 10_000) == pytest.approx((centre - half, centre + half), abs=1e-12)
     assert wilson_interval(1.0, 5)[1] == 1.0
-    for bad, message in (((0.5, 0), "n must be an int >= 1"), ((1.5, 10), r"p must be a rate in \[0, 1\]")):
+    for bad, message in (((0.5, 0), "^wilson_interval: n must be an int >= 1, got 0$"), ((1.5, 10), "^wilson_interval: p must be a finite number >= 0 and <= 1, got 1.5$")):
         with pytest.raises(ValueError, match=message):
             wilson_interval(*bad)
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from invariance_lightning.augment.pipeline import BatchAugmentation
-from invariance_lightning.validation import check_choice, check_int, check_number
+from invariance_lightning.transforms.normalization import check_normalize, normalize_images
+from invariance_lightning.validation import check_choice, check_images, check_int, check_number
 
 __all__ = ["CONSISTENCY_KINDS", "ConsistencyRegularization", "consistency_loss"]
 
@@ -89,9 +89,8 @@ class ConsistencyRegularization(nn.Module):
         check_int(owner, "max_shift", max_shift, 1)
         if view is not None and not callable(view):
             raise TypeError(f"ConsistencyRegularization: `view` must be callable, got {type(view).__name__}")
-        if (mean is None) != (std is None):
-            raise ValueError("ConsistencyRegularization: give both `mean` and `std`, or neither")
-        if view is not None and mean is not None:
+        normalization = None if mean is None and std is None else check_normalize(owner, "mean and std", (mean, std))
+        if view is not None and normalization is not None:
             raise ValueError(
                 "ConsistencyRegularization: `mean`/`std` set the black fill of the default view; a custom `view` "
                 "fills its own border"
@@ -102,11 +101,9 @@ class ConsistencyRegularization(nn.Module):
         self.view = view
         #: Value of the default view's vacated pixels: one per channel (black, normalized) or 0.
         self.fill: float | tuple[float, ...] = 0.0
-        if mean is not None:
-            normalization = BatchAugmentation(mean=mean, std=std)  # validates mean/std like the input pipeline
-            assert normalization.mean is not None  # mean was given
-            black = torch.zeros(1, len(normalization.mean), 1, 1, dtype=torch.uint8)
-            self.fill = tuple(normalization(black).flatten().tolist())
+        if normalization is not None:
+            black = torch.zeros(1, len(normalization[0]), 1, 1)
+            self.fill = tuple(normalize_images(black, normalization).flatten().tolist())
         self._shifts: dict[tuple[int, int], nn.Module] = {}
 
     def _default_view(self, images: torch.Tensor) -> torch.Tensor:
@@ -115,11 +112,8 @@ class ConsistencyRegularization(nn.Module):
             raise ValueError(
                 f"ConsistencyRegularization: `max_shift`={self.max_shift} must be below the image size {size}"
             )
-        if isinstance(self.fill, tuple) and len(self.fill) != images.shape[1]:
-            raise ValueError(
-                f"ConsistencyRegularization: mean/std have {len(self.fill)} values but images have {images.shape[1]} "
-                f"channels (shape {tuple(images.shape)})"
-            )
+        if isinstance(self.fill, tuple):  # one channel per mean/std value
+            check_images("ConsistencyRegularization", "images", images, channels=len(self.fill))
         if size not in self._shifts:
             crop = K.RandomCrop(size, padding=self.max_shift, fill=self.fill)
             self._shifts[size] = K.AugmentationSequential(crop)

@@ -13,7 +13,8 @@ from kornia.enhance import normalize
 from torch import nn
 
 from invariance_lightning._compat import keep_kornia_rng_on
-from invariance_lightning.validation import check_optional_int, check_size
+from invariance_lightning.transforms.normalization import as_float_images, check_normalize
+from invariance_lightning.validation import check_images, check_optional_int, check_size
 
 __all__ = ["BatchAugmentation"]
 
@@ -58,29 +59,19 @@ class BatchAugmentation(nn.Module):
                 "BatchAugmentation: `augmentation` must be a kornia AugmentationSequential/ImageSequential or None, "
                 f"got {type(augmentation).__name__}"
             )
-        if (mean is None) != (std is None):
-            raise ValueError("BatchAugmentation: give both `mean` and `std`, or neither")
         self.augmentation = augmentation
         self.image_size = None if image_size is None else check_size("BatchAugmentation", "image_size", image_size)
         self.seed = check_optional_int("BatchAugmentation", "seed", seed, 0)
         self.seeded_calls = 0
         self.mean: torch.Tensor | None
         self.std: torch.Tensor | None
-        if mean is None or std is None:
+        if mean is None and std is None:
             self.register_buffer("mean", None, persistent=False)
             self.register_buffer("std", None, persistent=False)
         else:
-            mean_t = torch.as_tensor(mean, dtype=torch.float32)
-            std_t = torch.as_tensor(std, dtype=torch.float32)
-            if mean_t.ndim != 1 or mean_t.shape != std_t.shape:
-                raise ValueError(
-                    f"BatchAugmentation: `mean` and `std` must be flat sequences of one value per channel and of "
-                    f"equal length, got {len(mean)} and {len(std)}"
-                )
-            if not bool((std_t > 0).all()):
-                raise ValueError(f"BatchAugmentation: `std` must be positive, got {list(std)}")
-            self.register_buffer("mean", mean_t, persistent=False)
-            self.register_buffer("std", std_t, persistent=False)
+            mean_values, std_values = check_normalize("BatchAugmentation", "mean and std", (mean, std)) or ((), ())
+            self.register_buffer("mean", torch.tensor(mean_values), persistent=False)
+            self.register_buffer("std", torch.tensor(std_values), persistent=False)
         self._keep_rng_on_cpu()
 
     def _keep_rng_on_cpu(self) -> None:
@@ -111,26 +102,11 @@ class BatchAugmentation(nn.Module):
         return images
 
     def to_unit_float(self, images: torch.Tensor) -> torch.Tensor:
-        """Validate an ``(N, C, H, W)`` batch and return it as float in ``[0, 1]`` (uint8 is divided by 255)."""
-        if not torch.is_tensor(images):
-            raise TypeError(f"BatchAugmentation: expected images as a torch.Tensor, got {type(images).__name__}")
-        if images.ndim != 4:
-            raise ValueError(f"BatchAugmentation: expected images of shape (N, C, H, W), got {tuple(images.shape)}")
-        channels = images.shape[1]
-        if self.mean is not None and channels != self.mean.numel():
-            raise ValueError(
-                f"BatchAugmentation: images have {channels} channels (shape {tuple(images.shape)}, channels second) "
-                f"but mean/std have {self.mean.numel()} values"
-            )
-        if self.image_size is not None and tuple(images.shape[-2:]) != self.image_size:
-            raise ValueError(
-                f"BatchAugmentation: expected images of size (H, W) = {self.image_size}, got {tuple(images.shape[-2:])}"
-            )
-        if images.dtype == torch.uint8:
-            return images.float().div_(255)
-        if not images.is_floating_point():
-            raise TypeError(f"BatchAugmentation: expected uint8 or floating-point images, got {images.dtype}")
-        return images
+        """Validate an ``(N, C, H, W)`` batch (one channel per ``mean`` value, of ``image_size``) and return it as
+        float in ``[0, 1]`` (uint8 is divided by 255)."""
+        channels = None if self.mean is None else self.mean.numel()
+        check_images("BatchAugmentation", "images", images, uint8=True, channels=channels, size=self.image_size)
+        return as_float_images(images)
 
     def _batch_seed(self, batch_id: Sequence[int] | None) -> int | None:
         """The CPU generator seed for this training batch, or None when the module is not seeded."""

@@ -36,10 +36,15 @@ from torch import Tensor, nn
 
 from invariance_lightning.diagnostics.capture import capture_outputs, check_layer_names, default_layers
 from invariance_lightning.diagnostics.report import EquivarianceReport, LayerEquivariance, format_shift, format_stride
-from invariance_lightning.metrics.evaluate import as_float_images, check_normalize, module_device
+from invariance_lightning.metrics.evaluate import module_device
 from invariance_lightning.metrics.mode import evaluation_mode
 from invariance_lightning.transforms.functional import integer_shift
-from invariance_lightning.transforms.normalization import Normalization, normalize_images
+from invariance_lightning.transforms.normalization import (
+    Normalization,
+    as_float_images,
+    check_normalize,
+    normalize_images,
+)
 from invariance_lightning.validation import check_choice, check_int
 
 __all__ = ["EQUIVARIANCE_MODES", "ShiftLike", "layer_equivariance"]
@@ -101,7 +106,7 @@ def layer_equivariance(
     size = (images.shape[-2], images.shape[-1])
     main_shift = _as_shift(shift, "shift", size)
     all_shifts = list(dict.fromkeys([main_shift, *(_as_shift(s, "pooled_shifts", size) for s in pooled_shifts or ())]))
-    normalize = check_normalize(normalize)
+    normalize = check_normalize("measure_equivariance", "normalize", normalize)
     names = default_layers(model) if layers is None else check_layer_names(model, layers)
     if not names:
         raise ValueError(

@@ -14,9 +14,8 @@ import torch
 from torch import nn
 
 from invariance_lightning.lightning.module import ImageClassifier
-from invariance_lightning.metrics.evaluate import check_normalize
 from invariance_lightning.models import CIFAR_RESNET_NORMALIZE, load_cifar_resnet
-from invariance_lightning.transforms.normalization import Normalization
+from invariance_lightning.transforms.normalization import Normalization, check_normalize
 
 #: Classes a checkpoint may hold beyond tensors and plain containers: a datamodule given a ``pathlib`` folder
 #: saves it among its hyperparameters, and a path is safe to unpickle.
@@ -71,7 +70,8 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
         datamodule_hyper_parameters=dict(state.get("datamodule_hyper_parameters") or {}),
         callbacks=dict(state.get("callbacks") or {}),
         input_normalization=(
-            None if normalization is None else Normalization(*cast(Normalization, check_normalize(normalization)))
+            None if normalization is None
+            else Normalization(*cast(Normalization, check_normalize("read_checkpoint", "normalization", normalization)))
         ),
     )
 
@@ -103,5 +103,6 @@ def load_classifier(
             "ImageClassifier stored it, from a model without mean/std): pass default_normalization=(mean, std), "
             "the statistics of the data it was trained on"
         )
-    checked = cast(Normalization, check_normalize(normalization))  # a plain (mean, std) tuple, never None here
+    # a plain (mean, std) tuple, never None here
+    checked = cast(Normalization, check_normalize("load_classifier", "the normalization", normalization))
     return LoadedClassifier(model.eval(), Normalization(*checked), path.stem)

@@ -31,9 +31,9 @@ from invariance_lightning.lightning.callbacks.subsets import SplitStream
 from invariance_lightning.lightning.checkpoint import load_classifier
 from invariance_lightning.lightning.data import CIFARDataModule, ImageClassificationDataModule, ImageFolderDataModule
 from invariance_lightning.lightning.module import ImageClassifier
-from invariance_lightning.lightning.published import ProtocolTotals
 from invariance_lightning.metrics.evaluate import evaluate_sequences, module_device
 from invariance_lightning.metrics.protocols import PROTOCOLS
+from invariance_lightning.metrics.published import ProtocolTotals
 from invariance_lightning.reporting.tables import protocol_line, write_report
 from invariance_lightning.transforms import SEQUENCE_PRESETS, TransformSequence, sequence_preset
 from invariance_lightning.transforms.normalization import Normalization

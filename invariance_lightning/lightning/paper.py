@@ -24,11 +24,11 @@ from invariance_lightning.diagnostics import default_layers, layer_equivariance
 from invariance_lightning.lightning.checkpoint import load_classifier, read_checkpoint
 from invariance_lightning.lightning.data import CIFAR_NUM_CLASSES, CIFAR_STATS, DATA_DIR_ENV, CIFARDataModule
 from invariance_lightning.lightning.module import ImageClassifier
-from invariance_lightning.lightning.published import evaluate_protocols
 from invariance_lightning.locations import SHARED_DIR_ENV, shared_dir_origin
 from invariance_lightning.metrics.evaluate import evaluate_sequences
 from invariance_lightning.metrics.gap import train_test_gap
 from invariance_lightning.metrics.protocols import PROTOCOLS
+from invariance_lightning.metrics.published import evaluate_protocols
 from invariance_lightning.models import PRETRAINED_CIFAR_RESNETS, cifar_resnet_weights
 from invariance_lightning.models.pretrained import WEIGHTS_URL_ENV, DownloadError
 from invariance_lightning.reporting.figures import (

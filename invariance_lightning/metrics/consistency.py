@@ -73,12 +73,12 @@ class TransformConsistency(PostComputeMetric):
 
     def update(self, logits: Tensor, target: Tensor | None = None) -> None:
         """Accumulate one batch: ``logits`` (N, T, C) and optional ``target`` (N,)."""
-        logits, target = check_logits(logits, target, num_classes=self.num_classes)
+        logits, target = check_logits(logits, target, num_classes=self.num_classes, owner="TransformConsistency")
         expected = self._frames_seen()
         if expected is not None and logits.shape[1] != expected:
             raise ValueError(
-                f"logits have T={logits.shape[1]} frames but this metric has seen T={expected}; "
-                "use one metric instance per sequence"
+                f"TransformConsistency: logits must have the T={expected} frames it has seen (one metric per "
+                f"sequence), got T={logits.shape[1]}"
             )
         for name, value in consistency_stats(logits, target, self.top_k).items():
             current = getattr(self, name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,18 +18,15 @@ from invariance_lightning.metrics.consistency import TransformConsistency
 from invariance_lightning.metrics.mode import evaluation_mode
 from invariance_lightning.metrics.outputs import check_outputs, class_logits, class_targets, class_targets_error
 from invariance_lightning.transforms.base import TransformSequence
-from invariance_lightning.transforms.normalization import Normalization, normalize_images
+from invariance_lightning.transforms.normalization import (
+    Normalization,
+    as_float_images,
+    check_normalize,
+    normalize_images,
+)
+from invariance_lightning.validation import check_images, check_int, check_targets
 
 ForwardFn = Callable[[nn.Module, Tensor], Any]
-
-
-def as_float_images(images: Tensor) -> Tensor:
-    """uint8 images become floats in [0, 1]; floating-point images pass unchanged."""
-    if images.dtype == torch.uint8:
-        return images.float().div_(255)
-    if not images.is_floating_point():
-        raise TypeError(f"images must be uint8 or floating point, got dtype {images.dtype}")
-    return images
 
 
 def module_device(model: nn.Module) -> torch.device:
@@ -39,34 +36,20 @@ def module_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def check_normalize(normalize: object) -> Normalization | None:
-    """Validate a ``(mean, std)`` pair of per-channel sequences."""
-    if normalize is None:
-        return None
-    if not isinstance(normalize, (tuple, list)) or len(normalize) != 2:
-        raise ValueError(f"normalize must be a (mean, std) pair of per-channel sequences, got {normalize!r}")
-    mean, std = (tuple(float(v) for v in part) for part in normalize)
-    if len(mean) != len(std) or any(s <= 0 for s in std):
-        raise ValueError(f"normalize needs mean and std of equal length with std > 0, got mean={mean} std={std}")
-    # a plain (mean, std) tuple, unpacked like a Normalization everywhere (yaml.safe_dump writes it, not a NamedTuple)
-    return cast(Normalization, (mean, std))
-
-
-def _batches(images: Tensor | Iterable[Any], targets: Tensor | None) -> Iterator[tuple[Tensor, Tensor | None]]:
+def _batches(
+    owner: str, images: Tensor | Iterable[Any], targets: Tensor | None
+) -> Iterator[tuple[Tensor, Tensor | None]]:
     """Uniform ``(images, targets)`` batches from a tensor or from an iterable of batches; targets as
     :func:`class_targets`."""
     if isinstance(images, Tensor):
-        targets = class_targets(targets)
-        if images.ndim != 4:
-            raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
-        if targets is not None and (targets.ndim != 1 or targets.shape[0] != images.shape[0]):
-            raise ValueError(
-                f"targets must have shape (N,) = ({images.shape[0]},) to match images, got {tuple(targets.shape)}"
-            )
-        yield images, targets
+        check_images(owner, "images", images, uint8=True)
+        yield images, check_targets(owner, "targets", class_targets(targets), images.shape[0])
         return
     if targets is not None:
-        raise ValueError("targets must be None when images is a DataLoader/iterable: it yields (images, targets)")
+        raise ValueError(
+            f"{owner}: targets must be None when images is a DataLoader/iterable (it yields (images, targets)), "
+            f"got {type(targets).__name__}"
+        )
     for batch in images:
         if isinstance(batch, Tensor):
             yield batch, None
@@ -92,23 +75,23 @@ class SequenceChunk:
     targets: Tensor | None
 
 
-def check_sequences(sequences: Mapping[str, TransformSequence]) -> dict[str, TransformSequence]:
-    """A non-empty ``{name: TransformSequence}`` mapping, as a dict."""
+def check_sequences(owner: str, sequences: object) -> dict[str, TransformSequence]:
+    """``sequences`` as a dict if it is a non-empty mapping of names to :class:`TransformSequence`."""
+    expected = "a non-empty mapping of name -> TransformSequence"
     if not isinstance(sequences, Mapping):
-        raise TypeError(f"sequences must be a mapping of name -> TransformSequence, got {type(sequences).__name__}")
+        raise TypeError(f"{owner}: sequences must be {expected}, got {type(sequences).__name__}")
     if not sequences:
-        raise ValueError("sequences must name at least one TransformSequence, got an empty mapping")
+        raise ValueError(f"{owner}: sequences must be {expected}, got an empty mapping")
     for name, sequence in sequences.items():
-        if not isinstance(sequence, TransformSequence):
-            raise TypeError(
-                f"sequences[{name!r}] must be a TransformSequence (e.g. ShiftSequence), got {type(sequence).__name__}"
-            )
+        _one_sequence(owner, f"sequences[{name!r}]", sequence)
     return dict(sequences)
 
 
-def _one_sequence(sequence: TransformSequence) -> dict[str, TransformSequence]:
+def _one_sequence(owner: str, name: str, sequence: object) -> dict[str, TransformSequence]:
+    """``{"sequence": sequence}`` if ``sequence`` is a :class:`TransformSequence`."""
     if not isinstance(sequence, TransformSequence):
-        raise TypeError(f"sequence must be a TransformSequence (e.g. ShiftSequence), got {type(sequence).__name__}")
+        kind = type(sequence).__name__
+        raise TypeError(f"{owner}: {name} must be a TransformSequence (e.g. ShiftSequence), got {kind}")
     return {"sequence": sequence}
 
 
@@ -134,14 +117,14 @@ def iter_sequence_logits(
     ``(N, 1)`` output gives C = 2), targets class indices by :func:`class_targets`. The caller owns the
     model's mode and grad state (see :func:`evaluate_sequences`).
     """
-    check_outputs("iter_sequence_logits", outputs)
-    sequences = check_sequences(sequences)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    normalize = check_normalize(normalize)
+    owner = "iter_sequence_logits"
+    check_outputs(owner, outputs)
+    sequences = check_sequences(owner, sequences)
+    check_int(owner, "batch_size", batch_size, 1)
+    normalize = check_normalize(owner, "normalize", normalize)
     device = torch.device(device) if device is not None else module_device(model)
     forward = forward_fn or (lambda module, x: module(x))
-    for batch_images, batch_targets in _batches(images, targets):
+    for batch_images, batch_targets in _batches(owner, images, targets):
         for name, sequence in sequences.items():
             num_frames = len(sequence)
             images_per_chunk = max(1, batch_size // num_frames)
@@ -188,7 +171,7 @@ def iter_frame_logits(
     """Yield ``(logits (n, T, C), targets (n,) or None)`` chunk by chunk: :func:`iter_sequence_logits` for one
     sequence. The caller owns the model's mode and grad state (see :func:`evaluate_invariance`)."""
     chunks = iter_sequence_logits(
-        model, images, targets, _one_sequence(sequence),
+        model, images, targets, _one_sequence("iter_frame_logits", "sequence", sequence),
         batch_size=batch_size, normalize=normalize, forward_fn=forward_fn, device=device, outputs=outputs,
     )
     for chunk in chunks:
@@ -241,7 +224,7 @@ def evaluate_sequences(
         (a BatchNorm frozen in eval mode inside a training model stays frozen).
     """
     check_outputs("evaluate_sequences", outputs)
-    sequences = check_sequences(sequences)
+    sequences = check_sequences("evaluate_sequences", sequences)
     device = torch.device(device) if device is not None else module_device(model)
     chunks: Iterable[SequenceChunk] = iter_sequence_logits(
         model, images, targets, sequences,
@@ -286,7 +269,7 @@ def evaluate_invariance(
     ``ShiftSequence(max_shift=8)``, instead of a mapping), returning its metric dict."""
     check_outputs("evaluate_invariance", outputs)
     (metrics,) = evaluate_sequences(
-        model, images, targets, _one_sequence(sequence),
+        model, images, targets, _one_sequence("evaluate_invariance", "sequence", sequence),
         batch_size=batch_size, normalize=normalize, top_k=top_k, num_classes=num_classes,
         forward_fn=forward_fn, device=device, progress=progress, outputs=outputs,
     ).values()

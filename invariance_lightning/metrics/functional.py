@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from invariance_lightning.validation import check_optional_int
+from invariance_lightning.validation import check_finite_logits, check_optional_int
 
 #: Names of the additive statistics, in a fixed order.
 STAT_NAMES = (
@@ -28,45 +28,32 @@ STAT_NAMES = (
 
 
 def check_logits(
-    logits: Any, target: Any = None, *, num_classes: int | None = None
+    logits: Any, target: Any = None, *, num_classes: int | None = None, owner: str = "transform_consistency"
 ) -> tuple[Tensor, Tensor | None]:
-    """Validate ``logits`` (N, T, C) and the optional ``target`` (N,); raise ValueError/TypeError on bad input."""
-    if not isinstance(logits, Tensor):
-        raise TypeError(f"logits must be a torch.Tensor of shape (N, T, C), got {type(logits).__name__}")
-    if logits.ndim != 3:
-        raise ValueError(
-            f"logits must have shape (N, T, C) (N images, T frames, C classes), got shape {tuple(logits.shape)}"
-        )
-    if not logits.is_floating_point():
-        raise TypeError(f"logits must be floating point, got dtype {logits.dtype}")
-    num_frames, classes = logits.shape[1], logits.shape[2]
-    if classes < 1:
-        raise ValueError(f"logits need at least C=1 class, got shape {tuple(logits.shape)}")
-    if num_frames < 2:
-        raise ValueError(
-            f"logits need at least T=2 frames to compare, got T={num_frames} (shape {tuple(logits.shape)})"
-        )
+    """Validate ``logits`` (N, T, C) and the optional ``target`` (N,); raise ValueError/TypeError on bad input,
+    :class:`~invariance_lightning.validation.NonFiniteLogitsError` (a ValueError) for NaN or infinite logits."""
+    expected = "a floating-point (N, T, C) tensor: N images, T >= 2 frames to compare, C >= 1 classes"
+    if not isinstance(logits, Tensor) or not logits.is_floating_point():
+        got = f"dtype {logits.dtype}" if isinstance(logits, Tensor) else type(logits).__name__
+        raise TypeError(f"{owner}: logits must be {expected}, got {got}")
+    if logits.ndim != 3 or logits.shape[1] < 2 or logits.shape[2] < 1:
+        raise ValueError(f"{owner}: logits must be {expected}, got shape {tuple(logits.shape)}")
+    classes = logits.shape[2]
     if num_classes is not None and classes != num_classes:
-        raise ValueError(f"logits have C={classes} classes but num_classes={num_classes}")
-    if not bool(torch.isfinite(logits).all()):
-        bad = int((~torch.isfinite(logits)).sum())
-        raise ValueError(f"logits contain {bad} NaN or infinite values; the model's outputs are not finite")
+        raise ValueError(f"{owner}: logits must have C=num_classes={num_classes} classes, got C={classes}")
+    check_finite_logits(owner, "logits", logits)
     if target is None:
         return logits, None
-    if not isinstance(target, Tensor):
-        raise TypeError(f"target must be a torch.Tensor of class indices with shape (N,), got {type(target).__name__}")
-    if target.ndim != 1 or target.shape[0] != logits.shape[0]:
-        raise ValueError(
-            f"target must have shape (N,) = ({logits.shape[0]},) to match logits {tuple(logits.shape)}, "
-            f"got {tuple(target.shape)}"
-        )
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+    expected = f"an integer tensor of class indices in [0, {classes}) of shape (N,) = ({logits.shape[0]},)"
+    integer = isinstance(target, Tensor) and not (target.is_floating_point() or target.is_complex())
+    if not integer or target.dtype == torch.bool:
+        got = f"dtype {target.dtype}" if isinstance(target, Tensor) else type(target).__name__
+        raise TypeError(f"{owner}: target must be {expected}, got {got}")
+    if target.shape != (logits.shape[0],):
+        raise ValueError(f"{owner}: target must be {expected}, got shape {tuple(target.shape)}")
     if target.numel() and (int(target.min()) < 0 or int(target.max()) >= classes):
-        raise ValueError(
-            f"target values must be class indices in [0, {classes}), got values in "
-            f"[{int(target.min())}, {int(target.max())}]"
-        )
+        low, high = int(target.min()), int(target.max())
+        raise ValueError(f"{owner}: target must be {expected}, got values in [{low}, {high}]")
     return logits, target.to(logits.device)
 
 

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
+from invariance_lightning.validation import check_int, check_number
+
 #: Metrics compared between training and test images, with their labels in tables and figures.
 GAP_METRICS = {"flip_rate": "flip rate", "worst_case_accuracy": "worst-case accuracy", "accuracy": "accuracy"}
 
@@ -27,8 +29,7 @@ def sampling_bound(p: float, n: int) -> float:
     >>> sampling_bound(0.5, 100)
     0.05
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"sampling_bound: n must be an int >= 1 (the number of images), got {n!r}")
+    check_int("sampling_bound", "n", n, 1)
     return math.sqrt(max(p * (1 - p), 0.0) / n)
 
 
@@ -43,10 +44,8 @@ def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     >>> [round(v, 4) for v in wilson_interval(0.5, 100)]
     [0.4038, 0.5962]
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"wilson_interval: n must be an int >= 1 (the number of images), got {n!r}")
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"wilson_interval: p must be a rate in [0, 1], got {p!r}")
+    check_int("wilson_interval", "n", n, 1)
+    check_number("wilson_interval", "p", p, low=0, high=1)
     scale = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / scale
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / scale

@@ -10,7 +10,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from invariance_lightning.validation import check_choice
+from invariance_lightning.validation import check_choice, check_scores
 
 __all__ = ["OUTPUTS", "OutputKey", "check_outputs", "class_logits", "class_targets", "class_targets_error",
            "with_output_key"]
@@ -77,8 +77,9 @@ _READ_AS = (
 )
 
 
-def class_logits(output: Any, num_inputs: int, outputs: str = "logits") -> Tensor:
-    """A model's ``output`` for ``num_inputs`` inputs as ``(N, C)`` logits, C >= 2 for a binary model.
+def class_logits(output: Any, num_inputs: int, outputs: str = "logits", owner: str = "class_logits") -> Tensor:
+    """A model's ``output`` for ``num_inputs`` inputs as ``(N, C)`` logits, C >= 2 for a binary model (``owner``
+    names the caller in errors).
 
     * ``(N, C)`` logits pass unchanged.
     * ``(N,)`` or ``(N, 1)``: one binary logit ``z`` (as ``BCEWithLogitsLoss`` trains) becomes ``[0, z]``, whose
@@ -96,15 +97,11 @@ def class_logits(output: Any, num_inputs: int, outputs: str = "logits") -> Tenso
     tensor([[0.7500, 0.2500],
             [0.0000, 1.0000]])
     """
-    check_outputs("class_logits", outputs)
-    shapes_ok = isinstance(output, Tensor) and output.ndim in (1, 2) and output.shape[0] == num_inputs
-    if not shapes_ok or not output.is_floating_point():
-        what = f"shape {tuple(output.shape)}, dtype {output.dtype}" if isinstance(output, Tensor) \
-            else type(output).__name__
-        raise ValueError(
-            f"the model must return (N, C) logits (floating point) for N={num_inputs} inputs, got {what}; "
-            f"{_READ_AS}"
-        )
+    check_outputs(owner, outputs)
+    try:
+        check_scores(owner, "the model's outputs", output, num_inputs)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{error}; {_READ_AS}") from None
     binary = output.ndim == 1 or output.shape[1] == 1
     scores = output.reshape(num_inputs, 1) if binary else output
     if outputs == "logits":
@@ -114,7 +111,8 @@ def class_logits(output: Any, num_inputs: int, outputs: str = "logits") -> Tenso
     if bool(outside.any()):
         low, high = float(probabilities[outside].min()), float(probabilities[outside].max())
         raise ValueError(
-            f"outputs='probabilities' needs model outputs in [0, 1], got values in [{low:.4g}, {high:.4g}]; "
+            f"{owner}: the model's outputs must be probabilities in [0, 1] (outputs='probabilities'), got values in "
+            f"[{low:.4g}, {high:.4g}]; "
             "pass outputs='logits' (the default) for a model that returns unbounded scores"
         )
     if binary:

@@ -24,19 +24,21 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from invariance_lightning.metrics.evaluate import (
-    ForwardFn,
-    Normalization,
-    check_normalize,
-    iter_frame_logits,
-    module_device,
-)
+from invariance_lightning.metrics.evaluate import ForwardFn, Normalization, iter_frame_logits, module_device
 from invariance_lightning.metrics.functional import check_logits, consistency_stats
 from invariance_lightning.metrics.mode import evaluation_mode
 from invariance_lightning.metrics.outputs import check_outputs, class_targets, class_targets_error
 from invariance_lightning.transforms import ShiftSequence, TransformSequence
 from invariance_lightning.transforms.functional import pad_2d, shift
-from invariance_lightning.validation import check_choice, check_int
+from invariance_lightning.transforms.normalization import check_normalize
+from invariance_lightning.validation import (
+    check_choice,
+    check_fits,
+    check_images,
+    check_int,
+    check_targets,
+    check_unit_range,
+)
 
 _MASK64 = (1 << 64) - 1
 
@@ -77,7 +79,7 @@ class _Runner:
             error = class_targets_error(chunk_targets, logits.shape[-1])
             if error is not None:
                 raise ValueError(error)
-            yield check_logits(logits, chunk_targets)
+            yield check_logits(logits, chunk_targets, owner="protocol_counts")
 
 
 def _add(totals: dict[str, int], **counts: Tensor | int) -> None:
@@ -101,6 +103,8 @@ class ShiftProtocol(ABC):
 
     #: Whether the protocol measures accuracy, so that ``targets`` are required.
     needs_targets: ClassVar[bool] = False
+    #: Every key :func:`protocol_counts` may return (a key missing from a result counts 0).
+    count_names: ClassVar[tuple[str, ...]]
 
     @property
     @abstractmethod
@@ -126,11 +130,6 @@ class ShiftProtocol(ABC):
     def summarize(self, counts: Mapping[str, Tensor | int]) -> dict[str, float]:
         """The protocol's numbers (fractions in [0, 1]) from summed counts."""
 
-    def _fit(self, sequence: ShiftSequence, height: int, width: int) -> None:
-        try:
-            sequence.output_size(height, width)
-        except ValueError as error:
-            raise ValueError(f"protocol {self.name!r} does not fit {height}x{width} images: {error}") from error
 
 
 class _ImageShifts(TransformSequence):
@@ -207,10 +206,15 @@ class RandomPairProtocol(ShiftProtocol):
     passes: int
     crop: int | None = None
 
+    count_names: ClassVar[tuple[str, ...]] = ("num_images", "num_pairs", "agreeing_pairs", "num_predictions", "correct")
+
     def __post_init__(self) -> None:
         low, high = self.shift_range
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)) or low > high:
-            raise ValueError(f"shift_range must be integers (low, high) with low <= high, got {self.shift_range!r}")
+        expected = "a (low, high) pair of ints with low <= high"
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)):
+            raise TypeError(f"{self.name}: shift_range must be {expected}, got {self.shift_range!r}")
+        if low > high:
+            raise ValueError(f"{self.name}: shift_range must be {expected}, got {self.shift_range!r}")
         check_choice(self.name, "boundary", self.boundary, _ImageShifts.modes)
         check_int(self.name, "passes", self.passes, 1)
         if self.crop is not None:
@@ -273,7 +277,7 @@ class RandomPairProtocol(ShiftProtocol):
     def summarize(self, counts: Mapping[str, Tensor | int]) -> dict[str, float]:
         out = {"num_images": float(counts["num_images"]),
                "consistency": int(counts["agreeing_pairs"]) / int(counts["num_pairs"])}
-        if "correct" in counts:
+        if int(counts.get("num_predictions", 0)):  # measured with targets
             out["accuracy"] = int(counts["correct"]) / int(counts["num_predictions"])
         return out
 
@@ -326,6 +330,9 @@ class AdversarialGridProtocol(ShiftProtocol):
     crop_margin: int = 3
 
     needs_targets: ClassVar[bool] = True
+    count_names: ClassVar[tuple[str, ...]] = (
+        "num_images", "correct", "integer_all_correct", "half_pixel_all_correct", "crop_all_correct"
+    )
 
     def __post_init__(self) -> None:
         check_int(self.name, "max_shift", self.max_shift, 2)
@@ -357,8 +364,8 @@ class AdversarialGridProtocol(ShiftProtocol):
         )
 
     def check_size(self, height: int, width: int) -> None:
-        for sequence in self.sequences.values():
-            self._fit(sequence, height, width)
+        for grid, sequence in self.sequences.items():
+            check_fits(self.name, f"its {grid} grid", sequence, height, width)
 
     def _counts(
         self, run: _Runner, images: Tensor, targets: Tensor | None, indices: Tensor, seed: int
@@ -399,6 +406,8 @@ class FlipProbabilityProtocol(ShiftProtocol):
 
     shifts: tuple[tuple[int, int], ...]
 
+    count_names: ClassVar[tuple[str, ...]] = ("num_images", "flips", "num_predictions", "correct")
+
     def __post_init__(self) -> None:
         _ = self.sequence  # building the ShiftSequence validates the shifts (>= 2 finite (dx, dy) pairs)
 
@@ -420,7 +429,7 @@ class FlipProbabilityProtocol(ShiftProtocol):
         )
 
     def check_size(self, height: int, width: int) -> None:
-        self._fit(self.sequence, height, width)
+        check_fits(self.name, "its shift sequence", self.sequence, height, width)
 
     def _counts(
         self, run: _Runner, images: Tensor, targets: Tensor | None, indices: Tensor, seed: int
@@ -437,7 +446,7 @@ class FlipProbabilityProtocol(ShiftProtocol):
         num_images = int(counts["num_images"])
         out = {"num_images": float(num_images),
                "flip_probability": int(counts["flips"]) / (num_images * (len(self.shifts) - 1))}
-        if "correct" in counts:
+        if int(counts.get("num_predictions", 0)):  # measured with targets
             out["accuracy"] = int(counts["correct"]) / int(counts["num_predictions"])
         return out
 
@@ -498,35 +507,23 @@ def get_protocol(name: str | ShiftProtocol) -> ShiftProtocol:
 def _check_inputs(
     protocol: ShiftProtocol, images: Any, targets: Any, indices: Any, seed: Any, batch_size: Any
 ) -> Tensor:
-    if not isinstance(images, Tensor) or images.ndim != 4:
-        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"images must be a tensor of shape (N, C, H, W), got {shape}")
+    owner = protocol.name
+    check_images(owner, "images", images, uint8=True)
     if images.shape[0] == 0:
-        raise ValueError(f"images is empty: protocol {protocol.name!r} needs at least one image")
-    if images.dtype != torch.uint8:
-        if not images.is_floating_point():
-            raise TypeError(f"images must be uint8 or floating point in [0, 1], got dtype {images.dtype}")
-        low, high = float(images.min()), float(images.max())
-        if not (0.0 <= low and high <= 1.0):
-            raise ValueError(
-                f"float images must lie in [0, 1] (shifts fill with 0 = black before normalize is applied), got "
-                f"values in [{low:.4g}, {high:.4g}]; pass unnormalized images and normalize=(mean, std)"
-            )
+        raise ValueError(f"{owner}: images must hold at least one image, got shape {tuple(images.shape)}")
+    check_unit_range(owner, "images", images)  # shifts fill with 0 = black before normalize is applied
     if targets is None and protocol.needs_targets:
-        raise ValueError(f"protocol {protocol.name!r} measures accuracy: targets (N,) are required")
-    if targets is not None and (not isinstance(targets, Tensor) or targets.shape != (images.shape[0],)):
-        shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
-        raise ValueError(f"targets must have shape (N,) = ({images.shape[0]},), got {shape}")
-    check_int(protocol.name, "seed", seed, 0)
-    check_int(protocol.name, "batch_size", batch_size, 1)
+        raise ValueError(f"{owner}: targets must be (N,) class indices (the protocol measures accuracy), got None")
+    check_targets(owner, "targets", targets, images.shape[0])
+    check_int(owner, "seed", seed, 0)
+    check_int(owner, "batch_size", batch_size, 1)
     if indices is None:
         return torch.arange(images.shape[0])
-    if (not isinstance(indices, Tensor) or indices.shape != (images.shape[0],) or indices.is_floating_point()
-            or indices.dtype == torch.bool or (indices.numel() and int(indices.min()) < 0)):
-        raise ValueError(
-            f"indices must be a tensor of N={images.shape[0]} non-negative integer (global) image indices, "
-            f"got {indices!r}"
-        )
+    expected = f"a tensor of N={images.shape[0]} non-negative integer (global) image indices"
+    if not isinstance(indices, Tensor) or indices.is_floating_point() or indices.dtype == torch.bool:
+        raise TypeError(f"{owner}: indices must be {expected}, got {indices!r}")
+    if indices.shape != (images.shape[0],) or (indices.numel() and int(indices.min()) < 0):
+        raise ValueError(f"{owner}: indices must be {expected}, got {indices!r}")
     return indices.cpu()
 
 
@@ -556,7 +553,7 @@ def protocol_counts(
     indices = _check_inputs(protocol, images, targets, indices, seed, batch_size)
     protocol.check_size(images.shape[-2], images.shape[-1])
     run = _Runner(
-        model, check_normalize(normalize), batch_size,
+        model, check_normalize("protocol_counts", "normalize", normalize), batch_size,
         torch.device(device) if device is not None else module_device(model), forward_fn,
         check_outputs("protocol_counts", outputs),
     )

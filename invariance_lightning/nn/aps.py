@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from invariance_lightning.validation import check_choice, check_feature_map, check_int, check_optional_int
+from invariance_lightning.validation import check_choice, check_images, check_int, check_optional_int
 
 Norm = Literal["l2", "l1"]
 NORMS: tuple[str, ...] = ("l2", "l1")
@@ -94,7 +94,7 @@ class APS2d(nn.Module):
 
     def select(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Return the chosen components ``(N, C, H/s, W/s)`` and their indices ``(N,)`` (``i * s + j``)."""
-        check_feature_map("APS2d", x, self.channels)
+        check_images("APS2d", "input", x, channels=self.channels)
         x = pad_to_multiple(x, self.stride)
         index = polyphase_norms(x, self.stride, self.norm).argmax(dim=1)
         return take_polyphase(x, index, self.stride), index
@@ -137,7 +137,7 @@ class APS2dFollower(nn.Module):
         leader.has_followers = True
 
     def forward(self, x: Tensor) -> Tensor:
-        check_feature_map("APS2dFollower", x, None)
+        check_images("APS2dFollower", "input", x)
         index = self.leader.pop_index()
         if index.shape[0] != x.shape[0]:
             raise ValueError(

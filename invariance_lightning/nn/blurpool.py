@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from invariance_lightning.transforms.functional import pad_2d
-from invariance_lightning.validation import check_choice, check_feature_map, check_int
+from invariance_lightning.validation import check_choice, check_images, check_int
 
 PaddingMode = Literal["reflect", "replicate", "zeros", "circular"]
 PADDING_MODES: tuple[str, ...] = ("reflect", "replicate", "zeros", "circular")
@@ -70,7 +70,7 @@ class BlurPool2d(nn.Module):
         self.register_buffer("filter", kernel.expand(channels, 1, filter_size, filter_size).clone(), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_feature_map("BlurPool2d", x, self.channels)
+        check_images("BlurPool2d", "input", x, channels=self.channels)
         if self.filter_size == 1:
             return x[:, :, :: self.stride, :: self.stride]
         x = pad_2d(x, *self.padding, self.padding_mode)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from invariance_lightning.transforms.functional import embed_in_canvas, embedded_size
-from invariance_lightning.validation import check_choice, check_number, check_size
+from invariance_lightning.validation import check_choice, check_images, check_number, check_size
 
 
 def check_crop_size(owner: str, crop_size: int | tuple[int, int] | None, mode: str) -> tuple[int, int] | None:
@@ -22,21 +22,6 @@ def check_crop_size(owner: str, crop_size: int | tuple[int, int] | None, mode: s
             f"{owner}: crop_size is only used with mode='crop', got crop_size={crop_size!r} with mode={mode!r}"
         )
     return check_size(owner, "crop_size", crop_size)
-
-
-def check_images(images: Any, name: str = "images") -> Tensor:
-    """Raise a clear error unless ``images`` is a floating-point batch of shape (N, C, H, W)."""
-    if not isinstance(images, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (N, C, H, W), got {type(images).__name__}")
-    if images.ndim != 4:
-        raise ValueError(
-            f"{name} must have shape (N, C, H, W), got a {images.ndim}-D tensor of shape {tuple(images.shape)}"
-        )
-    if not images.is_floating_point():
-        raise TypeError(
-            f"{name} must be floating point (e.g. uint8 images divided by 255), got dtype {images.dtype}"
-        )
-    return images
 
 
 class TransformSequence(ABC):
@@ -89,9 +74,9 @@ class TransformSequence(ABC):
 
     def frame(self, images: Tensor, index: int) -> Tensor:
         """Frame ``index`` (0 <= index < T) of the float batch ``images`` (N, C, H, W)."""
-        check_images(images)
+        check_images(type(self).__name__, "images", images)
         if isinstance(index, bool) or not isinstance(index, int):
-            raise TypeError(f"frame index must be an int, got {type(index).__name__} {index!r}")
+            raise TypeError(f"{type(self).__name__}: frame index must be an int, got {type(index).__name__} {index!r}")
         if not 0 <= index < len(self):
             raise IndexError(f"frame index must be in [0, {len(self)}), got {index}")
         self.output_size(images.shape[-2], images.shape[-1])

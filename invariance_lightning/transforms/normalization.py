@@ -8,13 +8,24 @@ sequences is accepted too.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
+import torch
 from kornia.enhance import denormalize as kornia_denormalize
 from kornia.enhance import normalize as kornia_normalize
 from torch import Tensor
 
-__all__ = ["CIFAR_STATS", "IMAGENET_STATS", "Normalization", "denormalize_images", "normalize_images"]
+from invariance_lightning.validation import check_images
+
+__all__ = [
+    "CIFAR_STATS",
+    "IMAGENET_STATS",
+    "Normalization",
+    "as_float_images",
+    "check_normalize",
+    "denormalize_images",
+    "normalize_images",
+]
 
 
 class Normalization(NamedTuple):
@@ -61,3 +72,35 @@ def denormalize_images(images: Tensor, normalization: Normalization | None) -> T
         return images
     mean, std = normalization
     return kornia_denormalize(images, images.new_tensor(mean), images.new_tensor(std))
+
+
+def check_normalize(owner: str, name: str, value: object) -> Normalization | None:
+    """Return ``value`` (None, or a ``(mean, std)`` pair of per-channel sequences of numbers) as a plain
+    ``(mean, std)`` tuple of float tuples; TypeError for another type, ValueError for unequal lengths or a
+    std <= 0.
+
+    >>> check_normalize("f", "normalize", ([0.5], [0]))
+    Traceback (most recent call last):
+    ...
+    ValueError: f: normalize must be a (mean, std) pair of equal lengths with std > 0, got ([0.5], [0])
+    """
+    if value is None:
+        return None
+    expected = "a (mean, std) pair of per-channel sequences of numbers"
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{owner}: {name} must be {expected}, got {value!r}")
+    try:
+        mean, std = (tuple(float(v) for v in part) for part in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{owner}: {name} must be {expected}, got {value!r}") from None
+    if len(mean) != len(std) or not mean or any(s <= 0 for s in std):
+        raise ValueError(f"{owner}: {name} must be a (mean, std) pair of equal lengths with std > 0, got {value!r}")
+    # a plain (mean, std) tuple, unpacked like a Normalization everywhere (yaml.safe_dump writes it, not a NamedTuple)
+    return cast(Normalization, (mean, std))
+
+
+def as_float_images(images: Tensor, owner: str = "as_float_images") -> Tensor:
+    """An ``(N, C, H, W)`` image batch as floats in [0, 1]: uint8 is divided by 255, floating point passes unchanged
+    (TypeError for another dtype, through :func:`~invariance_lightning.validation.check_images`)."""
+    check_images(owner, "images", images, uint8=True)
+    return images.float().div_(255) if images.dtype == torch.uint8 else images

@@ -14,7 +14,6 @@ from torch.utils.data import Dataset
 from invariance_lightning.lightning.callbacks.inputs import InputSpace, resolve_input_space
 from invariance_lightning.lightning.callbacks.measure import (
     ModuleForward,
-    NonFiniteLogitsError,
     SequenceMeasurement,
     measure_sequences,
     targets_error,
@@ -22,12 +21,13 @@ from invariance_lightning.lightning.callbacks.measure import (
 from invariance_lightning.lightning.callbacks.sinks import FigureSink, Table
 from invariance_lightning.lightning.callbacks.subsets import SPLITS, BatchKey, PipelineFacts
 from invariance_lightning.lightning.packages import CALLBACK_BASES, is_overridden
-from invariance_lightning.metrics.evaluate import as_float_images, check_normalize
+from invariance_lightning.metrics.evaluate import check_sequences
 from invariance_lightning.metrics.mode import evaluation_mode
 from invariance_lightning.metrics.outputs import check_outputs, class_logits, with_output_key
 from invariance_lightning.reporting.figures import FLIP_GRID_IMAGES, flip_grid_figure, per_frame_figure
 from invariance_lightning.transforms import Normalization, TransformSequence
-from invariance_lightning.validation import check_choice, check_int
+from invariance_lightning.transforms.normalization import as_float_images, check_normalize
+from invariance_lightning.validation import NonFiniteLogitsError, check_choice, check_fits, check_images, check_int
 
 NONFINITE_POLICIES = ("warn", "raise")
 
@@ -57,19 +57,15 @@ class InvarianceCallbackBase(*CALLBACK_BASES):  # type: ignore[misc]
         outputs: str = "logits",
         output_key: str | int | None = None,
     ) -> None:
-        if not isinstance(sequences, Mapping) or not sequences:
-            raise ValueError(f"sequences must be a non-empty dict of name -> TransformSequence, got {sequences!r}")
-        for name, sequence in sequences.items():
-            if not isinstance(name, str) or not name or "/" in name:
-                raise ValueError(f"sequence names must be non-empty strings without '/', got {name!r}")
-            if not isinstance(sequence, TransformSequence):
-                raise TypeError(f"sequences[{name!r}] must be a TransformSequence, got {type(sequence).__name__}")
         owner = type(self).__name__
+        for name in check_sequences(owner, sequences):  # names become parts of the logged names
+            if not isinstance(name, str) or not name or "/" in name:
+                raise ValueError(f"{owner}: sequence names must be non-empty strings without '/', got {name!r}")
         check_choice(owner, "on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         if normalize != "auto":
-            normalize = check_normalize(normalize)
+            normalize = check_normalize(owner, "normalize", normalize)
         if data_normalization != "auto":
-            data_normalization = check_normalize(data_normalization)
+            data_normalization = check_normalize(owner, "data_normalization", data_normalization)
         if plain_transform is not None and not callable(plain_transform):
             raise TypeError(
                 f"{owner}: plain_transform must be a callable transform, got {type(plain_transform).__name__}"
@@ -122,30 +118,19 @@ class InvarianceCallbackBase(*CALLBACK_BASES):  # type: ignore[misc]
         """Check that ``images`` of ``split`` are NCHW and fit every sequence, and that the module gives ``(N, C)``
         logits for them (a binary ``(N,)`` or ``(N, 1)`` logit counts as two classes; see ``outputs``) whose classes
         cover ``targets``."""
-        if images.ndim != 4:
-            raise ValueError(
-                f"the {split!r} images must have shape (N, C, H, W), got {tuple(images.shape)}; "
-                "pass batch_key if batches are not (images, targets)"
-            )
-        height, width = images.shape[-2:]
+        owner = type(self).__name__
+        check_images(owner, f"the {split!r} images (batch_key says where they are)", images, uint8=True)
         for name, sequence in self.sequences.items():
-            try:
-                sequence.output_size(height, width)
-            except ValueError as error:
-                raise ValueError(f"sequence {name!r} does not fit the {split!r} images: {error}") from None
-        probe = as_float_images(images[:2].to(pl_module.device))
+            check_fits(owner, f"sequence {name!r} (on the {split!r} images)", sequence, *images.shape[-2:])
+        probe = as_float_images(images[:2].to(pl_module.device), owner)
         with evaluation_mode(pl_module), trainer.precision_plugin.val_step_context():
             output = self.forward_fn(pl_module, probe) if self.forward_fn else pl_module(probe)
-            try:  # the conversion the measurement uses: a binary module's one logit gives two classes
-                logits = class_logits(output, probe.shape[0], self.outputs)
-            except ValueError as error:
-                raise ValueError(
-                    f"{type(self).__name__} needs (N, C) logits from the module on the {split!r} images: {error}"
-                ) from None
+            # the conversion the measurement uses: a binary module's one logit gives two classes
+            logits = class_logits(output, probe.shape[0], self.outputs, owner)
         self._num_classes = logits.shape[1]
         problem = targets_error(targets, self._num_classes, split)
         if problem is not None:
-            raise ValueError(f"{type(self).__name__}: {problem}")
+            raise ValueError(f"{owner}: {problem}")
 
     # -- measuring -------------------------------------------------------------------------------
     def _measure(

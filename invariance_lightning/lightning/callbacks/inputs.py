@@ -17,8 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from invariance_lightning.lightning.packages import is_overridden
-from invariance_lightning.metrics.evaluate import check_normalize
-from invariance_lightning.transforms.normalization import Normalization, denormalize_images
+from invariance_lightning.transforms.normalization import Normalization, check_normalize, denormalize_images
 
 #: How far outside [0, 1] raw float images may reach (rounding of an un-normalization) before they are not raw.
 RAW_TOLERANCE = 1e-3
@@ -39,17 +38,19 @@ class InputSpace:
         return denormalize_images(images, self.data)
 
 
-def _model_normalization(trainer: Any, pl_module: Any, data: Normalization | None) -> Normalization | None:
+def _model_normalization(owner: str, trainer: Any, pl_module: Any, data: Normalization | None) -> Normalization | None:
     """``normalize="auto"``: the batches' own normalization, else the module's ``input_normalization`` (as
     ``ImageClassifier`` has), else the datamodule's ``mean``/``std``, else None."""
     if data is not None:
         return data
     own = getattr(pl_module, "input_normalization", None)
     if own is not None:
-        return check_normalize(own)
+        return check_normalize(owner, "the module's input_normalization", own)
     datamodule = trainer.datamodule
     mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
-    return check_normalize((mean, std)) if mean is not None and std is not None else None
+    if mean is None or std is None:
+        return None
+    return check_normalize(owner, "the datamodule's (mean, std)", (mean, std))
 
 
 def _value_range(images: Tensor) -> tuple[float, float]:
@@ -80,16 +81,16 @@ def resolve_input_space(
     when the images are outside [0, 1] and nothing says how they were normalized, or when a raw model input may
     depend on an ``on_after_batch_transfer`` hook the callback skips.
     """
-    data = found if data_normalization == "auto" else check_normalize(data_normalization)
+    data = found if data_normalization == "auto" else check_normalize(owner, "data_normalization", data_normalization)
     if data is not None and found is not None and data != found:
         raise ValueError(
             f"{owner}: data_normalization={tuple(data)}, but the Normalize in the {split!r} dataset's transforms uses "
             f"{tuple(found)}; leave data_normalization='auto'"
         )
     if normalize == "auto":
-        model = _model_normalization(trainer, pl_module, data)
+        model = _model_normalization(owner, trainer, pl_module, data)
     else:
-        model = check_normalize(normalize)
+        model = check_normalize(owner, "normalize", normalize)
         if data is not None and model != data:
             origin = "the dataset's transforms normalize" if data_normalization == "auto" else "data_normalization says"
             raise ValueError(

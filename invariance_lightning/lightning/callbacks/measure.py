@@ -15,15 +15,12 @@ from invariance_lightning.metrics.evaluate import ForwardFn, Normalization, iter
 from invariance_lightning.metrics.mode import evaluation_mode
 from invariance_lightning.metrics.outputs import class_targets_error
 from invariance_lightning.transforms import TransformSequence
+from invariance_lightning.validation import NonFiniteLogitsError, check_finite_logits
 
 #: ``forward_fn(pl_module, x) -> logits``. The return type is ``Any``, not ``Tensor``: for a ``Callable`` returning a
 #: class, jsonargparse (LightningCLI) accepts only functions annotated ``-> Tensor``, so a plain importable function
 #: named in a YAML config would fail to parse.
 ModuleForward = Callable[[pl.LightningModule, Tensor], Any]
-
-
-class NonFiniteLogitsError(ValueError):
-    """The model produced NaN or infinite logits on some frame (on any process)."""
 
 
 def targets_error(targets: Tensor | None, num_classes: int, split: str) -> str | None:
@@ -119,13 +116,13 @@ def measure_sequences(
                 bad_input = targets_error(chunk.targets, num_classes, split)
                 if bad_input is not None:
                     break
-                if not bool(torch.isfinite(chunk.logits).all()):
-                    nonfinite = f"the model produced NaN or infinite logits on the {chunk.sequence!r} sequence"
-                    break
+                check_finite_logits("measure_sequences", f"the {split!r} logits of {chunk.sequence!r}", chunk.logits)
                 metrics[chunk.sequence].update(chunk.logits.float(), chunk.targets)
                 predictions = chunk.logits.argmax(dim=-1)
                 predicted[chunk.sequence] += torch.bincount(predictions.flatten(), minlength=num_classes)[:num_classes]
                 kept[chunk.sequence].add(chunk.images, predictions.to(chunk.images.device), chunk.targets)
+        except NonFiniteLogitsError as error:
+            nonfinite = str(error)
         except ValueError as error:  # a later batch the loop rejects (e.g. fractional targets): raise on every process
             bad_input = f"{split!r} batch: {error}"
     if not trainer.strategy.reduce_boolean_decision(bad_input is None, all=True):

@@ -8,21 +8,20 @@ from typing import Any, cast
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor
 from torch.utils.data import Dataset
 
 from invariance_lightning._compat import callback_state_key
 from invariance_lightning.lightning.callbacks.base import InvarianceCallbackBase, class_names_of, device_transfer
 from invariance_lightning.lightning.callbacks.inputs import InputSpace
-from invariance_lightning.lightning.callbacks.measure import ModuleForward, NonFiniteLogitsError, SequenceMeasurement
+from invariance_lightning.lightning.callbacks.measure import ModuleForward, SequenceMeasurement
 from invariance_lightning.lightning.callbacks.subsets import BatchKey, ImageSubset, check_splits, draw_subset
-from invariance_lightning.lightning.published import ProtocolTotals, check_protocol_names, summarize
 from invariance_lightning.metrics.evaluate import ForwardFn
 from invariance_lightning.metrics.protocols import PROTOCOLS
+from invariance_lightning.metrics.published import ProtocolTotals, check_protocol_names
 from invariance_lightning.reporting.figures import history_figure
 from invariance_lightning.reporting.tables import protocol_numbers
 from invariance_lightning.transforms import Normalization, TransformSequence, sequence_preset
-from invariance_lightning.validation import check_int
+from invariance_lightning.validation import NonFiniteLogitsError, check_int, check_unit_range
 
 #: Images per split under ``Trainer(fast_dev_run=...)``.
 FAST_DEV_RUN_SAMPLES = 8
@@ -242,12 +241,8 @@ class InvarianceMonitor(InvarianceCallbackBase):
                 raise ValueError(
                     f"InvarianceMonitor: protocol {name!r} needs targets, but the {split!r} batches have none"
                 )
-        if images.is_floating_point() and not (0.0 <= float(images.min()) and float(images.max()) <= 1.0):
-            raise ValueError(
-                f"InvarianceMonitor: protocols need un-normalized {split!r} images (uint8, or float in [0, 1]: shifts "
-                f"fill with black before normalize), got values in [{float(images.min()):.4g}, "
-                f"{float(images.max()):.4g}]"
-            )
+        # shifts fill with black before normalize
+        check_unit_range("InvarianceMonitor", f"the {split!r} images of the protocols", images)
 
     def _measure_protocols(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, subset: ImageSubset, split: str
@@ -263,12 +258,12 @@ class InvarianceMonitor(InvarianceCallbackBase):
             self.protocols, seed=self.seed, normalize=self._normalize_values, batch_size=self.batch_size,
             device=pl_module.device, outputs=self.outputs,
             forward_fn=cast("ForwardFn | None", self.forward_fn),  # called with pl_module only
-        )
+        ).to(pl_module.device)
         error = None
         try:
             with trainer.precision_plugin.val_step_context():
                 totals.update(pl_module, shard.images, shard.targets, torch.arange(len(subset))[rank::world_size])
-        except ValueError as caught:  # the inputs were checked at fit start: non-finite logits
+        except NonFiniteLogitsError as caught:  # the inputs were checked at fit start
             error = str(caught)
         if not trainer.strategy.reduce_boolean_decision(error is None, all=True):
             message = f"protocols on the {split!r} subset: {error or 'non-finite logits on another process'}"
@@ -276,28 +271,11 @@ class InvarianceMonitor(InvarianceCallbackBase):
                 raise NonFiniteLogitsError(message)
             self._sink.warn_once("protocols", f"{message}; no protocol values logged for this epoch")
             return {}
-        counts = self._sum_over_processes(trainer, pl_module, totals.counts)
-        return {
+        return {  # compute() sums the counts over processes
             f"{split}/{name}/{key}": value
-            for name, numbers in summarize(counts).items()
+            for name, numbers in totals.compute().items()
             for key, value in protocol_numbers(numbers).items()
         }
-
-    @staticmethod
-    def _sum_over_processes(
-        trainer: pl.Trainer, pl_module: pl.LightningModule, counts: Mapping[str, Mapping[str, Tensor]]
-    ) -> dict[str, dict[str, Tensor]]:
-        """Counts summed exactly over processes (int64; a process with an empty shard adds zeros)."""
-        # rank zero's shard is never empty, so its keys are the full set
-        keys = trainer.strategy.broadcast(sorted((name, key) for name, values in counts.items() for key in values))
-        local = torch.tensor(
-            [int(counts[name].get(key, 0)) for name, key in keys], dtype=torch.long, device=pl_module.device
-        )
-        summed = trainer.strategy.reduce(local, reduce_op="sum").cpu()
-        totals: dict[str, dict[str, Tensor]] = {name: {} for name in counts}
-        for (name, key), value in zip(keys, summed):
-            totals[name][key] = value
-        return totals
 
     def _extra_figures(self) -> dict[str, Any]:
         return {f"{self.prefix}_plots/history": history_figure(self.history)}

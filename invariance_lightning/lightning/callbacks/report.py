@@ -17,6 +17,7 @@ from invariance_lightning.lightning.callbacks.subsets import SPLITS, BatchKey, i
 from invariance_lightning.metrics.evaluate import Normalization
 from invariance_lightning.reporting.tables import write_report
 from invariance_lightning.transforms import TransformSequence, sequence_preset
+from invariance_lightning.validation import check_choice, check_optional_int
 
 
 class InvarianceReport(InvarianceCallbackBase):
@@ -82,14 +83,8 @@ class InvarianceReport(InvarianceCallbackBase):
             outputs=outputs,
             output_key=output_key,
         )
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
-        if num_samples is not None and (
-            isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
-        ):
-            raise ValueError(f"num_samples must be None (whole split) or a positive int, got {num_samples!r}")
-        self.split = split
-        self.num_samples = num_samples
+        self.split = check_choice("InvarianceReport", "split", split, SPLITS)
+        self.num_samples = check_optional_int("InvarianceReport", "num_samples", num_samples, 1)
         self.seed = seed
         self.output_dir = None if output_dir is None else Path(output_dir)
         self.results: dict[str, dict[str, Tensor]] = {}

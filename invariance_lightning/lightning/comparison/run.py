@@ -29,9 +29,9 @@ from invariance_lightning.lightning.comparison.records import (
 from invariance_lightning.lightning.comparison.settings import COMPARISON_PRESETS, ComparisonSettings
 from invariance_lightning.lightning.comparison.training import VariantRun, plan_variant, train, training_action
 from invariance_lightning.lightning.comparison.wandb_summary import log_to_wandb
-from invariance_lightning.lightning.published import check_protocol_names, evaluate_protocols
 from invariance_lightning.locations import SHARED_WEIGHTS_SUBDIR, shared_dir
 from invariance_lightning.metrics.evaluate import evaluate_sequences
+from invariance_lightning.metrics.published import check_protocol_names, evaluate_protocols
 from invariance_lightning.reporting.comparison import (
     EVALUATION_PRESET,
     MONITORED_COLUMNS,
