@@ -20,7 +20,7 @@ LIGHTNING_LAYER = "invariance_lightning.lightning"
 #: The torch-only layers of docs/architecture.md's diagram, lowest first: a module may import its own layer and the
 #: rows below its row, never a layer of its own row or above (nor the top-level package, which imports them all).
 TORCH_ONLY_LAYERS = (
-    ("validation", "_compat", "locations"),
+    ("validation", "_compat", "locations", "deprecation"),
     ("transforms",),
     ("nn", "augment"),
     ("models",),

@@ -110,7 +110,7 @@ def test_protocol_definitions_match_the_authors_code():
     assert (circular.shift_range, circular.boundary, circular.passes) == ((-3, 2), "circular", 1)
     assert (zhang.shift_range, zhang.boundary, zhang.passes, zhang.crop) == ((-2, 3), "zeros", 5, None)
     afc = PROTOCOLS["afc2023_adversarial"]
-    assert (afc.max_shift, afc.crop_margin) == (32, 3)
+    assert (afc.period, afc.crop_margin) == (32, 3)
     assert [len(s) for s in afc.sequences.values()] == [1 + 31 * 31, 1 + 31 * 31, 6 * 6]
     assert PROTOCOLS["imagenet_p_flip"].shifts == tuple((dx, 0) for dx in range(-7, 9))
     assert [p.frames_per_image for p in PROTOCOLS.values()] == [10, 2, 2, 962 + 962 + 36, 16]
@@ -390,3 +390,11 @@ def test_bad_definitions_are_rejected():
         dataclasses.replace(PROTOCOLS["afc2023_adversarial"], crop_margin=0)
     with pytest.raises(ValueError, match="at least 2 frames"):
         dataclasses.replace(PROTOCOLS["imagenet_p_flip"], shifts=((0, 0),))
+
+
+def test_the_adversarial_grid_takes_period_and_its_old_name_max_shift_with_a_warning():
+    afc = PROTOCOLS["afc2023_adversarial"]
+    assert dataclasses.replace(afc, period=4).sequences["integer"].shifts[-1] == (3, 3)  # 1 .. period - 1
+    with pytest.warns(DeprecationWarning, match="max_shift is deprecated, use period"):
+        old = dataclasses.replace(afc, max_shift=4)
+    assert old.period == 4 and old == dataclasses.replace(afc, period=4)

@@ -28,7 +28,7 @@ def test_count_names_list_every_count(name, with_targets):
     images, targets = torch.rand(2, 3, 64, 64), torch.tensor([0, 3])
     protocol = PROTOCOLS[name]
     if name == "afc2023_adversarial":
-        protocol = dataclasses.replace(protocol, max_shift=2, crop_margin=1)  # fewer frames, the same counts
+        protocol = dataclasses.replace(protocol, period=2, crop_margin=1)  # fewer frames, the same counts
     counts = protocol_counts(model(), images, targets if with_targets else None, protocol)
     assert set(counts) <= set(protocol.count_names)
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import copy
 import itertools
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -317,32 +318,39 @@ class AdversarialGridProtocol(ShiftProtocol):
     """Worst-case ("adversarial") accuracy over fixed grids of shifts: an image counts only if it is correct
     unshifted and under every shift of the grid. Each grid gives its own number:
 
-    * ``adversarial_integer``: circular shifts ``(dx, dy)``, ``dx, dy in 1 .. max_shift - 1``.
+    * ``adversarial_integer``: circular shifts ``(dx, dy)``, ``dx, dy in 1 .. period - 1``.
     * ``adversarial_half_pixel``: band-limited (FFT) circular shifts ``dx, dy in -0.5, -1.5, ..,
-      -(max_shift - 1.5)``.
+      -(period - 1.5)``.
     * ``adversarial_crop``: zero-filled shifts ``dx, dy in -crop_margin .. crop_margin - 1``, i.e. a
       window at every position ``1 .. 2 * crop_margin`` of the image zero-padded by ``crop_margin``.
 
-    ``accuracy`` is the unshifted accuracy.
+    ``accuracy`` is the unshifted accuracy. ``period`` is the authors' ``max_shift``, an exclusive bound (the image
+    size for the whole group of circular shifts), renamed because elsewhere ``max_shift`` is the largest shift;
+    ``max_shift=`` is still accepted, with a ``DeprecationWarning``.
     """
 
-    max_shift: int = 32
+    period: int = 32
     crop_margin: int = 3
+    max_shift: InitVar[int | None] = None
 
     needs_targets: ClassVar[bool] = True
     count_names: ClassVar[tuple[str, ...]] = (
         "num_images", "correct", "integer_all_correct", "half_pixel_all_correct", "crop_all_correct"
     )
 
-    def __post_init__(self) -> None:
-        check_int(self.name, "max_shift", self.max_shift, 2)
+    def __post_init__(self, max_shift: int | None) -> None:
+        if max_shift is not None:
+            warnings.warn(f"{self.name}: max_shift is deprecated, use period (the same number)", DeprecationWarning,
+                          stacklevel=3)
+            object.__setattr__(self, "period", max_shift)
+        check_int(self.name, "period", self.period, 2)
         check_int(self.name, "crop_margin", self.crop_margin, 1)
 
     @property
     def sequences(self) -> dict[str, ShiftSequence]:
         """The three grids as shift sequences, each starting with the unshifted frame."""
-        integer = list(range(1, self.max_shift))
-        half_pixel = [0.5 - k for k in range(1, self.max_shift)]
+        integer = list(range(1, self.period))
+        half_pixel = [0.5 - k for k in range(1, self.period)]
         crop = list(range(self.crop_margin - 1, -self.crop_margin - 1, -1))  # window at 1 .. 2 * margin
         return {
             "integer": ShiftSequence(shifts=_grid(integer), mode="circular"),
@@ -356,7 +364,7 @@ class AdversarialGridProtocol(ShiftProtocol):
 
     @property
     def description(self) -> str:
-        last = self.max_shift - 1
+        last = self.period - 1
         return (
             f"share of images correct unshifted and under every shift of a grid: circular integer (dx, dy) in "
             f"[1, {last}]^2, circular FFT half-pixel (dx, dy) in [-{last - 0.5}, -0.5]^2, zero-filled crop "
