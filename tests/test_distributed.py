@@ -22,7 +22,7 @@ from invariance_lightning import (
     TransformConsistency,
     evaluate_invariance,
 )
-from invariance_lightning.lightning.callbacks.subsets import _draw_indices
+from invariance_lightning.lightning.callbacks.subsets import draw_indices
 from invariance_lightning.metrics.protocols import PROTOCOLS, evaluate_protocol
 from invariance_lightning.metrics.published import evaluate_protocols
 from lightning_helpers import NUM_CLASSES, tiny_data, tiny_trainer
@@ -163,7 +163,7 @@ def test_monitor_under_ddp_spawn_measures_disjoint_complete_shards_and_equals_si
     trainer = ddp_trainer(tmp_path, callback)
     trainer.fit(model, id_loader(40, seed=1, first_id=0), id_loader(1, seed=2, first_id=100))
 
-    train_indices = _draw_indices(40, 15, seed=4, split="train")
+    train_indices = draw_indices(40, 15, seed=4, split="train")
     frames = FRAMES + PROTOCOLS[PROTOCOL].frames_per_image
     assert_disjoint_and_complete(measured_per_rank(tmp_path, "fit", frames), set(train_indices) | {100})
     train_images, train_targets = tiny_data(40, seed=1)

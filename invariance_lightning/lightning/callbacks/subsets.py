@@ -129,8 +129,9 @@ def _indexable(loader: Any) -> tuple[Dataset | None, Callable[[list[Any]], Any]]
     return dataset, getattr(loader, "collate_fn", None) or default_collate
 
 
-def _draw_indices(size: int, num_samples: int | None, seed: int, split: str, limit: int | None = None) -> list[int]:
-    """``num_samples`` indices drawn by ``seed`` (None: all), among the first ``limit`` (None: all ``size``)."""
+def draw_indices(size: int, num_samples: int | None, seed: int, split: str, limit: int | None = None) -> list[int]:
+    """``num_samples`` indices drawn by ``seed`` (None: all), among the first ``limit`` (None: all ``size``): the
+    images of a split the callbacks measure, which any process (or a user) can draw again from the same arguments."""
     if size == 0:
         raise ValueError(f"the {split!r} split is empty: nothing to measure invariance on")
     limited = limit is not None and limit < size
@@ -219,7 +220,7 @@ class SplitStream:
             self.facts = PipelineFacts(find_normalization(described), None, _names(classes))
             return
         size = len(self.dataset)  # type: ignore[arg-type]  # _indexable keeps only datasets with a __len__
-        self.indices = _draw_indices(size, num_samples, seed, split, limit)
+        self.indices = draw_indices(size, num_samples, seed, split, limit)
         self.num_images = len(self.indices)
         randomly = reads_randomly(self.dataset, self.indices[0])
         self.facts = PipelineFacts(find_normalization(self.dataset), randomly, _names(classes))
@@ -358,7 +359,7 @@ def draw_subset(
     overridden = dataset is not None or plain_transform is not None
     if not overridden and datamodule is not None and hasattr(datamodule, "split_arrays"):
         images, targets = datamodule.split_arrays(split)
-        indices = _draw_indices(images.shape[0], num_samples, seed, split)
+        indices = draw_indices(images.shape[0], num_samples, seed, split)
         chosen = torch.as_tensor(indices)
         return ImageSubset(images[chosen], None if targets is None else targets[chosen], indices)
     stream = split_stream(
