@@ -55,6 +55,30 @@ class TinyClassifier(ClassifierSteps, pl.LightningModule):
 
 
 
+class BatchRecorder(pl.LightningModule):
+    """A linear classifier on each uint8 image's mean colour (it converts the batches itself, as the augmentation
+    presets would) that records what every step saw: ``seen`` holds ``(stage, dtype, image shape)``."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, num_classes)
+        self.seen: list[tuple[str, torch.dtype, tuple[int, ...]]] = []
+
+    def _loss(self, batch, stage: str) -> torch.Tensor:
+        images, labels = batch
+        self.seen.append((stage, images.dtype, tuple(images.shape[1:])))
+        return nn.functional.cross_entropy(self.linear(images.float().mean((2, 3)) / 255), labels)
+
+    def training_step(self, batch, batch_idx):
+        return self._loss(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self._loss(batch, "val"))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
 def tiny_data(num_images: int = 40, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(num_images, 3, size, size, generator=generator)

@@ -12,6 +12,7 @@ import torch
 
 from invariance_lightning.lightning.data import DATA_DIR_ENV, CIFARDataModule, TensorBatchLoader, read_cifar_npz
 from invariance_lightning.locations import SHARED_DIR_ENV
+from lightning_helpers import BatchRecorder
 
 CLASSES = [f"class{i}" for i in range(10)]
 
@@ -235,29 +236,6 @@ def test_bad_arguments_are_rejected_early():
         CIFARDataModule(val_split="10%")
 
 
-class _TinyClassifier(pl.LightningModule):
-    """Converts the uint8 batches itself, as the augmentation presets would, and records what it saw."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = torch.nn.Linear(3 * 32 * 32, 10)
-        self.seen: list[tuple[str, torch.dtype, tuple[int, ...]]] = []
-
-    def _loss(self, batch, stage: str) -> torch.Tensor:
-        images, labels = batch
-        self.seen.append((stage, images.dtype, tuple(images.shape[1:])))
-        return torch.nn.functional.cross_entropy(self.linear(images.float().flatten(1) / 255), labels)
-
-    def training_step(self, batch, batch_idx):
-        return self._loss(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self.log("val_loss", self._loss(batch, "val"))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
 def _trainer() -> pl.Trainer:
     return pl.Trainer(
         max_epochs=1,
@@ -274,7 +252,7 @@ def _trainer() -> pl.Trainer:
 
 @pytest.mark.parametrize("fast_path", [True, False])
 def test_trainer_fits_on_generated_data(npz_dir, fast_path):
-    model = _TinyClassifier()
+    model = BatchRecorder()
     dm = CIFARDataModule(data_dir=npz_dir, download=False, val_split=40, batch_size=16, fast_path=fast_path)
     trainer = _trainer()
     trainer.fit(model, dm)

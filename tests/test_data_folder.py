@@ -15,6 +15,7 @@ from torchvision.io import encode_jpeg, encode_png, write_file
 
 from invariance_lightning.lightning.callbacks.base import class_names_of
 from invariance_lightning.lightning.data import EncodedBatch, ImageFolderDataModule
+from lightning_helpers import BatchRecorder
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec and warns on every call
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
@@ -160,33 +161,16 @@ def test_undecodable_file_is_named(tree):
         _module(tree).split_arrays("val")
 
 
-class _TinyClassifier(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = torch.nn.Linear(3, 3)
-        self.shapes: list[tuple[torch.dtype, tuple[int, ...]]] = []
-
-    def training_step(self, batch, batch_idx):
-        images, labels = batch
-        self.shapes.append((images.dtype, tuple(images.shape[1:])))
-        return torch.nn.functional.cross_entropy(self.linear(images.float().mean((2, 3)) / 255), labels)
-
-    def validation_step(self, batch, batch_idx):
-        self.shapes.append((batch[0].dtype, tuple(batch[0].shape[1:])))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
 @pytest.mark.parametrize(("decode", "num_workers"), [("workers", 2), ("device", 2)])
 def test_trainer_fits_on_generated_folders(tree, tmp_path, decode, num_workers):
-    model = _TinyClassifier()
+    model = BatchRecorder(num_classes=3)
     # fast_dev_run=2: two training and two validation batches, no logger or checkpoints
     trainer = pl.Trainer(
         fast_dev_run=2, accelerator="cpu", default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False
     )
     trainer.fit(model, _module(tree, decode=decode, num_workers=num_workers, train_crop="random-resized"))
-    assert trainer.global_step == 2 and model.shapes == [(torch.uint8, (3, 32, 32))] * 4
+    seen = [("train", torch.uint8, (3, 32, 32))] * 2 + [("val", torch.uint8, (3, 32, 32))] * 2
+    assert trainer.global_step == 2 and sorted(model.seen) == seen
 
 
 # -- the shared Imagenette subset ------------------------------------------------------------------------------------
