@@ -160,8 +160,11 @@ def main() -> None:
             wall, cpu = time_steps(pipelines[name], pipeline_only, args.data_steps, args.warmup, args.device)
             pipe_wall[name].append(wall)
             pipe_cpu[name].append(cpu)
-            print(f"round {round_index}: {name}: {step_wall[name][-1] * 1e3:.1f} ms/step; pipeline alone "
-                  f"{wall * 1e3:.1f} ms/batch wall, {cpu * 1e3:.1f} ms/batch CPU", flush=True)
+            print(
+                f"round {round_index}: {name}: {step_wall[name][-1] * 1e3:.1f} ms/step; pipeline alone "
+                f"{wall * 1e3:.1f} ms/batch wall, {cpu * 1e3:.1f} ms/batch CPU",
+                flush=True,
+            )
 
     def ratio(times: dict[str, list[float]], stat: Callable[[list[float]], float]) -> float:
         return stat(times[a]) / stat(times[b])
@@ -206,8 +209,14 @@ def main() -> None:
 def markdown(result: dict) -> str:
     """The results as a short Markdown report."""
     machine, settings = result["machine"], result["settings"]
-    step, wall, cpu = (result[key] for key in ("training_step_wall_seconds", "pipeline_alone_wall_seconds_per_batch",
-                                               "pipeline_alone_cpu_seconds_per_batch"))
+    step, wall, cpu = (
+        result[key]
+        for key in (
+            "training_step_wall_seconds",
+            "pipeline_alone_wall_seconds_per_batch",
+            "pipeline_alone_cpu_seconds_per_batch",
+        )
+    )
     rows = {
         "torchvision_dataloader": "(a) torchvision DataLoader, PIL transforms "
         f"({settings['dataloader_workers_in_training']} workers in training, in-process alone)",

@@ -101,6 +101,7 @@ def measure(args: argparse.Namespace) -> dict:
                 step()
             _sync(device)
             seconds[case].append((time.perf_counter() - start) / args.iters)
+
     def ratio(baseline: tuple[str, str, str], case: tuple[str, str, str]) -> float:
         return statistics.median(b / c for b, c in zip(seconds[baseline], seconds[case]))
 

@@ -66,8 +66,15 @@ class PILImages(Dataset[tuple[torch.Tensor, int]]):
 def images_per_second(model: ImageClassifier, batches: int, **fit_kwargs: Any) -> float:
     """The second of two ``batches``-batch training epochs, as the module logs it."""
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=2, limit_train_batches=batches, limit_val_batches=0, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        limit_train_batches=batches,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(model, **fit_kwargs)
     return float(trainer.callback_metrics["train/images_per_second"])
@@ -81,21 +88,27 @@ def arms(batch_size: int) -> dict[str, Callable[[int], float]]:
     pil_transform = transforms.Compose(
         [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor()]
     )
-    model_kwargs = {"label_smoothing": 0.1, "mean": CIFAR_STATS["cifar10"].mean,
-                    "std": CIFAR_STATS["cifar10"].std}
+    model_kwargs = {"label_smoothing": 0.1, "mean": CIFAR_STATS["cifar10"].mean, "std": CIFAR_STATS["cifar10"].std}
 
     def resident(channels_last: bool) -> Callable[[int], float]:
         def run(batches: int) -> float:
             model = ImageClassifier(augmentation="standard", channels_last=channels_last, **model_kwargs)
             return images_per_second(model, batches, datamodule=datamodule)
+
         return run
 
     def pil(workers: int) -> Callable[[int], float]:
         def run(batches: int) -> float:
-            loader = DataLoader(PILImages(hwc, labels.numpy(), pil_transform), batch_size=batch_size, shuffle=True,
-                                num_workers=workers, drop_last=False)
+            loader = DataLoader(
+                PILImages(hwc, labels.numpy(), pil_transform),
+                batch_size=batch_size,
+                shuffle=True,
+                num_workers=workers,
+                drop_last=False,
+            )
             model = ImageClassifier(augmentation="none", **model_kwargs)
             return images_per_second(model, batches, train_dataloaders=loader)
+
         return run
 
     return {
@@ -116,31 +129,51 @@ def alternate(runs: dict[str, Callable[[int], float]], rounds: int, batches: int
     return rates
 
 
-def write_report(out: Path, meta: dict[str, Any], rates: dict[str, list[float]], baseline: str,
-                 ratio: tuple[str, str], title: str, setup: str) -> None:
+def write_report(
+    out: Path,
+    meta: dict[str, Any],
+    rates: dict[str, list[float]],
+    baseline: str,
+    ratio: tuple[str, str],
+    title: str,
+    setup: str,
+) -> None:
     """Each arm's median, rounds and ratio to arm ``baseline`` (``ratio``: its JSON key and column header) as
     ``<out>.json`` and a Markdown table ``<out>.md`` under ``title`` and ``setup`` (what ran, how), also printed."""
     ratio_key, ratio_header = ratio
     medians = {name: statistics.median(values) for name, values in rates.items()}
     results = {
-        name: {"images_per_s": round(medians[name], 1), "rounds": [round(v, 1) for v in values],
-               ratio_key: round(medians[name] / medians[baseline], 2)}
+        name: {
+            "images_per_s": round(medians[name], 1),
+            "rounds": [round(v, 1) for v in values],
+            ratio_key: round(medians[name] / medians[baseline], 2),
+        }
         for name, values in rates.items()
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    lines = [f"# {title}", "", setup, "", f"| arm | training images/s | rounds | {ratio_header} |",
-             "|---|---:|---|---:|"]
-    lines += [f"| {name} | {r['images_per_s']} | {', '.join(map(str, r['rounds']))} | {r[ratio_key]} |"
-              for name, r in results.items()]
+    lines = [
+        f"# {title}",
+        "",
+        setup,
+        "",
+        f"| arm | training images/s | rounds | {ratio_header} |",
+        "|---|---:|---|---:|",
+    ]
+    lines += [
+        f"| {name} | {r['images_per_s']} | {', '.join(map(str, r['rounds']))} | {r[ratio_key]} |"
+        for name, r in results.items()
+    ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 def machine() -> str:
     """The machine in a few words, with torch's version and threads."""
-    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_implementation()} "
-            f"{platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} torch threads")
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_implementation()} "
+        f"{platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} torch threads"
+    )
 
 
 def main() -> None:
@@ -159,15 +192,26 @@ def main() -> None:
         "command": "python benchmarks/bench_cpu_training.py",
         "machine": machine(),
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "rounds": args.rounds, "batches_per_epoch": args.batches, "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        "batches_per_epoch": args.batches,
+        "batch_size": args.batch_size,
         "baseline": baseline_name,
     }
-    setup = (f"`{meta['command']}`: {meta['machine']}, 1-min load average {meta['load_average_before_after']} "
-             f"(before, after). CIFAR-10 ResNet-20, batch {args.batch_size}; per arm the second of two "
-             f"{args.batches}-batch training epochs, median of {args.rounds} alternating rounds. Ratios are to the "
-             f"faster PIL arm ({baseline_name}).")
-    write_report(args.out, meta, rates, baseline_name, ("ratio_to_pil", "ratio to PIL"),
-                 "CPU training throughput: cpu-full data path vs torchvision DataLoader + PIL", setup)
+    setup = (
+        f"`{meta['command']}`: {meta['machine']}, 1-min load average {meta['load_average_before_after']} "
+        f"(before, after). CIFAR-10 ResNet-20, batch {args.batch_size}; per arm the second of two "
+        f"{args.batches}-batch training epochs, median of {args.rounds} alternating rounds. Ratios are to the "
+        f"faster PIL arm ({baseline_name})."
+    )
+    write_report(
+        args.out,
+        meta,
+        rates,
+        baseline_name,
+        ("ratio_to_pil", "ratio to PIL"),
+        "CPU training throughput: cpu-full data path vs torchvision DataLoader + PIL",
+        setup,
+    )
 
 
 if __name__ == "__main__":

@@ -172,31 +172,48 @@ def one_epoch(args: argparse.Namespace, arm: str, folder: Path) -> dict:
     preset = COMPARISON_PRESETS["cpu-full"]
     pl.seed_everything(0, verbose=False)
     datamodule = CIFARDataModule(
-        data_dir=args.data_dir, download=False, batch_size=preset.data["batch_size"], train_subset=args.train_subset,
+        data_dir=args.data_dir,
+        download=False,
+        batch_size=preset.data["batch_size"],
+        train_subset=args.train_subset,
     )
     model = ImageClassifier(
-        "cifar_resnet20", augmentation="standard", schedule="onecycle", **preset.model,  # channels_last, smoothing
+        "cifar_resnet20",
+        augmentation="standard",
+        schedule="onecycle",
+        **preset.model,  # channels_last, smoothing
     )
     timer = EpochTimer()
     kind, _, batch = arm.partition("@")
     options = {"batch_size": int(batch)} if batch else {}
     monitor = TimedMonitor(log_plots=kind == "monitor+plots", **options) if arm != "plain" else None
     trainer = pl.Trainer(
-        max_epochs=1, accelerator=args.accelerator, devices=1, precision="32-true", enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        logger=CSVLogger(folder, name=arm.replace("+", "_").replace("@", "_")), default_root_dir=folder,
+        max_epochs=1,
+        accelerator=args.accelerator,
+        devices=1,
+        precision="32-true",
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        logger=CSVLogger(folder, name=arm.replace("+", "_").replace("@", "_")),
+        default_root_dir=folder,
         callbacks=[timer] + ([monitor] if monitor else []),
     )
     started = time.perf_counter()
     trainer.fit(model, datamodule)
     wall = time.perf_counter() - started
     result = {
-        "arm": arm, "wall_seconds": wall, "training_seconds": timer.seconds, "training_images": timer.images,
+        "arm": arm,
+        "wall_seconds": wall,
+        "training_seconds": timer.seconds,
+        "training_images": timer.images,
         "validation_seconds": timer.validation_seconds,  # with the monitor's measurement, which ends validation
     }
     if monitor is not None:
         result.update(
-            monitor_seconds=sum(monitor.seconds), monitor_parts=monitor.parts[0] if monitor.parts else {},
+            monitor_seconds=sum(monitor.seconds),
+            monitor_parts=monitor.parts[0] if monitor.parts else {},
             monitor_fit_start_seconds=monitor.fit_start_seconds,
         )
     return result
@@ -255,7 +272,8 @@ def write(result: dict) -> None:
         parts, shares = values["monitor_parts_seconds"], values["monitor_parts_share"]
         cells = " | ".join(f"{parts[p]:.1f} s ({shares[p]:.0%})" for p in PARTS)
         label = {"monitor+plots": "defaults (plots)", "monitor": "log_plots=False"}.get(
-            arm, f"plots, batch_size={arm.partition('@')[2]}")
+            arm, f"plots, batch_size={arm.partition('@')[2]}"
+        )
         lines.append(
             f"| {label} | {values['monitor_seconds']:.1f} | {values['projected_full_epoch_ratio']:.3f} "
             f"| {values['wall_ratio_of_subset_epoch']:.3f} | {cells} |"
@@ -289,8 +307,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[256],
-                        help="other forward batch sizes of the monitor to time (with plots)")
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="*",
+        default=[256],
+        help="other forward batch sizes of the monitor to time (with plots)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -306,9 +329,11 @@ def main() -> None:
                 fits.append(one_epoch(args, arm, Path(folder)))
                 print(json.dumps({"round": round_index, **fits[-1]}), flush=True)
     result = {
-        "command": "python benchmarks/bench_monitor_overhead.py " + " ".join(
+        "command": "python benchmarks/bench_monitor_overhead.py "
+        + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items() if v is not None and k != "data_dir"
+            for k, v in vars(args).items()
+            if v is not None and k != "data_dir"
         ),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} torch threads, accelerator {args.accelerator}",

@@ -25,8 +25,14 @@ from invariance_lightning.transforms import ShiftSequence
 
 WEIGHTS = {20: "resnet20-12fca82f.th", 56: "resnet56-4bfd9763.th"}
 RESULTS = Path(__file__).resolve().parent / "results"
-KEYS = ("consistency", "flip_probability", "accuracy", "adversarial_integer", "adversarial_half_pixel",
-        "adversarial_crop")
+KEYS = (
+    "consistency",
+    "flip_probability",
+    "accuracy",
+    "adversarial_integer",
+    "adversarial_half_pixel",
+    "adversarial_crop",
+)
 
 
 class ForwardClock:
@@ -75,8 +81,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--forward-sizes", type=int, nargs="*", default=[],
-                        help="also time the bare model forward at these batch sizes (images/s, median of 3)")
+    parser.add_argument(
+        "--forward-sizes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also time the bare model forward at these batch sizes (images/s, median of 3)",
+    )
     parser.add_argument("--output", default="protocols")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -91,9 +102,11 @@ def main() -> None:
     reference_sequence = ShiftSequence(max_shift=8)
 
     report: dict = {
-        "command": "python benchmarks/bench_protocols.py " + " ".join(
+        "command": "python benchmarks/bench_protocols.py "
+        + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items() if k != "shared"
+            for k, v in vars(args).items()
+            if k != "shared"
         ),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
@@ -106,8 +119,15 @@ def main() -> None:
 
         def reference_rate() -> tuple[float, float]:
             count = args.reference_images
-            _, seconds, in_forward = timed(evaluate_invariance, model, images[:count], labels[:count],
-                                           reference_sequence, batch_size=args.batch_size, normalize=normalize)
+            _, seconds, in_forward = timed(
+                evaluate_invariance,
+                model,
+                images[:count],
+                labels[:count],
+                reference_sequence,
+                batch_size=args.batch_size,
+                normalize=normalize,
+            )
             return count * len(reference_sequence) / seconds, in_forward
 
         before = reference_rate()
@@ -115,8 +135,14 @@ def main() -> None:
             protocol = PROTOCOLS[name]
             count = args.afc_images if name == "afc2023_adversarial" else args.num_images
             results, seconds, in_forward = timed(
-                evaluate_protocol, model, images[:count], labels[:count], name, normalize=normalize,
-                seed=args.seed, batch_size=args.batch_size,
+                evaluate_protocol,
+                model,
+                images[:count],
+                labels[:count],
+                name,
+                normalize=normalize,
+                seed=args.seed,
+                batch_size=args.batch_size,
             )
             after = reference_rate()
             rate, reference = count * protocol.frames_per_image / seconds, (before[0] + after[0]) / 2
@@ -126,44 +152,58 @@ def main() -> None:
             normalized = in_forward / reference_in_forward
             before = after
             entries[name] = {
-                "definition": protocol.description, "source": protocol.source, "images": count,
-                "results": results, "seconds": round(seconds, 1), "forwards_per_s": round(rate, 1),
-                "evaluate_invariance_forwards_per_s": round(reference, 1), "ratio": round(rate / reference, 3),
+                "definition": protocol.description,
+                "source": protocol.source,
+                "images": count,
+                "results": results,
+                "seconds": round(seconds, 1),
+                "forwards_per_s": round(rate, 1),
+                "evaluate_invariance_forwards_per_s": round(reference, 1),
+                "ratio": round(rate / reference, 3),
                 "share_in_forward": round(in_forward, 4),
                 "evaluate_invariance_share_in_forward": round(reference_in_forward, 4),
                 "ratio_of_shares": round(normalized, 3),
             }
             numbers = ", ".join(f"{k} {100 * results[k]:.2f}%" for k in KEYS if k in results)
-            rows.append(f"| ResNet-{depth} | `{name}` | {count} | {numbers} | {rate:.0f} | {reference:.0f} | "
-                        f"{rate / reference:.2f} | {100 * in_forward:.1f}% | {100 * reference_in_forward:.1f}% | "
-                        f"{normalized:.3f} |")
+            rows.append(
+                f"| ResNet-{depth} | `{name}` | {count} | {numbers} | {rate:.0f} | {reference:.0f} | "
+                f"{rate / reference:.2f} | {100 * in_forward:.1f}% | {100 * reference_in_forward:.1f}% | "
+                f"{normalized:.3f} |"
+            )
             print(rows[-1], flush=True)
     weights = args.shared / "weights" / "cifar10-resnet" / WEIGHTS[args.depths[0]]
     sweep = forward_sweep(load_cifar_resnet(weights).eval(), args.forward_sizes)
     report["forward_images_per_s"] = sweep
     markdown = [
-        "# Published shift-invariance protocols on the shared pretrained CIFAR ResNets", "",
-        f"`{report['command']}` ({report['machine']}, torch {report['torch']})", "",
+        "# Published shift-invariance protocols on the shared pretrained CIFAR ResNets",
+        "",
+        f"`{report['command']}` ({report['machine']}, torch {report['torch']})",
+        "",
         "Numbers in percent. Speed: images forwarded per second by the protocol, and by `evaluate_invariance` with "
         f"`ShiftSequence(max_shift=8)` (9 frames) on {args.reference_images} images, timed just before and just "
         "after the protocol (mean of the two rates); ratio >= 1: the protocol forwards at least as fast. On a "
         "shared machine the load changes between timings, so each run also records the share of its time spent "
         "inside the model's forward pass (a timing `forward_fn`); the ratio of shares (protocol / "
         "evaluate_invariance) compares the cost per forward with the load cancelled: >= 1 means the protocol adds "
-        "no more work around each forward than evaluate_invariance does.", "",
+        "no more work around each forward than evaluate_invariance does.",
+        "",
         "| model | protocol | images | results | forwards/s | evaluate_invariance forwards/s | ratio "
         "| time in forward | evaluate_invariance time in forward | ratio of shares |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
-        *rows, "",
+        *rows,
+        "",
     ]
     if sweep:
         markdown += [
             f"Bare forward pass of ResNet-{args.depths[0]} (random inputs, no_grad, median of 3) by batch size: on "
             "this CPU the rate drops between 504 and 512 frames per forward, so a protocol whose chunks fill "
             "`--batch-size 512` exactly (2 or 16 frames per image) is compared with 504-frame chunks of the 9-frame "
-            "reference.", "",
-            "| frames per forward | images/s |", "|---:|---:|",
-            *(f"| {size} | {rate:.0f} |" for size, rate in sweep.items()), "",
+            "reference.",
+            "",
+            "| frames per forward | images/s |",
+            "|---:|---:|",
+            *(f"| {size} | {rate:.0f} |" for size, rate in sweep.items()),
+            "",
         ]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.output}.json").write_text(json.dumps(report, indent=1))

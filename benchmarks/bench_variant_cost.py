@@ -53,8 +53,11 @@ def variant_rate(options: dict[str, Any], datamodule: CIFARDataModule, batches: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=["augmented", "augmented_blur", "augmented_aps",
-                                                         "consistency", "augmented_blur_consistency"])
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["augmented", "augmented_blur", "augmented_aps", "consistency", "augmented_blur_consistency"],
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batches", type=int, default=20, help="training batches per epoch (2 epochs per arm)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "variant_cost")
@@ -73,13 +76,24 @@ def main() -> None:
         "command": "python benchmarks/bench_variant_cost.py " + " ".join(["--variants", *args.variants]),
         "machine": machine(),
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "rounds": args.rounds, "batches_per_epoch": args.batches, "batch_size": batch_size,
+        "rounds": args.rounds,
+        "batches_per_epoch": args.batches,
+        "batch_size": batch_size,
     }
-    setup = (f"`{meta['command']}`: {meta['machine']}, 1-min load average {meta['load_average_before_after']} "
-             f"(before, after). ResNet-20, batch {batch_size}, resident uint8 + kornia, channels-last; per arm the "
-             f"second of two {args.batches}-batch training epochs, median of {args.rounds} alternating rounds.")
-    write_report(args.out, meta, rates, BASELINE, ("ratio_to_augmented", f"ratio to {BASELINE}"),
-                 "Training cost of the CIFAR-10 variants under the cpu-full preset", setup)
+    setup = (
+        f"`{meta['command']}`: {meta['machine']}, 1-min load average {meta['load_average_before_after']} "
+        f"(before, after). ResNet-20, batch {batch_size}, resident uint8 + kornia, channels-last; per arm the "
+        f"second of two {args.batches}-batch training epochs, median of {args.rounds} alternating rounds."
+    )
+    write_report(
+        args.out,
+        meta,
+        rates,
+        BASELINE,
+        ("ratio_to_augmented", f"ratio to {BASELINE}"),
+        "Training cost of the CIFAR-10 variants under the cpu-full preset",
+        setup,
+    )
 
 
 if __name__ == "__main__":

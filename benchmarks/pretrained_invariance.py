@@ -41,9 +41,11 @@ def main() -> None:
     images, labels = images[order], labels[order]
 
     report: dict = {
-        "command": "python benchmarks/pretrained_invariance.py " + " ".join(
+        "command": "python benchmarks/pretrained_invariance.py "
+        + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items() if k != "shared"
+            for k, v in vars(args).items()
+            if k != "shared"
         ),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,

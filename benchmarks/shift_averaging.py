@@ -40,8 +40,12 @@ def main() -> None:
     parser.add_argument("--weights", default="resnet20", help="weights file or released model name (resnet20)")
     parser.add_argument("--num_images", type=positive_int, default=10_000, help="seeded test subset (10000: all)")
     parser.add_argument("--shift_sets", nargs="+", choices=sorted(SHIFT_SETS), default=list(SHIFT_SETS))
-    parser.add_argument("--boundary", choices=("reflect", "circular"), default="reflect",
-                        help="what enters at the border of each shifted copy (default: reflect)")
+    parser.add_argument(
+        "--boundary",
+        choices=("reflect", "circular"),
+        default="reflect",
+        help="what enters at the border of each shifted copy (default: reflect)",
+    )
     parser.add_argument("--batch_size", type=positive_int, default=256, help="frames per forward of the plain model")
     parser.add_argument("--output", default="shift_averaging")
     args = parser.parse_args()
@@ -59,10 +63,23 @@ def main() -> None:
     rows = {}
     for name, (candidate, copies) in models.items():
         started = time.perf_counter()
-        shift = evaluate_invariance(candidate, images, labels, sequence, batch_size=max(1, args.batch_size // copies),
-                                    normalize=CIFAR_RESNET_NORMALIZE)
-        standard = evaluate_protocol(candidate, images, labels, "aps2021_standard", seed=0,
-                                     normalize=CIFAR_RESNET_NORMALIZE, batch_size=max(1, args.batch_size // copies))
+        shift = evaluate_invariance(
+            candidate,
+            images,
+            labels,
+            sequence,
+            batch_size=max(1, args.batch_size // copies),
+            normalize=CIFAR_RESNET_NORMALIZE,
+        )
+        standard = evaluate_protocol(
+            candidate,
+            images,
+            labels,
+            "aps2021_standard",
+            seed=0,
+            normalize=CIFAR_RESNET_NORMALIZE,
+            batch_size=max(1, args.batch_size // copies),
+        )
         seconds = time.perf_counter() - started
         pairs = len(images) * (len(sequence) - 1)
         rows[name] = {
@@ -76,22 +93,35 @@ def main() -> None:
             "aps2021_standard": standard["consistency"],
             "aps2021_standard_interval": wilson_interval(standard["consistency"], len(images)),
         }
-        print(f"{name}: {rows[name]['flip_rate']:.4f} flips, {rows[name]['aps2021_standard']:.4f} aps2021_standard, "
-              f"{seconds:.0f} s", flush=True)
+        print(
+            f"{name}: {rows[name]['flip_rate']:.4f} flips, {rows[name]['aps2021_standard']:.4f} aps2021_standard, "
+            f"{seconds:.0f} s",
+            flush=True,
+        )
     for row in rows.values():
         row["time_ratio"] = row["seconds"] / rows["plain"]["seconds"]
 
     command = "python benchmarks/shift_averaging.py " + shlex.join(sys.argv[1:])
-    report = {"command": command, "weights": str(args.weights), "num_images": len(images),
-              "sequence": repr(sequence), "boundary": args.boundary, "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "rows": rows}
+    report = {
+        "command": command,
+        "weights": str(args.weights),
+        "num_images": len(images),
+        "sequence": repr(sequence),
+        "boundary": args.boundary,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "rows": rows,
+    }
     RESULTS.mkdir(exist_ok=True)
     write_json(RESULTS / f"{args.output}.json", report)
     lines = [
-        f"# Test-time shift averaging on {len(images):,} CIFAR-10 test images ({args.weights})", "",
-        f"`{command}`", "",
+        f"# Test-time shift averaging on {len(images):,} CIFAR-10 test images ({args.weights})",
+        "",
+        f"`{command}`",
+        "",
         f"Report protocol `{sequence!r}`; `aps2021_standard` consistency; shifted copies with `{args.boundary}` "
-        "borders. Intervals: Wilson 95%. Time: measured in this run, relative to the plain model.", "",
+        "borders. Intervals: Wilson 95%. Time: measured in this run, relative to the plain model.",
+        "",
         "| model | forward passes / image | accuracy | flip rate [95%] | worst-case accuracy | aps2021_standard [95%] "
         "| time ratio |",
         "|---|---:|---:|---:|---:|---:|---:|",

@@ -22,8 +22,9 @@ def deprecated_aliases(module: str, namespace: Mapping[str, Any], aliases: Mappi
         # a function or class names its own home; a constant is named by the path it was found under
         home = getattr(value, "__module__", None) if callable(value) else None
         new_name = f"{home}.{value.__qualname__}" if home else f"{module}.{aliases[name]}"
-        warnings.warn(f"{module}.{name} is deprecated and will be removed; use {new_name}", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"{module}.{name} is deprecated and will be removed; use {new_name}", DeprecationWarning, stacklevel=2
+        )
         return value
 
     return __getattr__

@@ -232,9 +232,7 @@ def check_finite_logits(owner: str, name: str, value: Tensor) -> Tensor:
     """
     finite = torch.isfinite(value)
     if not bool(finite.all()):
-        raise NonFiniteLogitsError(
-            f"{owner}: {name} must be finite, got {int((~finite).sum())} NaN or infinite values"
-        )
+        raise NonFiniteLogitsError(f"{owner}: {name} must be finite, got {int((~finite).sum())} NaN or infinite values")
     return value
 
 

@@ -60,37 +60,79 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--family", default="cifar10", choices=sorted(FAMILIES), help="configs/<family>/ (default: cifar10)"
     )
-    parser.add_argument("--variants", nargs="+", default=None,
-                        help=f"variants to compare, or 'all' (default: those of {list(MAIN_VARIANTS)} the family has)")
-    parser.add_argument("--preset", default="quick", choices=list(COMPARISON_PRESETS),
-                        help="default quick; "
-                        + "; ".join(f"{name}: {p.describe()}" for name, p in COMPARISON_PRESETS.items()))
-    parser.add_argument("--epochs", type=positive_int,
-                        help="the most epochs a variant trains (default: the preset's); a config planned for fewer, "
-                        "such as a fine-tuning run, keeps its own")
-    parser.add_argument("--train_subset", "--train-subset", type=positive_int,
-                        help="override the preset's training images")
-    parser.add_argument("--test_images", "--test-images", type=positive_int,
-                        help="override the preset's test images")
-    parser.add_argument("--monitor_samples", "--monitor-samples", type=positive_int,
-                        help="override the InvarianceMonitor's num_samples (images per split it measures each epoch)")
-    parser.add_argument("--data_dir", "--data-dir", type=Path, default=None,
-                        help="the data, or a folder holding data/<name>/ (default: $INVARIANCE_DATA_DIR for CIFAR "
-                        "when set, else ../shared beside the repository when it has the data, else the config's)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        help=f"variants to compare, or 'all' (default: those of {list(MAIN_VARIANTS)} the family has)",
+    )
+    parser.add_argument(
+        "--preset",
+        default="quick",
+        choices=list(COMPARISON_PRESETS),
+        help="default quick; " + "; ".join(f"{name}: {p.describe()}" for name, p in COMPARISON_PRESETS.items()),
+    )
+    parser.add_argument(
+        "--epochs",
+        type=positive_int,
+        help="the most epochs a variant trains (default: the preset's); a config planned for fewer, "
+        "such as a fine-tuning run, keeps its own",
+    )
+    parser.add_argument(
+        "--train_subset", "--train-subset", type=positive_int, help="override the preset's training images"
+    )
+    parser.add_argument("--test_images", "--test-images", type=positive_int, help="override the preset's test images")
+    parser.add_argument(
+        "--monitor_samples",
+        "--monitor-samples",
+        type=positive_int,
+        help="override the InvarianceMonitor's num_samples (images per split it measures each epoch)",
+    )
+    parser.add_argument(
+        "--data_dir",
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="the data, or a folder holding data/<name>/ (default: $INVARIANCE_DATA_DIR for CIFAR "
+        "when set, else ../shared beside the repository when it has the data, else the config's)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="default: results/compare_<family>_<preset>")
-    parser.add_argument("--runs_dir", "--runs-dir", type=Path, default=None,
-                        help="training runs go to <runs_dir>/<family>/<config name> (default: runs for --preset "
-                        "full, the configs' own run folders; <output>/runs otherwise)")
-    parser.add_argument("--reuse", action="store_true",
-                        help="use runs whose last.ckpt covers the epochs; resume runs stopped before their "
-                        "max_epochs (--ckpt_path last)")
+    parser.add_argument(
+        "--runs_dir",
+        "--runs-dir",
+        type=Path,
+        default=None,
+        help="training runs go to <runs_dir>/<family>/<config name> (default: runs for --preset "
+        "full, the configs' own run folders; <output>/runs otherwise)",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="use runs whose last.ckpt covers the epochs; resume runs stopped before their "
+        "max_epochs (--ckpt_path last)",
+    )
     parser.add_argument("--no_wandb", "--no-wandb", action="store_true", help="CSV logs only, no W&B runs")
-    parser.add_argument("--protocols", nargs="+", choices=list(PROTOCOLS), default=[], metavar="NAME",
-                        help=f"published protocols to run on the test images: {', '.join(PROTOCOLS)} (default: none)")
-    parser.add_argument("--seed", type=nonnegative_int, default=0,
-                        help="seed of the test subset and of the protocols' random shifts (default: 0)")
-    parser.add_argument("--batch_size", "--batch-size", type=positive_int, default=256,
-                        help="frames per evaluation forward pass (default: 256)")
+    parser.add_argument(
+        "--protocols",
+        nargs="+",
+        choices=list(PROTOCOLS),
+        default=[],
+        metavar="NAME",
+        help=f"published protocols to run on the test images: {', '.join(PROTOCOLS)} (default: none)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=nonnegative_int,
+        default=0,
+        help="seed of the test subset and of the protocols' random shifts (default: 0)",
+    )
+    parser.add_argument(
+        "--batch_size",
+        "--batch-size",
+        type=positive_int,
+        default=256,
+        help="frames per evaluation forward pass (default: 256)",
+    )
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     return parser
 

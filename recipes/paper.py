@@ -52,49 +52,89 @@ def build_parser() -> argparse.ArgumentParser:
     )
     which.add_argument("--checkpoint", type=Path, help="a Lightning checkpoint of ImageClassifier instead")
     parser.add_argument(
-        "--weights_dir", "--weights-dir", type=Path, default=None,
+        "--weights_dir",
+        "--weights-dir",
+        type=Path,
+        default=None,
         help=f"folder with resnet<depth>-*.th, looked in first; then ${SHARED_DIR_ENV}/weights/cifar10-resnet (or "
         f"../shared/weights/cifar10-resnet beside the repository), then the cache {weights_cache_dir()}, where "
         f"resnet20/resnet56 are downloaded (from ${WEIGHTS_URL_ENV} if set) when missing",
     )
     parser.add_argument(
-        "--data_dir", "--data-dir", type=Path, default=None,
+        "--data_dir",
+        "--data-dir",
+        type=Path,
+        default=None,
         help=f"folder with cifar10_{{train,test}}.npz (or its cifar10/, data/cifar10/ subfolders) or torchvision's "
         f"copy (default: ${DATA_DIR_ENV}, else the shared folder, else ~/.cache/invariance_lightning)",
     )
     parser.add_argument(
-        "--download", action=argparse.BooleanOptionalAction, default=True,
+        "--download",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="download what is not found locally: CIFAR-10 through torchvision, the pretrained weights from their "
         "GitHub release (default: on; --no-download forbids both)",
     )
     quick, full = PAPER_PRESETS["quick"], PAPER_PRESETS["full"]
-    parser.add_argument("--preset", choices=sorted(PAPER_PRESETS), default="quick",
-                        help=f"sizes: quick (default) = {quick.test} test + {quick.train} train images, {quick.layers} "
-                        f"for the per-layer profile; full = {full.test:,} + {full.train:,} and {full.layers}, and "
-                        "every published protocol")
-    parser.add_argument("--num_images", "--num-images", type=positive_int,
-                        help="test and train images each (overrides the preset)")
-    parser.add_argument("--layer_images", "--layer-images", type=positive_int,
-                        help="images for the per-layer profile")
-    parser.add_argument("--protocols", nargs="+", choices=PAPER_SEQUENCES + tuple(PUBLISHED), default=None,
-                        help="sequences of sequence_preset('paper') to measure (at least one), and published "
-                        "protocols to run on the test images (invariance_lightning.metrics.protocols) (default: "
-                        "every sequence, plus every published protocol with --preset full)")
-    parser.add_argument("--layers", default="blocks",
-                        help="'blocks' (first conv, every residual block, the classifier), 'all' (every conv, "
-                        "pool, block and the classifier) or comma-separated module names (default: blocks)")
-    parser.add_argument("--layer_shifts", "--layer-shifts", type=positive_int, nargs="+", default=[1, 2, 4],
-                        help="diagonal input shifts (px) of the per-layer profile; the first also gives the "
-                        "equivariance error (default: 1 2 4)")
-    parser.add_argument("--layer_mode", "--layer-mode", choices=("circular", "zeros"), default="circular",
-                        help="boundary handling of the per-layer shifts (default: circular)")
-    parser.add_argument("--layer_border", "--layer-border", type=nonnegative_int, default=0,
-                        help="input pixels along each side left out of the equivariance error (default: 0)")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PAPER_PRESETS),
+        default="quick",
+        help=f"sizes: quick (default) = {quick.test} test + {quick.train} train images, {quick.layers} "
+        f"for the per-layer profile; full = {full.test:,} + {full.train:,} and {full.layers}, and "
+        "every published protocol",
+    )
+    parser.add_argument(
+        "--num_images", "--num-images", type=positive_int, help="test and train images each (overrides the preset)"
+    )
+    parser.add_argument("--layer_images", "--layer-images", type=positive_int, help="images for the per-layer profile")
+    parser.add_argument(
+        "--protocols",
+        nargs="+",
+        choices=PAPER_SEQUENCES + tuple(PUBLISHED),
+        default=None,
+        help="sequences of sequence_preset('paper') to measure (at least one), and published "
+        "protocols to run on the test images (invariance_lightning.metrics.protocols) (default: "
+        "every sequence, plus every published protocol with --preset full)",
+    )
+    parser.add_argument(
+        "--layers",
+        default="blocks",
+        help="'blocks' (first conv, every residual block, the classifier), 'all' (every conv, "
+        "pool, block and the classifier) or comma-separated module names (default: blocks)",
+    )
+    parser.add_argument(
+        "--layer_shifts",
+        "--layer-shifts",
+        type=positive_int,
+        nargs="+",
+        default=[1, 2, 4],
+        help="diagonal input shifts (px) of the per-layer profile; the first also gives the "
+        "equivariance error (default: 1 2 4)",
+    )
+    parser.add_argument(
+        "--layer_mode",
+        "--layer-mode",
+        choices=("circular", "zeros"),
+        default="circular",
+        help="boundary handling of the per-layer shifts (default: circular)",
+    )
+    parser.add_argument(
+        "--layer_border",
+        "--layer-border",
+        type=nonnegative_int,
+        default=0,
+        help="input pixels along each side left out of the equivariance error (default: 0)",
+    )
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the image subsets (default: 0)")
-    parser.add_argument("--batch_size", "--batch-size", type=positive_int, default=256,
-                        help="frames per forward pass (default: 256)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--batch_size", "--batch-size", type=positive_int, default=256, help="frames per forward pass (default: 256)"
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: cuda if available, else cpu)",
+    )
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--output", type=Path, help="output folder (default: results/paper/<model>)")
     return parser
@@ -110,11 +150,24 @@ def main(argv: Sequence[str] | None = None) -> Path:
         torch.set_num_threads(args.threads)
     command = "python recipes/paper.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     settings = PaperSettings(
-        model=args.model, checkpoint=args.checkpoint, weights_dir=args.weights_dir, data_dir=args.data_dir,
-        download=args.download, preset=args.preset, num_images=args.num_images, layer_images=args.layer_images,
-        protocols=None if args.protocols is None else tuple(args.protocols), layers=args.layers,
-        layer_shifts=tuple(args.layer_shifts), layer_mode=args.layer_mode, layer_border=args.layer_border,
-        seed=args.seed, batch_size=args.batch_size, device=args.device, output=args.output, command=command,
+        model=args.model,
+        checkpoint=args.checkpoint,
+        weights_dir=args.weights_dir,
+        data_dir=args.data_dir,
+        download=args.download,
+        preset=args.preset,
+        num_images=args.num_images,
+        layer_images=args.layer_images,
+        protocols=None if args.protocols is None else tuple(args.protocols),
+        layers=args.layers,
+        layer_shifts=tuple(args.layer_shifts),
+        layer_mode=args.layer_mode,
+        layer_border=args.layer_border,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=args.device,
+        output=args.output,
+        command=command,
     )
     return run_paper(settings)
 

@@ -45,8 +45,9 @@ def require_shared(path: Path) -> Path:
         return path
     where = "../shared beside the checkout, or set INVARIANCE_SHARED_DIR"
     if running_in_ci():
-        pytest.fail(f"CI=true but ../shared is missing at {path}: this shared_data test needs it ({where})",
-                    pytrace=False)
+        pytest.fail(
+            f"CI=true but ../shared is missing at {path}: this shared_data test needs it ({where})", pytrace=False
+        )
     pytest.skip(f"needs real data at {path} ({where})")
 
 

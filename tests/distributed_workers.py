@@ -41,8 +41,14 @@ def metric_worker(rank: int, world_size: int, port: int, logits: torch.Tensor, t
 
 
 def protocol_worker(
-    rank: int, world_size: int, port: int, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
-    names: tuple[str, ...], out: dict,
+    rank: int,
+    world_size: int,
+    port: int,
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    names: tuple[str, ...],
+    out: dict,
 ) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
@@ -50,8 +56,10 @@ def protocol_worker(
         indices = torch.arange(len(images))
         results = {}
         # uneven shards (rank 0 takes 5 images in two batches), then one where rank 1 has nothing to count
-        for case, shard in (("uneven", slice(0, 5) if rank == 0 else slice(5, None)),
-                            ("empty_rank", slice(None) if rank == 0 else slice(0, 0))):
+        for case, shard in (
+            ("uneven", slice(0, 5) if rank == 0 else slice(5, None)),
+            ("empty_rank", slice(None) if rank == 0 else slice(0, 0)),
+        ):
             totals = ProtocolTotals(names, seed=3, normalize=None, batch_size=16)
             part = indices[shard]
             for batch in (part[:2], part[2:]):

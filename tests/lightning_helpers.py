@@ -54,7 +54,6 @@ class TinyClassifier(ClassifierSteps, pl.LightningModule):
         return self.net(x)
 
 
-
 class BatchRecorder(pl.LightningModule):
     """A linear classifier on each uint8 image's mean colour (it converts the batches itself, as the augmentation
     presets would) that records what every step saw: ``seen`` holds ``(stage, dtype, image shape)``."""

@@ -40,7 +40,9 @@ def test_js_is_bounded_by_log2_for_disjoint_predictions() -> None:
 
 
 def test_loss_rejects_bad_input() -> None:
-    with pytest.raises(ValueError, match=r"^consistency_loss: kind must be one of \('symmetric_kl', 'js', 'mse'\), got"):
+    with pytest.raises(
+        ValueError, match=r"^consistency_loss: kind must be one of \('symmetric_kl', 'js', 'mse'\), got"
+    ):
         consistency_loss(torch.zeros(2, 3), torch.zeros(2, 3), "kl")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"same shape, got \(2, 3\) and \(2, 4\)"):
         consistency_loss(torch.zeros(2, 3), torch.zeros(2, 4))
@@ -109,13 +111,17 @@ def test_default_view_fills_the_vacated_border_with_normalized_black() -> None:
 
 
 def test_mean_and_std_are_checked() -> None:
-    with pytest.raises(TypeError, match=r"^ConsistencyRegularization: mean and std must be a \(mean, std\) pair .* None\)$"):
+    with pytest.raises(
+        TypeError, match=r"^ConsistencyRegularization: mean and std must be a \(mean, std\) pair .* None\)$"
+    ):
         ConsistencyRegularization(1.0, mean=CIFAR_MEAN)
     with pytest.raises(ValueError, match="a custom `view` fills its own border"):
         ConsistencyRegularization(1.0, view=lambda x: x, mean=CIFAR_MEAN, std=CIFAR_STD)
     with pytest.raises(ValueError, match=r"^ConsistencyRegularization: mean and std must be .* with std > 0"):
         ConsistencyRegularization(1.0, mean=CIFAR_MEAN, std=(0.2, 0.0, 0.2))
-    with pytest.raises(ValueError, match=r"^ConsistencyRegularization: images must have C=3 channels .* \(2, 1, 4, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"^ConsistencyRegularization: images must have C=3 channels .* \(2, 1, 4, 4\)"
+    ):
         ConsistencyRegularization(1.0, mean=CIFAR_MEAN, std=CIFAR_STD)(nn.Flatten(), torch.zeros(2, 1, 4, 4))
 
 
@@ -182,9 +188,13 @@ def test_consistency_regularization_lowers_one_pixel_flip_rate(cifar10_dir: Path
     flips_baseline = one_pixel_flip_rate(baseline, test_images)
     flips_regularized = one_pixel_flip_rate(regularized, test_images)
     with torch.no_grad():
-        accuracy = {name: float((model(test_images).argmax(1) == test_labels).float().mean())
-                    for name, model in (("baseline", baseline), ("regularized", regularized))}
-    print(f"\none-pixel flip rate: weight 0 {flips_baseline:.3f}, weight 3 {flips_regularized:.3f}; "
-          f"test accuracy: weight 0 {accuracy['baseline']:.3f}, weight 3 {accuracy['regularized']:.3f}")
+        accuracy = {
+            name: float((model(test_images).argmax(1) == test_labels).float().mean())
+            for name, model in (("baseline", baseline), ("regularized", regularized))
+        }
+    print(
+        f"\none-pixel flip rate: weight 0 {flips_baseline:.3f}, weight 3 {flips_regularized:.3f}; "
+        f"test accuracy: weight 0 {accuracy['baseline']:.3f}, weight 3 {accuracy['regularized']:.3f}"
+    )
     assert flips_regularized < 0.8 * flips_baseline, (flips_baseline, flips_regularized)
     assert accuracy["regularized"] > 0.3  # not bought by collapsing to a constant prediction (chance is 0.1)

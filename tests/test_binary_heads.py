@@ -48,8 +48,11 @@ class BinaryFineTuner(pl.LightningModule):
         super().__init__()
         self.squeeze = squeeze
         self.feature_extractor = nn.Sequential(  # no global pooling: a position-sensitive head, which flips
-            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+            nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
         )
         self.feature_extractor.requires_grad_(False)  # frozen, as the template freezes its backbone at first
         self.fc = nn.Sequential(nn.Linear(16 * (SIZE // 4) ** 2, 8), nn.ReLU(), nn.Linear(8, 1))
@@ -192,8 +195,12 @@ def test_probabilities_become_log_probabilities_and_stay_finite():
     torch.testing.assert_close(logits.softmax(dim=-1), expected, atol=1e-6, rtol=0)
     assert torch.equal(class_logits(p[:, None], 4, "probabilities"), logits)
     z = torch.tensor([-4.0, -0.3, 0.0, 0.7, 5.0])  # sigmoid outputs measure as the logits they came from
-    torch.testing.assert_close(class_logits(torch.sigmoid(z), 5, "probabilities").softmax(-1),
-                               class_logits(z, 5).softmax(-1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        class_logits(torch.sigmoid(z), 5, "probabilities").softmax(-1),
+        class_logits(z, 5).softmax(-1),
+        atol=1e-6,
+        rtol=0,
+    )
     softmax = torch.tensor([[0.1, 0.7, 0.2], [0.0, 0.0, 1.0]])
     torch.testing.assert_close(class_logits(softmax, 2, "probabilities").softmax(-1), softmax, atol=1e-6, rtol=0)
 
@@ -221,24 +228,29 @@ def test_evaluate_invariance_measures_a_binary_model_natively():
     rates = hand_rates(model, images, targets, sequence)
     assert float(native["flip_rate"]) == pytest.approx(rates["flip_rate"], abs=1e-6)
     assert float(native["accuracy"]) == pytest.approx(rates["accuracy"], abs=1e-6)
-    sigmoid = evaluate_sequences(nn.Sequential(model, nn.Sigmoid()), images, targets, {"shift": sequence},
-                                 outputs="probabilities")["shift"]
+    sigmoid = evaluate_sequences(
+        nn.Sequential(model, nn.Sigmoid()), images, targets, {"shift": sequence}, outputs="probabilities"
+    )["shift"]
     for key in METRICS:
         assert float(sigmoid[key]) == pytest.approx(float(native[key]), abs=1e-5), key
     # the published protocols run the same conversion, float targets included
     for name in ("zhang2019", "imagenet_p_flip"):
         by_hand = evaluate_protocol(model, images, targets, name, forward_fn=lambda m, x: two_class(m(x)))
         assert evaluate_protocol(model, images, targets.float()[:, None], name) == by_hand, name
-        assert evaluate_protocol(nn.Sequential(model, nn.Sigmoid()), images, targets, name,
-                                 outputs="probabilities") == pytest.approx(by_hand, abs=1e-9), name
+        assert evaluate_protocol(
+            nn.Sequential(model, nn.Sigmoid()), images, targets, name, outputs="probabilities"
+        ) == pytest.approx(by_hand, abs=1e-9), name
 
 
 def test_bad_outputs_and_probabilities_out_of_range_are_clear_errors():
     model = BinaryFineTuner()
     images, targets = binary_data()
     sequence = sequence_preset("monitor")["shift"]
-    with pytest.raises(ValueError, match=r"^evaluate_invariance: outputs must be one of \('logits', 'probabilities'\), "
-                                         r"got 'probs'$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^evaluate_invariance: outputs must be one of \('logits', 'probabilities'\), "
+        r"got 'probs'$",
+    ):
         evaluate_invariance(model, images, targets, sequence, outputs="probs")
     with pytest.raises(TypeError, match=r"evaluate_sequences: outputs must be one of"):
         evaluate_sequences(model, images, targets, {"shift": sequence}, outputs=None)
@@ -251,10 +263,14 @@ def test_bad_outputs_and_probabilities_out_of_range_are_clear_errors():
             callback(outputs="probability")
         with pytest.raises(ValueError, match=rf"^{callback.__name__}: pass forward_fn or output_key, not both"):
             callback(forward_fn=OutputKey("logit"), output_key="logit")
-    with pytest.raises(ValueError, match=r"^class_logits: the model's outputs must be probabilities in \[0, 1\] "
-                                         r"\(outputs='probabilities'\), got values in \[1\.25, 1\.25\]; pass outputs='logits'"):
-        evaluate_invariance(model, images, targets, sequence, outputs="probabilities",
-                            forward_fn=lambda m, x: m(x) * 0 + 1.25)
+    with pytest.raises(
+        ValueError,
+        match=r"^class_logits: the model's outputs must be probabilities in \[0, 1\] "
+        r"\(outputs='probabilities'\), got values in \[1\.25, 1\.25\]; pass outputs='logits'",
+    ):
+        evaluate_invariance(
+            model, images, targets, sequence, outputs="probabilities", forward_fn=lambda m, x: m(x) * 0 + 1.25
+        )
     with pytest.raises(ValueError, match=r"targets must be class indices: integers, or floats"):
         evaluate_invariance(model, images, targets + 0.5, sequence)
 
@@ -263,8 +279,11 @@ def test_targets_that_do_not_fit_say_what_to_do():
     model = BinaryFineTuner()
     images, _ = binary_data()
     three_classes = torch.arange(NUM_IMAGES) % 3
-    with pytest.raises(ValueError, match=r"targets range over \[0, 2\] but the model's outputs give 2 classes.*"
-                                         r"read as one binary logit.*outputs='probabilities'.*forward_fn"):
+    with pytest.raises(
+        ValueError,
+        match=r"targets range over \[0, 2\] but the model's outputs give 2 classes.*"
+        r"read as one binary logit.*outputs='probabilities'.*forward_fn",
+    ):
         evaluate_invariance(model, images, three_classes, sequence_preset("monitor")["shift"])
     with pytest.raises(ValueError, match=r"targets range over \[0, 2\] .*binary logit"):
         evaluate_protocol(model, images, three_classes, "imagenet_p_flip")
@@ -275,8 +294,11 @@ def test_output_key_picks_an_entry_of_a_dict_or_tuple_output():
     x = torch.rand(2, 3, SIZE, SIZE)
     assert torch.equal(OutputKey("logit")(model, x), model.logit(x))
     assert torch.equal(OutputKey(1)(lambda v: (v, v + 1), torch.zeros(1)), torch.ones(1))
-    with pytest.raises(ValueError, match=r"OutputKey: the model's output has no entry 'logits' \(it is keys "
-                                         r"\['logit', 'features'\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"OutputKey: the model's output has no entry 'logits' \(it is keys "
+        r"\['logit', 'features'\]\)",
+    ):
         OutputKey("logits")(model, x)
     with pytest.raises(TypeError, match="InvarianceMonitor: output_key must be a str"):
         InvarianceMonitor(output_key=1.5)
@@ -293,17 +315,21 @@ def test_monitor_measures_a_bce_fine_tuning_module_as_evaluate_invariance_does(t
     assert subset.targets.is_floating_point() == float_targets
     targets = subset.targets.long()
     for name, sequence in monitor.sequences.items():
-        expected = evaluate_invariance(module, subset.images, targets, sequence,
-                                       forward_fn=lambda m, x: two_class(m(x)))
+        expected = evaluate_invariance(
+            module, subset.images, targets, sequence, forward_fn=lambda m, x: two_class(m(x))
+        )
         for key in METRICS:
             assert logged[f"val/{name}/{key}"] == pytest.approx(float(expected[key]), abs=0.005), (name, key)
         rates = hand_rates(module, subset.images, targets, sequence)
         assert logged[f"val/{name}/flip_rate"] == pytest.approx(rates["flip_rate"], abs=0.005), name
         assert logged[f"val/{name}/accuracy"] == pytest.approx(rates["accuracy"], abs=0.005), name
-    assert logged["val/shift/flip_rate"] > 0 and hand_rates(module, subset.images, targets,
-                                                            monitor.sequences["shift"])["classes_predicted"] == 2
-    protocol = evaluate_protocol(module, subset.images, targets, "imagenet_p_flip",
-                                 forward_fn=lambda m, x: two_class(m(x)))
+    assert (
+        logged["val/shift/flip_rate"] > 0
+        and hand_rates(module, subset.images, targets, monitor.sequences["shift"])["classes_predicted"] == 2
+    )
+    protocol = evaluate_protocol(
+        module, subset.images, targets, "imagenet_p_flip", forward_fn=lambda m, x: two_class(m(x))
+    )
     assert logged["val/imagenet_p_flip/flip_probability"] == pytest.approx(protocol["flip_probability"], abs=1e-6)
     assert logged["val/imagenet_p_flip/accuracy"] == pytest.approx(protocol["accuracy"], abs=1e-6)
 
@@ -313,8 +339,9 @@ def test_sigmoid_module_with_outputs_probabilities_equals_the_logits_module(tmp_
     inner = BinaryFineTuner()
     data = BinaryData()
     logits_monitor = fit_monitor(tmp_path / "logits", inner, data, protocols=("zhang2019",))
-    sigmoid_monitor = fit_monitor(tmp_path / "sigmoid", SigmoidHead(inner), data, protocols=("zhang2019",),
-                                  outputs="probabilities")
+    sigmoid_monitor = fit_monitor(
+        tmp_path / "sigmoid", SigmoidHead(inner), data, protocols=("zhang2019",), outputs="probabilities"
+    )
     assert sigmoid_monitor.subsets["val"].indices == logits_monitor.subsets["val"].indices
     from_logits, from_sigmoid = logits_monitor.history[-1]["values"], sigmoid_monitor.history[-1]["values"]
     assert from_sigmoid.keys() == from_logits.keys() and "val/zhang2019/consistency" in from_logits
@@ -341,18 +368,28 @@ def test_report_measures_a_sigmoid_module_with_outputs_probabilities(tmp_path):
 def test_monitor_errors_name_the_fix(tmp_path):
     images, _ = binary_data()
     three_classes = DataLoader(TensorDataset(images, torch.arange(NUM_IMAGES) % 3), batch_size=16)
-    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=1,
-                           callbacks=[InvarianceMonitor(num_samples=8, splits=("val",), log_plots=False)])
-    with pytest.raises(ValueError, match=r"^InvarianceMonitor: 'val' targets range over \[0, 2\] but the model's "
-                                         r"outputs give 2 classes.*binary logit.*forward_fn"):
+    trainer = tiny_trainer(
+        tmp_path,
+        max_epochs=1,
+        limit_train_batches=1,
+        callbacks=[InvarianceMonitor(num_samples=8, splits=("val",), log_plots=False)],
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"^InvarianceMonitor: 'val' targets range over \[0, 2\] but the model's "
+        r"outputs give 2 classes.*binary logit.*forward_fn",
+    ):
         trainer.fit(BinaryFineTuner(), train_dataloaders=three_classes, val_dataloaders=three_classes)
     module = BinaryFineTuner()
     nn.init.constant_(module.fc[-1].bias, 5.0)  # logits far above 1 taken for probabilities
     nn.init.zeros_(module.fc[-1].weight)
     monitor = InvarianceMonitor(num_samples=8, splits=("val",), log_plots=False, outputs="probabilities")
     trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=1, callbacks=[monitor])
-    with pytest.raises(ValueError, match=r"^InvarianceMonitor: the model's outputs must be probabilities in \[0, 1\] "
-                                         r"\(outputs='probabilities'\), got values in \[5, 5\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"^InvarianceMonitor: the model's outputs must be probabilities in \[0, 1\] "
+        r"\(outputs='probabilities'\), got values in \[5, 5\]",
+    ):
         trainer.fit(module, datamodule=BinaryData())
 
 
@@ -371,15 +408,28 @@ def logit_of(module, x):
 
 def test_a_plain_importable_forward_fn_works_from_a_yaml_config(tmp_path):
     data_dir = write_random_cifar10(tmp_path, train=64, test=16)
-    monitor = {"class_path": "invariance_lightning.InvarianceMonitor",
-               "init_args": {"forward_fn": f"{__name__}.unannotated_forward", "splits": ["val"], "num_samples": 8,
-                             "log_plots": False}}
+    monitor = {
+        "class_path": "invariance_lightning.InvarianceMonitor",
+        "init_args": {
+            "forward_fn": f"{__name__}.unannotated_forward",
+            "splits": ["val"],
+            "num_samples": 8,
+            "log_plots": False,
+        },
+    }
     config = {
-        "trainer": {"fast_dev_run": True, "accelerator": "cpu", "enable_progress_bar": False,
-                    "default_root_dir": str(tmp_path), "callbacks": [monitor]},
+        "trainer": {
+            "fast_dev_run": True,
+            "accelerator": "cpu",
+            "enable_progress_bar": False,
+            "default_root_dir": str(tmp_path),
+            "callbacks": [monitor],
+        },
         "model": {"backbone": "cifar_resnet20", "num_classes": 10, "augmentation": "none"},
-        "data": {"class_path": "invariance_lightning.lightning.data.CIFARDataModule",
-                 "init_args": {"data_dir": str(data_dir), "val_split": 16, "batch_size": 16}},
+        "data": {
+            "class_path": "invariance_lightning.lightning.data.CIFARDataModule",
+            "init_args": {"data_dir": str(data_dir), "val_split": 16, "batch_size": 16},
+        },
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -389,32 +439,46 @@ def test_a_plain_importable_forward_fn_works_from_a_yaml_config(tmp_path):
     assert sum(CALLS) >= 8 * frames, CALLS  # every frame of the 8 fast_dev_run images went through it
 
 
-@pytest.mark.parametrize("init_args", [
-    {"output_key": "logit"},
-    {"forward_fn": f"{__name__}.logit_of"},
-    {"forward_fn": {"class_path": "invariance_lightning.metrics.OutputKey", "init_args": {"key": "logit"}}},
-], ids=["output_key", "function", "OutputKey"])
+@pytest.mark.parametrize(
+    "init_args",
+    [
+        {"output_key": "logit"},
+        {"forward_fn": f"{__name__}.logit_of"},
+        {"forward_fn": {"class_path": "invariance_lightning.metrics.OutputKey", "init_args": {"key": "logit"}}},
+    ],
+    ids=["output_key", "function", "OutputKey"],
+)
 def test_output_key_and_forward_fn_from_yaml_measure_a_dict_output(tmp_path, init_args):
-    monitor = {"class_path": "invariance_lightning.InvarianceMonitor",
-               "init_args": {**init_args, "splits": ["val"], "num_samples": 32, "normalize": None,
-                             "log_plots": False}}
+    monitor = {
+        "class_path": "invariance_lightning.InvarianceMonitor",
+        "init_args": {**init_args, "splits": ["val"], "num_samples": 32, "normalize": None, "log_plots": False},
+    }
     config = {
         "seed_everything": 0,
-        "trainer": {"max_epochs": 1, "limit_train_batches": 2, "accelerator": "cpu", "logger": False,
-                    "enable_progress_bar": False, "enable_checkpointing": False,
-                    "default_root_dir": str(tmp_path), "callbacks": [monitor]},
+        "trainer": {
+            "max_epochs": 1,
+            "limit_train_batches": 2,
+            "accelerator": "cpu",
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_checkpointing": False,
+            "default_root_dir": str(tmp_path),
+            "callbacks": [monitor],
+        },
         "data": {"float_targets": True},
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    cli = InvarianceCLI(DictBinaryHead, BinaryData, args=["fit", "--config", str(path)],
-                        save_config_kwargs={"overwrite": True})
+    cli = InvarianceCLI(
+        DictBinaryHead, BinaryData, args=["fit", "--config", str(path)], save_config_kwargs={"overwrite": True}
+    )
     (monitor,) = [c for c in cli.trainer.callbacks if isinstance(c, InvarianceMonitor)]
     assert monitor.history, "the monitor measured"
     subset = monitor.subsets["val"]
     logged = monitor.history[-1]["values"]
     for name, sequence in monitor.sequences.items():
-        expected = evaluate_invariance(cli.model, subset.images, subset.targets.long(), sequence,
-                                       forward_fn=lambda m, x: two_class(m(x)["logit"]))
+        expected = evaluate_invariance(
+            cli.model, subset.images, subset.targets.long(), sequence, forward_fn=lambda m, x: two_class(m(x)["logit"])
+        )
         for key in ("flip_rate", "accuracy", "mac"):
             assert logged[f"val/{name}/{key}"] == pytest.approx(float(expected[key]), abs=0.005), (name, key)

@@ -46,7 +46,9 @@ def test_logged_values_equal_evaluate_invariance_on_the_same_subset(tmp_path):
     train_images, train_targets = tiny_data(40, seed=1)
     train_indices = callback.subsets["train"].indices
     expected = evaluate_invariance(model, train_images[train_indices], train_targets[train_indices], SEQUENCES["shift"])
-    assert float(trainer.callback_metrics["invariance/train/shift/flip_rate"]) == pytest.approx(float(expected["flip_rate"]))
+    assert float(trainer.callback_metrics["invariance/train/shift/flip_rate"]) == pytest.approx(
+        float(expected["flip_rate"])
+    )
     assert model.training, "train mode must be restored"
     assert [row["epoch"] for row in callback.history] == [0]
 
@@ -101,7 +103,9 @@ def test_csv_logger_gets_the_scalars_and_every_n_epochs(tmp_path):
     measured = [r for r in rows if r.get("invariance/val/shift/flip_rate")]
     assert sorted(int(r["epoch"]) for r in measured) == [0, 2]
     assert all(0.0 <= float(r["invariance/train/scale/consistency"]) <= 1.0 for r in measured)
-    pngs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(trainer.logger.log_dir, "invariance_plots", "*.png")))
+    pngs = sorted(
+        os.path.basename(p) for p in glob.glob(os.path.join(trainer.logger.log_dir, "invariance_plots", "*.png"))
+    )
     assert "invariance_plots_history_epoch002.png" in pngs
     assert "invariance_plots_shift_flips_val_epoch000.png" in pngs
 
@@ -195,11 +199,20 @@ EMPTY = DataLoader(TensorDataset(torch.zeros(0, 3, 16, 16), torch.zeros(0, dtype
 @pytest.mark.parametrize(
     ("module", "val_loader", "options", "match"),
     [
-        (FeatureMaps, tiny_loader(24), {}, r"^InvarianceMonitor: the model's outputs must be a floating-point \(N, C\)"),
+        (
+            FeatureMaps,
+            tiny_loader(24),
+            {},
+            r"^InvarianceMonitor: the model's outputs must be a floating-point \(N, C\)",
+        ),
         (TinyClassifier, None, {}, "no val data"),
         (TinyClassifier, EMPTY, {}, "'val' split is empty"),
-        (TinyClassifier, tiny_loader(24), {"sequences": {"shift": ShiftSequence(max_shift=16)}},
-         r"^InvarianceMonitor: sequence 'shift' \(on the 'val' images\) must fit the 16x16 images, got "),
+        (
+            TinyClassifier,
+            tiny_loader(24),
+            {"sequences": {"shift": ShiftSequence(max_shift=16)}},
+            r"^InvarianceMonitor: sequence 'shift' \(on the 'val' images\) must fit the 16x16 images, got ",
+        ),
     ],
     ids=["feature-maps", "no-val-loader", "empty-val-split", "shift-larger-than-the-images"],
 )
@@ -213,7 +226,9 @@ def test_a_bad_setup_fails_at_fit_start_with_an_error_naming_it(tmp_path, module
 def test_more_samples_than_images_warns_and_measures_every_image(tmp_path):
     callback = monitor(num_samples=100)
     with pytest.warns(UserWarning, match="num_samples=100 exceeds the 24 images"):
-        tiny_trainer(tmp_path, max_epochs=1, callbacks=[callback]).fit(TinyClassifier(), tiny_loader(40), tiny_loader(24))
+        tiny_trainer(tmp_path, max_epochs=1, callbacks=[callback]).fit(
+            TinyClassifier(), tiny_loader(40), tiny_loader(24)
+        )
     assert callback.subsets["val"].indices == list(range(24))
 
 
@@ -340,8 +355,9 @@ def test_protocol_values_equal_evaluate_protocol_on_the_subset_and_are_kept_in_t
     indices = callback.subsets["val"].indices
     values = callback.history[-1]["values"]
     for name in ("aps2021_circular", "imagenet_p_flip"):
-        expected = evaluate_protocol(model, images.sigmoid()[indices], targets[indices], name, seed=3,
-                                     normalize=normalize)
+        expected = evaluate_protocol(
+            model, images.sigmoid()[indices], targets[indices], name, seed=3, normalize=normalize
+        )
         for key, value in expected.items():
             if key != "num_images":
                 assert values[f"val/{name}/{key}"] == value, (name, key)  # exact: the same counts
@@ -368,5 +384,8 @@ def test_unknown_or_repeated_protocols_are_refused_by_the_constructor(protocols,
 
 def test_protocols_refuse_normalized_images_at_fit_start(tmp_path):
     callback = monitor(protocols=("aps2021_standard",))
-    with pytest.raises(ValueError, match=r"^InvarianceMonitor: the 'val' images of the protocols must be uint8 or floats in \[0, 1\] .* got values in \[-"):
+    with pytest.raises(
+        ValueError,
+        match=r"^InvarianceMonitor: the 'val' images of the protocols must be uint8 or floats in \[0, 1\] .* got values in \[-",
+    ):
         tiny_trainer(tmp_path, callbacks=[callback]).fit(TinyClassifier(), unit_loader(40, 1), tiny_loader(24))

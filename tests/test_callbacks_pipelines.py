@@ -69,7 +69,10 @@ def assert_equals_raw_measurement(callback, model, split, images, targets, norma
         expected = evaluate_invariance(model, images, targets, sequence, normalize=normalize)
         for metric in METRICS:
             assert values[f"{split}/{name}/{metric}"] == pytest.approx(float(expected[metric]), abs=0.005), (
-                split, name, metric)
+                split,
+                name,
+                metric,
+            )
 
 
 class TutorialNet(TinyClassifier):
@@ -78,9 +81,16 @@ class TutorialNet(TinyClassifier):
     def __init__(self, num_classes: int = NUM_CLASSES) -> None:
         super().__init__(num_classes)
         self.net = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(16 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, num_classes),
+            nn.Conv2d(3, 6, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(16 * 4 * 4, 64),
+            nn.ReLU(),
+            nn.Linear(64, num_classes),
         )
 
 
@@ -157,14 +167,16 @@ def test_normalization_the_callback_cannot_see_warns_and_data_normalization_fixe
     callback = InvarianceMonitor(num_samples=16, splits=("val",), data_normalization=stats, log_plots=False)
     model, _ = fit(tmp_path, callback, loader, loader)
     indices = callback.subsets["val"].indices
-    assert_equals_raw_measurement(callback, model, "val", raw(images, indices), torch.as_tensor(labels[indices]),
-                                  normalize=stats)
+    assert_equals_raw_measurement(
+        callback, model, "val", raw(images, indices), torch.as_tensor(labels[indices]), normalize=stats
+    )
 
 
 def test_one_augmenting_dataset_split_in_two_warns_and_plain_transform_fixes_it(tmp_path):
     images, labels = cifar_arrays()
-    train_set, val_set = random_split(cifar10(images, labels, TRAIN_TF), [64, 32],
-                                      generator=torch.Generator().manual_seed(1))
+    train_set, val_set = random_split(
+        cifar10(images, labels, TRAIN_TF), [64, 32], generator=torch.Generator().manual_seed(1)
+    )
     loaders = DataLoader(train_set, batch_size=8), DataLoader(val_set, batch_size=8)
     with pytest.warns(UserWarning, match=r"'val' images differ each time they are read .* plain_transform="):
         fit(tmp_path, InvarianceMonitor(num_samples=8, log_plots=False), *loaders)
@@ -181,8 +193,9 @@ def test_one_augmenting_dataset_split_in_two_warns_and_plain_transform_fixes_it(
 
 def test_concat_dataset_with_transforms_v2(tmp_path):
     images, labels = cifar_arrays()
-    train_tf = v2.Compose([v2.ToImage(), v2.RandomCrop(SIZE, padding=2), v2.ToDtype(torch.float32, scale=True),
-                           v2.Normalize(MEAN, STD)])
+    train_tf = v2.Compose(
+        [v2.ToImage(), v2.RandomCrop(SIZE, padding=2), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
+    )
     eval_tf = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
     halves = (slice(0, 48), slice(48, 96))
     train = ConcatDataset([cifar10(images[h], labels[h], train_tf) for h in halves])
@@ -236,8 +249,13 @@ def test_a_normalizing_batch_hook_is_named_when_the_model_would_get_raw_images(t
     images, labels = cifar_arrays()
     loader = DataLoader(cifar10(images, labels, T.ToTensor()), batch_size=8)
     with pytest.warns(UserWarning, match=r"on_after_batch_transfer .* pass normalize=\(mean, std\)"):
-        fit(tmp_path, InvarianceMonitor(num_samples=8, splits=("val",), log_plots=False), loader, loader,
-            model=NormalizingHook())
+        fit(
+            tmp_path,
+            InvarianceMonitor(num_samples=8, splits=("val",), log_plots=False),
+            loader,
+            loader,
+            model=NormalizingHook(),
+        )
 
 
 class Constant(TinyClassifier):
@@ -271,8 +289,14 @@ class ImageFolderClassifier(TutorialNet):
         self.data_path, self.batch_size = data_path, batch_size
 
     def train_dataloader(self):
-        train_tf = T.Compose([T.RandomResizedCrop(SIZE, scale=(0.5, 1.0)), T.RandomHorizontalFlip(), T.ToTensor(),
-                              T.Normalize(MEAN, STD)])
+        train_tf = T.Compose(
+            [
+                T.RandomResizedCrop(SIZE, scale=(0.5, 1.0)),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize(MEAN, STD),
+            ]
+        )
         return DataLoader(ImageFolder(self.data_path, train_tf), batch_size=self.batch_size, shuffle=True)
 
     def val_dataloader(self):
@@ -290,10 +314,14 @@ def test_lightning_cli_imagefolder_template(tmp_path):
         run=False,
         args=[
             f"--model.data_path={tmp_path / 'data'}",
-            "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.accelerator=cpu",
-            f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--trainer.accelerator=cpu",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
             "--trainer.callbacks+=invariance_lightning.InvarianceMonitor",
-            "--trainer.callbacks.num_samples=12", "--trainer.callbacks.log_plots=false",
+            "--trainer.callbacks.num_samples=12",
+            "--trainer.callbacks.log_plots=false",
         ],
     )
     cli.trainer.fit(cli.model)
@@ -317,8 +345,9 @@ def test_report_respects_limit_test_batches_and_says_what_it_measured(tmp_path):
     trainer.test(model, loader)
     assert "16 images of the 'test' split (the first 16 at most: limit_test_batches=2)" == report.scope
     for name, sequence in report.sequences.items():
-        expected = evaluate_invariance(model, raw(images, range(16)), torch.as_tensor(labels[:16]), sequence,
-                                       normalize=(MEAN, STD))
+        expected = evaluate_invariance(
+            model, raw(images, range(16)), torch.as_tensor(labels[:16]), sequence, normalize=(MEAN, STD)
+        )
         for metric in METRICS:
             assert float(report.results[name][metric]) == pytest.approx(float(expected[metric]), abs=1e-5)
     assert "limit_test_batches=2" in (tmp_path / "report" / "invariance_report.md").read_text()

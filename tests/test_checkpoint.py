@@ -20,8 +20,15 @@ STATS = ((0.3, 0.6, 0.1), (0.5, 0.25, 0.4))
 
 def save_checkpoint(path: Path, model: ImageClassifier, **entries) -> Path:
     """A checkpoint as Lightning writes it (weights, hyperparameters, version) plus ``entries``."""
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                "pytorch-lightning_version": lightning.__version__, **entries}, path)
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+            **entries,
+        },
+        path,
+    )
     return path
 
 
@@ -34,10 +41,15 @@ def model() -> ImageClassifier:
 def test_read_checkpoint_gives_epochs_datamodule_hyperparameters_and_callback_states(model, tmp_path):
     history = [{"epoch": 0, "values": {"val/shift/flip_rate": 0.25}}]
     path = save_checkpoint(
-        tmp_path / "last.ckpt", model, epoch=2, global_step=30,
+        tmp_path / "last.ckpt",
+        model,
+        epoch=2,
+        global_step=30,
         datamodule_hyper_parameters={"name": "cifar10", "data_dir": tmp_path / "data", "val_split": 8},
-        callbacks={"InvarianceMonitor{'prefix': 'invariance'}": {"history": history},
-                   "ModelCheckpoint{'monitor': None}": {"best_model_path": ""}},
+        callbacks={
+            "InvarianceMonitor{'prefix': 'invariance'}": {"history": history},
+            "ModelCheckpoint{'monitor': None}": {"best_model_path": ""},
+        },
         input_normalization=STATS,
     )
     info = read_checkpoint(path)

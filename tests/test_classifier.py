@@ -24,13 +24,20 @@ def uint8_loader(num: int = 32, size: int = 16, seed: int = 0) -> DataLoader:
 
 
 def tiny_backbone() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)
+    )
 
 
 def trainer(tmp_path, **kwargs) -> pl.Trainer:
     options = dict(
-        default_root_dir=tmp_path, max_epochs=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
     options.update(kwargs)
     return pl.Trainer(**options)
@@ -59,8 +66,15 @@ def test_build_backbone_rejects_unknown_names():
 def test_trains_on_uint8_batches_and_logs(tmp_path, schedule, optimizer):
     pl.seed_everything(0)
     model = ImageClassifier(
-        tiny_backbone(), augmentation="standard", image_size=16, mean=MEAN, std=STD,
-        schedule=schedule, optimizer=optimizer, lr=0.05, channels_last=True,
+        tiny_backbone(),
+        augmentation="standard",
+        image_size=16,
+        mean=MEAN,
+        std=STD,
+        schedule=schedule,
+        optimizer=optimizer,
+        lr=0.05,
+        channels_last=True,
     )
     before = [p.detach().clone() for p in model.parameters()]
     run = trainer(tmp_path)
@@ -74,7 +88,9 @@ def test_trains_on_uint8_batches_and_logs(tmp_path, schedule, optimizer):
 
 def test_consistency_penalty_is_logged_and_added(tmp_path):
     pl.seed_everything(0)
-    model = ImageClassifier(tiny_backbone(), augmentation="none", image_size=16, mean=MEAN, std=STD, consistency_weight=2.0)
+    model = ImageClassifier(
+        tiny_backbone(), augmentation="none", image_size=16, mean=MEAN, std=STD, consistency_weight=2.0
+    )
     run = trainer(tmp_path, limit_val_batches=0)
     run.fit(model, uint8_loader())
     assert float(run.callback_metrics["train/consistency_penalty"]) > 0
@@ -84,7 +100,9 @@ def test_consistency_view_border_is_black_after_normalization():
     # A white image normalized by the classifier's pipeline; the shifted view may only hold white and, where it
     # was shifted, the normalized black (0 - mean) / std: not 0, which is the mean colour after normalization.
     mean, std = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
-    model = ImageClassifier(tiny_backbone(), augmentation="none", image_size=8, mean=mean, std=std, consistency_weight=1.0)
+    model = ImageClassifier(
+        tiny_backbone(), augmentation="none", image_size=8, mean=mean, std=std, consistency_weight=1.0
+    )
     white = model.gpu_augmentation(torch.full((16, 3, 8, 8), 255, dtype=torch.uint8), train=False)
     black = (0 - torch.tensor(mean)) / torch.tensor(std)
     captured = []
@@ -138,8 +156,17 @@ def test_init_weights_are_loaded_when_fit_starts_and_not_when_it_resumes(tmp_pat
     saved = cifar_resnet(20, num_classes=10)
     torch.nn.init.normal_(saved.linear.weight)  # unlike a fresh initialization
     torch.save({"state_dict": {f"module.{k}": v for k, v in saved.state_dict().items()}}, tmp_path / "r20.th")
-    options = dict(backbone="cifar_resnet20", downsample="blur", augmentation="none", image_size=16, mean=MEAN,
-                   std=STD, lr=0.0, schedule="none", weight_decay=0.0)
+    options = dict(
+        backbone="cifar_resnet20",
+        downsample="blur",
+        augmentation="none",
+        image_size=16,
+        mean=MEAN,
+        std=STD,
+        lr=0.0,
+        schedule="none",
+        weight_decay=0.0,
+    )
     model = ImageClassifier(**options, init_weights=str(tmp_path / "r20.th"))
     assert not torch.equal(model.backbone.linear.weight, saved.linear.weight), "nothing is loaded before fit"
     run = trainer(tmp_path, max_steps=1, enable_checkpointing=True)
@@ -152,8 +179,9 @@ def test_init_weights_are_loaded_when_fit_starts_and_not_when_it_resumes(tmp_pat
     trainer(tmp_path, max_steps=2).fit(resumed, uint8_loader(), ckpt_path=tmp_path / "last.ckpt")
     assert torch.equal(resumed.backbone.linear.weight, saved.linear.weight)
     with pytest.raises(FileNotFoundError, match="r20.th.*no such file"):
-        trainer(tmp_path, max_steps=1).fit(ImageClassifier(**options, init_weights=str(tmp_path / "r20.th")),
-                                           uint8_loader())
+        trainer(tmp_path, max_steps=1).fit(
+            ImageClassifier(**options, init_weights=str(tmp_path / "r20.th")), uint8_loader()
+        )
 
 
 def test_a_released_model_name_is_found_in_the_shared_folder_and_sets_the_normalization(tmp_path, monkeypatch):
@@ -162,8 +190,9 @@ def test_a_released_model_name_is_found_in_the_shared_folder_and_sets_the_normal
     saved = cifar_resnet(20)
     torch.save(saved.state_dict(), folder / "resnet20-test.th")
     monkeypatch.setenv(SHARED_DIR_ENV, str(tmp_path))
-    model = ImageClassifier("cifar_resnet20", augmentation="none", image_size=16, lr=0.0, schedule="none",
-                            init_weights="resnet20")
+    model = ImageClassifier(
+        "cifar_resnet20", augmentation="none", image_size=16, lr=0.0, schedule="none", init_weights="resnet20"
+    )
     assert model.input_normalization == CIFAR_RESNET_NORMALIZE  # the release's statistics, not the datamodule's
     trainer(tmp_path, max_steps=1).fit(model, uint8_loader())
     assert torch.equal(model.backbone.conv1.weight, saved.conv1.weight)
@@ -182,7 +211,8 @@ def test_a_released_model_name_is_found_beside_the_checkout_without_the_variable
     monkeypatch.setattr(locations, "CHECKOUT_SHARED_DIR", beside)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # nothing cached
     monkeypatch.setenv("INVARIANCE_WEIGHTS_URL", "http://127.0.0.1:9")  # nothing listens: no download possible
-    model = ImageClassifier("cifar_resnet20", augmentation="none", image_size=16, lr=0.0, schedule="none",
-                            init_weights="resnet20")
+    model = ImageClassifier(
+        "cifar_resnet20", augmentation="none", image_size=16, lr=0.0, schedule="none", init_weights="resnet20"
+    )
     trainer(tmp_path, max_steps=1).fit(model, uint8_loader())
     assert torch.equal(model.backbone.conv1.weight, saved.conv1.weight)

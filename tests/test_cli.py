@@ -33,9 +33,20 @@ def tiny_cifar_dir(tmp_path_factory) -> Path:
 
 def test_configs_exist_for_every_variant():
     assert {p.stem for p in CIFAR_CONFIGS} == {
-        f"resnet20_{v}" for v in ("plain", "augmented", "translate_scale", "blur", "aps", "augmented_blur", "consistency",
-                                  "augmented_aps", "augmented_blur_consistency", "finetuned_blur_consistency",
-                                  "finetuned_blur_consistency_8px")
+        f"resnet20_{v}"
+        for v in (
+            "plain",
+            "augmented",
+            "translate_scale",
+            "blur",
+            "aps",
+            "augmented_blur",
+            "consistency",
+            "augmented_aps",
+            "augmented_blur_consistency",
+            "finetuned_blur_consistency",
+            "finetuned_blur_consistency_8px",
+        )
     }
     for path in CIFAR_CONFIGS:  # each name says what its model section sets
         model, parts = yaml.safe_load(path.read_text())["model"], path.stem.split("_")[1:]
@@ -81,9 +92,24 @@ def test_every_cifar_config_trains_the_model_it_names_and_measures_it(config, ti
         weights = ["--model.init_weights", str(tmp_path / "resnet20.pt")]
     cli = run_cli(
         [
-            "fit", "--config", str(config), "--trainer.fast_dev_run", "true", "--no_wandb", "true",
-            "--trainer.default_root_dir", str(tmp_path), "--data.data_dir", str(tiny_cifar_dir),
-            "--data.val_split", "16", "--data.batch_size", "16", "--trainer.enable_progress_bar", "false", *weights,
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.fast_dev_run",
+            "true",
+            "--no_wandb",
+            "true",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--data.data_dir",
+            str(tiny_cifar_dir),
+            "--data.val_split",
+            "16",
+            "--data.batch_size",
+            "16",
+            "--trainer.enable_progress_bar",
+            "false",
+            *weights,
         ]
     )
     check_fast_dev_run(cli, config)
@@ -99,10 +125,27 @@ def test_every_cifar_config_trains_the_model_it_names_and_measures_it(config, ti
 def test_every_imagenette_config_trains_the_model_it_names_and_measures_it(config, imagenette_dir, tmp_path):
     cli = run_cli(
         [
-            "fit", "--config", str(config), "--trainer.fast_dev_run", "true", "--no_wandb", "true",
-            "--trainer.default_root_dir", str(tmp_path), "--data.root", str(imagenette_dir),
-            "--data.batch_size", "4", "--data.num_workers", "0", "--data.image_size", "64", "--model.image_size", "64",
-            "--trainer.enable_progress_bar", "false",
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.fast_dev_run",
+            "true",
+            "--no_wandb",
+            "true",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--data.root",
+            str(imagenette_dir),
+            "--data.batch_size",
+            "4",
+            "--data.num_workers",
+            "0",
+            "--data.image_size",
+            "64",
+            "--model.image_size",
+            "64",
+            "--trainer.enable_progress_bar",
+            "false",
         ]
     )
     check_fast_dev_run(cli, config)
@@ -111,10 +154,27 @@ def test_every_imagenette_config_trains_the_model_it_names_and_measures_it(confi
 def test_no_wandb_switch_logs_to_csv(tiny_cifar_dir, tmp_path):
     main(
         [
-            "fit", "--config", str(REPO / "configs" / "cifar10" / "resnet20_plain.yaml"), "--no_wandb", "true",
-            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
-            "--trainer.default_root_dir", str(tmp_path), "--data.data_dir", str(tiny_cifar_dir),
-            "--data.val_split", "16", "--data.batch_size", "16", "--trainer.enable_progress_bar", "false",
+            "fit",
+            "--config",
+            str(REPO / "configs" / "cifar10" / "resnet20_plain.yaml"),
+            "--no_wandb",
+            "true",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "2",
+            "--trainer.limit_val_batches",
+            "1",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--data.data_dir",
+            str(tiny_cifar_dir),
+            "--data.val_split",
+            "16",
+            "--data.batch_size",
+            "16",
+            "--trainer.enable_progress_bar",
+            "false",
         ]
     )
     metrics = list(tmp_path.rglob("metrics.csv"))
@@ -130,12 +190,29 @@ def test_wandb_offline_run_directory_is_produced(tiny_cifar_dir, tmp_path, monke
     run_root = tmp_path / "run"
     main(
         [
-            "fit", "--config", str(REPO / "configs" / "cifar10" / "resnet20_plain.yaml"),  # fast_dev_run drops loggers
-            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
-            "--trainer.default_root_dir", str(run_root),
-            "--trainer.logger.init_args.save_dir", str(run_root), "--trainer.logger.init_args.mode", "offline",
-            "--data.data_dir", str(tiny_cifar_dir),
-            "--data.val_split", "16", "--data.batch_size", "16", "--trainer.enable_progress_bar", "false",
+            "fit",
+            "--config",
+            str(REPO / "configs" / "cifar10" / "resnet20_plain.yaml"),  # fast_dev_run drops loggers
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "1",
+            "--trainer.limit_val_batches",
+            "1",
+            "--trainer.default_root_dir",
+            str(run_root),
+            "--trainer.logger.init_args.save_dir",
+            str(run_root),
+            "--trainer.logger.init_args.mode",
+            "offline",
+            "--data.data_dir",
+            str(tiny_cifar_dir),
+            "--data.val_split",
+            "16",
+            "--data.batch_size",
+            "16",
+            "--trainer.enable_progress_bar",
+            "false",
         ]
     )
     assert list(run_root.glob("wandb/offline-run-*/*.wandb")), "an offline W&B run must be written"
@@ -147,8 +224,17 @@ def test_evaluate_writes_a_report_for_pretrained_weights(tiny_cifar_dir, tmp_pat
     output = tmp_path / "report"
     main(
         [
-            "evaluate", "--model", str(weights), "--data_dir", str(tiny_cifar_dir), "--preset", "monitor",
-            "--num_images", "12", "--output", str(output),
+            "evaluate",
+            "--model",
+            str(weights),
+            "--data_dir",
+            str(tiny_cifar_dir),
+            "--preset",
+            "monitor",
+            "--num_images",
+            "12",
+            "--output",
+            str(output),
         ]
     )
     report = json.loads((output / "report.json").read_text())
@@ -199,11 +285,13 @@ def test_evaluate_streams_the_split_and_never_builds_a_tensor_of_its_size(tmp_pa
         assert report["protocols"][name]["citation"] == PROTOCOLS[name].citation
     assert 0 < report["protocols"]["zhang2019"]["results"]["consistency"] < 1
     assert "## Published protocols" in (output / "report.md").read_text()
-    assert f"| imagenet_p_flip | 20 | flip_probability {expected['flip_probability']:.4f}" in (output / "report.md").read_text()
+    assert (
+        f"| imagenet_p_flip | 20 | flip_probability {expected['flip_probability']:.4f}"
+        in (output / "report.md").read_text()
+    )
     with pytest.raises(SystemExit):
         main([*args, "--protocols", "zhang2020"])
     assert "invalid choice: 'zhang2020' (choose from 'zhang2019', 'aps2021_standard'" in capsys.readouterr().err
-
 
 
 def test_evaluate_normalizes_a_checkpoint_as_it_recorded_else_with_the_data_statistics(tmp_path):
@@ -215,21 +303,46 @@ def test_evaluate_normalizes_a_checkpoint_as_it_recorded_else_with_the_data_stat
 
     rng = np.random.default_rng(1)
     for split in ("train", "test"):  # CIFAR-100, whose statistics are neither CIFAR-10's nor ImageNet's
-        np.savez(tmp_path / f"cifar100_{split}.npz", images=rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
-                 labels=rng.integers(0, 100, 8))
+        np.savez(
+            tmp_path / f"cifar100_{split}.npz",
+            images=rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+            labels=rng.integers(0, 100, 8),
+        )
     model = ImageClassifier("cifar_resnet20", num_classes=100, augmentation="none")
     recorded = (0.25, 0.5, 0.75), (0.5, 0.25, 0.125)
     for name, extra in (("old", {}), ("new", {"input_normalization": recorded})):
-        torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "epoch": 0,
-                    "pytorch-lightning_version": lightning.__version__, **extra}, tmp_path / f"{name}.ckpt")
+        torch.save(
+            {
+                "state_dict": model.state_dict(),
+                "hyper_parameters": dict(model.hparams),
+                "epoch": 0,
+                "pytorch-lightning_version": lightning.__version__,
+                **extra,
+            },
+            tmp_path / f"{name}.ckpt",
+        )
     images = torch.from_numpy(np.load(tmp_path / "cifar100_test.npz")["images"]).permute(0, 3, 1, 2)
     sequence = sequence_preset("monitor")["shift"]
     for name, normalize in (("old", CIFAR_STATS["cifar100"]), ("new", recorded)):
-        main(["evaluate", "--model", str(tmp_path / f"{name}.ckpt"), "--data", "cifar100", "--data_dir", str(tmp_path),
-              "--preset", "monitor", "--output", str(tmp_path / name)])
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tmp_path / f"{name}.ckpt"),
+                "--data",
+                "cifar100",
+                "--data_dir",
+                str(tmp_path),
+                "--preset",
+                "monitor",
+                "--output",
+                str(tmp_path / name),
+            ]
+        )
         report = json.loads((tmp_path / name / "report.json").read_text())
         expected = evaluate_invariance(model, images, None, sequence, normalize=normalize)
         assert report["results"]["shift"]["metrics"]["mac"] == pytest.approx(float(expected["mac"]), abs=1e-6), name
+
 
 def test_wandb_login_detection_reads_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))

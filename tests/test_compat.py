@@ -25,8 +25,14 @@ from lightning_helpers import TinyClassifier, tiny_loader
 
 def trainer(tmp_path, **kwargs) -> pl.Trainer:
     options = dict(
-        default_root_dir=tmp_path, max_epochs=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
     )
     return pl.Trainer(**{**options, **kwargs})
 

@@ -46,7 +46,9 @@ def test_ci_is_detected_from_the_environment(monkeypatch: pytest.MonkeyPatch, va
     assert running_in_ci() is expected
 
 
-def test_missing_shared_data_fails_under_ci_and_skips_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_shared_data_fails_under_ci_and_skips_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     missing = tmp_path / "shared" / "data" / "cifar10"
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match=f"CI=true but ../shared is missing at {missing}"):
@@ -64,8 +66,10 @@ def test_shared_root_is_the_environment_variable_else_beside_the_checkout(
 ) -> None:
     monkeypatch.setenv("INVARIANCE_SHARED_DIR", str(tmp_path))
     assert shared_root() == tmp_path
-    for unset in (lambda: monkeypatch.setenv("INVARIANCE_SHARED_DIR", ""),
-                  lambda: monkeypatch.delenv("INVARIANCE_SHARED_DIR")):
+    for unset in (
+        lambda: monkeypatch.setenv("INVARIANCE_SHARED_DIR", ""),
+        lambda: monkeypatch.delenv("INVARIANCE_SHARED_DIR"),
+    ):
         unset()
         assert shared_root() == REPO_ROOT.parent / "shared"
 
@@ -91,9 +95,13 @@ def test_marker_is_enforced_and_missing_data_skips_or_fails(
 
     # the unmarked tests error at setup, whether or not the data is there, before their fixtures could skip them
     for name, fixture in (("test_unmarked", "cifar10_dir"), ("test_unmarked_through_a_fixture", "imagenette_dir")):
-        result.stdout.fnmatch_lines([f"*ERROR at setup of {name} *",
-                                     f"test_inner.py::{name} uses the shared-data fixture(s) {fixture} but is not "
-                                     "marked: add @pytest.mark.shared_data*"])
+        result.stdout.fnmatch_lines(
+            [
+                f"*ERROR at setup of {name} *",
+                f"test_inner.py::{name} uses the shared-data fixture(s) {fixture} but is not "
+                "marked: add @pytest.mark.shared_data*",
+            ]
+        )
     marked = {
         "missing locally": ["SKIPPED [[]1[]] test_inner.py:*: needs real data at {weights} (*"],
         "missing under CI": ["*ERROR at setup of test_marked *", "CI=true but ../shared is missing at {weights}: *"],

@@ -86,7 +86,9 @@ def test_split_arrays_subsets(npz_dir):
     assert images.shape == (7, 3, 32, 32) and len(set(_index(images).tolist())) == 7
     assert torch.equal(dm.split_arrays("train", num=7, seed=1)[0], images)
     assert not torch.equal(dm.split_arrays("train", num=7, seed=2)[0], images)
-    with pytest.raises(ValueError, match=r"the 'val' split has 40 examples\): num must be an int in \[1, 40\], got 41$"):
+    with pytest.raises(
+        ValueError, match=r"the 'val' split has 40 examples\): num must be an int in \[1, 40\], got 41$"
+    ):
         dm.split_arrays("val", num=41)
     with pytest.raises(TypeError, match=r"num must be an int in \[1, 40\], got float 2.0$"):
         dm.split_arrays("val", num=2.0)
@@ -307,4 +309,3 @@ def test_shared_cifar10_fast_and_standard_path_agree(shared_cifar, cifar10_dir):
     fast_batch, standard_batch = next(iter(shared_cifar.val_dataloader())), next(iter(standard))
     assert torch.equal(fast_batch[0], standard_batch[0]) and torch.equal(fast_batch[1], standard_batch[1])
     assert torch.equal(standard.dataset[7][0], shared_cifar.split_arrays("val")[0][7])
-

@@ -150,7 +150,9 @@ def test_missing_and_inconsistent_folders_are_reported(tree, tmp_path):
         _module(tree).setup()
     with pytest.raises(ValueError, match="give `val_dir` or `val_split`, not both"):
         _module(tree, val_split=2)
-    with pytest.raises(ValueError, match=r"^ImageFolderDataModule: decode must be one of \('workers', 'device'\), got 'gpu'$"):
+    with pytest.raises(
+        ValueError, match=r"^ImageFolderDataModule: decode must be one of \('workers', 'device'\), got 'gpu'$"
+    ):
         _module(tree, decode="gpu")
 
 
@@ -166,7 +168,11 @@ def test_trainer_fits_on_generated_folders(tree, tmp_path, decode, num_workers):
     model = BatchRecorder(num_classes=3)
     # fast_dev_run=2: two training and two validation batches, no logger or checkpoints
     trainer = pl.Trainer(
-        fast_dev_run=2, accelerator="cpu", default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False
+        fast_dev_run=2,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(model, _module(tree, decode=decode, num_workers=num_workers, train_crop="random-resized"))
     seen = [("train", torch.uint8, (3, 32, 32))] * 2 + [("val", torch.uint8, (3, 32, 32))] * 2

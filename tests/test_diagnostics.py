@@ -207,7 +207,11 @@ def test_report_helpers():
         ({"border": -1}, ValueError, "^layer_equivariance: border must be an int >= 0, got -1$"),
         ({"border": 1.0}, TypeError, "^layer_equivariance: border must be an int >= 0, got float 1.0$"),
         ({"batch_size": 0}, ValueError, "^layer_equivariance: batch_size must be an int >= 1, got 0$"),
-        ({"normalize": ((0.5, 0.5, 0.5), (0.2, 0.2))}, ValueError, r"^measure_equivariance: normalize must be a \(mean, std\) pair of equal lengths with std > 0"),
+        (
+            {"normalize": ((0.5, 0.5, 0.5), (0.2, 0.2))},
+            ValueError,
+            r"^measure_equivariance: normalize must be a \(mean, std\) pair of equal lengths with std > 0",
+        ),
         ({"normalize": 0.5}, TypeError, r"^measure_equivariance: normalize must be a \(mean, std\) pair .* got 0.5$"),
     ],
 )

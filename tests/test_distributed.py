@@ -148,7 +148,12 @@ def assert_disjoint_and_complete(shares: list[set[int]], expected: set[int]) -> 
 
 def ddp_trainer(tmp_path: Path, callback) -> pl.Trainer:
     return tiny_trainer(
-        tmp_path, max_epochs=1, strategy="ddp_spawn", devices=2, logger=False, enable_checkpointing=False,
+        tmp_path,
+        max_epochs=1,
+        strategy="ddp_spawn",
+        devices=2,
+        logger=False,
+        enable_checkpointing=False,
         callbacks=[callback],
     )
 

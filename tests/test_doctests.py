@@ -52,5 +52,8 @@ def test_collecting_the_doctests_needs_no_optional_package_display_or_network() 
     assert report["code"] == 0, result.stdout[-2000:]
     assert not set(report["imported"]) & set(OPTIONAL), report["imported"]
     # every module with docstring examples is collected (one item per documented object)
-    assert "invariance_lightning/metrics/functional.py::invariance_lightning.metrics.functional.transform_consistency" in report["doctests"]
+    assert (
+        "invariance_lightning/metrics/functional.py::invariance_lightning.metrics.functional.transform_consistency"
+        in report["doctests"]
+    )
     assert len(report["doctests"]) >= 6, report["doctests"]

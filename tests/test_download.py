@@ -122,8 +122,9 @@ def test_checksum_mismatch_names_url_and_hashes_and_leaves_nothing(
     assert files_in(cache) == []
 
 
-@pytest.mark.parametrize(("mode", "message"), [("truncated", "closed after 100001 of 200003 bytes"),
-                                               ("stalled", "timed out")])
+@pytest.mark.parametrize(
+    ("mode", "message"), [("truncated", "closed after 100001 of 200003 bytes"), ("stalled", "timed out")]
+)
 def test_interrupted_download_leaves_nothing_and_a_retry_succeeds(
     server: FileServer, fake_release, tmp_path: Path, mode: str, message: str
 ) -> None:
@@ -151,8 +152,11 @@ def test_cache_hit_does_not_touch_the_network(server: FileServer, fake_release, 
 def test_corrupt_cached_file_is_never_used(server: FileServer, fake_release, tmp_path: Path) -> None:
     cached = tmp_path / "resnet20-fake.th"
     cached.write_bytes(FAKE[:-1] + b"!")
-    with pytest.raises(ChecksumError, match=f"cached {cached} is corrupt: expected sha256 {FAKE_SHA256}, got "
-                       f"{hashlib.sha256(cached.read_bytes()).hexdigest()}"):
+    with pytest.raises(
+        ChecksumError,
+        match=f"cached {cached} is corrupt: expected sha256 {FAKE_SHA256}, got "
+        f"{hashlib.sha256(cached.read_bytes()).hexdigest()}",
+    ):
         cifar_resnet_weights("resnet20", cache_dir=tmp_path, base_url=server.url, download=False)
     assert server.requests == []
     assert cifar_resnet_weights("resnet20", cache_dir=tmp_path, base_url=server.url, timeout=TIMEOUT) == cached
@@ -208,8 +212,11 @@ def test_weights_are_resolved_from_a_file_a_search_folder_or_the_shared_folder(
     monkeypatch.setattr(locations, "CHECKOUT_SHARED_DIR", shared)
     assert cifar_resnet_weights("resnet20", download=False).name == "resnet20-local.th"
     monkeypatch.setattr(locations, "CHECKOUT_SHARED_DIR", tmp_path / "no-such-folder")
-    with pytest.raises(FileNotFoundError, match=r"(?s)no weights for resnet20.*downloading is disabled.*"
-                                                r"no-such-folder \(beside the checkout; set \$INVARIANCE_SHARED_DIR"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"(?s)no weights for resnet20.*downloading is disabled.*"
+        r"no-such-folder \(beside the checkout; set \$INVARIANCE_SHARED_DIR",
+    ):
         cifar_resnet_weights("resnet20", search_dirs=[shared], download=False)
 
 
@@ -262,7 +269,9 @@ def test_bad_arguments_are_rejected_early(call, error: type[Exception], match: s
 def test_the_old_name_of_the_weights_finder_still_works_and_warns() -> None:
     from invariance_lightning.models import pretrained
 
-    with pytest.warns(DeprecationWarning, match="resolve_cifar_resnet_weights is deprecated.*use .*cifar_resnet_weights"):
+    with pytest.warns(
+        DeprecationWarning, match="resolve_cifar_resnet_weights is deprecated.*use .*cifar_resnet_weights"
+    ):
         assert pretrained.resolve_cifar_resnet_weights is cifar_resnet_weights
     with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
         pretrained.nothing_here

@@ -69,16 +69,13 @@ def test_results_equal_direct_computation_with_roll_and_normalization():
     sequence = ShiftSequence(max_shift=4, mode="circular")
     m, s = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
     with torch.no_grad():
-        direct = torch.stack(
-            [model((torch.roll(images, (k, k), dims=(-2, -1)) - m) / s) for k in range(5)], dim=1
-        )
+        direct = torch.stack([model((torch.roll(images, (k, k), dims=(-2, -1)) - m) / s) for k in range(5)], dim=1)
     expected = transform_consistency(direct, targets)
     # batch_size 3 < T = 5: one image per chunk, frames split over two forwards
     for batch_size in (3, 5, 256):
         out = evaluate_invariance(model, images, targets, sequence, batch_size=batch_size, normalize=(mean, std))
         for key in expected:
             torch.testing.assert_close(out[key], expected[key], rtol=1e-5, atol=1e-6)
-
 
 
 class CountingLoader:
@@ -122,12 +119,15 @@ def test_evaluate_sequences_reads_a_stream_once_and_equals_direct_computation_pe
 
 def test_evaluate_sequences_rejects_bad_sequences():
     model, images = strided_net(), torch.rand(2, 3, 8, 8)
-    with pytest.raises(ValueError, match="^evaluate_sequences: sequences must be a non-empty mapping .* got an empty mapping$"):
+    with pytest.raises(
+        ValueError, match="^evaluate_sequences: sequences must be a non-empty mapping .* got an empty mapping$"
+    ):
         evaluate_sequences(model, images, None, {})
     with pytest.raises(TypeError, match="^evaluate_sequences: sequences must be a non-empty mapping .* got list$"):
         evaluate_sequences(model, images, None, [ShiftSequence(max_shift=1)])
     with pytest.raises(TypeError, match=r"^evaluate_sequences: sequences\['b'\] must be a TransformSequence"):
         evaluate_sequences(model, images, None, {"a": ShiftSequence(max_shift=1), "b": [(0, 0)]})
+
 
 def test_dataloader_input_uint8_images_and_restored_mode():
     torch.manual_seed(3)
@@ -157,7 +157,9 @@ def test_forward_fn_extracts_logits_from_other_outputs():
     model = DictModel()
     images = torch.rand(4, 3, 12, 12)
     seq = ShiftSequence(max_shift=2)
-    with pytest.raises(TypeError, match=r"^class_logits: the model's outputs must be a floating-point \(N, C\), .* got dict"):
+    with pytest.raises(
+        TypeError, match=r"^class_logits: the model's outputs must be a floating-point \(N, C\), .* got dict"
+    ):
         evaluate_invariance(model, images, None, seq)
     out = evaluate_invariance(model, images, None, seq, forward_fn=lambda m, x: m(x)["logits"])
     expected = evaluate_invariance(model.net, images, None, seq)
@@ -194,7 +196,12 @@ def test_bad_input_is_rejected_early():
 def test_a_frozen_batchnorm_stays_frozen_in_a_training_model(measure):
     torch.manual_seed(4)
     model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
     ).train()
     model[1].eval()  # the user froze this BatchNorm
     statistics = [model[1].running_mean.clone(), model[1].running_var.clone()]

@@ -22,7 +22,13 @@ def test_hand_worked_flip_rate_consistency_and_accuracy():
     target = torch.tensor([0, 2])
     out = transform_consistency(logits, target, top_k=None)
     assert set(out) == {
-        "flip_rate", "consistency", "mac", "per_frame_flip_rate", "accuracy", "worst_case_accuracy", "per_frame_accuracy",
+        "flip_rate",
+        "consistency",
+        "mac",
+        "per_frame_flip_rate",
+        "accuracy",
+        "worst_case_accuracy",
+        "per_frame_accuracy",
     }
     assert out["flip_rate"].item() == pytest.approx(3 / 6)
     torch.testing.assert_close(out["per_frame_flip_rate"], torch.tensor([0.5, 1.0, 0.0]))
@@ -99,14 +105,34 @@ def test_metric_reset_and_empty_batches():
 @pytest.mark.parametrize(
     "logits,target,error,match",
     [
-        (torch.randn(4, 10), None, ValueError, r"^(transform_consistency|TransformConsistency): logits must be a floating-point \(N, T, C\) .*got shape \(4, 10\)$"),
+        (
+            torch.randn(4, 10),
+            None,
+            ValueError,
+            r"^(transform_consistency|TransformConsistency): logits must be a floating-point \(N, T, C\) .*got shape \(4, 10\)$",
+        ),
         (torch.randn(4, 1, 10), None, ValueError, r"T >= 2 frames .* got shape \(4, 1, 10\)$"),
         (torch.full((2, 3, 10), float("nan")), None, ValueError, "NaN or infinite"),
-        (torch.randn(2, 3, 10).index_put((torch.tensor([0]),), torch.tensor(float("inf"))), None, ValueError, "NaN or infinite"),
-        (torch.randn(4, 3, 10), torch.zeros(3, dtype=torch.long), ValueError, r"^(transform_consistency|TransformConsistency): target must be .* of shape \(N,\) = \(4,\), got shape \(3,\)$"),
+        (
+            torch.randn(2, 3, 10).index_put((torch.tensor([0]),), torch.tensor(float("inf"))),
+            None,
+            ValueError,
+            "NaN or infinite",
+        ),
+        (
+            torch.randn(4, 3, 10),
+            torch.zeros(3, dtype=torch.long),
+            ValueError,
+            r"^(transform_consistency|TransformConsistency): target must be .* of shape \(N,\) = \(4,\), got shape \(3,\)$",
+        ),
         (torch.randn(4, 3, 10), torch.tensor([0, 1, 2, 10]), ValueError, r"class indices in \[0, 10\)"),
         (torch.randn(4, 3, 10), torch.tensor([0, 1, 2, -1]), ValueError, r"class indices in \[0, 10\)"),
-        (torch.randn(4, 3, 10), torch.zeros(4), TypeError, r"target must be an integer tensor .* got dtype torch.float32$"),
+        (
+            torch.randn(4, 3, 10),
+            torch.zeros(4),
+            TypeError,
+            r"target must be an integer tensor .* got dtype torch.float32$",
+        ),
         (torch.randint(0, 3, (4, 3, 10)), None, TypeError, "logits must be a floating-point .* got dtype torch.int64$"),
     ],
 )
@@ -173,7 +199,9 @@ def test_hand_worked_mac_follows_the_top1_class_of_the_previous_frame():
 def test_metric_rejects_changing_frame_count_class_count_and_mixed_targets():
     metric = TransformConsistency(num_classes=10)
     metric.update(torch.randn(2, 4, 10))
-    with pytest.raises(ValueError, match=r"^TransformConsistency: logits must have the T=4 frames it has seen .* got T=5$"):
+    with pytest.raises(
+        ValueError, match=r"^TransformConsistency: logits must have the T=4 frames it has seen .* got T=5$"
+    ):
         metric.update(torch.randn(2, 5, 10))
     with pytest.raises(ValueError, match="num_classes=10"):
         metric.update(torch.randn(2, 4, 7))

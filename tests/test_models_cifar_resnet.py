@@ -31,9 +31,7 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor)
     return 100 * correct / len(labels)
 
 
-@pytest.mark.parametrize(
-    ("depth", "params"), [(20, 0.27e6), (32, 0.46e6), (44, 0.66e6), (56, 0.85e6), (110, 1.7e6)]
-)
+@pytest.mark.parametrize(("depth", "params"), [(20, 0.27e6), (32, 0.46e6), (44, 0.66e6), (56, 0.85e6), (110, 1.7e6)])
 def test_parameter_counts_match_he_et_al(depth: int, params: float) -> None:
     # He et al. (2016), Table 6: 0.27M, 0.46M, 0.66M, 0.85M, 1.7M parameters.
     count = sum(p.numel() for p in cifar_resnet(depth).parameters())

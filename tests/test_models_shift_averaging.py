@@ -13,8 +13,10 @@ from invariance_lightning.models.shift_averaging import STRIDE2_SHIFTS, ShiftAve
 def strided_net() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2, padding=1, padding_mode="circular"), nn.ReLU(),
-        nn.Flatten(), nn.Linear(8 * 4 * 4, 5),
+        nn.Conv2d(3, 8, 3, stride=2, padding=1, padding_mode="circular"),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 5),
     ).eval()
 
 
@@ -24,11 +26,16 @@ def test_the_average_equals_the_mean_of_the_shifted_logits_in_one_forward_pass()
     calls = []
     model.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
     averaged = ShiftAveraging(model, STRIDE2_SHIFTS, boundary="zeros", fill=0.5)
-    expected = torch.stack([
-        model(nn.functional.pad(images, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)), value=0.5)[
-            ..., max(-dy, 0) : max(-dy, 0) + 8, max(-dx, 0) : max(-dx, 0) + 8])
-        for dx, dy in STRIDE2_SHIFTS
-    ]).mean(dim=0)
+    expected = torch.stack(
+        [
+            model(
+                nn.functional.pad(images, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)), value=0.5)[
+                    ..., max(-dy, 0) : max(-dy, 0) + 8, max(-dx, 0) : max(-dx, 0) + 8
+                ]
+            )
+            for dx, dy in STRIDE2_SHIFTS
+        ]
+    ).mean(dim=0)
     calls.clear()
     torch.testing.assert_close(averaged(images), expected)
     assert calls == [6 * 4]  # k copies of the batch, one forward pass: the cost is k forwards per image

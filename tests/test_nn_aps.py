@@ -144,7 +144,9 @@ def test_invalid_arguments_and_inputs() -> None:
         APS2d(channels="3")
     with pytest.raises(TypeError, match="leader must be an APS2d, got Identity"):
         APS2dFollower(nn.Identity())
-    with pytest.raises(ValueError, match=r"^APS2d: input must be a floating-point \(N, C, H, W\) tensor, got shape \(2, 4, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"^APS2d: input must be a floating-point \(N, C, H, W\) tensor, got shape \(2, 4, 4\)"
+    ):
         APS2d()(torch.randn(2, 4, 4))
     with pytest.raises(ValueError, match=r"^APS2d: input must have C=3 channels .* got shape \(\d+, 5, "):
         APS2d(3)(torch.randn(1, 5, 4, 4))

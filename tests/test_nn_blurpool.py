@@ -139,10 +139,18 @@ def test_gradients_flow() -> None:
         ({"channels": 0}, ValueError, "^BlurPool2d: channels must be an int >= 1, got 0$"),
         ({"channels": 3, "filter_size": 0}, ValueError, r"^BlurPool2d: filter_size must be an int in \[1, 7\], got 0$"),
         ({"channels": 3, "filter_size": 8}, ValueError, r"^BlurPool2d: filter_size must be an int in \[1, 7\], got 8$"),
-        ({"channels": 3, "filter_size": 3.0}, TypeError, r"^BlurPool2d: filter_size must be an int in \[1, 7\], got float 3.0$"),
+        (
+            {"channels": 3, "filter_size": 3.0},
+            TypeError,
+            r"^BlurPool2d: filter_size must be an int in \[1, 7\], got float 3.0$",
+        ),
         ({"channels": True}, TypeError, "^BlurPool2d: channels must be an int >= 1, got bool True$"),
         ({"channels": 3, "stride": 0}, ValueError, "^BlurPool2d: stride must be an int >= 1, got 0$"),
-        ({"channels": 3, "padding_mode": "wrap"}, ValueError, "^BlurPool2d: padding_mode must be one of .* got 'wrap'$"),
+        (
+            {"channels": 3, "padding_mode": "wrap"},
+            ValueError,
+            "^BlurPool2d: padding_mode must be one of .* got 'wrap'$",
+        ),
         ({"channels": 3, "padding_mode": 0}, TypeError, "^BlurPool2d: padding_mode must be one of .* got int 0$"),
     ],
 )
@@ -153,9 +161,14 @@ def test_invalid_arguments(kwargs: dict, error: type, match: str) -> None:
 
 def test_invalid_inputs() -> None:
     layer = BlurPool2d(3)
-    with pytest.raises(ValueError, match=r"^BlurPool2d: input must be a floating-point \(N, C, H, W\) tensor, got shape \(3, 8, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"^BlurPool2d: input must be a floating-point \(N, C, H, W\) tensor, got shape \(3, 8, 8\)"
+    ):
         layer(torch.randn(3, 8, 8))
-    with pytest.raises(ValueError, match=r"^BlurPool2d: input must have C=3 channels \(N, C, H, W\), got shape \(1, 4, 8, 8\) and dtype torch.float32$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^BlurPool2d: input must have C=3 channels \(N, C, H, W\), got shape \(1, 4, 8, 8\) and dtype torch.float32$",
+    ):
         layer(torch.randn(1, 4, 8, 8))
     with pytest.raises(TypeError, match="floating-point .* got shape .* and dtype torch.int64$"):
         layer(torch.ones(1, 3, 8, 8, dtype=torch.long))

@@ -40,8 +40,12 @@ def test_the_core_raises_nonfinite_logits_error(measure):
 
 def monitor_with_protocols(on_nonfinite: str) -> InvarianceMonitor:
     return InvarianceMonitor(
-        {"shift": ShiftSequence(max_shift=1)}, num_samples=8, log_plots=False, normalize=None,
-        protocols=("aps2021_standard",), on_nonfinite=on_nonfinite,
+        {"shift": ShiftSequence(max_shift=1)},
+        num_samples=8,
+        log_plots=False,
+        normalize=None,
+        protocols=("aps2021_standard",),
+        on_nonfinite=on_nonfinite,
     )
 
 

@@ -141,10 +141,18 @@ def test_version_has_one_source():
 # -- import rules --------------------------------------------------------------------------------------------------
 def test_torch_only_layers_do_not_import_lightning_at_run_time():
     modules = torch_only_modules()
-    assert {"invariance_lightning._compat", "invariance_lightning.validation", "invariance_lightning.diagnostics.report"} <= set(modules)
-    code = "import json, sys\n" + "".join(f"import {m}\n" for m in modules) + (
-        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-        f"{LIGHTNING_MODULES!r} or m.startswith({LIGHTNING_LAYER!r}))))\n"
+    assert {
+        "invariance_lightning._compat",
+        "invariance_lightning.validation",
+        "invariance_lightning.diagnostics.report",
+    } <= set(modules)
+    code = (
+        "import json, sys\n"
+        + "".join(f"import {m}\n" for m in modules)
+        + (
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+            f"{LIGHTNING_MODULES!r} or m.startswith({LIGHTNING_LAYER!r}))))\n"
+        )
     )
     result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert json.loads(result.stdout.splitlines()[-1]) == []
@@ -190,8 +198,11 @@ def test_the_layer_check_finds_upward_and_sideways_imports_also_inside_functions
 def test_the_diagram_of_docs_architecture_lists_the_layers_in_their_order():
     text = (PACKAGE_DIR.parent / "docs" / "architecture.md").read_text()
     diagram = text[text.index("torch-only layers (never import") : text.index("```", text.index("torch-only layers"))]
-    drawn = [tuple(w.strip("/").removesuffix(".py") for w in line.split() if w.endswith(("/", ".py"))) for line in
-             diagram.splitlines()[1:] if line.strip()]
+    drawn = [
+        tuple(w.strip("/").removesuffix(".py") for w in line.split() if w.endswith(("/", ".py")))
+        for line in diagram.splitlines()[1:]
+        if line.strip()
+    ]
     assert [row for row in drawn if row] == list(reversed(TORCH_ONLY_LAYERS))
 
 

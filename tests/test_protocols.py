@@ -101,8 +101,13 @@ def band_limited_shift(images: Tensor, dx: float, dy: float) -> Tensor:
 
 
 def test_protocol_definitions_match_the_authors_code():
-    assert list(PROTOCOLS) == ["zhang2019", "aps2021_standard", "aps2021_circular", "afc2023_adversarial",
-                               "imagenet_p_flip"]
+    assert list(PROTOCOLS) == [
+        "zhang2019",
+        "aps2021_standard",
+        "aps2021_circular",
+        "afc2023_adversarial",
+        "imagenet_p_flip",
+    ]
     zhang, standard, circular = PROTOCOLS["zhang2019"], PROTOCOLS["aps2021_standard"], PROTOCOLS["aps2021_circular"]
     # np.random.randint(-3, 3) window offsets s (high exclusive): content moves by -s when cropping the 3-px
     # zero-padded image, by +s under torch.roll; Zhang's randint(2 * pad) window offsets give the same [-2, 3].
@@ -350,14 +355,26 @@ def test_model_runs_in_eval_mode_without_grad_and_modes_are_restored():
     ("kwargs", "error", "match"),
     [
         ({"name": "zhang"}, ValueError, "valid protocols: zhang2019, aps2021_standard"),
-        ({"images": torch.rand(0, 3, 32, 32)}, ValueError, r"^aps2021_circular: images must hold at least one image, got shape \(0, 3, 32, 32\)$"),
+        (
+            {"images": torch.rand(0, 3, 32, 32)},
+            ValueError,
+            r"^aps2021_circular: images must hold at least one image, got shape \(0, 3, 32, 32\)$",
+        ),
         ({"images": torch.rand(2, 32, 32)}, ValueError, r"\(N, C, H, W\)"),
         ({"images": torch.randn(2, 3, 32, 32)}, ValueError, r"\[0, 1\]"),
         ({"images": torch.ones(2, 3, 32, 32, dtype=torch.int32)}, TypeError, "uint8 or floating"),
-        ({"images": torch.rand(2, 3, 16, 16), "name": "afc2023_adversarial"}, ValueError, "^afc2023_adversarial: its integer grid must fit the 16x16 images, got "),
+        (
+            {"images": torch.rand(2, 3, 16, 16), "name": "afc2023_adversarial"},
+            ValueError,
+            "^afc2023_adversarial: its integer grid must fit the 16x16 images, got ",
+        ),
         ({"images": torch.rand(2, 3, 3, 3)}, ValueError, "does not fit 3x3"),
         ({"targets": None, "name": "afc2023_adversarial"}, ValueError, "targets"),
-        ({"targets": torch.zeros(3, dtype=torch.long)}, ValueError, r"^aps2021_circular: targets must be None or of shape \(N,\) = \(2,\), got shape \(3,\)"),
+        (
+            {"targets": torch.zeros(3, dtype=torch.long)},
+            ValueError,
+            r"^aps2021_circular: targets must be None or of shape \(N,\) = \(2,\), got shape \(3,\)",
+        ),
         ({"targets": torch.tensor([0, 10])}, ValueError, "class indices"),
         ({"indices": torch.tensor([0, -1])}, ValueError, "indices"),
         ({"seed": 1.5}, TypeError, "seed"),
@@ -366,19 +383,25 @@ def test_model_runs_in_eval_mode_without_grad_and_modes_are_restored():
     ],
 )
 def test_bad_input_is_rejected_with_a_clear_error(kwargs, error, match):
-    arguments = {"model": pointwise_gap_net(relu=False), "images": torch.rand(2, 3, 32, 32),
-                 "targets": torch.tensor([0, 1]), "name": "aps2021_circular", **kwargs}
+    arguments = {
+        "model": pointwise_gap_net(relu=False),
+        "images": torch.rand(2, 3, 32, 32),
+        "targets": torch.tensor([0, 1]),
+        "name": "aps2021_circular",
+        **kwargs,
+    }
     model = arguments.pop("model")
     if not isinstance(model, nn.Module):
         model = type("Lambda", (nn.Module,), {"forward": lambda self, x, f=model: f(x)})()
     with pytest.raises(error, match=match):
-        evaluate_protocol(model, arguments.pop("images"), arguments.pop("targets"), arguments.pop("name"),
-                          **arguments)
+        evaluate_protocol(model, arguments.pop("images"), arguments.pop("targets"), arguments.pop("name"), **arguments)
 
 
 def test_bad_definitions_are_rejected():
     base = PROTOCOLS["aps2021_circular"]
-    with pytest.raises(ValueError, match=r"^aps2021_circular: shift_range must be a \(low, high\) pair .* got \(2, -3\)$"):
+    with pytest.raises(
+        ValueError, match=r"^aps2021_circular: shift_range must be a \(low, high\) pair .* got \(2, -3\)$"
+    ):
         dataclasses.replace(base, shift_range=(2, -3))
     with pytest.raises(TypeError, match=r"^aps2021_circular: shift_range must be .* got \(-2.0, 3\)$"):
         dataclasses.replace(base, shift_range=(-2.0, 3))

@@ -21,8 +21,12 @@ def model() -> nn.Module:
 
 @pytest.mark.parametrize(
     ("name", "with_targets"),
-    [(name, with_targets) for name in sorted(PROTOCOLS) for with_targets in (True, False)
-     if with_targets or not PROTOCOLS[name].needs_targets],  # a protocol that needs targets always has them
+    [
+        (name, with_targets)
+        for name in sorted(PROTOCOLS)
+        for with_targets in (True, False)
+        if with_targets or not PROTOCOLS[name].needs_targets
+    ],  # a protocol that needs targets always has them
 )
 def test_count_names_list_every_count(name, with_targets):
     images, targets = torch.rand(2, 3, 64, 64), torch.tensor([0, 3])

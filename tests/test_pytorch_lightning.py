@@ -33,8 +33,12 @@ NORMALIZE = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 def tiny_net() -> nn.Module:
     """A strided CNN without global pooling: far from shift invariant, and varied predictions untrained."""
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(8 * 4 * 4, NUM_CLASSES),
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, NUM_CLASSES),
     )
 
 
@@ -53,7 +57,9 @@ class PLClassifier(ClassifierSteps, pl.LightningModule):
 def images_and_targets(num_images: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Tiny 16x16 images in [0, 1] and their targets."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.rand(num_images, 3, 16, 16, generator=generator), torch.randint(0, NUM_CLASSES, (num_images,), generator=generator)
+    return torch.rand(num_images, 3, 16, 16, generator=generator), torch.randint(
+        0, NUM_CLASSES, (num_images,), generator=generator
+    )
 
 
 class PLDataModule(pl.LightningDataModule):
@@ -61,7 +67,11 @@ class PLDataModule(pl.LightningDataModule):
 
     def __init__(self) -> None:
         super().__init__()
-        self.data = {"train": images_and_targets(32, 1), "val": images_and_targets(16, 2), "test": images_and_targets(16, 3)}
+        self.data = {
+            "train": images_and_targets(32, 1),
+            "val": images_and_targets(16, 2),
+            "test": images_and_targets(16, 3),
+        }
 
     def _loader(self, split: str) -> DataLoader:
         return DataLoader(TensorDataset(*self.data[split]), batch_size=8)
@@ -78,15 +88,24 @@ class PLDataModule(pl.LightningDataModule):
 
 def pl_trainer(tmp_path, **kwargs) -> pl.Trainer:
     options = dict(
-        default_root_dir=tmp_path, max_epochs=2, accelerator="cpu", devices=1, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
         deterministic=True,
     )
     return pl.Trainer(**{**options, **kwargs})
 
 
 def monitor(**kwargs) -> InvarianceMonitor:
-    return InvarianceMonitor(**{"num_samples": 12, "batch_size": 8, "log_plots": False, "normalize": NORMALIZE, **kwargs})
+    return InvarianceMonitor(
+        **{"num_samples": 12, "batch_size": 8, "log_plots": False, "normalize": NORMALIZE, **kwargs}
+    )
 
 
 @pytest.fixture
@@ -138,7 +157,9 @@ def test_is_overridden_recognises_the_classes_of_both_packages():
     assert packages.is_overridden("transfer_batch_to_device", LightningTransferring())
     assert not packages.is_overridden("transfer_batch_to_device", lightning.pytorch.LightningDataModule())
     assert packages.is_overridden("training_step", PLClassifier(nn.Identity()))
-    assert packages.is_overridden("state_dict", monitor()) and not packages.is_overridden("state_dict", InvarianceReport())
+    assert packages.is_overridden("state_dict", monitor()) and not packages.is_overridden(
+        "state_dict", InvarianceReport()
+    )
     with pytest.raises(TypeError, match="expected a LightningModule, LightningDataModule or Callback.*got Module"):
         packages.is_overridden("forward", nn.Module())
 
@@ -175,7 +196,10 @@ def test_pytorch_lightning_wandb_logger_receives_the_media(tmp_path, monkeypatch
 
     monkeypatch.setattr(run, "log", spy)
     trainer = pl_trainer(
-        tmp_path, max_epochs=1, limit_train_batches=2, logger=FaultTolerantLogger(logger) if wrap else logger,
+        tmp_path,
+        max_epochs=1,
+        limit_train_batches=2,
+        logger=FaultTolerantLogger(logger) if wrap else logger,
         callbacks=[monitor(log_plots=True)],
     )
     trainer.fit(PLClassifier(tiny_net()), datamodule=PLDataModule())
@@ -204,7 +228,9 @@ def test_pytorch_lightning_tensorboard_logger_receives_the_figures(tmp_path, mon
         tmp_path, max_epochs=1, limit_train_batches=2, logger=logger, callbacks=[monitor(log_plots=True)]
     )
     trainer.fit(PLClassifier(tiny_net()), datamodule=PLDataModule())
-    assert {"invariance_plots/shift/per_frame", "invariance_plots/scale/per_frame", "invariance_plots/history"} <= set(keys)
+    assert {"invariance_plots/shift/per_frame", "invariance_plots/scale/per_frame", "invariance_plots/history"} <= set(
+        keys
+    )
 
 
 def test_report_under_pytorch_lightning_test_equals_evaluate_invariance(tmp_path):
@@ -224,7 +250,9 @@ def test_report_under_pytorch_lightning_test_equals_evaluate_invariance(tmp_path
             model, images, targets, sequence, batch_size=8, normalize=NORMALIZE, num_classes=NUM_CLASSES
         )
         for metric in ("flip_rate", "consistency", "mac", "top5_distance", "accuracy", "worst_case_accuracy"):
-            assert metrics[f"invariance_report/test/{name}/{metric}"] == pytest.approx(float(expected[metric]), abs=1e-6)
+            assert metrics[f"invariance_report/test/{name}/{metric}"] == pytest.approx(
+                float(expected[metric]), abs=1e-6
+            )
             assert float(report.results[name][metric]) == pytest.approx(float(expected[metric]), abs=1e-6)
     assert 0 < metrics["invariance_report/test/shift/flip_rate"] < 1, "a network with something to measure"
     assert (tmp_path / "report" / "invariance_report.json").exists()

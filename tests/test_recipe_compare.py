@@ -98,17 +98,28 @@ class Stage:
 
 def finished(output: Path) -> Stage:
     columns, rows = read_rows(output)
-    return Stage(output, columns, rows, (output / "comparison.md").read_text(),
-                 json.loads((output / "comparison.json").read_text()))
+    return Stage(
+        output,
+        columns,
+        rows,
+        (output / "comparison.md").read_text(),
+        json.loads((output / "comparison.json").read_text()),
+    )
 
 
 # -- a tiny comparison of two variants on the shared CIFAR-10 ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def shared_tiny(cifar10_dir, tmp_path_factory) -> Stage:
     output = tmp_path_factory.mktemp("shared_tiny") / "out"
-    settings = ComparisonSettings(REPO_ROOT, variants=["plain", "blur"], preset="tiny", no_wandb=True,
-                                  data_dir=cifar10_dir, output=output,
-                                  command="python recipes/compare.py --preset tiny")
+    settings = ComparisonSettings(
+        REPO_ROOT,
+        variants=["plain", "blur"],
+        preset="tiny",
+        no_wandb=True,
+        data_dir=cifar10_dir,
+        output=output,
+        command="python recipes/compare.py --preset tiny",
+    )
     assert run_comparison(plan_comparison(settings)) == output / "comparison.md"
     return finished(output)
 
@@ -190,9 +201,27 @@ class Scenario:
 @pytest.fixture(scope="module")
 def scenario(generated_cifar, tmp_path_factory) -> Scenario:
     recipe = runpy.run_path(str(REPO_ROOT / "recipes" / "compare.py"), run_name="compare_recipe")
-    base = ["--preset", "tiny", "--variants", "plain", "--epochs", "2", "--train_subset", "64", "--test_images", "16",
-            "--no_wandb", "--data_dir", str(generated_cifar), "--monitor_samples", "24",
-            "--protocols", "aps2021_circular", "--seed", "3"]
+    base = [
+        "--preset",
+        "tiny",
+        "--variants",
+        "plain",
+        "--epochs",
+        "2",
+        "--train_subset",
+        "64",
+        "--test_images",
+        "16",
+        "--no_wandb",
+        "--data_dir",
+        str(generated_cifar),
+        "--monitor_samples",
+        "24",
+        "--protocols",
+        "aps2021_circular",
+        "--seed",
+        "3",
+    ]
     return Scenario(recipe["main"], tmp_path_factory.mktemp("scenario") / "out", base)
 
 
@@ -222,8 +251,11 @@ def reused(scenario, resumed) -> Stage:
 
 
 def test_an_interrupted_run_is_tabulated_with_the_epochs_it_finished(interrupted):
-    assert (interrupted.row["training"], interrupted.row["epochs"], interrupted.row["test_images"]) == \
-        ("trained", "1", "16")
+    assert (interrupted.row["training"], interrupted.row["epochs"], interrupted.row["test_images"]) == (
+        "trained",
+        "1",
+        "16",
+    )
 
 
 def test_the_config_copy_gets_the_monitor_samples_of_the_command_line(scenario, interrupted):
@@ -278,8 +310,9 @@ def test_published_protocol_columns_come_before_the_monitor_columns(reused):
     assert " aps2021_circular_consistency |" in reused.markdown
 
 
-def test_published_protocol_numbers_equal_the_protocol_on_the_same_seeded_test_images(scenario, reused,
-                                                                                    generated_cifar):
+def test_published_protocol_numbers_equal_the_protocol_on_the_same_seeded_test_images(
+    scenario, reused, generated_cifar
+):
     images, labels = CIFARDataModule(data_dir=generated_cifar).split_arrays("test", 16, seed=3)
     loaded = load_classifier(scenario.run_dir / "checkpoints" / "last.ckpt")
     expected = evaluate_protocol(loaded.model, images, labels, "aps2021_circular", normalize=loaded.normalize, seed=3)
@@ -311,20 +344,35 @@ def test_the_record_rebuilds_the_tables_in_a_clone_without_the_run(scenario, reu
 
 
 def test_a_record_made_with_other_settings_is_not_used(scenario, reused, generated_cifar):
-    same = ComparisonSettings(REPO_ROOT, variants=["plain"], preset="tiny", epochs=2, train_subset=64, test_images=16,
-                              monitor_samples=24, no_wandb=True, data_dir=generated_cifar, output=scenario.output,
-                              protocols=["aps2021_circular"], seed=3, reuse=True)
+    same = ComparisonSettings(
+        REPO_ROOT,
+        variants=["plain"],
+        preset="tiny",
+        epochs=2,
+        train_subset=64,
+        test_images=16,
+        monitor_samples=24,
+        no_wandb=True,
+        data_dir=generated_cifar,
+        output=scenario.output,
+        protocols=["aps2021_circular"],
+        seed=3,
+        reuse=True,
+    )
     assert plan_comparison(same).actions == {"plain": "recorded"}
     other_seed = replace(same, seed=4)  # other test images, other random shifts
     assert plan_comparison(other_seed).actions == {"plain": "reused"}  # the run is reused, its record is not
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--variants", "plain", "antialiased"], "valid variants"),
-    (["--family", "mnist"], "'imagenette'"),
-    (["--monitor_samples", "-3"], "argument --monitor_samples/--monitor-samples: must be an int >= 1, got '-3'"),
-    (["--seed", "-1"], "argument --seed: must be an int >= 0, got '-1'"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--variants", "plain", "antialiased"], "valid variants"),
+        (["--family", "mnist"], "'imagenette'"),
+        (["--monitor_samples", "-3"], "argument --monitor_samples/--monitor-samples: must be an int >= 1, got '-3'"),
+        (["--seed", "-1"], "argument --seed: must be an int >= 0, got '-1'"),
+    ],
+)
 def test_bad_command_lines_exit_with_status_2_and_say_what_is_valid(argv, message, capsys):
     main = runpy.run_path(str(REPO_ROOT / "recipes" / "compare.py"), run_name="compare_recipe")["main"]
     with pytest.raises(SystemExit) as stop:
@@ -360,8 +408,12 @@ def test_config_copy_moves_the_run_directory_and_groups_wandb(tmp_path):
     assert config["trainer"]["default_root_dir"] == str(run_dir)
     assert comparison.checkpoint_path(config) == run_dir / "checkpoints" / "last.ckpt"
     wandb_logger, csv_logger = config["trainer"]["logger"]
-    assert wandb_logger["init_args"] == {**wandb_logger["init_args"], "group": "compare_x", "name": "aps",
-                                         "save_dir": str(run_dir)}
+    assert wandb_logger["init_args"] == {
+        **wandb_logger["init_args"],
+        "group": "compare_x",
+        "name": "aps",
+        "save_dir": str(run_dir),
+    }
     assert csv_logger == {"class_path": CSV_LOGGER, "init_args": {"save_dir": str(run_dir)}}
     monitor = comparison.find_callback(config, "InvarianceMonitor")["init_args"]
     assert monitor == {**COMPARISON_PRESETS["quick"].monitor, "batch_size": 256}
@@ -372,10 +424,18 @@ def test_config_copy_moves_the_run_directory_and_groups_wandb(tmp_path):
 def test_the_monitor_history_is_the_last_monitors_that_measured_and_its_last_values_are_read(tmp_path):
     first = [{"epoch": 0, "values": {"val/shift/flip_rate": 0.5}}]
     last = [{"epoch": 0, "values": {"val/shift/flip_rate": 0.3}}, {"epoch": 1, "values": {"val/shift/flip_rate": 0.25}}]
-    torch.save({"state_dict": {}, "epoch": 1,
-                "callbacks": {"InvarianceMonitor{'prefix': 'a'}": {"history": first},
-                              "InvarianceMonitor{'prefix': 'b'}": {"history": last},
-                              "InvarianceMonitor{'prefix': 'c'}": {"history": []}}}, tmp_path / "last.ckpt")
+    torch.save(
+        {
+            "state_dict": {},
+            "epoch": 1,
+            "callbacks": {
+                "InvarianceMonitor{'prefix': 'a'}": {"history": first},
+                "InvarianceMonitor{'prefix': 'b'}": {"history": last},
+                "InvarianceMonitor{'prefix': 'c'}": {"history": []},
+            },
+        },
+        tmp_path / "last.ckpt",
+    )
     history = comparison.monitor_history(read_checkpoint(tmp_path / "last.ckpt"))
     assert history == last  # the last monitor that measured
     assert comparison.last_monitored(history)["val/shift/flip_rate"] == 0.25
@@ -404,7 +464,9 @@ def test_imagenette_data_plumbing_on_generated_folders(tmp_path):
             for i in range(per_class):
                 Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     config = yaml.safe_load((REPO_ROOT / "configs" / "imagenette" / "resnet18_plain.yaml").read_text())
-    data = comparison.prepare_data(REPO_ROOT, "imagenette", tmp_path / "imagenette", COMPARISON_PRESETS["quick"], config, seed=0)
+    data = comparison.prepare_data(
+        REPO_ROOT, "imagenette", tmp_path / "imagenette", COMPARISON_PRESETS["quick"], config, seed=0
+    )
     assert data.preset.train_subset is None  # 6 training images < the preset's 2,000: all of them
     assert data.preset.test_images is None and "all test images" in data.preset.describe()  # 4 < 1,000
     assert data.overrides == {"root": str(tmp_path / "imagenette")}
@@ -426,8 +488,15 @@ def test_a_record_stands_only_for_a_finished_run_and_its_own_checkpoint(tmp_path
 
 
 def plan_cifar_variant(name: str, preset: comparison.Preset, folder: Path, weights_dirs=()) -> comparison.VariantRun:
-    return comparison.plan_variant(name, REPO_ROOT / "configs" / "cifar10" / f"resnet20_{name}.yaml", folder / name,
-                                   preset, {}, None, list(weights_dirs))
+    return comparison.plan_variant(
+        name,
+        REPO_ROOT / "configs" / "cifar10" / f"resnet20_{name}.yaml",
+        folder / name,
+        preset,
+        {},
+        None,
+        list(weights_dirs),
+    )
 
 
 def test_the_preset_caps_the_epochs_and_a_config_planned_for_fewer_keeps_its_own(tmp_path):
@@ -445,7 +514,9 @@ def test_fine_tuning_weights_are_resolved_to_a_file_when_planning(tmp_path):
     weights.mkdir()
     (weights / "resnet20-local.th").write_bytes(b"weights")
     finetuned = plan_cifar_variant("finetuned_blur_consistency", COMPARISON_PRESETS["cpu-full"], tmp_path, [weights])
-    assert finetuned.fit_args[finetuned.fit_args.index("--model.init_weights") + 1] == str(weights / "resnet20-local.th")
+    assert finetuned.fit_args[finetuned.fit_args.index("--model.init_weights") + 1] == str(
+        weights / "resnet20-local.th"
+    )
     augmented = plan_cifar_variant("augmented", COMPARISON_PRESETS["cpu-full"], tmp_path, [weights])
     assert "--model.init_weights" not in augmented.fit_args
 
@@ -461,8 +532,16 @@ def test_missing_fine_tuning_weights_fail_when_planning_before_anything_trains(t
 
 def fake_run(tmp_path: Path) -> comparison.VariantRun:
     """A planned variant whose checkpoint the fake CLI below writes."""
-    return comparison.VariantRun("plain", tmp_path / "c.yaml", {"trainer": {}}, tmp_path / "run" / "c.yaml",
-                                 tmp_path / "run", tmp_path / "run" / "last.ckpt", 1, ["--trainer.max_epochs", "1"])
+    return comparison.VariantRun(
+        "plain",
+        tmp_path / "c.yaml",
+        {"trainer": {}},
+        tmp_path / "run" / "c.yaml",
+        tmp_path / "run",
+        tmp_path / "run" / "last.ckpt",
+        1,
+        ["--trainer.max_epochs", "1"],
+    )
 
 
 def test_training_hands_the_cli_its_arguments_and_leaves_sys_argv_alone(tmp_path, monkeypatch):
@@ -475,15 +554,21 @@ def test_training_hands_the_cli_its_arguments_and_leaves_sys_argv_alone(tmp_path
     monkeypatch.setattr(sys, "argv", ["pytest", "--some", "option"])
     monkeypatch.setattr(comparison_training, "cli_main", cli)
     comparison.train(fake_run(tmp_path), "resumed")
-    assert seen == [(["fit", "--config", str(tmp_path / "run" / "c.yaml"), "--trainer.max_epochs", "1",
-                      "--ckpt_path", "last"], ["pytest", "--some", "option"])]
+    assert seen == [
+        (
+            ["fit", "--config", str(tmp_path / "run" / "c.yaml"), "--trainer.max_epochs", "1", "--ckpt_path", "last"],
+            ["pytest", "--some", "option"],
+        )
+    ]
     assert sys.argv == ["pytest", "--some", "option"]
     assert yaml.safe_load((tmp_path / "run" / "c.yaml").read_text()) == {"trainer": {}}  # the config copy
 
 
 def test_only_lightning_clis_warning_about_sys_argv_is_silenced_while_training(tmp_path, monkeypatch):
     def cli(argv):
-        warnings.warn("LightningCLI's args parameter is intended to run from within Python ...", UserWarning, stacklevel=1)
+        warnings.warn(
+            "LightningCLI's args parameter is intended to run from within Python ...", UserWarning, stacklevel=1
+        )
         warnings.warn("something else", UserWarning, stacklevel=1)
         (tmp_path / "run" / "last.ckpt").write_bytes(b"")
 

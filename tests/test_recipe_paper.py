@@ -144,8 +144,15 @@ def generated(tmp_path_factory) -> tuple[Path, Path]:
     # lr 0.05 for 10 steps: enough for predictions that differ between images and shifts (a fresh network
     # predicts one class for every noise image)
     model = ImageClassifier("cifar_resnet20", augmentation="none", schedule="none", lr=0.05)
-    trainer = pl.Trainer(max_steps=10, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer = pl.Trainer(
+        max_steps=10,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(model, datamodule=datamodule)
     trainer.save_checkpoint(folder / "model.ckpt")
     return folder, folder / "model.ckpt"
@@ -156,8 +163,23 @@ def test_recipe_end_to_end_on_a_generated_checkpoint(generated, tmp_path, monkey
     data_dir, checkpoint = generated
     monkeypatch.chdir(tmp_path)
     protocols = ["shift_circular", "shift_crop"]
-    report = recipe["main"](["--checkpoint", str(checkpoint), "--data_dir", str(data_dir), "--num_images", "32",
-                             "--layer_images", "4", "--protocols", *protocols, "aps2021_circular", "--seed", "2"])
+    report = recipe["main"](
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--data_dir",
+            str(data_dir),
+            "--num_images",
+            "32",
+            "--layer_images",
+            "4",
+            "--protocols",
+            *protocols,
+            "aps2021_circular",
+            "--seed",
+            "2",
+        ]
+    )
     assert report == Path("results/paper/model/report.md")  # the default output folder, under the cwd
     payload = json.loads(report.with_name("report.json").read_text())
     markdown = check_outputs(report, payload, set(protocols))
@@ -173,8 +195,9 @@ def test_recipe_end_to_end_on_a_generated_checkpoint(generated, tmp_path, monkey
     # the published protocol on the test images, with their positions as indices and the recipe's --seed
     images, labels = datamodule.split_arrays("test", 24, seed=2)
     published = payload["published_protocols"]["aps2021_circular"]
-    assert published["results"] == evaluate_protocol(model, images, labels, "aps2021_circular",
-                                                     normalize=CIFAR_STATS["cifar10"], seed=2)
+    assert published["results"] == evaluate_protocol(
+        model, images, labels, "aps2021_circular", normalize=CIFAR_STATS["cifar10"], seed=2
+    )
     assert 0 < published["results"]["consistency"] < 1
     assert "### Published protocols" in markdown and "| aps2021_circular | 24 | consistency " in markdown
     flip_rates = []
@@ -226,9 +249,16 @@ def test_checkpoint_model_checks_its_data_and_normalizes_old_checkpoints_with_it
     def save(name: str, num_classes: int, datamodule: dict) -> Path:  # no input_normalization: an old checkpoint
         model = ImageClassifier("cifar_resnet20", num_classes=num_classes, augmentation="none")
         path = tmp_path / f"{name}.ckpt"
-        torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "epoch": 0,
-                    "pytorch-lightning_version": lightning.__version__, "datamodule_hyper_parameters": datamodule},
-                   path)
+        torch.save(
+            {
+                "state_dict": model.state_dict(),
+                "hyper_parameters": dict(model.hparams),
+                "epoch": 0,
+                "pytorch-lightning_version": lightning.__version__,
+                "datamodule_hyper_parameters": datamodule,
+            },
+            path,
+        )
         return path
 
     loaded = load_checkpoint_model(save("c100", 100, {"name": "cifar100", "val_split": 0, "seed": 3}))
@@ -270,8 +300,9 @@ def fresh_machine(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache" / "invariance_lightning"
 
 
-def test_main_job_downloads_data_and_weights_on_a_fresh_machine(generated, trained_resnet20, fresh_machine, tmp_path,
-                                                                 monkeypatch):
+def test_main_job_downloads_data_and_weights_on_a_fresh_machine(
+    generated, trained_resnet20, fresh_machine, tmp_path, monkeypatch
+):
     downloads = []
 
     class TorchvisionCIFAR10:  # stands in for torchvision.datasets.CIFAR10 (no internet here)
@@ -303,8 +334,9 @@ def test_main_job_downloads_data_and_weights_on_a_fresh_machine(generated, train
     assert float(results["shift_circular"]["flip_rate"]) > 0  # a non-trivial comparison
 
 
-def test_explicit_then_shared_weights_win_over_cache_and_download(trained_resnet20, fresh_machine, tmp_path,
-                                                                    monkeypatch):
+def test_explicit_then_shared_weights_win_over_cache_and_download(
+    trained_resnet20, fresh_machine, tmp_path, monkeypatch
+):
     shared = tmp_path / "shared"
     (shared / "weights" / "cifar10-resnet").mkdir(parents=True)
     (shared / "weights" / "cifar10-resnet" / "resnet20-shared.th").write_bytes(trained_resnet20)
@@ -353,7 +385,8 @@ def test_the_quick_preset_measures_the_paper_sequences_and_the_full_preset_adds_
     chosen = PaperSettings(preset="full", protocols=("scale", "zhang2019")).chosen_protocols()
     assert chosen == (["scale"], ["zhang2019"])  # given protocols replace the preset's
     assert PaperSettings(preset="full", num_images=7).sizes() == PAPER_PRESETS["full"].__class__(
-        7, 7, PAPER_PRESETS["full"].layers, tuple(PUBLISHED))
+        7, 7, PAPER_PRESETS["full"].layers, tuple(PUBLISHED)
+    )
 
 
 def test_settings_refuse_no_sequence_an_unknown_protocol_and_an_unknown_preset():

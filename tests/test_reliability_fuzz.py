@@ -144,7 +144,11 @@ def expected_shifts(kwargs: dict[str, Any]) -> list[tuple[float, float]]:
     count = round(kwargs["max_shift"] / kwargs["step"])
     offsets = [k * kwargs["step"] for k in range(count + 1)]
     if kwargs["grid"]:  # one row per dy; even rows left to right, odd rows right to left
-        return [(float(dx), float(dy)) for row, dy in enumerate(offsets) for dx in (offsets if row % 2 == 0 else offsets[::-1])]
+        return [
+            (float(dx), float(dy))
+            for row, dy in enumerate(offsets)
+            for dx in (offsets if row % 2 == 0 else offsets[::-1])
+        ]
     unit = {"diagonal": (1, 1), "horizontal": (1, 0), "vertical": (0, 1)}[kwargs["direction"]]
     return [(float(d * unit[0]), float(d * unit[1])) for d in offsets]
 
@@ -159,7 +163,11 @@ def test_sequence_construction(case):
         assert [(float(dx), float(dy)) for dx, dy in sequence.shifts] == expected_shifts(kwargs)
     else:
         assert sequence.factors == [float(f) for f in kwargs["factors"]]
-    assert (sequence.mode, sequence.fill, sequence.embed) == (kwargs["mode"], float(kwargs["fill"]), kwargs.get("embed"))
+    assert (sequence.mode, sequence.fill, sequence.embed) == (
+        kwargs["mode"],
+        float(kwargs["fill"]),
+        kwargs.get("embed"),
+    )
     assert len(sequence.frame_values) == len(sequence.frame_labels) == len(sequence) >= 2
     assert all(math.isfinite(v) for v in sequence.frame_values)
     assert sequence == build(kwargs) and hash(sequence) == hash(build(kwargs))
@@ -293,7 +301,9 @@ def check_frame(sequence: ShiftSequence | ScaleSequence, images: Tensor, index: 
         return
     if isinstance(sequence, ShiftSequence) and sequence.mode == "circular":
         # a band-limited circular shift keeps every channel's mean (the spectrum's DC term)
-        torch.testing.assert_close(frame.double().mean((-2, -1)), canvas.double().mean((-2, -1)), atol=tolerance(images), rtol=0)
+        torch.testing.assert_close(
+            frame.double().mean((-2, -1)), canvas.double().mean((-2, -1)), atol=tolerance(images), rtol=0
+        )
         return
     if isinstance(sequence, ScaleSequence) and sequence.mode == "zeros" and sequence.embed is None:
         # a shrunk image is centred on fill: everything outside its box is exactly fill
@@ -336,11 +346,22 @@ def test_frame(sequence, shape, dtype, data):
         else:
             rejects(lambda: sequence.frame(images, index), ValueError, f"{height}x{width}", problem)
     index = data.draw(st.integers(0, len(sequence) - 1), "index")
-    bad_images = [(images.to(torch.uint8), TypeError), (images.to(torch.bool), TypeError), (images.tolist(), TypeError),
-                  (images.flatten(0, 1), ValueError), (images[None], ValueError)]
+    bad_images = [
+        (images.to(torch.uint8), TypeError),
+        (images.to(torch.bool), TypeError),
+        (images.tolist(), TypeError),
+        (images.flatten(0, 1), ValueError),
+        (images[None], ValueError),
+    ]
     for bad, error in bad_images:
         rejects(lambda: sequence.frame(bad, index), error, "images", f"images {type(bad).__name__}")
-    for bad, error in ((-1, IndexError), (len(sequence), IndexError), (50, IndexError), (0.0, TypeError), (True, TypeError)):
+    for bad, error in (
+        (-1, IndexError),
+        (len(sequence), IndexError),
+        (50, IndexError),
+        (0.0, TypeError),
+        (True, TypeError),
+    ):
         rejects(lambda: sequence.frame(images, bad), error, "index", f"index {bad!r}")
 
 
@@ -354,8 +375,12 @@ def test_circular_integer_shift_equals_torch_roll(data, height, width, dtype):
     assert torch.equal(sequence.frame(images, 1), torch.roll(images, shifts=(dy, dx), dims=(-2, -1)))
     assert torch.equal(sequence.frame(images, 0), images)
     for too_far in ((width, dy), (-width, dy), (dx, height), (dx, -height)):
-        rejects(lambda: ShiftSequence(shifts=[(0, 0), too_far], mode="circular").frame(images, 1), ValueError,
-                f"{height}x{width}", f"shift {too_far}")
+        rejects(
+            lambda: ShiftSequence(shifts=[(0, 0), too_far], mode="circular").frame(images, 1),
+            ValueError,
+            f"{height}x{width}",
+            f"shift {too_far}",
+        )
 
 
 # -- metrics -------------------------------------------------------------------------------------
@@ -376,17 +401,28 @@ def metric_cases(draw) -> tuple[Tensor, Tensor | None, int | None]:
 def invalid_metric_inputs(logits: Tensor, target: Tensor | None) -> list[tuple[str, Any, Any, type[Exception]]]:
     """Every (argument, logits, target, documented error) obtained by breaking one of the valid inputs."""
     cases: list[tuple[str, Any, Any, type[Exception]]] = []
-    for bad, error in ((logits.tolist(), TypeError), (None, TypeError), (logits.to(torch.int64), TypeError),
-                       (logits[0], ValueError), (logits[None], ValueError), (logits[:, :1], ValueError),
-                       (logits[:, :, :0], ValueError), (logits[:0], ValueError)):
+    for bad, error in (
+        (logits.tolist(), TypeError),
+        (None, TypeError),
+        (logits.to(torch.int64), TypeError),
+        (logits[0], ValueError),
+        (logits[None], ValueError),
+        (logits[:, :1], ValueError),
+        (logits[:, :, :0], ValueError),
+        (logits[:0], ValueError),
+    ):
         cases.append(("logits", bad, None, error))
     for value in NON_FINITE:
         broken = logits.clone()
         broken.view(-1)[broken.numel() // 2] = value
         cases.append(("logits", broken, None, ValueError))
     if target is not None:
-        for bad, error in ((target.float(), TypeError), (target.tolist(), TypeError), (target[:-1], ValueError),
-                           (target[None], ValueError)):
+        for bad, error in (
+            (target.float(), TypeError),
+            (target.tolist(), TypeError),
+            (target[:-1], ValueError),
+            (target[None], ValueError),
+        ):
             cases.append(("target", logits, bad, error))
         for value in (-1, logits.shape[2]):  # outside [0, C)
             broken = target.clone()
@@ -413,8 +449,12 @@ def independent_metrics(logits: Tensor, target: Tensor | None, top_k: int | None
     transitions = [(i, t) for i in range(num_images) for t in range(1, num_frames)]
     agree = [p[a] == p[b] for p in preds for a in range(num_frames) for b in range(a + 1, num_frames)]
     # MAC: the probability of frame t-1's top-1 class, before and after
-    changes = [abs(softmax(rows[i][t])[preds[i][t - 1]] - softmax(rows[i][t - 1])[preds[i][t - 1]]) for i, t in transitions]
-    per_transition = [sum(preds[i][t] != preds[i][t - 1] for i in range(num_images)) / num_images for t in range(1, num_frames)]
+    changes = [
+        abs(softmax(rows[i][t])[preds[i][t - 1]] - softmax(rows[i][t - 1])[preds[i][t - 1]]) for i, t in transitions
+    ]
+    per_transition = [
+        sum(preds[i][t] != preds[i][t - 1] for i in range(num_images)) / num_images for t in range(1, num_frames)
+    ]
     out: dict[str, Any] = {
         "flip_rate": sum(preds[i][t] != preds[i][t - 1] for i, t in transitions) / len(transitions),
         "consistency": sum(agree) / len(agree),
@@ -445,7 +485,9 @@ def test_metric(case, cuts):
     keys |= {"accuracy", "worst_case_accuracy", "per_frame_accuracy"} if target is not None else set()
     assert set(result) == keys
     for key, value in expected.items():
-        torch.testing.assert_close(result[key].double(), torch.tensor(value, dtype=torch.float64), atol=1e-5, rtol=0, msg=key)
+        torch.testing.assert_close(
+            result[key].double(), torch.tensor(value, dtype=torch.float64), atol=1e-5, rtol=0, msg=key
+        )
     if top_k is not None:
         assert 0 <= float(result[f"top{top_k}_distance"]) <= min(top_k, logits.shape[2])
     # the metric over arbitrary (possibly empty) consecutive batches equals the function on all images
@@ -534,8 +576,10 @@ def test_evaluate_invariance(sequence, shape, dtype, with_targets, batch_size, t
     for key in ("flip_rate", "consistency"):
         assert float(result[key]) == pytest.approx(counted[key], abs=1e-6), key
     # a loader of (images, targets) batches gives the same numbers as one tensor
-    batches = [(images[i : i + loader_batch], None if targets is None else targets[i : i + loader_batch])
-               for i in range(0, shape[0], loader_batch)]
+    batches = [
+        (images[i : i + loader_batch], None if targets is None else targets[i : i + loader_batch])
+        for i in range(0, shape[0], loader_batch)
+    ]
     from_batches = run(batches, None)
     for key in result:
         torch.testing.assert_close(from_batches[key], result[key], atol=1e-6, rtol=0, msg=key)

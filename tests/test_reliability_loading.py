@@ -33,7 +33,10 @@ def test_load_classifier_refuses_files_with_code_and_runs_none_of_it(tmp_path, s
     marker = tmp_path / "ran"
     state_dict = cifar_resnet(20).state_dict()
     if suffix == ".ckpt":  # a Lightning checkpoint layout
-        content = {"state_dict": {f"model.{k}": v for k, v in state_dict.items()}, "hyper_parameters": {"x": Payload(marker)}}
+        content = {
+            "state_dict": {f"model.{k}": v for k, v in state_dict.items()},
+            "hyper_parameters": {"x": Payload(marker)},
+        }
     else:
         content = {"state_dict": state_dict, "extra": Payload(marker)}
     path = tmp_path / f"model{suffix}"

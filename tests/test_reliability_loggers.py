@@ -152,7 +152,9 @@ def test_failing_tensorboard_figures_warn_once_and_scalars_are_still_logged(tmp_
     events = EventAccumulator(logger.log_dir)
     events.Reload()
     logged = events.Scalars("invariance/val/shift/flip_rate")
-    assert [e.value for e in logged][-1] == pytest.approx(float(trainer.callback_metrics["invariance/val/shift/flip_rate"]))
+    assert [e.value for e in logged][-1] == pytest.approx(
+        float(trainer.callback_metrics["invariance/val/shift/flip_rate"])
+    )
     assert len(logged) == 2
 
 
@@ -190,7 +192,10 @@ def test_a_working_logger_behaves_the_same_wrapped(tmp_path):
         logger: Logger = CSVLogger(folder, name="csv")
         checkpoint = ModelCheckpoint()
         trainer = tiny_trainer(
-            folder, max_epochs=2, limit_train_batches=2, logger=FaultTolerantLogger(logger) if wrap else logger,
+            folder,
+            max_epochs=2,
+            limit_train_batches=2,
+            logger=FaultTolerantLogger(logger) if wrap else logger,
             callbacks=[monitor(log_plots=False), checkpoint],
         )
         trainer.fit(TinyClassifier(), tiny_loader(16, seed=1), tiny_loader(8, seed=2))
@@ -253,7 +258,11 @@ def test_wrapping_changes_no_directory_a_trainer_or_callback_reads(tmp_path, kin
         checkpoint = ModelCheckpoint()
         save_config = SaveConfigCallback(parser, parser.parse_args([]))  # what LightningCLI adds
         trainer = tiny_trainer(
-            root, max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=logger,
+            root,
+            max_epochs=1,
+            limit_train_batches=1,
+            limit_val_batches=0,
+            logger=logger,
             callbacks=[checkpoint, save_config],
         )
         trainer.fit(TinyClassifier(), tiny_loader(8))

@@ -103,8 +103,10 @@ if __name__ == "__main__":  # the peaks quoted in docs/reliability.md
     torch.set_num_threads(1)
     for num_frames, batch_size in ((11, 8), (41, 8), (41, 32), (41, 64)):
         peak, forward_batches = measure(num_frames, batch_size)
-        print(f"T={num_frames} batch_size={batch_size}: largest forward {max(forward_batches)} frames, "
-              f"peak {peak / 2**20:.2f} MiB = {peak / FRAME_BYTES:.1f} frames")
+        print(
+            f"T={num_frames} batch_size={batch_size}: largest forward {max(forward_batches)} frames, "
+            f"peak {peak / 2**20:.2f} MiB = {peak / FRAME_BYTES:.1f} frames"
+        )
     images = torch.rand(3, 3, SIZE, SIZE)
     for num_frames in (11, 41):
         with LiveTensorBytes(images) as tracker:

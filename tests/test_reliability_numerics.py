@@ -87,7 +87,9 @@ def monitored_run(
     model = model_class()
     callback = InvarianceMonitor(
         {"shift": ShiftSequence(max_shift=3), "scale": ScaleSequence([1.0, 0.9, 1.1])},
-        num_samples=128, batch_size=128, log_plots=False,
+        num_samples=128,
+        batch_size=128,
+        log_plots=False,
     )
     options = dict(max_epochs=1, limit_train_batches=2, callbacks=[callback], logger=False, enable_checkpointing=False)
     options.update(trainer_kwargs)
@@ -147,7 +149,10 @@ if __name__ == "__main__":  # the measured worst cases quoted in docs/reliabilit
     torch.set_num_threads(1)
     for name, sequence in SEQUENCES.items():
         rows = [bf16_differences(sequence, seed) for seed in range(10)]
-        print(f"evaluate_invariance, {name}, seeds 0-9:", {key: float(f"{max(r[key] for r in rows):.2g}") for key in rows[0]})
+        print(
+            f"evaluate_invariance, {name}, seeds 0-9:",
+            {key: float(f"{max(r[key] for r in rows):.2g}") for key in rows[0]},
+        )
     worst: dict[str, float] = {}
     for seed in range(6):
         exact, _ = monitored_run(tempfile.mkdtemp(), seed, FrozenClassifier, precision="32-true")
@@ -155,4 +160,7 @@ if __name__ == "__main__":  # the measured worst cases quoted in docs/reliabilit
         for key, value in exact.history[0]["values"].items():
             metric = key.rsplit("/", 1)[1]
             worst[metric] = max(worst.get(metric, 0.0), abs(rounded.history[0]["values"][key] - value))
-    print("InvarianceMonitor bf16-mixed vs 32-true, seeds 0-5:", {key: float(f"{value:.2g}") for key, value in worst.items()})
+    print(
+        "InvarianceMonitor bf16-mixed vs 32-true, seeds 0-5:",
+        {key: float(f"{value:.2g}") for key, value in worst.items()},
+    )

@@ -33,8 +33,12 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def metrics(flip_rate: float, worst: float, accuracy: float) -> dict[str, torch.Tensor]:
-    return {"flip_rate": torch.tensor(flip_rate), "worst_case_accuracy": torch.tensor(worst),
-            "accuracy": torch.tensor(accuracy), "per_frame_flip_rate": torch.tensor([flip_rate, flip_rate])}
+    return {
+        "flip_rate": torch.tensor(flip_rate),
+        "worst_case_accuracy": torch.tensor(worst),
+        "accuracy": torch.tensor(accuracy),
+        "per_frame_flip_rate": torch.tensor([flip_rate, flip_rate]),
+    }
 
 
 def test_train_test_gap_by_hand():
@@ -62,16 +66,40 @@ def test_train_test_gap_by_hand():
 
 def row(variant: str, flip: float, accuracy: float, speed: float) -> dict:
     values = {column: 0.5 for column in COMPARISON_COLUMNS}
-    values.update(variant=variant, shift_flip_rate=flip, scale_flip_rate=flip / 2, test_accuracy=accuracy,
-                  train_images_per_second=speed, monitor_train_shift_flip_rate=math.nan, epochs=3, test_images=8,
-                  training="trained", preset="tiny", config="c.yaml", checkpoint="runs/x/last-checkpoint",
-                  command=f"invariance-lightning fit {variant}")
+    values.update(
+        variant=variant,
+        shift_flip_rate=flip,
+        scale_flip_rate=flip / 2,
+        test_accuracy=accuracy,
+        train_images_per_second=speed,
+        monitor_train_shift_flip_rate=math.nan,
+        epochs=3,
+        test_images=8,
+        training="trained",
+        preset="tiny",
+        config="c.yaml",
+        checkpoint="runs/x/last-checkpoint",
+        command=f"invariance-lightning fit {variant}",
+    )
     return values
 
 
-SETUP = {"family": "cifar10", "preset": "tiny", "smoke": True, "preset_description": "1 epoch(s)", "test_images": 8,
-         "seed": 0, "device": "cpu", "threads": 1, "cpus": 2, "machine": "x86_64", "load_start": "1.0",
-         "load_end": "2.0", "seconds": 12.0, "command": "python recipes/compare.py --preset tiny"}
+SETUP = {
+    "family": "cifar10",
+    "preset": "tiny",
+    "smoke": True,
+    "preset_description": "1 epoch(s)",
+    "test_images": 8,
+    "seed": 0,
+    "device": "cpu",
+    "threads": 1,
+    "cpus": 2,
+    "machine": "x86_64",
+    "load_start": "1.0",
+    "load_end": "2.0",
+    "seconds": 12.0,
+    "command": "python recipes/compare.py --preset tiny",
+}
 
 
 def test_comparison_files_hold_the_rows_with_nan_as_n_a_and_null(tmp_path):
@@ -102,7 +130,10 @@ def test_wilson_interval_by_hand():
     centre, half = (0.9 + 1.9208e-4) / 1.00038416, 1.96 * math.sqrt(9e-6 + 9.604e-9) / 1.00038416
     assert wilson_interval(0.9, 10_000) == pytest.approx((centre - half, centre + half), abs=1e-12)
     assert wilson_interval(1.0, 5)[1] == 1.0
-    for bad, message in (((0.5, 0), "^wilson_interval: n must be an int >= 1, got 0$"), ((1.5, 10), "^wilson_interval: p must be a finite number >= 0 and <= 1, got 1.5$")):
+    for bad, message in (
+        ((0.5, 0), "^wilson_interval: n must be an int >= 1, got 0$"),
+        ((1.5, 10), "^wilson_interval: p must be a finite number >= 0 and <= 1, got 1.5$"),
+    ):
         with pytest.raises(ValueError, match=message):
             wilson_interval(*bad)
 
@@ -110,8 +141,10 @@ def test_wilson_interval_by_hand():
 def test_interval_table_shows_each_rate_with_its_interval_over_the_test_images():
     rows = [{**row("plain", 0.0, 1.0, 9.0), "zhang2019_consistency": 0.5}]  # a published-protocol column too
     table = interval_markdown(rows).splitlines()
-    assert table[0] == ("| variant | test acc | shift flip | shift cons. | shift worst acc | scale flip | "
-                        "scale worst acc | zhang2019_consistency |")
+    assert table[0] == (
+        "| variant | test acc | shift flip | shift cons. | shift worst acc | scale flip | "
+        "scale worst acc | zhang2019_consistency |"
+    )
     low, high = wilson_interval(0.5, 8)  # every row has test_images=8
     cells = table[2].split(" | ")
     assert cells[1].startswith("1.0000 [") and cells[2] == f"0.0000 [0.0000, {wilson_interval(0.0, 8)[1]:.4f}]"
@@ -127,22 +160,32 @@ def test_cells_and_json_safe_values():
 
 def test_monitor_history_figure_draws_each_models_values_per_epoch():
     histories = {
-        "plain": [{"epoch": 0, "values": {"val/shift/flip_rate": 0.3, "train/shift/flip_rate": 0.2}},
-                  {"epoch": 2, "values": {"val/shift/flip_rate": 0.1, "train/shift/flip_rate": 0.05}}],
+        "plain": [
+            {"epoch": 0, "values": {"val/shift/flip_rate": 0.3, "train/shift/flip_rate": 0.2}},
+            {"epoch": 2, "values": {"val/shift/flip_rate": 0.1, "train/shift/flip_rate": 0.05}},
+        ],
         "blur": [{"epoch": 1, "values": {"val/shift/flip_rate": 0.25}}],  # no train split measured
         "none": [],  # a run without a monitor draws nothing
     }
     figure = monitor_history_figure(histories, ["train/shift/flip_rate", "val/shift/flip_rate"])
     train_ax, val_ax = figure.axes
-    assert (train_ax.get_title(), val_ax.get_title()) == ("monitor: train/shift/flip_rate", "monitor: val/shift/flip_rate")
+    assert (train_ax.get_title(), val_ax.get_title()) == (
+        "monitor: train/shift/flip_rate",
+        "monitor: val/shift/flip_rate",
+    )
     assert [line.get_label() for line in train_ax.lines] == ["plain"]
     assert [(line.get_label(), list(line.get_xdata()), list(line.get_ydata())) for line in val_ax.lines] == [
-        ("plain", [0, 2], [0.3, 0.1]), ("blur", [1], [0.25])]
+        ("plain", [0, 2], [0.3, 0.1]),
+        ("blur", [1], [0.25]),
+    ]
 
 
 def test_flip_rate_and_train_test_figures_draw_the_numbers(tmp_path):
-    sequences = {"zeros": ShiftSequence(max_shift=2), "circular": ShiftSequence(max_shift=2, mode="circular"),
-                 "scale": ScaleSequence([0.9, 1.0, 1.1])}
+    sequences = {
+        "zeros": ShiftSequence(max_shift=2),
+        "circular": ShiftSequence(max_shift=2, mode="circular"),
+        "scale": ScaleSequence([0.9, 1.0, 1.1]),
+    }
     results = {name: {"per_frame_flip_rate": torch.tensor([0.25 * i, 0.5])} for i, name in enumerate(sequences)}
     figure = flip_rate_by_sequence_figure(sequences, results, "test images")
     shift_ax, scale_ax = figure.axes

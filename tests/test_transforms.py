@@ -211,7 +211,9 @@ def test_shifts_that_do_not_fit_the_image_are_rejected_with_sizes():
         ShiftSequence(shifts=[(0, 0), (8, 0)], mode="zeros").frame(x, 0)
     with pytest.raises(ValueError, match=r"6x6 crop window .* does not fit 8x8"):
         ShiftSequence(max_shift=2, mode="crop", crop_size=6).frame(x, 0)
-    with pytest.raises(ValueError, match=r"^ShiftSequence: images must be a floating-point \(N, C, H, W\) tensor, got shape \(8, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"^ShiftSequence: images must be a floating-point \(N, C, H, W\) tensor, got shape \(8, 8\)"
+    ):
         ShiftSequence(max_shift=1).frame(torch.rand(8, 8), 0)
     with pytest.raises(TypeError, match="floating-point .* dtype torch.uint8$"):
         ShiftSequence(max_shift=1).frame(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), 0)
@@ -220,7 +222,9 @@ def test_shifts_that_do_not_fit_the_image_are_rejected_with_sizes():
 
 
 def test_scale_sequence_rejects_bad_arguments():
-    with pytest.raises(ValueError, match=r"ScaleSequence: each factor in factors .* must be a finite number > 0, got 0.0"):
+    with pytest.raises(
+        ValueError, match=r"ScaleSequence: each factor in factors .* must be a finite number > 0, got 0.0"
+    ):
         ScaleSequence([1.0, 0.0])
     with pytest.raises(TypeError, match=r"ScaleSequence: each factor in factors .* got str '2'"):
         ScaleSequence([1.0, "2"])

@@ -44,7 +44,9 @@ class Images(Dataset):
     "transform",
     [
         T.Compose([T.ToTensor(), T.Normalize((0.1, 0.2, 0.3), (0.5, 0.6, 0.7))]),
-        v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.1, 0.2, 0.3], [0.5, 0.6, 0.7])]),
+        v2.Compose(
+            [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.1, 0.2, 0.3], [0.5, 0.6, 0.7])]
+        ),
         T.Compose([T.ToTensor(), T.RandomApply([nn.Sequential(T.Normalize((0.1, 0.2, 0.3), (0.5, 0.6, 0.7)))], p=1.0)]),
     ],
     ids=["v1", "v2", "nested"],

@@ -72,8 +72,14 @@ def test_nonfinite_logits_raise_their_own_value_error():
 
 @pytest.mark.parametrize(
     ("value", "error"),
-    [(0.5, TypeError), ((0.5, "a"), TypeError), (([0.5], [None]), TypeError), (([0.5], [0.1, 0.2]), ValueError),
-     (([0.5], [0.0]), ValueError), (([], []), ValueError)],
+    [
+        (0.5, TypeError),
+        ((0.5, "a"), TypeError),
+        (([0.5], [None]), TypeError),
+        (([0.5], [0.1, 0.2]), ValueError),
+        (([0.5], [0.0]), ValueError),
+        (([], []), ValueError),
+    ],
 )
 def test_check_normalize(value, error):
     with pytest.raises(error, match=r"^Owner: normalize must be a \(mean, std\) pair"):

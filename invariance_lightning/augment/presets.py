@@ -16,7 +16,12 @@ __all__ = ["AUGMENTATION_PRESETS", "build_augmentation", "preset_sequence"]
 
 #: Names accepted by :func:`preset_sequence` and :func:`build_augmentation`.
 AUGMENTATION_PRESETS: tuple[str, ...] = (
-    "none", "standard", "translate", "translate-subpixel", "scale", "translate+scale"
+    "none",
+    "standard",
+    "translate",
+    "translate-subpixel",
+    "scale",
+    "translate+scale",
 )
 
 

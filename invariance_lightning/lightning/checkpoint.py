@@ -70,7 +70,8 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
         datamodule_hyper_parameters=dict(state.get("datamodule_hyper_parameters") or {}),
         callbacks=dict(state.get("callbacks") or {}),
         input_normalization=(
-            None if normalization is None
+            None
+            if normalization is None
             else Normalization(*cast(Normalization, check_normalize("read_checkpoint", "normalization", normalization)))
         ),
     )

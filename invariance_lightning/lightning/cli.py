@@ -134,13 +134,24 @@ def evaluate_main(argv: Sequence[str]) -> Path:
     parser.add_argument("--image_size", type=positive_int, default=128, help="ImageFolder evaluation size")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--preset", default="report", choices=sorted(SEQUENCE_PRESETS))
-    parser.add_argument("--num_images", type=positive_int, default=None,
-                        help="seeded subset size (default: the whole split)")
+    parser.add_argument(
+        "--num_images", type=positive_int, default=None, help="seeded subset size (default: the whole split)"
+    )
     parser.add_argument("--batch_size", type=positive_int, default=256)
-    parser.add_argument("--protocols", nargs="+", choices=list(PROTOCOLS), default=[], metavar="NAME",
-                        help=f"published protocols to run as well: {', '.join(PROTOCOLS)} (docs/metrics.md)")
-    parser.add_argument("--seed", type=nonnegative_int, default=0,
-                        help="seed of the protocols' random shifts (default: 0; the subset is the datamodule's)")
+    parser.add_argument(
+        "--protocols",
+        nargs="+",
+        choices=list(PROTOCOLS),
+        default=[],
+        metavar="NAME",
+        help=f"published protocols to run as well: {', '.join(PROTOCOLS)} (docs/metrics.md)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=nonnegative_int,
+        default=0,
+        help="seed of the protocols' random shifts (default: 0; the subset is the datamodule's)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="default: results/evaluate/<model name>")
     args = parser.parse_args(list(argv))
 
@@ -183,8 +194,15 @@ def evaluate_main(argv: Sequence[str]) -> Path:
     )
     command = "invariance-lightning evaluate " + " ".join(argv)
     report = write_report(
-        output, "report", payload, results, sequences, title, notes=f"Command: `{command}`",
-        protocols=protocols, protocol_seed=args.seed,
+        output,
+        "report",
+        payload,
+        results,
+        sequences,
+        title,
+        notes=f"Command: `{command}`",
+        protocols=protocols,
+        protocol_seed=args.seed,
     )
     _write_per_frame_plots(results, sequences, output)
     for name, numbers in protocols.items():

@@ -88,14 +88,20 @@ def load_pretrained(name: str, weights_dir: Path | None, download: bool) -> Load
     (see :func:`~invariance_lightning.models.cifar_resnet_weights`); a missing file raises with every way to fix
     it."""
     try:
-        path = cifar_resnet_weights(name, search_dirs=[weights_dir] if weights_dir is not None else [],
-                                    download=download)
+        path = cifar_resnet_weights(
+            name, search_dirs=[weights_dir] if weights_dir is not None else [], download=download
+        )
     except (FileNotFoundError, DownloadError) as err:
-        fixes = [f"pass --weights_dir FOLDER with {name}-<hash>.th (e.g. resnet20-12fca82f.th)",
-                 f"set {SHARED_DIR_ENV} to the folder holding weights/cifar10-resnet/ (now: {shared_dir_origin()})"]
+        fixes = [
+            f"pass --weights_dir FOLDER with {name}-<hash>.th (e.g. resnet20-12fca82f.th)",
+            f"set {SHARED_DIR_ENV} to the folder holding weights/cifar10-resnet/ (now: {shared_dir_origin()})",
+        ]
         if name in PRETRAINED_CIFAR_RESNETS:
-            fixes.append("download it (drop --no-download)" if not download else "retry on a machine with "
-                         f"internet access, or set {WEIGHTS_URL_ENV} to a mirror of the release")
+            fixes.append(
+                "download it (drop --no-download)"
+                if not download
+                else f"retry on a machine with internet access, or set {WEIGHTS_URL_ENV} to a mirror of the release"
+            )
         fixes.append("measure your own model with --checkpoint PATH")
         raise type(err)(f"{err}\nFix it: " + "; or ".join(fixes) + ".") from err
     loaded = load_classifier(path)
@@ -136,14 +142,22 @@ def load_checkpoint_model(path: Path) -> LoadedModel:
             f"--checkpoint {path} has num_classes={model.hparams.num_classes}, but its data, {name}, has "
             f"{CIFAR_NUM_CLASSES[name]}"
         )
-    kwargs = {"name": name, "val_split": saved.get("val_split", 0), "seed": saved.get("seed", 0),
-              "train_subset": saved.get("train_subset")}
+    kwargs = {
+        "name": name,
+        "val_split": saved.get("val_split", 0),
+        "seed": saved.get("seed", 0),
+        "train_subset": saved.get("train_subset"),
+    }
     if saved:
-        note = (f"the checkpoint's own training split: its datamodule's val_split={kwargs['val_split']!r}, "
-                f"seed={kwargs['seed']}, train_subset={kwargs['train_subset']!r} are reapplied")
+        note = (
+            f"the checkpoint's own training split: its datamodule's val_split={kwargs['val_split']!r}, "
+            f"seed={kwargs['seed']}, train_subset={kwargs['train_subset']!r} are reapplied"
+        )
     else:
-        note = ("all training images (the checkpoint saved no datamodule hyperparameters, so a validation hold-out, "
-                "if any, cannot be excluded)")
+        note = (
+            "all training images (the checkpoint saved no datamodule hyperparameters, so a validation hold-out, "
+            "if any, cannot be excluded)"
+        )
     return LoadedModel(
         name=path.stem,
         model=model,
@@ -200,12 +214,16 @@ def measure_splits(
     results, seconds = {}, {}
     for split, (images, labels) in subsets.items():
         started = time.perf_counter()
-        results[split] = evaluate_sequences(loaded.model, images, labels, sequences, batch_size=batch_size,
-                                            normalize=loaded.normalize)
+        results[split] = evaluate_sequences(
+            loaded.model, images, labels, sequences, batch_size=batch_size, normalize=loaded.normalize
+        )
         seconds[split] = time.perf_counter() - started
         for name, metrics in results[split].items():
-            print(f"{split:5s} {name:15s} flip rate {float(metrics['flip_rate']):.4f}  "
-                  f"worst-case acc {float(metrics['worst_case_accuracy']):.4f}", flush=True)
+            print(
+                f"{split:5s} {name:15s} flip rate {float(metrics['flip_rate']):.4f}  "
+                f"worst-case acc {float(metrics['worst_case_accuracy']):.4f}",
+                flush=True,
+            )
         print(f"{split:5s} {len(sequences)} protocols ({seconds[split]:.1f} s)", flush=True)
     return results, seconds
 
@@ -216,8 +234,9 @@ def measure_published(
     """The published protocols ``names`` on ``images`` (indices ``0 .. N-1``, shifts seeded by ``seed``) and the
     seconds they took."""
     started = time.perf_counter()
-    results = evaluate_protocols(loaded.model, images, labels, names, seed=seed, normalize=loaded.normalize,
-                                 batch_size=batch_size)
+    results = evaluate_protocols(
+        loaded.model, images, labels, names, seed=seed, normalize=loaded.normalize, batch_size=batch_size
+    )
     for name, numbers in results.items():
         print(f"test  {protocol_line(name, numbers)}", flush=True)
     return results, time.perf_counter() - started
@@ -256,8 +275,9 @@ class PaperSettings:
         check_choice("PaperSettings", "preset", self.preset, tuple(PAPER_PRESETS))
         preset = PAPER_PRESETS[self.preset]
         images = self.num_images
-        return PaperSizes(images or preset.test, images or preset.train, self.layer_images or preset.layers,
-                          preset.published)
+        return PaperSizes(
+            images or preset.test, images or preset.train, self.layer_images or preset.layers, preset.published
+        )
 
     def chosen_protocols(self) -> tuple[list[str], list[str]]:
         """``(paper sequences, published protocols)`` to measure; ``ValueError`` for an unknown name or no
@@ -293,9 +313,14 @@ def run_paper(settings: PaperSettings) -> Path:
 
     tick = time.perf_counter()
     layers = layer_equivariance(
-        loaded.layer_model, subsets["test"][0][: sizes.layers], profile_layers(loaded.layer_model, settings.layers),
-        shift=settings.layer_shifts[0], pooled_shifts=settings.layer_shifts[1:], mode=settings.layer_mode,
-        border=settings.layer_border, normalize=loaded.normalize,
+        loaded.layer_model,
+        subsets["test"][0][: sizes.layers],
+        profile_layers(loaded.layer_model, settings.layers),
+        shift=settings.layer_shifts[0],
+        pooled_shifts=settings.layer_shifts[1:],
+        mode=settings.layer_mode,
+        border=settings.layer_border,
+        normalize=loaded.normalize,
     )
     layer_seconds = time.perf_counter() - tick
     print(f"per-layer profile: {len(layers)} layers, {layers.num_images} images ({layer_seconds:.1f} s)", flush=True)
@@ -303,7 +328,8 @@ def run_paper(settings: PaperSettings) -> Path:
     sequences = {name: sequence_preset("paper")[name] for name in sequence_names}
     results, seconds = measure_splits(loaded, subsets, sequences, settings.batch_size)
     published, seconds["published"] = measure_published(
-        loaded, *subsets["test"], published_names, settings.seed, settings.batch_size)
+        loaded, *subsets["test"], published_names, settings.seed, settings.batch_size
+    )
     gap = train_test_gap(results, counts)
 
     figures = {
@@ -321,14 +347,20 @@ def run_paper(settings: PaperSettings) -> Path:
         "command": settings.command,
         "model": {"name": loaded.name, "source": loaded.source, "normalize": [list(v) for v in loaded.normalize]},
         "data": {
-            "dataset": datamodule.name, "source": datamodule.source, "num_images": counts,
+            "dataset": datamodule.name,
+            "source": datamodule.source,
+            "num_images": counts,
             "image_size": list(subsets["test"][0].shape[-2:]),
-            "layer_images": layers.num_images, "train_note": loaded.train_note,
+            "layer_images": layers.num_images,
+            "train_note": loaded.train_note,
             "datamodule": dict(loaded.datamodule_kwargs),
         },
         "settings": {
-            "preset": settings.preset, "seed": settings.seed, "batch_size": settings.batch_size,
-            "device": settings.device, **machine_info(),
+            "preset": settings.preset,
+            "seed": settings.seed,
+            "batch_size": settings.batch_size,
+            "device": settings.device,
+            **machine_info(),
         },
         "seconds": {**seconds, "layers": layer_seconds, "total": time.perf_counter() - started},
         "protocols": {name: repr(seq) for name, seq in sequences.items()},
@@ -336,8 +368,11 @@ def run_paper(settings: PaperSettings) -> Path:
         "results": {split: results_to_dict(results[split], sequences) for split in SPLITS},
         "train_test_gap": gap,
         "layers": {
-            "shift": list(layers.shift), "mode": layers.mode, "border": layers.border,
-            "num_images": layers.num_images, "rows": layers.as_dict(),
+            "shift": list(layers.shift),
+            "mode": layers.mode,
+            "border": layers.border,
+            "num_images": layers.num_images,
+            "rows": layers.as_dict(),
         },
         "plots": [f"{name}.png" for name in figures],
     }

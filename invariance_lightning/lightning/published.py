@@ -7,6 +7,4 @@ Old imports (``from invariance_lightning.lightning.published import evaluate_pro
 from invariance_lightning.deprecation import deprecated_aliases
 from invariance_lightning.metrics import published
 
-__getattr__ = deprecated_aliases(
-    __name__, globals(), {name: f"published.{name}" for name in published.__all__}
-)
+__getattr__ = deprecated_aliases(__name__, globals(), {name: f"published.{name}" for name in published.__all__})

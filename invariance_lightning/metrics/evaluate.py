@@ -132,10 +132,14 @@ def iter_sequence_logits(
             for start in range(0, batch_images.shape[0], images_per_chunk):
                 given = batch_images[start : start + images_per_chunk]
                 chunk = as_float_images(given.to(device, non_blocking=True))
-                passes = [range(first, min(first + frames_per_forward, num_frames))
-                          for first in range(0, num_frames, frames_per_forward)]
-                logits = torch.cat([_frame_logits(model, forward, sequence, chunk, frames, normalize, outputs)
-                                    for frames in passes], dim=1)
+                passes = [
+                    range(first, min(first + frames_per_forward, num_frames))
+                    for first in range(0, num_frames, frames_per_forward)
+                ]
+                logits = torch.cat(
+                    [_frame_logits(model, forward, sequence, chunk, frames, normalize, outputs) for frames in passes],
+                    dim=1,
+                )
                 chunk_targets = None if batch_targets is None else batch_targets[start : start + images_per_chunk]
                 yield SequenceChunk(name, given, logits, chunk_targets)
 
@@ -171,8 +175,15 @@ def iter_frame_logits(
     """Yield ``(logits (n, T, C), targets (n,) or None)`` chunk by chunk: :func:`iter_sequence_logits` for one
     sequence. The caller owns the model's mode and grad state (see :func:`evaluate_invariance`)."""
     chunks = iter_sequence_logits(
-        model, images, targets, _one_sequence("iter_frame_logits", "sequence", sequence),
-        batch_size=batch_size, normalize=normalize, forward_fn=forward_fn, device=device, outputs=outputs,
+        model,
+        images,
+        targets,
+        _one_sequence("iter_frame_logits", "sequence", sequence),
+        batch_size=batch_size,
+        normalize=normalize,
+        forward_fn=forward_fn,
+        device=device,
+        outputs=outputs,
     )
     for chunk in chunks:
         yield chunk.logits, chunk.targets
@@ -227,8 +238,15 @@ def evaluate_sequences(
     sequences = check_sequences("evaluate_sequences", sequences)
     device = torch.device(device) if device is not None else module_device(model)
     chunks: Iterable[SequenceChunk] = iter_sequence_logits(
-        model, images, targets, sequences,
-        batch_size=batch_size, normalize=normalize, forward_fn=forward_fn, device=device, outputs=outputs,
+        model,
+        images,
+        targets,
+        sequences,
+        batch_size=batch_size,
+        normalize=normalize,
+        forward_fn=forward_fn,
+        device=device,
+        outputs=outputs,
     )
     if progress:
         from tqdm.auto import tqdm
@@ -269,8 +287,17 @@ def evaluate_invariance(
     ``ShiftSequence(max_shift=8)``, instead of a mapping), returning its metric dict."""
     check_outputs("evaluate_invariance", outputs)
     (metrics,) = evaluate_sequences(
-        model, images, targets, _one_sequence("evaluate_invariance", "sequence", sequence),
-        batch_size=batch_size, normalize=normalize, top_k=top_k, num_classes=num_classes,
-        forward_fn=forward_fn, device=device, progress=progress, outputs=outputs,
+        model,
+        images,
+        targets,
+        _one_sequence("evaluate_invariance", "sequence", sequence),
+        batch_size=batch_size,
+        normalize=normalize,
+        top_k=top_k,
+        num_classes=num_classes,
+        forward_fn=forward_fn,
+        device=device,
+        progress=progress,
+        outputs=outputs,
     ).values()
     return metrics

@@ -52,9 +52,7 @@ def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def train_test_gap(
-    results: Mapping[str, Mapping[str, Mapping[str, Tensor]]], counts: Mapping[str, int]
-) -> Gap:
+def train_test_gap(results: Mapping[str, Mapping[str, Mapping[str, Tensor]]], counts: Mapping[str, int]) -> Gap:
     """``{sequence: {metric: {train, test, difference, bound, significant}}}`` for every :data:`GAP_METRICS` metric.
 
     ``results`` maps ``"train"`` and ``"test"`` to ``{sequence: metrics}`` measured on ``counts[split]``
@@ -73,7 +71,10 @@ def train_test_gap(
             train, test = (float(results[split][sequence][metric]) for split in ("train", "test"))
             width = 2 * math.hypot(sampling_bound(train, counts["train"]), sampling_bound(test, counts["test"]))
             gap[sequence][metric] = {
-                "train": train, "test": test, "difference": test - train, "bound": width,
+                "train": train,
+                "test": test,
+                "difference": test - train,
+                "bound": width,
                 "significant": abs(test - train) > width,
             }
     return gap

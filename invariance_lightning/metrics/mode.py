@@ -34,4 +34,3 @@ def evaluation_mode(model: nn.Module, *, no_grad: bool = True) -> Iterator[None]
     finally:
         for module, training in flags:
             module.training = training
-

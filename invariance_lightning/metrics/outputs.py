@@ -12,8 +12,15 @@ from torch import Tensor
 
 from invariance_lightning.validation import check_choice, check_scores
 
-__all__ = ["OUTPUTS", "OutputKey", "check_outputs", "class_logits", "class_targets", "class_targets_error",
-           "with_output_key"]
+__all__ = [
+    "OUTPUTS",
+    "OutputKey",
+    "check_outputs",
+    "class_logits",
+    "class_targets",
+    "class_targets_error",
+    "with_output_key",
+]
 #: What a model's outputs are: ``"logits"`` (unbounded scores, as cross-entropy or BCE-with-logits trains them) or
 #: ``"probabilities"`` (in [0, 1]: the model ends in a softmax or sigmoid).
 OUTPUTS = ("logits", "probabilities")

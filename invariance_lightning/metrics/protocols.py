@@ -74,8 +74,15 @@ class _Runner:
         """``(logits (n, T, C), targets)`` chunks of ``sequence`` on ``images``, checked for NaN/inf and for targets
         that are not class indices of the model's classes."""
         for logits, chunk_targets in iter_frame_logits(
-            self.model, images, sequence, targets, batch_size=self.batch_size, normalize=self.normalize,
-            forward_fn=self.forward_fn, device=self.device, outputs=self.outputs,
+            self.model,
+            images,
+            sequence,
+            targets,
+            batch_size=self.batch_size,
+            normalize=self.normalize,
+            forward_fn=self.forward_fn,
+            device=self.device,
+            outputs=self.outputs,
         ):
             error = class_targets_error(chunk_targets, logits.shape[-1])
             if error is not None:
@@ -132,7 +139,6 @@ class ShiftProtocol(ABC):
         """The protocol's numbers (fractions in [0, 1]) from summed counts."""
 
 
-
 class _ImageShifts(TransformSequence):
     """Frames of a fixed batch in which every image has its own integer shifts: ``shifts[i, t] = (dx, dy)``.
 
@@ -161,9 +167,7 @@ class _ImageShifts(TransformSequence):
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         if self.margin >= min(height, width) or (self.crop is not None and self.crop > min(height, width)):
-            raise ValueError(
-                f"shifts up to {self.margin} px and crop {self.crop} do not fit {height}x{width} images"
-            )
+            raise ValueError(f"shifts up to {self.margin} px and crop {self.crop} do not fit {height}x{width} images")
         return (height, width) if self.crop is None else (self.crop, self.crop)
 
     def _transform(self, images: Tensor, index: int) -> Tensor:
@@ -276,8 +280,10 @@ class RandomPairProtocol(ShiftProtocol):
         return totals
 
     def summarize(self, counts: Mapping[str, Tensor | int]) -> dict[str, float]:
-        out = {"num_images": float(counts["num_images"]),
-               "consistency": int(counts["agreeing_pairs"]) / int(counts["num_pairs"])}
+        out = {
+            "num_images": float(counts["num_images"]),
+            "consistency": int(counts["agreeing_pairs"]) / int(counts["num_pairs"]),
+        }
         if int(counts.get("num_predictions", 0)):  # measured with targets
             out["accuracy"] = int(counts["correct"]) / int(counts["num_predictions"])
         return out
@@ -335,13 +341,18 @@ class AdversarialGridProtocol(ShiftProtocol):
 
     needs_targets: ClassVar[bool] = True
     count_names: ClassVar[tuple[str, ...]] = (
-        "num_images", "correct", "integer_all_correct", "half_pixel_all_correct", "crop_all_correct"
+        "num_images",
+        "correct",
+        "integer_all_correct",
+        "half_pixel_all_correct",
+        "crop_all_correct",
     )
 
     def __post_init__(self, max_shift: int | None) -> None:
         if max_shift is not None:
-            warnings.warn(f"{self.name}: max_shift is deprecated, use period (the same number)", DeprecationWarning,
-                          stacklevel=3)
+            warnings.warn(
+                f"{self.name}: max_shift is deprecated, use period (the same number)", DeprecationWarning, stacklevel=3
+            )
             object.__setattr__(self, "period", max_shift)
         check_int(self.name, "period", self.period, 2)
         check_int(self.name, "crop_margin", self.crop_margin, 1)
@@ -452,8 +463,10 @@ class FlipProbabilityProtocol(ShiftProtocol):
 
     def summarize(self, counts: Mapping[str, Tensor | int]) -> dict[str, float]:
         num_images = int(counts["num_images"])
-        out = {"num_images": float(num_images),
-               "flip_probability": int(counts["flips"]) / (num_images * (len(self.shifts) - 1))}
+        out = {
+            "num_images": float(num_images),
+            "flip_probability": int(counts["flips"]) / (num_images * (len(self.shifts) - 1)),
+        }
         if int(counts.get("num_predictions", 0)):  # measured with targets
             out["accuracy"] = int(counts["correct"]) / int(counts["num_predictions"])
         return out
@@ -463,44 +476,55 @@ _ZHANG = "Zhang, Making Convolutional Networks Shift-Invariant Again, ICML 2019"
 _APS = "Chaman & Dokmanic, Truly Shift-Invariant Convolutional Neural Networks, CVPR 2021"
 
 #: The published protocols by name. Variants: ``dataclasses.replace(PROTOCOLS[name], ...)``.
-PROTOCOLS: Mapping[str, ShiftProtocol] = MappingProxyType({
-    protocol.name: protocol
-    for protocol in (
-        RandomPairProtocol(
-            name="zhang2019", citation=_ZHANG,
-            source="adobe/antialiased-cnns main.py (validate_shift, --epochs-shift 5); CIFAR padding of "
-                   "achaman2/truly_shift_invariant_cnns",
-            shift_range=(-2, 3), boundary="zeros", passes=5,
-        ),
-        RandomPairProtocol(
-            name="aps2021_standard", citation=_APS,
-            source="achaman2/truly_shift_invariant_cnns "
-                   "cifar10_code/utils/for_randomcrop_exps/train_validate_random_crop.py (evaluate_random_crop)",
-            shift_range=(-2, 3), boundary="zeros", passes=1,
-        ),
-        RandomPairProtocol(
-            name="aps2021_circular", citation=_APS,
-            source="achaman2/truly_shift_invariant_cnns "
-                   "cifar10_exps/utils/for_circular_pad_exps/train_validate_circular.py (evaluate_circular)",
-            shift_range=(-3, 2), boundary="circular", passes=1,
-        ),
-        AdversarialGridProtocol(
-            name="afc2023_adversarial",
-            citation="Michaeli, Michaeli & Soudry, Alias-Free Convnets: Fractional Shift Invariance via "
-                     "Polynomial Activations, CVPR 2023",
-            source="hmichaeli/alias_free_convnets shift_eval.py (evaluate_full_adversarial_shift_metrics with "
-                   "max_shift=32 and half_shift, evaluate_adversarial_crop_shift_metrics), models/ideal_lpf.py",
-        ),
-        FlipProbabilityProtocol(
-            name="imagenet_p_flip",
-            citation="Hendrycks & Dietterich, Benchmarking Neural Network Robustness to Common Corruptions "
-                     "and Perturbations, ICLR 2019",
-            source="hendrycks/robustness ImageNet-P/create_p/make_cifar_p.py (translate) and "
-                   "ImageNet-P/cifar-p-eval.py (flip_prob)",
-            shifts=tuple((dx, 0) for dx in range(-7, 9)),
-        ),
-    )
-})
+PROTOCOLS: Mapping[str, ShiftProtocol] = MappingProxyType(
+    {
+        protocol.name: protocol
+        for protocol in (
+            RandomPairProtocol(
+                name="zhang2019",
+                citation=_ZHANG,
+                source="adobe/antialiased-cnns main.py (validate_shift, --epochs-shift 5); CIFAR padding of "
+                "achaman2/truly_shift_invariant_cnns",
+                shift_range=(-2, 3),
+                boundary="zeros",
+                passes=5,
+            ),
+            RandomPairProtocol(
+                name="aps2021_standard",
+                citation=_APS,
+                source="achaman2/truly_shift_invariant_cnns "
+                "cifar10_code/utils/for_randomcrop_exps/train_validate_random_crop.py (evaluate_random_crop)",
+                shift_range=(-2, 3),
+                boundary="zeros",
+                passes=1,
+            ),
+            RandomPairProtocol(
+                name="aps2021_circular",
+                citation=_APS,
+                source="achaman2/truly_shift_invariant_cnns "
+                "cifar10_exps/utils/for_circular_pad_exps/train_validate_circular.py (evaluate_circular)",
+                shift_range=(-3, 2),
+                boundary="circular",
+                passes=1,
+            ),
+            AdversarialGridProtocol(
+                name="afc2023_adversarial",
+                citation="Michaeli, Michaeli & Soudry, Alias-Free Convnets: Fractional Shift Invariance via "
+                "Polynomial Activations, CVPR 2023",
+                source="hmichaeli/alias_free_convnets shift_eval.py (evaluate_full_adversarial_shift_metrics with "
+                "max_shift=32 and half_shift, evaluate_adversarial_crop_shift_metrics), models/ideal_lpf.py",
+            ),
+            FlipProbabilityProtocol(
+                name="imagenet_p_flip",
+                citation="Hendrycks & Dietterich, Benchmarking Neural Network Robustness to Common Corruptions "
+                "and Perturbations, ICLR 2019",
+                source="hendrycks/robustness ImageNet-P/create_p/make_cifar_p.py (translate) and "
+                "ImageNet-P/cifar-p-eval.py (flip_prob)",
+                shifts=tuple((dx, 0) for dx in range(-7, 9)),
+            ),
+        )
+    }
+)
 
 
 def get_protocol(name: str | ShiftProtocol) -> ShiftProtocol:
@@ -561,8 +585,11 @@ def protocol_counts(
     indices = _check_inputs(protocol, images, targets, indices, seed, batch_size)
     protocol.check_size(images.shape[-2], images.shape[-1])
     run = _Runner(
-        model, check_normalize("protocol_counts", "normalize", normalize), batch_size,
-        torch.device(device) if device is not None else module_device(model), forward_fn,
+        model,
+        check_normalize("protocol_counts", "normalize", normalize),
+        batch_size,
+        torch.device(device) if device is not None else module_device(model),
+        forward_fn,
         check_outputs("protocol_counts", outputs),
     )
     with evaluation_mode(model):
@@ -611,8 +638,17 @@ def evaluate_protocol(
     """
     protocol = get_protocol(name)
     counts = protocol_counts(
-        model, images, targets, protocol, indices=indices, normalize=normalize, seed=seed,
-        batch_size=batch_size, device=device, forward_fn=forward_fn, outputs=outputs,
+        model,
+        images,
+        targets,
+        protocol,
+        indices=indices,
+        normalize=normalize,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        forward_fn=forward_fn,
+        outputs=outputs,
     )
     return protocol.summarize(counts)
 

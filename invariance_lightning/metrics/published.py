@@ -89,8 +89,17 @@ class ProtocolTotals(Metric):
             return
         for index, name in enumerate(self.names):
             counts = protocol_counts(
-                model, images, targets, name, indices=indices, normalize=self.normalize, seed=self.seed,
-                batch_size=self.batch_size, device=self.model_device, forward_fn=self.forward_fn, outputs=self.outputs,
+                model,
+                images,
+                targets,
+                name,
+                indices=indices,
+                normalize=self.normalize,
+                seed=self.seed,
+                batch_size=self.batch_size,
+                device=self.model_device,
+                forward_fn=self.forward_fn,
+                outputs=self.outputs,
             )
             added = torch.stack([counts.get(key, torch.tensor(0)) for key in PROTOCOLS[name].count_names])
             state = f"counts_{index}"

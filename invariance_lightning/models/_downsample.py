@@ -28,9 +28,7 @@ def blur_padding(conv_padding_mode: str) -> PaddingMode:
     return "circular" if conv_padding_mode == "circular" else "reflect"
 
 
-def _aps(
-    channels: int, stride: int, filter_size: int, padding_mode: PaddingMode, sampler: nn.Module
-) -> nn.Module:
+def _aps(channels: int, stride: int, filter_size: int, padding_mode: PaddingMode, sampler: nn.Module) -> nn.Module:
     """``sampler`` preceded by a stride-1 binomial low-pass when ``filter_size > 1``."""
     if filter_size == 1:
         return sampler

@@ -133,7 +133,11 @@ def _block_rewrite(path: str, block: nn.Module) -> _Rewrite | None:
         strided, following, shortcut_conv = getattr(block, pair[0]), getattr(block, pair[1]), block.downsample[0]
         strided.stride = shortcut_conv.stride = (1, 1)
         main, short = make_downsample_pair(
-            method, following.in_channels, shortcut_conv.in_channels, stride, filter_size,
+            method,
+            following.in_channels,
+            shortcut_conv.in_channels,
+            stride,
+            filter_size,
             blur_padding(strided.padding_mode),
         )
         setattr(block, pair[1], DownsampledInputConv2d(following, main))

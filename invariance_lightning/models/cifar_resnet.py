@@ -43,9 +43,7 @@ class CifarBasicBlock(nn.Module):
     method (for "aps", the component the main path chose).
     """
 
-    def __init__(
-        self, in_planes: int, planes: int, stride: int = 1, padding_mode: ConvPaddingMode = "zeros"
-    ) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, padding_mode: ConvPaddingMode = "zeros") -> None:
         super().__init__()
         if stride == 1 and in_planes != planes:
             raise ValueError(f"a stride-1 block keeps its width, got in_planes={in_planes}, planes={planes}")
@@ -91,9 +89,7 @@ class CifarResNet(nn.Module):
     layer2: nn.Sequential
     layer3: nn.Sequential
 
-    def __init__(
-        self, blocks_per_stage: int, num_classes: int = 10, padding_mode: ConvPaddingMode = "zeros"
-    ) -> None:
+    def __init__(self, blocks_per_stage: int, num_classes: int = 10, padding_mode: ConvPaddingMode = "zeros") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 16, 3, 1, padding=1, bias=False, padding_mode=padding_mode)
         self.bn1 = nn.BatchNorm2d(16)
@@ -235,8 +231,9 @@ def load_cifar_resnet(
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        raise ValueError(f"the weights in {str(path)!r} do not fit this CifarResNet (depth or classes differ): "
-                         f"{error}") from error
+        raise ValueError(
+            f"the weights in {str(path)!r} do not fit this CifarResNet (depth or classes differ): {error}"
+        ) from error
     return model
 
 

@@ -37,7 +37,10 @@ def build_backbone(
         if depth not in CIFAR_RESNET_DEPTHS:
             raise ValueError(f"unknown backbone {name!r}: CIFAR ResNet depths are {list(CIFAR_RESNET_DEPTHS)}")
         return cifar_resnet(  # downsample checked above, padding_mode by cifar_resnet
-            depth, num_classes=num_classes, downsample=cast(Downsample, downsample), filter_size=filter_size,
+            depth,
+            num_classes=num_classes,
+            downsample=cast(Downsample, downsample),
+            filter_size=filter_size,
             padding_mode=cast(Literal["zeros", "circular"], padding_mode),
         )
     library, _, model_name = name.partition(":")

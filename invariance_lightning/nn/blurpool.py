@@ -78,6 +78,5 @@ class BlurPool2d(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"{self.channels}, filter_size={self.filter_size}, stride={self.stride}, "
-            f"padding_mode={self.padding_mode!r}"
+            f"{self.channels}, filter_size={self.filter_size}, stride={self.stride}, padding_mode={self.padding_mode!r}"
         )

@@ -47,11 +47,15 @@ __all__ = [
 
 #: The recipes' own reports live in their modules (``reporting.comparison``, ``reporting.paper``); the old
 #: package-level names keep working with a DeprecationWarning.
-__getattr__ = deprecated_aliases(__name__, globals(), {
-    name: f"{module}.{name}"
-    for module, names in {
-        "comparison": ("COMPARISON_COLUMNS", "comparison_columns", "comparison_markdown", "write_comparison"),
-        "paper": ("gap_markdown", "paper_report_markdown"),
-    }.items()
-    for name in names
-})
+__getattr__ = deprecated_aliases(
+    __name__,
+    globals(),
+    {
+        name: f"{module}.{name}"
+        for module, names in {
+            "comparison": ("COMPARISON_COLUMNS", "comparison_columns", "comparison_markdown", "write_comparison"),
+            "paper": ("gap_markdown", "paper_report_markdown"),
+        }.items()
+        for name in names
+    },
+)

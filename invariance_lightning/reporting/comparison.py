@@ -41,8 +41,11 @@ def sequence_column(sequence: str, metric: str) -> str:
 COMPARISON_COLUMNS: dict[str, str | None] = {
     "variant": "variant",
     "test_accuracy": "test acc",
-    **{sequence_column(name, metric): f"{name} {header}"
-       for name in sequence_preset(EVALUATION_PRESET) for metric, header in SEQUENCE_METRICS.items()},
+    **{
+        sequence_column(name, metric): f"{name} {header}"
+        for name in sequence_preset(EVALUATION_PRESET)
+        for metric, header in SEQUENCE_METRICS.items()
+    },
     **dict(MONITORED_COLUMNS.values()),
     **dict(LOGGED_COLUMNS.values()),
     "epochs": "epochs",
@@ -58,13 +61,17 @@ _AFTER_PROTOCOLS = next(iter(MONITORED_COLUMNS.values()))[0]
 #: Decimals of the comparison columns that do not show 4.
 _COMPARISON_DIGITS = {LOGGED_COLUMNS["train/images_per_second"][0]: 1}
 #: Rate columns of the comparison that get a confidence interval (besides every published-protocol column).
-INTERVAL_COLUMNS = ("test_accuracy", "shift_flip_rate", "shift_consistency", "shift_worst_case_accuracy",
-                    "scale_flip_rate", "scale_worst_case_accuracy")
+INTERVAL_COLUMNS = (
+    "test_accuracy",
+    "shift_flip_rate",
+    "shift_consistency",
+    "shift_worst_case_accuracy",
+    "scale_flip_rate",
+    "scale_worst_case_accuracy",
+)
 
 
-def comparison_definitions(
-    sequences: Mapping[str, TransformSequence], monitor_shift: TransformSequence
-) -> str:
+def comparison_definitions(sequences: Mapping[str, TransformSequence], monitor_shift: TransformSequence) -> str:
     """The "Definitions" section of ``comparison.md``: each evaluated sequence and the monitor's shift sequence
     (``monitor_shift``) are described from the sequence objects themselves."""
     shift = sequences.get("shift")
@@ -138,8 +145,10 @@ def comparison_markdown(
     columns = comparison_columns(rows)
     shown = [column for column, header in columns.items() if header]
     numeric = [bool(rows) and isinstance(rows[0][c], (int, float)) for c in shown]
-    table = ["| " + " | ".join(str(columns[c]) for c in shown) + " |",
-             "|" + "".join("---:|" if n else "---|" for n in numeric)]
+    table = [
+        "| " + " | ".join(str(columns[c]) for c in shown) + " |",
+        "|" + "".join("---:|" if n else "---|" for n in numeric),
+    ]
     table += ["| " + " | ".join(comparison_cell(c, row[c]) for c in shown) + " |" for row in rows]
     smoke = setup["smoke"]
     title = f"# Invariance comparison: {setup['family']} variants" + (

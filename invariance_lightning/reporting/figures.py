@@ -191,8 +191,11 @@ def accuracy_flip_figure(rows: Sequence[Mapping[str, Any]], sequences: Sequence[
             point = (row[f"{name}_flip_rate"], row["test_accuracy"])
             ax.scatter(*point)
             ax.annotate(row["variant"], point, textcoords="offset points", xytext=(4, 4), fontsize="small")
-        ax.set(title=f"{name}: accuracy vs flip rate", xlabel=f"{name} flip rate (lower: more invariant)",
-               ylabel="test accuracy")
+        ax.set(
+            title=f"{name}: accuracy vs flip rate",
+            xlabel=f"{name} flip rate (lower: more invariant)",
+            ylabel="test accuracy",
+        )
         ax.grid(alpha=0.3)
     return fig
 
@@ -226,10 +229,15 @@ def flip_rate_by_sequence_figure(
     fig = _figure(5.2 * len(groups), 3.6)
     for ax, (kind, names) in zip(fig.subplots(1, len(groups), squeeze=False)[0], groups.items()):
         for name in names:
-            ax.plot(sequences[name].frame_values[1:], results[name]["per_frame_flip_rate"].tolist(), marker="o",
-                    label=name)
-        ax.set(title=f"P(top-1 change) per {kind} step", xlabel=sequences[names[0]].axis_label,
-               ylabel="flip rate from the previous frame", ylim=(0, None))
+            ax.plot(
+                sequences[name].frame_values[1:], results[name]["per_frame_flip_rate"].tolist(), marker="o", label=name
+            )
+        ax.set(
+            title=f"P(top-1 change) per {kind} step",
+            xlabel=sequences[names[0]].axis_label,
+            ylabel="flip rate from the previous frame",
+            ylim=(0, None),
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.suptitle(title)
@@ -262,16 +270,26 @@ def layer_profile_figure(report: EquivarianceReport) -> Figure:
     fig = _figure(max(8.0, 0.55 * len(rows) + 3), 4.2)
     pooled_ax, error_ax = fig.subplots(1, 2, sharex=True)
     for shift in dict.fromkeys(s for row in rows for s in row.pooled_change_by_shift):
-        pooled_ax.plot(x, [row.pooled_change_by_shift.get(shift, math.nan) for row in rows], marker="o",
-                       label=f"shift ({shift[0]},{shift[1]})")
+        pooled_ax.plot(
+            x,
+            [row.pooled_change_by_shift.get(shift, math.nan) for row in rows],
+            marker="o",
+            label=f"shift ({shift[0]},{shift[1]})",
+        )
     error_ax.plot(x, [row.equivariance_error for row in rows], marker="s", linestyle="none", color="tab:red")
     pooled_ax.set(title="pooled-feature change", ylabel="||g(shifted x) - g(x)|| / ||g(x)||", ylim=(0, None))
-    error_ax.set(title=f"equivariance error, shift ({report.shift[0]},{report.shift[1]}), border {report.border} px",
-                 ylabel="relative L2 error", ylim=(0, None))
+    error_ax.set(
+        title=f"equivariance error, shift ({report.shift[0]},{report.shift[1]}), border {report.border} px",
+        ylabel="relative L2 error",
+        ylim=(0, None),
+    )
     for ax in (pooled_ax, error_ax):
         ax.set_xticks(x, labels, rotation=60, ha="right", fontsize="small")
         ax.grid(alpha=0.3)
     pooled_ax.legend(fontsize="small")
-    fig.suptitle(f"{report.mode} input shifts, {report.num_images} images; tick labels: layer /cumulative "
-                 "stride; no error where the feature shift is fractional", fontsize="medium")
+    fig.suptitle(
+        f"{report.mode} input shifts, {report.num_images} images; tick labels: layer /cumulative "
+        "stride; no error where the feature shift is fractional",
+        fontsize="medium",
+    )
     return fig

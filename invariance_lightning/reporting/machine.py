@@ -10,8 +10,12 @@ import torch
 
 def machine_info() -> dict[str, int | str | None]:
     """The torch threads, CPUs, processor (else architecture) and torch version of this process."""
-    return {"threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "machine": platform.processor() or platform.machine(), "torch": torch.__version__}
+    return {
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+    }
 
 
 def load_average() -> str:

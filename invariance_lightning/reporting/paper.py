@@ -56,8 +56,10 @@ PAPER_DEFINITIONS = """\
 def gap_markdown(gap: Gap) -> str:
     """The train-vs-test table of :func:`~invariance_lightning.metrics.gap.train_test_gap`: one row per sequence
     and metric."""
-    lines = ["| protocol | metric | train | test | test - train | ± bound | beyond bound |",
-             "|---|---|---:|---:|---:|---:|---|"]
+    lines = [
+        "| protocol | metric | train | test | test - train | ± bound | beyond bound |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
     for protocol, metrics in gap.items():
         for metric, v in metrics.items():
             lines.append(
@@ -119,7 +121,11 @@ def paper_report_markdown(
         "## Per-frame results",
     ]
     for name, sequence in sequences.items():
-        parts += [f"### {name}", f"![{name}](per_frame_{name}.png)", "Test images:",
-                  per_frame_markdown(results["test"][name], sequence)]
+        parts += [
+            f"### {name}",
+            f"![{name}](per_frame_{name}.png)",
+            "Test images:",
+            per_frame_markdown(results["test"][name], sequence),
+        ]
     parts += ["## Definitions", PAPER_DEFINITIONS]
     return "\n\n".join(parts) + "\n"

@@ -120,17 +120,25 @@ def protocol_line(name: str, numbers: Mapping[str, float]) -> str:
 def protocols_to_dict(protocols: ProtocolResults, seed: int) -> dict[str, Any]:
     """Each published protocol's numbers with its citation, description and the seed of its random shifts."""
     return {
-        name: {"citation": PROTOCOLS[name].citation, "description": PROTOCOLS[name].description, "seed": seed,
-               "results": dict(numbers)}
+        name: {
+            "citation": PROTOCOLS[name].citation,
+            "description": PROTOCOLS[name].description,
+            "seed": seed,
+            "results": dict(numbers),
+        }
         for name, numbers in protocols.items()
     }
 
 
 def protocols_markdown(protocols: ProtocolResults, seed: int) -> str:
     """The "Published protocols" section: one row per protocol (its numbers, its citation)."""
-    lines = ["## Published protocols",
-             f"`invariance_lightning.metrics.protocols` (docs/metrics.md), random shifts seeded by {seed}.", "",
-             "| protocol | images | numbers | citation |", "|---|---:|---|---|"]
+    lines = [
+        "## Published protocols",
+        f"`invariance_lightning.metrics.protocols` (docs/metrics.md), random shifts seeded by {seed}.",
+        "",
+        "| protocol | images | numbers | citation |",
+        "|---|---:|---|---|",
+    ]
     for name, numbers in protocols.items():
         cells = ", ".join(f"{key} {format_cell(value)}" for key, value in protocol_numbers(numbers).items())
         lines.append(f"| {name} | {int(numbers['num_images'])} | {cells} | {PROTOCOLS[name].citation} |")
@@ -180,17 +188,29 @@ def write_report(
 
 #: Names that moved to the recipes' report modules, still importable from here (deprecated).
 _MOVED = {
-    **dict.fromkeys(("COMPARISON_COLUMNS", "INTERVAL_COLUMNS", "comparison_columns",
-                     "comparison_cell", "interval_markdown", "comparison_markdown", "write_comparison"),
-                    "invariance_lightning.reporting.comparison"),
-    **dict.fromkeys(("PAPER_PROTOCOL_NOTES", "PAPER_DEFINITIONS", "gap_markdown", "paper_report_markdown"),
-                    "invariance_lightning.reporting.paper"),
+    **dict.fromkeys(
+        (
+            "COMPARISON_COLUMNS",
+            "INTERVAL_COLUMNS",
+            "comparison_columns",
+            "comparison_cell",
+            "interval_markdown",
+            "comparison_markdown",
+            "write_comparison",
+        ),
+        "invariance_lightning.reporting.comparison",
+    ),
+    **dict.fromkeys(
+        ("PAPER_PROTOCOL_NOTES", "PAPER_DEFINITIONS", "gap_markdown", "paper_report_markdown"),
+        "invariance_lightning.reporting.paper",
+    ),
 }
 
 
 def __getattr__(name: str) -> Any:
     if name not in _MOVED:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(f"invariance_lightning.reporting.tables.{name} moved to {_MOVED[name]}.{name}", DeprecationWarning,
-                  stacklevel=2)
+    warnings.warn(
+        f"invariance_lightning.reporting.tables.{name} moved to {_MOVED[name]}.{name}", DeprecationWarning, stacklevel=2
+    )
     return getattr(importlib.import_module(_MOVED[name]), name)

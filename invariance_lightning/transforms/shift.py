@@ -164,8 +164,12 @@ class ShiftSequence(TransformSequence):
         rows = [top - dy for _, dy in self.shifts]
         cols = [left - dx for dx, _ in self.shifts]
         if (
-            crop_h <= 0 or crop_w <= 0
-            or min(rows) < 0 or max(rows) + crop_h > height or min(cols) < 0 or max(cols) + crop_w > width
+            crop_h <= 0
+            or crop_w <= 0
+            or min(rows) < 0
+            or max(rows) + crop_h > height
+            or min(cols) < 0
+            or max(cols) + crop_w > width
         ):
             raise ValueError(
                 f"a {crop_h}x{crop_w} crop window shifted by up to (dx={max_dx}, dy={max_dy}) does not fit "

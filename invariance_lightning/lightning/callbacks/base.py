@@ -108,8 +108,14 @@ class InvarianceCallbackBase(*CALLBACK_BASES):  # type: ignore[misc]
                 f"transform in the dataset), or datasets={{{split!r}: <an un-augmented dataset>}}"
             )
         return resolve_input_space(
-            type(self).__name__, trainer, pl_module, normalize=self.normalize,
-            data_normalization=self.data_normalization, found=facts.normalization, images=images, split=split,
+            type(self).__name__,
+            trainer,
+            pl_module,
+            normalize=self.normalize,
+            data_normalization=self.data_normalization,
+            found=facts.normalization,
+            images=images,
+            split=split,
         )
 
     def _check_images(
@@ -237,7 +243,8 @@ class InvarianceCallbackBase(*CALLBACK_BASES):  # type: ignore[misc]
                         flips.append([value, flip[t], split])
             tables[f"{self.prefix}_tables/{name}/per_frame"] = (columns, rows)
             line_plots[f"{self.prefix}_charts/{name}/flip_rate"] = (
-                f"{name}: flip rate along the sequence", (["frame_value", "flip_rate", "split"], flips)
+                f"{name}: flip rate along the sequence",
+                (["frame_value", "flip_rate", "split"], flips),
             )
             split, result = next(iter(measured.items()))  # the first split's images, this process's shard
             examples = result[name].examples  # rank zero's shard is never empty

@@ -107,8 +107,14 @@ def measure_sequences(
     bad_input = nonfinite = None
     with evaluation_mode(pl_module), trainer.precision_plugin.val_step_context():
         chunks = iter_sequence_logits(
-            pl_module, batches, None, sequences,
-            batch_size=batch_size, normalize=normalize, device=device, outputs=outputs,
+            pl_module,
+            batches,
+            None,
+            sequences,
+            batch_size=batch_size,
+            normalize=normalize,
+            device=device,
+            outputs=outputs,
             forward_fn=cast("ForwardFn | None", forward_fn),  # called with pl_module only
         )
         try:

@@ -165,8 +165,15 @@ class InvarianceMonitor(InvarianceCallbackBase):
         spaces = {}
         for split in self.splits:
             drawn = draw_subset(
-                trainer, split, num_samples, self.seed, self.batch_key, batch_size=self.batch_size, transfer=transfer,
-                plain_transform=self.plain_transform, dataset=self.datasets.get(split),
+                trainer,
+                split,
+                num_samples,
+                self.seed,
+                self.batch_key,
+                batch_size=self.batch_size,
+                transfer=transfer,
+                plain_transform=self.plain_transform,
+                dataset=self.datasets.get(split),
             ).to(pl_module.device)
             spaces[split] = self._input_space(trainer, pl_module, drawn.images, drawn.facts, split)
             subset = ImageSubset(spaces[split].raw(drawn.images), drawn.targets, drawn.indices, drawn.facts)
@@ -255,8 +262,12 @@ class InvarianceMonitor(InvarianceCallbackBase):
         rank, world_size = trainer.global_rank, trainer.world_size
         shard = subset.shard(rank, world_size)
         totals = ProtocolTotals(
-            self.protocols, seed=self.seed, normalize=self._normalize_values, batch_size=self.batch_size,
-            device=pl_module.device, outputs=self.outputs,
+            self.protocols,
+            seed=self.seed,
+            normalize=self._normalize_values,
+            batch_size=self.batch_size,
+            device=pl_module.device,
+            outputs=self.outputs,
             forward_fn=cast("ForwardFn | None", self.forward_fn),  # called with pl_module only
         ).to(pl_module.device)
         error = None

@@ -132,8 +132,11 @@ class InvarianceReport(InvarianceCallbackBase):
         """What was measured, in words: the split, the number of images and the limit that bounded it."""
         scope = f"{num_images} images of the {self.split!r} split"
         if limit is not None:
-            limits = {"train": trainer.limit_train_batches, "val": trainer.limit_val_batches,
-                      "test": trainer.limit_test_batches}
+            limits = {
+                "train": trainer.limit_train_batches,
+                "val": trainer.limit_val_batches,
+                "test": trainer.limit_test_batches,
+            }
             scope += f" (the first {limit} at most: limit_{self.split}_batches={limits[self.split]})"
         return scope
 

@@ -139,8 +139,11 @@ def draw_indices(size: int, num_samples: int | None, seed: int, split: str, limi
     if num_samples is None:
         return list(range(size))
     if num_samples > size:
-        which = f"the first {size} images of the {split!r} split (the Trainer's limit)" if limited else (
-            f"the {size} images of the {split!r} split")
+        which = (
+            f"the first {size} images of the {split!r} split (the Trainer's limit)"
+            if limited
+            else (f"the {size} images of the {split!r} split")
+        )
         rank_zero_warn(f"num_samples={num_samples} exceeds {which}; using all of them")
         num_samples = size
     generator = torch.Generator().manual_seed(seed)
@@ -319,8 +322,11 @@ def images_within_limit(trainer: pl.Trainer, split: str) -> int | None:
 
     An int limit is batches per process; a float is a fraction of the loader's batches, as Lightning counts them.
     """
-    limit = {"train": trainer.limit_train_batches, "val": trainer.limit_val_batches,
-             "test": trainer.limit_test_batches}[split]
+    limit = {
+        "train": trainer.limit_train_batches,
+        "val": trainer.limit_val_batches,
+        "test": trainer.limit_test_batches,
+    }[split]
     if isinstance(limit, float) and limit >= 1.0:
         return None
     loader = _split_loader(trainer, split)
@@ -363,8 +369,16 @@ def draw_subset(
         chosen = torch.as_tensor(indices)
         return ImageSubset(images[chosen], None if targets is None else targets[chosen], indices)
     stream = split_stream(
-        trainer, split, num_samples, seed, batch_size=batch_size, batch_key=batch_key, transfer=transfer,
-        sharded=False, plain_transform=plain_transform, dataset=dataset,
+        trainer,
+        split,
+        num_samples,
+        seed,
+        batch_size=batch_size,
+        batch_key=batch_key,
+        transfer=transfer,
+        sharded=False,
+        plain_transform=plain_transform,
+        dataset=dataset,
     )
     batches = [batch for batch in stream if len(batch[0])]
     if not batches:

@@ -113,10 +113,14 @@ __all__ = [
 _DEPRECATED: dict[str, tuple[str, Any]] = {
     "PRESETS": ("COMPARISON_PRESETS", COMPARISON_PRESETS),
     "SEQUENCE_METRICS": ("invariance_lightning.reporting.comparison.SEQUENCE_METRICS", tuple(SEQUENCE_METRICS)),
-    "MONITORED": ("invariance_lightning.reporting.comparison.MONITORED_COLUMNS",
-                  {key: column for key, (column, _) in MONITORED_COLUMNS.items()}),
-    "LOGGED": ("invariance_lightning.reporting.comparison.LOGGED_COLUMNS",
-               {key: column for key, (column, _) in LOGGED_COLUMNS.items()}),
+    "MONITORED": (
+        "invariance_lightning.reporting.comparison.MONITORED_COLUMNS",
+        {key: column for key, (column, _) in MONITORED_COLUMNS.items()},
+    ),
+    "LOGGED": (
+        "invariance_lightning.reporting.comparison.LOGGED_COLUMNS",
+        {key: column for key, (column, _) in LOGGED_COLUMNS.items()},
+    ),
 }
 
 
@@ -124,6 +128,7 @@ def __getattr__(name: str) -> Any:
     if name not in _DEPRECATED:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     new, value = _DEPRECATED[name]
-    warnings.warn(f"invariance_lightning.lightning.comparison.{name} is deprecated: use {new}", DeprecationWarning,
-                  stacklevel=2)
+    warnings.warn(
+        f"invariance_lightning.lightning.comparison.{name} is deprecated: use {new}", DeprecationWarning, stacklevel=2
+    )
     return value

@@ -46,7 +46,7 @@ def moved_paths(node: Any, old: str, new: str) -> Any:
     if isinstance(node, list):
         return [moved_paths(value, old, new) for value in node]
     if isinstance(node, str) and (node == old or node.startswith(old + "/")):
-        return new + node[len(old):]
+        return new + node[len(old) :]
     return node
 
 

@@ -65,7 +65,6 @@ def table_row(
     return row
 
 
-
 #: Folder of the per-variant records, under the comparison's output folder.
 RECORDS = "variants"
 
@@ -120,8 +119,10 @@ def write_record(path: Path, key: Mapping[str, Any], record: VariantRecord) -> N
     payload = {
         "evaluation": key,
         "row": record.row,
-        "results": {name: {metric: value.tolist() for metric, value in metrics.items()}
-                    for name, metrics in record.results.items()},
+        "results": {
+            name: {metric: value.tolist() for metric, value in metrics.items()}
+            for name, metrics in record.results.items()
+        },
         "history": record.history,
         "log": record.log,
         "seconds": record.seconds,
@@ -141,7 +142,10 @@ def read_record(path: Path, key: Mapping[str, Any]) -> VariantRecord | None:
     if payload.get("evaluation") != json.loads(to_json(key)):
         return None
     row = {key: math.nan if value is None else value for key, value in payload["row"].items()}
-    results = {name: {metric: torch.tensor(value) for metric, value in metrics.items()}
-               for name, metrics in payload["results"].items()}
-    return VariantRecord(row, results, payload["history"], payload["log"], payload["seconds"],
-                         payload["checkpoint_sha256"])
+    results = {
+        name: {metric: torch.tensor(value) for metric, value in metrics.items()}
+        for name, metrics in payload["results"].items()
+    }
+    return VariantRecord(
+        row, results, payload["history"], payload["log"], payload["seconds"], payload["checkpoint_sha256"]
+    )

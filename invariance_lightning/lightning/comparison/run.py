@@ -74,9 +74,12 @@ def plan_comparison(settings: ComparisonSettings) -> ComparisonPlan:
     output = settings.output or Path("results") / f"compare_{settings.family}_{settings.preset}"
     runs_dir = settings.runs_dir or (Path("runs") if settings.preset == "full" else output / "runs")
     preset = COMPARISON_PRESETS[settings.preset]
-    preset = replace(preset, max_epochs=settings.epochs or preset.max_epochs,
-                     train_subset=settings.train_subset or preset.train_subset,
-                     test_images=settings.test_images or preset.test_images)
+    preset = replace(
+        preset,
+        max_epochs=settings.epochs or preset.max_epochs,
+        train_subset=settings.train_subset or preset.train_subset,
+        test_images=settings.test_images or preset.test_images,
+    )
     if settings.monitor_samples:
         preset = replace(preset, monitor={**preset.monitor, "num_samples": settings.monitor_samples})
     first = yaml.safe_load(next(iter(variants.values())).read_text())
@@ -84,12 +87,19 @@ def plan_comparison(settings: ComparisonSettings) -> ComparisonPlan:
     group = None if settings.no_wandb else output.name
     shared = shared_dir(settings.repo_root)
     weights_dirs = [] if shared is None else [shared / SHARED_WEIGHTS_SUBDIR]
-    runs = [plan_variant(variant, path, runs_dir / settings.family / path.stem, data.preset, data.overrides, group,
-                         weights_dirs) for variant, path in variants.items()]
+    runs = [
+        plan_variant(
+            variant, path, runs_dir / settings.family / path.stem, data.preset, data.overrides, group, weights_dirs
+        )
+        for variant, path in variants.items()
+    ]
     actions, records, problems = {}, {}, []
     for run in runs:
-        record = read_record(record_path(output, run.variant), evaluation_key(run, data, settings)) \
-            if settings.reuse else None
+        record = (
+            read_record(record_path(output, run.variant), evaluation_key(run, data, settings))
+            if settings.reuse
+            else None
+        )
         if record is not None and record.stands_for(run):
             actions[run.variant], records[run.variant] = "recorded", record
             continue
@@ -114,12 +124,21 @@ def run_comparison(plan: ComparisonPlan) -> Path:
     sequences = sequence_preset(EVALUATION_PRESET)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     setup: dict[str, Any] = {
-        "family": settings.family, "variants": [run.variant for run in plan.runs], "preset": settings.preset,
-        "smoke": data.preset.smoke, "preset_description": data.preset.describe(), "test_images": len(data.labels),
-        "seed": settings.seed, "device": device, **machine_info(),
-        "command": settings.command, "load_start": plan.load_start,
+        "family": settings.family,
+        "variants": [run.variant for run in plan.runs],
+        "preset": settings.preset,
+        "smoke": data.preset.smoke,
+        "preset_description": data.preset.describe(),
+        "test_images": len(data.labels),
+        "seed": settings.seed,
+        "device": device,
+        **machine_info(),
+        "command": settings.command,
+        "load_start": plan.load_start,
         "sequences": {name: repr(sequence) for name, sequence in sequences.items()},
-        "protocols": list(settings.protocols), "actions": dict(plan.actions), "seconds_per_variant": {},
+        "protocols": list(settings.protocols),
+        "actions": dict(plan.actions),
+        "seconds_per_variant": {},
     }
     rows: list[dict[str, Any]] = []
     results: dict[str, dict[str, dict[str, Tensor]]] = {}
@@ -131,10 +150,15 @@ def run_comparison(plan: ComparisonPlan) -> Path:
         setup["seconds_per_variant"][run.variant] = record.seconds
         setup.update(load_end=load_average(), seconds=time.perf_counter() - plan.started)
         write_comparison(plan.output, rows, results, sequences, setup)
-        print(f"== {run.variant}: " + ", ".join(f"{k} {comparison_cell(k, v)}" for k, v in rows[-1].items()
-                                                 if isinstance(v, float)), flush=True)
-    figures = {"accuracy_vs_flip_rate": accuracy_flip_figure(rows, list(sequences)),
-               "monitor_history": monitor_history_figure(histories, list(MONITORED_COLUMNS))}
+        print(
+            f"== {run.variant}: "
+            + ", ".join(f"{k} {comparison_cell(k, v)}" for k, v in rows[-1].items() if isinstance(v, float)),
+            flush=True,
+        )
+    figures = {
+        "accuracy_vs_flip_rate": accuracy_flip_figure(rows, list(sequences)),
+        "monitor_history": monitor_history_figure(histories, list(MONITORED_COLUMNS)),
+    }
     for name, sequence in sequences.items():
         by_variant = {variant: r[name] for variant, r in results.items()}
         figures[f"{name}_per_frame"] = per_frame_figure(sequence, by_variant, f"{name}: {sequence!r}")
@@ -152,15 +176,37 @@ def evaluate_variant(plan: ComparisonPlan, run: VariantRun, device: str) -> Vari
     train(run, plan.actions[run.variant])
     trained = time.perf_counter()
     loaded = load_classifier(run.checkpoint, map_location=device)
-    results = evaluate_sequences(loaded.model, data.images, data.labels, sequence_preset(EVALUATION_PRESET),
-                                 batch_size=settings.batch_size, normalize=loaded.normalize)
-    protocols = evaluate_protocols(loaded.model, data.images, data.labels, settings.protocols, seed=settings.seed,
-                                   normalize=loaded.normalize, batch_size=settings.batch_size)
+    results = evaluate_sequences(
+        loaded.model,
+        data.images,
+        data.labels,
+        sequence_preset(EVALUATION_PRESET),
+        batch_size=settings.batch_size,
+        normalize=loaded.normalize,
+    )
+    protocols = evaluate_protocols(
+        loaded.model,
+        data.images,
+        data.labels,
+        settings.protocols,
+        seed=settings.seed,
+        normalize=loaded.normalize,
+        batch_size=settings.batch_size,
+    )
     saved = read_checkpoint(run.checkpoint)
-    row = table_row(run, results, protocols, saved, len(data.labels), plan.actions[run.variant], settings.preset,
-                    settings.repo_root.resolve())
+    row = table_row(
+        run,
+        results,
+        protocols,
+        saved,
+        len(data.labels),
+        plan.actions[run.variant],
+        settings.preset,
+        settings.repo_root.resolve(),
+    )
     seconds = {"training": trained - tick, "evaluation": time.perf_counter() - trained}
-    record = VariantRecord(row, results, monitor_history(saved), epoch_log(run.run_dir), seconds,
-                           file_sha256(run.checkpoint))
+    record = VariantRecord(
+        row, results, monitor_history(saved), epoch_log(run.run_dir), seconds, file_sha256(run.checkpoint)
+    )
     write_record(record_path(plan.output, run.variant), evaluation_key(run, data, settings), record)
     return record

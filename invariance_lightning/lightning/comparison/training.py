@@ -66,8 +66,9 @@ def plan_variant(
         fit_args += ["--no_wandb", "true"]
     if not sys.stderr.isatty():
         fit_args += ["--trainer.enable_progress_bar", "false"]
-    return VariantRun(variant, source, config, run_dir / "compare_config.yaml", run_dir, checkpoint_path(config),
-                      max_epochs, fit_args)
+    return VariantRun(
+        variant, source, config, run_dir / "compare_config.yaml", run_dir, checkpoint_path(config), max_epochs, fit_args
+    )
 
 
 def planned_epochs(run_dir: Path) -> int | None:
@@ -111,8 +112,9 @@ def train(run: VariantRun, action: str) -> None:
         return
     run.run_dir.mkdir(parents=True, exist_ok=True)
     run.config_path.write_text(yaml.safe_dump(run.config, sort_keys=False))
-    print(f"== {run.variant} ({action}): invariance-lightning {shlex.join(run.command(action == 'resumed'))}",
-          flush=True)
+    print(
+        f"== {run.variant} ({action}): invariance-lightning {shlex.join(run.command(action == 'resumed'))}", flush=True
+    )
     with warnings.catch_warnings():
         # the CLI gets its arguments from the list; LightningCLI warns that this process's own command line (the
         # recipe's, pytest's) holds arguments too, which it does not read

@@ -10,14 +10,19 @@ from invariance_lightning.reporting.comparison import comparison_columns
 
 
 def log_to_wandb(
-    group: str, project: str, output: Path, rows: Sequence[Mapping[str, Any]], plots: Sequence[Path],
+    group: str,
+    project: str,
+    output: Path,
+    rows: Sequence[Mapping[str, Any]],
+    plots: Sequence[Path],
     setup: Mapping[str, Any],
 ) -> None:
     """A summary W&B run in the training runs' group: the table, the plots and each variant's scalars."""
     import wandb
 
-    run = wandb.init(project=project, group=group, name="comparison", job_type="comparison", dir=str(output),
-                     config=dict(setup))
+    run = wandb.init(
+        project=project, group=group, name="comparison", job_type="comparison", dir=str(output), config=dict(setup)
+    )
     columns = list(comparison_columns(rows))
     data = [[row[c] for c in columns] for row in rows]
     table = wandb.Table(columns=columns, data=data)  # type: ignore[arg-type]  # wandb: list[str | int], invariant

@@ -338,4 +338,3 @@ class CIFARDataModule(ImageClassificationDataModule):
             drop_last=train and self.drop_last,
             **self._sampler_kwargs(),
         )
-

@@ -351,7 +351,6 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         transform = self.train_transform if train else self.eval_transform
         return self._dataloader(ImageFileDataset(samples, transform), train=train)
 
-
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Decode :class:`EncodedBatch` batches on ``device`` (``decode="device"``); move others as usual.
 

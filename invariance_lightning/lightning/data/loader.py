@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import cast
 
 import torch
 from torch.utils.data import Dataset, DistributedSampler
@@ -30,9 +31,8 @@ def epoch_sampler(
     them out), so all ranks run the same number of batches.
     """
     # DistributedSampler only needs len(dataset); a range stands in for the dataset.
-    return DistributedSampler(
-        range(num_examples), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed  # type: ignore[arg-type]
-    )
+    examples = cast(Dataset, range(num_examples))
+    return DistributedSampler(examples, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
 
 
 class TensorImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -94,9 +94,7 @@ class TensorBatchLoader:
         self.drop_last = drop_last
         # Lightning reads `batch_sampler` wherever it finds a `sampler`, as on a DataLoader that batches by itself.
         self.batch_sampler = None
-        self.sampler = epoch_sampler(
-            images.shape[0], shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank
-        )
+        self.sampler = epoch_sampler(images.shape[0], shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the permutation of ``epoch`` (as ``DistributedSampler.set_epoch``)."""
