@@ -47,7 +47,7 @@ class ScaleSequence(TransformSequence):
         if isinstance(factors, (str, bytes)) or not isinstance(factors, Sequence):
             raise TypeError(f"ScaleSequence: factors must be a sequence of positive numbers, got {factors!r}")
         if len(factors) < 2:
-            raise ValueError(f"a scale sequence needs at least 2 factors, got {list(factors)!r}")
+            raise ValueError(f"ScaleSequence: factors must hold at least 2 factors, got {list(factors)!r}")
         self.factors = [
             check_number("ScaleSequence", f"each factor in factors ({list(factors)!r})", f, low=0, strict=True)
             for f in factors

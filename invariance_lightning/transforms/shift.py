@@ -18,7 +18,9 @@ DIRECTIONS = ("diagonal", "horizontal", "vertical")
 def _direction_shifts(max_shift: float, step: float, direction: str) -> list[tuple[float, float]]:
     count = max_shift / step
     if abs(count - round(count)) > 1e-9:
-        raise ValueError(f"max_shift must be a whole multiple of step, got max_shift={max_shift} and step={step}")
+        raise ValueError(
+            f"ShiftSequence: max_shift must be a whole multiple of step, got max_shift={max_shift} and step={step}"
+        )
     offsets = [k * step for k in range(round(count) + 1)]
     unit = {"diagonal": (1, 1), "horizontal": (1, 0), "vertical": (0, 1)}[direction]
     return [(_tidy(d * unit[0]), _tidy(d * unit[1])) for d in offsets]
@@ -82,7 +84,10 @@ class ShiftSequence(TransformSequence):
         # checked even where grid or shifts make it unused: a typo is still a typo
         check_choice("ShiftSequence", "direction", direction, DIRECTIONS)
         if (shifts is None) == (max_shift is None):
-            raise ValueError("give either max_shift (with direction/step/grid) or an explicit shifts list, not both")
+            given = "both" if shifts is not None else "neither"
+            raise ValueError(
+                f"ShiftSequence: either max_shift (with direction/step/grid) or shifts must be given, got {given}"
+            )
         self.direction: str | None = None
         if shifts is None:
             max_shift = _tidy(check_number("ShiftSequence", "max_shift", max_shift, low=0, strict=True))
@@ -93,7 +98,9 @@ class ShiftSequence(TransformSequence):
                 shifts = _direction_shifts(max_shift, step, direction)
                 self.direction = direction
         elif grid:
-            raise ValueError("grid=True builds its shifts from max_shift; it cannot be combined with a shifts list")
+            raise ValueError(
+                "ShiftSequence: grid must be False with a shifts list (grid=True builds them from max_shift)"
+            )
         self.shifts = self._check_shifts(shifts)
         self.crop_size = check_crop_size("ShiftSequence", crop_size, mode)
 
@@ -102,11 +109,11 @@ class ShiftSequence(TransformSequence):
         checked = []
         for item in shifts:
             if not isinstance(item, (tuple, list)) or len(item) != 2:
-                raise ValueError(f"shifts must be (dx, dy) pairs, got {item!r}")
+                raise ValueError(f"ShiftSequence: shifts must be (dx, dy) pairs, got {item!r}")
             dx, dy = (check_number("ShiftSequence", f"each shift in shifts ({item!r})", v) for v in item)
             checked.append((_tidy(dx), _tidy(dy)))
         if len(checked) < 2:
-            raise ValueError(f"a shift sequence needs at least 2 frames, got shifts={checked!r}")
+            raise ValueError(f"ShiftSequence: shifts must have at least 2 frames, got {checked!r}")
         return checked
 
     def __len__(self) -> int:
