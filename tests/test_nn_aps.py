@@ -130,7 +130,8 @@ def test_deepcopy_keeps_each_follower_with_its_own_leader() -> None:
 def test_leader_without_followers_keeps_no_state() -> None:
     layer = APS2d()
     layer(torch.randn(1, 1, 4, 4))
-    assert layer._index is None
+    with pytest.raises(RuntimeError, match="ran before its leader APS2d chose"):
+        layer.pop_selection()  # nothing was kept for followers that do not exist
 
 
 def test_invalid_arguments_and_inputs() -> None:
@@ -142,7 +143,9 @@ def test_invalid_arguments_and_inputs() -> None:
         APS2d(channels=-2)
     with pytest.raises(TypeError, match="^APS2d: channels must be None or an int >= 1, got str '3'$"):
         APS2d(channels="3")
-    with pytest.raises(TypeError, match="leader must be an APS2d, got Identity"):
+    with pytest.raises(
+        TypeError, match="^APS2dFollower: leader must be an APS2d or another PolyphaseLeader, got Identity$"
+    ):
         APS2dFollower(nn.Identity())
     with pytest.raises(
         ValueError, match=r"^APS2d: input must be a floating-point \(N, C, H, W\) tensor, got shape \(2, 4, 4\)"

@@ -39,7 +39,8 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
         backbone: a name for :func:`~invariance_lightning.models.factory.build_backbone`
             (``cifar_resnet20``, ``torchvision:resnet18``, ``timm:resnet18``, ...) or a module.
         num_classes: output classes.
-        downsample: ``"stride"`` (plain), ``"blur"`` (BlurPool) or ``"aps"`` (adaptive polyphase).
+        downsample: ``"stride"`` (plain), ``"blur"`` (BlurPool), ``"aps"`` (adaptive polyphase) or ``"lps"``
+            (learnable polyphase; anneal its temperature with ``lightning.callbacks.GumbelTemperature``).
         filter_size: low-pass filter length of the antialiased variants.
         padding_mode: ``"zeros"`` or ``"circular"`` (CIFAR ResNets).
         augmentation: GPU augmentation preset (``none``, ``standard``, ``translate``,

@@ -6,13 +6,14 @@ from typing import Literal, cast
 
 from torch import nn
 
-from invariance_lightning.nn import APS2d, APS2dFollower, BlurPool2d
+from invariance_lightning.nn import APS2d, APS2dFollower, BlurPool2d, LPS2d, PolyphaseLeader
 from invariance_lightning.nn.blurpool import MAX_FILTER_SIZE, PaddingMode
+from invariance_lightning.nn.lps import ScorerPadding
 from invariance_lightning.validation import check_choice, check_int
 
-Method = Literal["blur", "aps"]
+Method = Literal["blur", "aps", "lps"]
 #: Antialiased subsampling methods.
-METHODS: tuple[str, ...] = ("blur", "aps")
+METHODS: tuple[str, ...] = ("blur", "aps", "lps")
 #: Every way a model may subsample: plain striding or one of :data:`METHODS`.
 DOWNSAMPLE_CHOICES: tuple[str, ...] = ("stride", *METHODS)
 
@@ -38,10 +39,14 @@ def _aps(channels: int, stride: int, filter_size: int, padding_mode: PaddingMode
 def make_downsample(
     method: Method, channels: int, stride: int, filter_size: int, padding_mode: PaddingMode
 ) -> nn.Module:
-    """One subsampler: ``BlurPool2d`` ("blur") or low-pass + ``APS2d`` ("aps"; no low-pass for ``filter_size=1``)."""
+    """One subsampler: ``BlurPool2d`` ("blur"), or low-pass + ``APS2d`` ("aps") / ``LPS2d`` ("lps"; no low-pass for
+    ``filter_size=1``; the LPS scorer pads circularly in a circularly padded network, else with zeros)."""
     check_method("make_downsample", method, filter_size)
     if method == "blur":
         return BlurPool2d(channels, filter_size, stride, padding_mode)
+    if method == "lps":
+        scorer_padding: ScorerPadding = "circular" if padding_mode == "circular" else "zeros"
+        return _aps(channels, stride, filter_size, padding_mode, LPS2d(channels, stride, padding_mode=scorer_padding))
     return _aps(channels, stride, filter_size, padding_mode, APS2d(channels, stride))
 
 
@@ -55,12 +60,12 @@ def make_downsample_pair(
 ) -> tuple[nn.Module, nn.Module]:
     """Subsamplers for a residual block's main path and shortcut.
 
-    For "aps" the shortcut's sampler is an :class:`APS2dFollower` of the main path's
-    :class:`APS2d`, so both paths keep the same polyphase component (the main path must run first).
+    For "aps" and "lps" the shortcut's sampler is an :class:`APS2dFollower` of the main path's
+    :class:`APS2d` / :class:`LPS2d`, so both paths keep the same polyphase component (the main path must run first).
     """
     main = make_downsample(method, main_channels, stride, filter_size, padding_mode)
     if method == "blur":
         return main, BlurPool2d(shortcut_channels, filter_size, stride, padding_mode)
-    # the APS2d itself, or the last layer of _aps's (low-pass, APS2d) Sequential
-    leader = main if isinstance(main, APS2d) else cast(APS2d, cast(nn.Sequential, main)[-1])
+    # the APS2d / LPS2d itself, or the last layer of _aps's (low-pass, sampler) Sequential
+    leader = main if isinstance(main, PolyphaseLeader) else cast(PolyphaseLeader, cast(nn.Sequential, main)[-1])
     return main, _aps(shortcut_channels, stride, filter_size, padding_mode, APS2dFollower(leader))

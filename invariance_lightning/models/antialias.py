@@ -216,18 +216,19 @@ def antialias(
 
     Args:
         model: the model to convert (its weights are kept and still load with ``strict=True``).
-        method: "blur" (:class:`BlurPool2d`) or "aps" (stride-1 binomial low-pass of
-            ``filter_size``, then :class:`APS2d`; the shortcut follows the main path's choice).
+        method: "blur" (:class:`BlurPool2d`), "aps" (stride-1 binomial low-pass of
+            ``filter_size``, then :class:`APS2d`; the shortcut follows the main path's choice) or "lps" (as
+            "aps" with a learned :class:`LPS2d`, whose scorers are new, untrained parameters).
         filter_size: binomial filter length, 1-7 (1: no low-pass; "blur" then equals the original
             subsampling, evaluated at the converted positions).
         inplace: modify ``model`` itself instead of a deep copy.
         circular_padding: also switch every padded conv (and the stem max-pool) to circular
-            padding, so that an "aps" model is exactly invariant to circular shifts of inputs
+            padding, so that an "aps" or "lps" model is exactly invariant (in eval mode) to circular shifts of inputs
             whose size is a multiple of its total stride. Changes a pretrained model's outputs.
         stem_conv: also convert a strided stem conv (``conv1`` of torchvision/timm ResNets), which
             then runs at full input resolution: ~1.4x the training time of ResNet-18 for "blur"
             (see docs/models.md). Default: False for "blur" (Zhang's ``pool_only`` default: the
-            stem conv stays strided, its max-pool is antialiased), True for "aps" (exact
+            stem conv stays strided, its max-pool is antialiased), True for "aps" and "lps" (exact
             invariance needs every subsampling to be adaptive).
 
     Returns:
@@ -237,7 +238,7 @@ def antialias(
     if not isinstance(model, nn.Module):
         raise TypeError(f"antialias: model must be an nn.Module, got {type(model).__name__}")
     if stem_conv is None:
-        stem_conv = method == "aps"
+        stem_conv = method in ("aps", "lps")
     plan = _plan(model, stem_conv)
     covered = {name for rewrite in plan for name in rewrite.converts}
     missed = [

@@ -19,11 +19,11 @@ from torch import Tensor, nn
 
 from invariance_lightning.models._downsample import DOWNSAMPLE_CHOICES, blur_padding, check_method, make_downsample_pair
 from invariance_lightning.models.pretrained import cifar_resnet_weights
-from invariance_lightning.nn import BlurPool2d
+from invariance_lightning.nn import BlurPool2d, LPS2d
 from invariance_lightning.transforms.normalization import IMAGENET_STATS
 from invariance_lightning.validation import check_choice, check_int
 
-Downsample = Literal["stride", "blur", "aps"]
+Downsample = Literal["stride", "blur", "aps", "lps"]
 #: What ``nn.Conv2d`` accepts as ``padding_mode`` (:func:`cifar_resnet` offers "zeros" and "circular").
 ConvPaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 CIFAR_RESNET_DEPTHS: tuple[int, ...] = (20, 32, 44, 56, 110)
@@ -58,7 +58,8 @@ class CifarBasicBlock(nn.Module):
         self.channel_padding = (0, 0, 0, 0, extra // 2, extra - extra // 2)
 
     def set_downsample(self, method: Downsample, filter_size: int = 3) -> None:
-        """Switch a stride-2 block between "stride", "blur" and "aps" (no effect at stride 1); keeps all weights."""
+        """Switch a stride-2 block between "stride", "blur", "aps" and "lps" (no effect at stride 1); keeps all
+        weights."""
         check_choice("CifarBasicBlock.set_downsample", "downsample", method, DOWNSAMPLE_CHOICES)
         if self.stride == 1:
             return
@@ -127,10 +128,12 @@ def cifar_resnet(
         downsample: "stride" (the original strided convs), "blur" (stride-1 conv, BN, ReLU, then
             ``BlurPool2d``; the shortcut is blurred and subsampled) or "aps" (stride-1 conv, BN, ReLU,
             stride-1 binomial low-pass of size ``filter_size``, then ``APS2d``; the shortcut keeps the
-            same polyphase component). Same parameters and state_dict keys for all three.
-        filter_size: binomial filter length for "blur" and "aps" (1: no low-pass).
-        padding_mode: conv padding, "zeros" or "circular" (circular + "aps" makes the network exactly
-            invariant to circular shifts of the input; the low-pass then also pads circularly).
+            same polyphase component) or "lps" (as "aps" with a learned ``LPS2d`` choosing the component).
+            Same parameters and state_dict keys for "stride", "blur" and "aps"; "lps" adds its scorers'.
+        filter_size: binomial filter length for "blur", "aps" and "lps" (1: no low-pass).
+        padding_mode: conv padding, "zeros" or "circular" (circular + "aps"/"lps" makes the network exactly
+            invariant to circular shifts of the input in eval mode; the low-pass and the LPS scorers then also
+            pad circularly).
     """
     owner = "cifar_resnet"
     depth = check_int(owner, "depth", depth, 1)
@@ -228,8 +231,14 @@ def load_cifar_resnet(
                     f"{name}={kwargs[name]!r} was given but the weights in {str(path)!r} have {name}={value}"
                 )
         model = cifar_resnet(**{**kwargs, **inferred})
+    # an LPS network's scorers are new parameters that strided, BlurPool and APS weights cannot have: they keep
+    # their initialization; every other key must match
+    # (under every path that reaches them: a shortcut's APS2dFollower holds its leader too)
+    lps_paths = [name for name, m in model.named_modules(remove_duplicate=False) if isinstance(m, LPS2d)]
+    new = {f"{name}.{key}" for name in lps_paths for key in LPS2d.state_keys}
+    present = {key: value for key, value in model.state_dict().items() if key in new and key not in state}
     try:
-        model.load_state_dict(state)
+        model.load_state_dict({**state, **present})
     except RuntimeError as error:
         raise ValueError(
             f"the weights in {str(path)!r} do not fit this CifarResNet (depth or classes differ): {error}"

@@ -33,7 +33,7 @@ def pad_to_multiple(x: Tensor, stride: int) -> Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
 
 
-def _polyphase_view(x: Tensor, stride: int) -> Tensor:
+def polyphase_view(x: Tensor, stride: int) -> Tensor:
     """``(N, C, H, W) -> (N, C, H/s, s, W/s, s)``; ``[..., i, :, j]`` is component ``(i, j)``."""
     n, c, h, w = x.shape
     return x.reshape(n, c, h // stride, stride, w // stride, stride)
@@ -46,7 +46,7 @@ def polyphase_norms(x: Tensor, stride: int, norm: Norm = "l2") -> Tensor:
     """
     order = 2 if norm == "l2" else 1
     dtype = torch.promote_types(x.dtype, torch.float32)
-    norms = torch.linalg.vector_norm(_polyphase_view(x, stride), ord=order, dim=(1, 2, 4), dtype=dtype)
+    norms = torch.linalg.vector_norm(polyphase_view(x, stride), ord=order, dim=(1, 2, 4), dtype=dtype)
     return norms.reshape(x.shape[0], stride * stride)
 
 
@@ -56,10 +56,43 @@ def take_polyphase(x: Tensor, index: Tensor, stride: int) -> Tensor:
         raise ValueError(f"index must have shape ({x.shape[0]},) (one component per sample), got {tuple(index.shape)}")
     batch = torch.arange(x.shape[0], device=x.device)
     index = index.to(x.device)
-    return _polyphase_view(x, stride)[batch, :, :, index // stride, :, index % stride]
+    return polyphase_view(x, stride)[batch, :, :, index // stride, :, index % stride]
 
 
-class APS2d(nn.Module):
+class PolyphaseLeader(nn.Module):
+    """A subsampler that chooses polyphase components per sample and can hand its choice to followers
+    (:class:`APS2dFollower`, e.g. a residual block's shortcut) within the same forward pass.
+
+    Subclasses set ``stride``, call :meth:`_share` with what they chose, and define :meth:`apply_selection`.
+    """
+
+    stride: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.has_followers = False
+        self._selection: Tensor | None = None
+
+    def _share(self, selection: Tensor) -> None:
+        if self.has_followers:
+            self._selection = selection
+
+    def pop_selection(self) -> Tensor:
+        """What the last forward chose, cleared so that a stale choice is never reused."""
+        if self._selection is None:
+            raise RuntimeError(
+                f"APS2dFollower ran before its leader {type(self).__name__} chose a component in this forward pass: "
+                "the leader (main path) must run before the follower (shortcut) in the block's forward"
+            )
+        selection, self._selection = self._selection, None
+        return selection
+
+    def apply_selection(self, x: Tensor, selection: Tensor) -> Tensor:
+        """Subsample ``x`` (sizes multiples of ``stride``) with a selection this leader made."""
+        raise NotImplementedError
+
+
+class APS2d(PolyphaseLeader):
     """Keep, per sample, the polyphase component with the largest norm (adaptive polyphase sampling).
 
     Norm: ``"l2"`` (default, as in the paper) or ``"l1"`` of the whole component, over all channels
@@ -89,8 +122,6 @@ class APS2d(nn.Module):
         self.channels = check_optional_int(owner, "channels", channels, 1)
         self.stride = check_int(owner, "stride", stride, 1)
         self.norm = check_choice(owner, "norm", norm, NORMS)
-        self.has_followers = False
-        self._index: Tensor | None = None
 
     def select(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Return the chosen components ``(N, C, H/s, W/s)`` and their indices ``(N,)`` (``i * s + j``)."""
@@ -101,26 +132,19 @@ class APS2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out, index = self.select(x)
-        if self.has_followers:
-            self._index = index
+        self._share(index)
         return out
 
-    def pop_index(self) -> Tensor:
-        """The indices chosen by the last forward, cleared so that a stale choice is never reused."""
-        if self._index is None:
-            raise RuntimeError(
-                "APS2dFollower ran before its leader APS2d chose a component in this forward pass: the "
-                "leader (main path) must run before the follower (shortcut) in the block's forward"
-            )
-        index, self._index = self._index, None
-        return index
+    def apply_selection(self, x: Tensor, selection: Tensor) -> Tensor:
+        return take_polyphase(x, selection, self.stride)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, stride={self.stride}, norm={self.norm!r}"
 
 
 class APS2dFollower(nn.Module):
-    """Subsample with the components the ``leader`` :class:`APS2d` chose in the same forward pass.
+    """Subsample with the components the ``leader`` (an :class:`APS2d`, or any :class:`PolyphaseLeader` such as
+    ``LPS2d``) chose in the same forward pass.
 
     The leader is registered as a submodule (it has no state_dict entries), so that a
     ``copy.deepcopy`` of the model pairs each copied follower with its copied leader. The input
@@ -129,18 +153,20 @@ class APS2dFollower(nn.Module):
     must run first, and both must run in the same thread.
     """
 
-    def __init__(self, leader: APS2d) -> None:
+    def __init__(self, leader: PolyphaseLeader) -> None:
         super().__init__()
-        if not isinstance(leader, APS2d):
-            raise TypeError(f"leader must be an APS2d, got {type(leader).__name__}")
+        if not isinstance(leader, PolyphaseLeader):
+            raise TypeError(
+                f"APS2dFollower: leader must be an APS2d or another PolyphaseLeader, got {type(leader).__name__}"
+            )
         self.leader = leader
         leader.has_followers = True
 
     def forward(self, x: Tensor) -> Tensor:
         check_images("APS2dFollower", "input", x)
-        index = self.leader.pop_index()
-        if index.shape[0] != x.shape[0]:
+        selection = self.leader.pop_selection()
+        if selection.shape[0] != x.shape[0]:
             raise ValueError(
-                f"APS2dFollower got a batch of {x.shape[0]} but its leader chose components for {index.shape[0]}"
+                f"APS2dFollower got a batch of {x.shape[0]} but its leader chose components for {selection.shape[0]}"
             )
-        return take_polyphase(pad_to_multiple(x, self.leader.stride), index, self.leader.stride)
+        return self.leader.apply_selection(pad_to_multiple(x, self.leader.stride), selection)
