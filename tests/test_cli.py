@@ -17,7 +17,7 @@ from invariance_lightning.lightning.cli import InvarianceCLI, main, run_cli, wan
 from invariance_lightning.lightning.data import ImageFolderDataModule
 from invariance_lightning.metrics.protocols import PROTOCOLS, evaluate_protocol
 from invariance_lightning.models import cifar_resnet
-from invariance_lightning.nn import APS2d, BlurPool2d
+from invariance_lightning.nn import APS2d, BlurPool2d, LPS2d
 from lightning_helpers import LargestImageBatch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +43,7 @@ def test_configs_exist_for_every_variant():
             "augmented_blur",
             "consistency",
             "augmented_aps",
+            "augmented_lps",
             "augmented_blur_consistency",
             "finetuned_blur_consistency",
             "finetuned_blur_consistency_8px",
@@ -51,7 +52,7 @@ def test_configs_exist_for_every_variant():
     for path in CIFAR_CONFIGS:  # each name says what its model section sets
         model, parts = yaml.safe_load(path.read_text())["model"], path.stem.split("_")[1:]
         assert (model["augmentation"] != "none") == bool({"augmented", "consistency", "translate"} & set(parts)), path
-        assert model["downsample"] == next((p for p in ("blur", "aps") if p in parts), "stride"), path
+        assert model["downsample"] == next((p for p in ("blur", "aps", "lps") if p in parts), "stride"), path
         assert (model["consistency_weight"] > 0) == ("consistency" in parts), path
         assert ("init_weights" in model) == ("finetuned" in parts), path
         assert model.get("max_shift", 4) == (8 if "8px" in parts else 4), path  # the crops' black border
@@ -74,10 +75,12 @@ def check_fast_dev_run(cli: InvarianceCLI, config: Path) -> None:
     # a low-pass filter before subsampling (APS samples after one too, as the configs set it; the strided network
     # subsamples its shortcuts with a BlurPool2d of filter size 1, no filter)
     low_pass = any(isinstance(m, BlurPool2d) and m.filter_size > 1 for m in modules)
-    assert low_pass == (settings.get("downsample") in ("blur", "aps")), config.stem
+    assert low_pass == (settings.get("downsample") in ("blur", "aps", "lps")), config.stem
     assert any(isinstance(m, APS2d) for m in modules) == (settings.get("downsample") == "aps"), config.stem
+    assert any(isinstance(m, LPS2d) for m in modules) == (settings.get("downsample") == "lps"), config.stem
     metrics = trainer.callback_metrics
     assert ("train/consistency_penalty" in metrics) == (settings.get("consistency_weight", 0) > 0), config.stem
+    assert ("train/lps_temperature" in metrics) == (settings.get("downsample") == "lps"), config.stem  # annealed
     for split in ("train", "val"):
         assert 0 <= float(metrics[f"invariance/{split}/shift/flip_rate"]) <= 1, config.stem
 
