@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from invariance_lightning.lightning.cli import add_protocol_arguments
 from invariance_lightning.lightning.comparison import (
     COMPARISON_PRESETS,
     FAMILIES,
@@ -46,8 +47,7 @@ from invariance_lightning.lightning.comparison import (
     plan_comparison,
     run_comparison,
 )
-from invariance_lightning.metrics.protocols import PROTOCOLS
-from invariance_lightning.validation import nonnegative_int, positive_int
+from invariance_lightning.validation import positive_int
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,20 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         "max_epochs (--ckpt_path last)",
     )
     parser.add_argument("--no_wandb", "--no-wandb", action="store_true", help="CSV logs only, no W&B runs")
-    parser.add_argument(
-        "--protocols",
-        nargs="+",
-        choices=list(PROTOCOLS),
-        default=[],
-        metavar="NAME",
-        help=f"published protocols to run on the test images: {', '.join(PROTOCOLS)} (default: none)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=nonnegative_int,
-        default=0,
-        help="seed of the test subset and of the protocols' random shifts (default: 0)",
-    )
+    add_protocol_arguments(parser, "on the test images", "the test subset and of the protocols' random shifts")
     parser.add_argument(
         "--batch_size",
         "--batch-size",

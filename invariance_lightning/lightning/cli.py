@@ -117,6 +117,20 @@ class InvarianceCLI(LightningCLI):
             config.trainer.logger = _csv_logger(config.trainer.get("default_root_dir"))
 
 
+def add_protocol_arguments(parser: argparse.ArgumentParser, where: str, seeds: str) -> None:
+    """``--protocols NAME ...`` (published protocols to run ``where``; default none) and ``--seed`` (the seed of
+    ``seeds``): the options the CLI's ``evaluate`` and ``recipes/compare.py`` share."""
+    parser.add_argument(
+        "--protocols",
+        nargs="+",
+        choices=list(PROTOCOLS),
+        default=[],
+        metavar="NAME",
+        help=f"published protocols to run {where}: {', '.join(PROTOCOLS)} (docs/metrics.md; default: none)",
+    )
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help=f"seed of {seeds} (default: 0)")
+
+
 def evaluate_main(argv: Sequence[str]) -> Path:
     """``evaluate``: the full invariance report of a model on a dataset split, as Markdown/JSON/PNG.
 
@@ -138,20 +152,7 @@ def evaluate_main(argv: Sequence[str]) -> Path:
         "--num_images", type=positive_int, default=None, help="seeded subset size (default: the whole split)"
     )
     parser.add_argument("--batch_size", type=positive_int, default=256)
-    parser.add_argument(
-        "--protocols",
-        nargs="+",
-        choices=list(PROTOCOLS),
-        default=[],
-        metavar="NAME",
-        help=f"published protocols to run as well: {', '.join(PROTOCOLS)} (docs/metrics.md)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=nonnegative_int,
-        default=0,
-        help="seed of the protocols' random shifts (default: 0; the subset is the datamodule's)",
-    )
+    add_protocol_arguments(parser, "as well", "the protocols' random shifts (the subset is the datamodule's)")
     parser.add_argument("--output", type=Path, default=None, help="default: results/evaluate/<model name>")
     args = parser.parse_args(list(argv))
 
