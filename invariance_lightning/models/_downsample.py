@@ -14,8 +14,9 @@ from invariance_lightning.validation import check_choice, check_int
 Method = Literal["blur", "aps", "lps"]
 #: Antialiased subsampling methods.
 METHODS: tuple[str, ...] = ("blur", "aps", "lps")
-#: Every way a model may subsample: plain striding or one of :data:`METHODS`.
-DOWNSAMPLE_CHOICES: tuple[str, ...] = ("stride", *METHODS)
+#: Every way a CIFAR ResNet may subsample: plain striding, one of :data:`METHODS`, or "afc" (alias-free: ideal
+#: low-pass subsampling and polynomial activations, which replaces more than the subsampling layers).
+DOWNSAMPLE_CHOICES: tuple[str, ...] = ("stride", *METHODS, "afc")
 
 
 def check_method(owner: str, method: object, filter_size: object) -> None:

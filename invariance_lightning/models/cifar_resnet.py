@@ -17,13 +17,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from invariance_lightning.models._downsample import DOWNSAMPLE_CHOICES, blur_padding, check_method, make_downsample_pair
+from invariance_lightning.models._downsample import (
+    DOWNSAMPLE_CHOICES,
+    METHODS,
+    blur_padding,
+    check_method,
+    make_downsample_pair,
+)
 from invariance_lightning.models.pretrained import cifar_resnet_weights
 from invariance_lightning.nn import BlurPool2d, LPS2d
+from invariance_lightning.nn.alias_free import AliasFreeDownsample, InputLowpass, PolynomialActivation
 from invariance_lightning.transforms.normalization import IMAGENET_STATS
 from invariance_lightning.validation import check_choice, check_int
 
-Downsample = Literal["stride", "blur", "aps", "lps"]
+Downsample = Literal["stride", "blur", "aps", "lps", "afc"]
 #: What ``nn.Conv2d`` accepts as ``padding_mode`` (:func:`cifar_resnet` offers "zeros" and "circular").
 ConvPaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 CIFAR_RESNET_DEPTHS: tuple[int, ...] = (20, 32, 44, 56, 110)
@@ -54,13 +61,19 @@ class CifarBasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, padding=1, bias=False, padding_mode=padding_mode)
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut_down: nn.Module = nn.Identity() if stride == 1 else BlurPool2d(in_planes, 1, stride)
+        self.act1: nn.Module = nn.ReLU()
+        self.act2: nn.Module = nn.ReLU()
         extra = planes - in_planes
         self.channel_padding = (0, 0, 0, 0, extra // 2, extra - extra // 2)
 
     def set_downsample(self, method: Downsample, filter_size: int = 3) -> None:
-        """Switch a stride-2 block between "stride", "blur", "aps" and "lps" (no effect at stride 1); keeps all
-        weights."""
+        """Switch the block between "stride", "blur", "aps", "lps" (these change only a stride-2 block) and "afc"
+        (also the activations of every block); keeps all weights."""
         check_choice("CifarBasicBlock.set_downsample", "downsample", method, DOWNSAMPLE_CHOICES)
+        alias_free = method == "afc"
+        self.act1, self.act2 = (
+            (PolynomialActivation(), PolynomialActivation()) if alias_free else (nn.ReLU(), nn.ReLU())
+        )
         if self.stride == 1:
             return
         in_planes, planes = self.conv1.in_channels, self.conv1.out_channels
@@ -69,18 +82,21 @@ class CifarBasicBlock(nn.Module):
             self.down, self.shortcut_down = nn.Identity(), BlurPool2d(in_planes, 1, self.stride)
             return
         self.conv1.stride = (1, 1)
+        if method == "afc":
+            self.down, self.shortcut_down = AliasFreeDownsample(self.stride), AliasFreeDownsample(self.stride)
+            return
         self.down, self.shortcut_down = make_downsample_pair(
             method, planes, in_planes, self.stride, filter_size, blur_padding(self.conv1.padding_mode)
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.act1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(self.down(out)))
         # After the main path: an APS follower here reuses the component the main path chose.
         shortcut = self.shortcut_down(x)
         if self.channel_padding[-1]:
             shortcut = F.pad(shortcut, self.channel_padding)
-        return F.relu(out + shortcut)
+        return self.act2(out + shortcut)
 
 
 class CifarResNet(nn.Module):
@@ -92,8 +108,10 @@ class CifarResNet(nn.Module):
 
     def __init__(self, blocks_per_stage: int, num_classes: int = 10, padding_mode: ConvPaddingMode = "zeros") -> None:
         super().__init__()
+        self.input_filter: nn.Module = nn.Identity()  # alias-free networks: InputLowpass
         self.conv1 = nn.Conv2d(3, 16, 3, 1, padding=1, bias=False, padding_mode=padding_mode)
         self.bn1 = nn.BatchNorm2d(16)
+        self.act: nn.Module = nn.ReLU()
         in_planes = 16
         for stage, planes in enumerate((16, 32, 64), start=1):
             blocks = []
@@ -108,7 +126,7 @@ class CifarResNet(nn.Module):
                 nn.init.kaiming_normal_(module.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.act(self.bn1(self.conv1(self.input_filter(x))))
         out = self.layer3(self.layer2(self.layer1(out)))
         return self.linear(out.mean(dim=(2, 3)))
 
@@ -129,7 +147,10 @@ def cifar_resnet(
             ``BlurPool2d``; the shortcut is blurred and subsampled) or "aps" (stride-1 conv, BN, ReLU,
             stride-1 binomial low-pass of size ``filter_size``, then ``APS2d``; the shortcut keeps the
             same polyphase component) or "lps" (as "aps" with a learned ``LPS2d`` choosing the component).
-            Same parameters and state_dict keys for "stride", "blur" and "aps"; "lps" adds its scorers'.
+            Or "afc" (alias-free, Michaeli et al. 2023: an ideal low-pass of the input's Nyquist frequency,
+            FFT low-pass subsampling on both paths and polynomial activations computed at twice the resolution;
+            with ``padding_mode="circular"`` the network is invariant to circular integer and half-pixel shifts).
+            Same parameters and state_dict keys for "stride", "blur", "aps" and "afc"; "lps" adds its scorers'.
         filter_size: binomial filter length for "blur", "aps" and "lps" (1: no low-pass).
         padding_mode: conv padding, "zeros" or "circular" (circular + "aps"/"lps" makes the network exactly
             invariant to circular shifts of the input in eval mode; the low-pass and the LPS scorers then also
@@ -142,12 +163,14 @@ def cifar_resnet(
     check_int(owner, "num_classes", num_classes, 1)
     check_choice(owner, "downsample", downsample, DOWNSAMPLE_CHOICES)
     check_choice(owner, "padding_mode", padding_mode, ("zeros", "circular"))
-    if downsample != "stride":
+    if downsample in METHODS:
         check_method(owner, downsample, filter_size)
     model = CifarResNet((depth - 2) // 6, num_classes, padding_mode)
     for module in model.modules():
         if isinstance(module, CifarBasicBlock):
             module.set_downsample(downsample, filter_size)
+    if downsample == "afc":
+        model.input_filter, model.act = InputLowpass(), PolynomialActivation()
     return model
 
 

@@ -1,0 +1,118 @@
+"""Alias-free layers and the alias-free CIFAR ResNet (``downsample="afc"``): exact equivariance of each block to
+integer and half-pixel shifts, and invariance of the network, checked against FFT shifts computed independently."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from invariance_lightning.metrics.protocols import PROTOCOLS, evaluate_protocol
+from invariance_lightning.models import antialias, build_backbone, cifar_resnet
+from invariance_lightning.nn.alias_free import AliasFreeDownsample, PolynomialActivation, ideal_lowpass, ideal_upsample2
+from invariance_lightning.transforms.functional import fourier_shift
+
+
+def half_pixel(x: torch.Tensor, dx: float, dy: float) -> torch.Tensor:
+    """The protocol's fractional shift: a 1-D FFT shift along x, then along y."""
+    return fourier_shift(fourier_shift(x, dx, 0), 0, dy)
+
+
+def band_limited(*shape: int, seed: int = 0) -> torch.Tensor:
+    return ideal_lowpass(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), 1)
+
+
+def test_the_lowpass_removes_exactly_the_frequencies_at_and_above_the_cutoff():
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    spectrum = torch.fft.fft2(ideal_lowpass(x, 2)).abs()
+    kept = torch.fft.fftfreq(8, dtype=torch.float64).abs() < 0.25  # bins 0, +-1 of 8
+    assert spectrum[..., ~kept, :].max() < 1e-12 and spectrum[..., :, ~kept].max() < 1e-12
+    inside = torch.fft.fft2(x)[..., kept, :][..., :, kept]
+    assert torch.allclose(torch.fft.fft2(ideal_lowpass(x, 2))[..., kept, :][..., :, kept], inside)
+
+
+def test_upsampling_keeps_the_samples_and_turns_a_half_pixel_shift_into_a_one_pixel_roll():
+    x = band_limited(2, 3, 16, 16)
+    fine = ideal_upsample2(x)
+    assert fine.shape == (2, 3, 32, 32)
+    assert torch.allclose(fine[..., ::2, ::2], x, atol=1e-5)
+    assert torch.allclose(torch.roll(fine, (1, 1), dims=(2, 3))[..., ::2, ::2], half_pixel(x, 0.5, 0.5), atol=1e-5)
+
+
+def test_the_polynomial_activation_commutes_with_integer_and_half_pixel_shifts():
+    x, activation = band_limited(2, 3, 16, 16), PolynomialActivation()
+    out = activation(x)
+    rolled = activation(torch.roll(x, (3, -2), dims=(2, 3)))
+    assert torch.allclose(rolled, torch.roll(out, (3, -2), dims=(2, 3)), atol=1e-5)
+    assert torch.allclose(activation(half_pixel(x, -0.5, 1.5)), half_pixel(out, -0.5, 1.5), atol=1e-5)
+    # ... which a pointwise square on the 16x16 grid does not: its spectrum folds over
+    squared = x * x
+    assert not torch.allclose(half_pixel(x, 0.5, 0.5) ** 2, half_pixel(squared, 0.5, 0.5), atol=1e-3)
+
+
+def test_downsampling_turns_a_one_pixel_input_shift_into_a_half_pixel_output_shift():
+    x, down = band_limited(2, 3, 16, 16), AliasFreeDownsample(2)
+    assert torch.allclose(down(torch.roll(x, (1, 1), dims=(2, 3))), half_pixel(down(x), 0.5, 0.5), atol=1e-5)
+    with pytest.raises(
+        ValueError, match="^AliasFreeDownsample: input must have sizes divisible by stride=2, got 15x16$"
+    ):
+        down(torch.randn(1, 1, 15, 16))
+
+
+def random_smooth_images(count: int, size: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    coarse = F.interpolate(torch.rand(count, 3, 4, 4, generator=generator), size=size, mode="bilinear")
+    return (coarse + 0.1 * torch.rand(count, 3, size, size, generator=generator)).clamp(0, 1)
+
+
+def spread_network(downsample: str, images: torch.Tensor) -> torch.nn.Module:
+    """A random circular CIFAR ResNet-20 in eval mode with batch-norm statistics of ``images`` and a classifier
+    re-centred and scaled on them, so that its predictions differ between the images (a random network's logits
+    share a large common part)."""
+    torch.manual_seed(0)
+    model = cifar_resnet(20, downsample=downsample, padding_mode="circular")
+    with torch.no_grad():
+        model(images)
+        model.eval()
+        logits = model(images)
+        model.linear.bias -= logits.mean(0)
+        model.linear.weight *= 10 / logits.std(0).mean()
+        model.linear.bias *= 10 / logits.std(0).mean()
+    return model
+
+
+def test_the_alias_free_network_is_invariant_to_integer_and_half_pixel_shifts_and_the_strided_one_is_not():
+    images = random_smooth_images(6, 16, seed=1)
+    for downsample, invariant in (("afc", True), ("stride", False)):
+        model = spread_network(downsample, images)
+        with torch.no_grad():
+            logits = model(images)
+            shifted = [model(torch.roll(images, (5, -3), dims=(2, 3))), model(half_pixel(images, -2.5, 0.5))]
+        scale = logits.abs().max()
+        assert all(((s - logits).abs().max() < 1e-4 * scale) == invariant for s in shifted), downsample
+
+
+def test_on_the_afc_protocol_the_alias_free_network_loses_no_image_to_any_shift():
+    images = random_smooth_images(8, 16, seed=2)
+    protocol = dataclasses.replace(PROTOCOLS["afc2023_adversarial"], period=8, crop_margin=1)  # 16x16: 104 frames
+    results = {}
+    for downsample in ("afc", "stride"):
+        model = spread_network(downsample, images)
+        with torch.no_grad():
+            labels = model(images).argmax(1)  # its own predictions: accuracy 1
+        assert labels.unique().numel() > 1, "a constant predictor would be trivially invariant"
+        results[downsample] = evaluate_protocol(model, images, labels, protocol, seed=0)
+    afc, strided = results["afc"], results["stride"]
+    assert afc["adversarial_integer"] == afc["adversarial_half_pixel"] == afc["accuracy"] == 1.0
+    assert strided["adversarial_integer"] < 1 and strided["adversarial_half_pixel"] < 1
+
+
+def test_the_alias_free_network_has_the_strided_networks_state_dict_and_the_cifar_doors_build_it():
+    assert cifar_resnet(20, downsample="afc").state_dict().keys() == cifar_resnet(20).state_dict().keys()
+    backbone = build_backbone("cifar_resnet20", 10, downsample="afc", padding_mode="circular")
+    assert any(isinstance(m, PolynomialActivation) for m in backbone.modules())
+    with pytest.raises(ValueError, match="method must be one of"):  # ResNets of other layouts: not yet
+        antialias(torchvision.models.resnet18(), method="afc")  # type: ignore[arg-type]
