@@ -117,16 +117,19 @@ class InvarianceCLI(LightningCLI):
             config.trainer.logger = _csv_logger(config.trainer.get("default_root_dir"))
 
 
-def add_protocol_arguments(parser: argparse.ArgumentParser, where: str, seeds: str) -> None:
-    """``--protocols NAME ...`` (published protocols to run ``where``; default none) and ``--seed`` (the seed of
-    ``seeds``): the options the CLI's ``evaluate`` and ``recipes/compare.py`` share."""
+def add_protocol_arguments(
+    parser: argparse.ArgumentParser, where: str, seeds: str, default: Sequence[str] = ()
+) -> None:
+    """``--protocols NAME ...`` (published protocols to run ``where``; ``default``) and ``--seed`` (the seed of
+    ``seeds``): the options the CLI's ``evaluate`` and the recipes share."""
     parser.add_argument(
         "--protocols",
         nargs="+",
         choices=list(PROTOCOLS),
-        default=[],
+        default=list(default),
         metavar="NAME",
-        help=f"published protocols to run {where}: {', '.join(PROTOCOLS)} (docs/metrics.md; default: none)",
+        help=f"published protocols to run {where}: {', '.join(PROTOCOLS)} (docs/metrics.md; default: "
+        f"{' '.join(default) or 'none'})",
     )
     parser.add_argument("--seed", type=nonnegative_int, default=0, help=f"seed of {seeds} (default: 0)")
 

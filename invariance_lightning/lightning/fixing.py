@@ -1,0 +1,203 @@
+"""Make a trained CIFAR classifier shift-invariant: the package half of ``recipes/fix.py`` (docs/recipes.md).
+
+:func:`run_fix` measures a model (a released CIFAR ResNet by name, or an ``ImageClassifier`` checkpoint of a CIFAR
+ResNet), converts it to an antialiased network (``downsample=`` "blur", "aps" or "lps", its weights kept), fine-tunes
+it with black-bordered crops and the consistency penalty (the settings of
+``configs/cifar10/resnet20_finetuned_blur_consistency_8px.yaml`` by default), measures it again on the same test
+images and writes the before/after report: accuracy, the report sequences with per-step flip rates, the published
+protocols and the training time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch import Tensor
+
+from invariance_lightning.lightning.data import CIFARDataModule
+from invariance_lightning.lightning.module import ImageClassifier
+from invariance_lightning.lightning.paper import LoadedModel, load_checkpoint_model, load_pretrained
+from invariance_lightning.metrics.evaluate import evaluate_sequences
+from invariance_lightning.metrics.published import check_protocol_names, evaluate_protocols
+from invariance_lightning.models import CIFAR_RESNET_DEPTHS, CifarResNet
+from invariance_lightning.models._downsample import METHODS
+from invariance_lightning.reporting.machine import machine_info
+from invariance_lightning.reporting.tables import protocol_line, summary_markdown, write_report
+from invariance_lightning.transforms import sequence_preset
+from invariance_lightning.validation import check_choice, check_int, check_number, check_optional_int
+
+STAGES = ("before", "after")
+
+
+@dataclass(frozen=True)
+class FixSettings:
+    """What :func:`run_fix` does; ``python recipes/fix.py --help`` maps its options onto these fields.
+
+    ``model`` is a released model's name (``"resnet20"``, ``"resnet56"``) or an ``ImageClassifier`` ``.ckpt`` of a
+    CIFAR ResNet. ``train_subset`` None trains on all the training images but the ``val_split`` held out for validation;
+    ``test_images`` are measured before and after (seeded by ``seed``).
+    """
+
+    model: str = "resnet20"
+    method: str = "blur"
+    epochs: int = 5
+    max_shift: int = 8
+    consistency_weight: float = 2.0
+    lr: float = 0.01
+    train_subset: int | None = None
+    val_split: int = 5000
+    test_images: int = 10_000
+    protocols: tuple[str, ...] = ("aps2021_standard",)
+    data_dir: Path | None = None
+    download: bool = True
+    batch_size: int = 128
+    seed: int = 0
+    output: Path | None = None
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        owner = "FixSettings"
+        check_choice(owner, "method", self.method, METHODS)
+        check_int(owner, "epochs", self.epochs, 1)
+        check_int(owner, "max_shift", self.max_shift, 0)
+        check_number(owner, "consistency_weight", self.consistency_weight, low=0)
+        check_number(owner, "lr", self.lr, low=0, strict=True)
+        check_optional_int(owner, "train_subset", self.train_subset, 1)
+        check_int(owner, "val_split", self.val_split, 0)
+        check_int(owner, "test_images", self.test_images, 1)
+        check_protocol_names(owner, self.protocols)
+        check_int(owner, "batch_size", self.batch_size, 1)
+        check_int(owner, "seed", self.seed, 0)
+
+
+def load_model(spec: str, download: bool) -> LoadedModel:
+    """A released model by name, else an ``ImageClassifier`` checkpoint; ``ValueError`` for other backbones."""
+    loaded = load_checkpoint_model(Path(spec)) if spec.endswith(".ckpt") else load_pretrained(spec, None, download)
+    if not isinstance(loaded.layer_model, CifarResNet):
+        raise ValueError(f"--model {spec}: fine-tuning needs a CIFAR ResNet, got {type(loaded.layer_model).__name__}")
+    return loaded
+
+
+def measure(
+    loaded: LoadedModel, images: Tensor, labels: Tensor, protocols: tuple[str, ...], seed: int, batch_size: int
+) -> tuple[dict[str, dict[str, Tensor]], dict[str, dict[str, float]]]:
+    """The report sequences and the published ``protocols`` of ``loaded`` on ``images``."""
+    sequences = sequence_preset("report")
+    results = evaluate_sequences(
+        loaded.model, images, labels, sequences, batch_size=2 * batch_size, normalize=loaded.normalize
+    )
+    published = evaluate_protocols(
+        loaded.model, images, labels, protocols, seed=seed, normalize=loaded.normalize, batch_size=2 * batch_size
+    )
+    return results, published
+
+
+def run_fix(settings: FixSettings) -> Path:
+    """Measure, convert, fine-tune, measure again; returns the path of ``summary.md`` in the output folder."""
+    before = load_model(settings.model, settings.download)
+    backbone = cast(CifarResNet, before.layer_model)  # checked by load_model
+    depth = 6 * len(backbone.layer1) + 2
+    if depth not in CIFAR_RESNET_DEPTHS:
+        raise ValueError(f"--model {settings.model}: a CIFAR ResNet of depth {depth} has no backbone name")
+    output = settings.output or Path("results") / "fix" / f"{before.name}_{settings.method}"
+    datamodule = CIFARDataModule(
+        data_dir=settings.data_dir,
+        download=settings.download,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+        train_subset=settings.train_subset,
+        val_split=settings.val_split,
+    )
+    datamodule.setup()
+    images, labels = datamodule.split_arrays("test", min(settings.test_images, datamodule.split_size("test")), seed=0)
+    results, published = {}, {}
+    results["before"], published["before"] = measure(
+        before, images, labels, settings.protocols, settings.seed, settings.batch_size
+    )
+
+    # the backbone's weights as a plain weights file: what ImageClassifier(init_weights=...) reads for either source
+    output.mkdir(parents=True, exist_ok=True)
+    initial = output / "initial_weights.pt"
+    torch.save({"state_dict": backbone.state_dict()}, initial)
+    pl.seed_everything(settings.seed, verbose=False)
+    classifier = ImageClassifier(
+        backbone=f"cifar_resnet{depth}",
+        downsample=settings.method,
+        augmentation="standard",
+        max_shift=settings.max_shift,
+        lr=settings.lr,
+        consistency_weight=settings.consistency_weight,
+        init_weights=str(initial),
+        mean=list(before.normalize.mean),
+        std=list(before.normalize.std),
+    )
+    checkpoints = ModelCheckpoint(dirpath=output / "checkpoints", save_last=True, save_top_k=0)
+    trainer = pl.Trainer(
+        max_epochs=settings.epochs,
+        accelerator="auto",
+        devices=1,
+        default_root_dir=output,
+        logger=CSVLogger(output, name="logs"),
+        callbacks=[checkpoints],
+        enable_progress_bar=False,
+    )
+    started = time.perf_counter()
+    trainer.fit(classifier, datamodule=datamodule)
+    minutes = (time.perf_counter() - started) / 60
+    after = load_checkpoint_model(Path(checkpoints.last_model_path))
+    results["after"], published["after"] = measure(
+        after, images, labels, settings.protocols, settings.seed, settings.batch_size
+    )
+
+    sequences = sequence_preset("report")
+    payload = {
+        "command": settings.command,
+        "model": before.source,
+        "method": settings.method,
+        "training": {"epochs": settings.epochs, "minutes": minutes, "train_images": datamodule.split_size("train")},
+        "test_images": len(labels),
+        "machine": machine_info(),
+    }
+    for stage, loaded in (("before", before), ("after", after)):
+        write_report(
+            output,
+            stage,
+            {**payload, "stage": stage},
+            results[stage],
+            sequences,
+            f"{stage.capitalize()} fine-tuning: {loaded.name} on {len(labels)} CIFAR-10 test images",
+            notes=f"Command: `{settings.command}`",
+            protocols=published[stage],
+            protocol_seed=settings.seed,
+        )
+    rows = {f"{name} ({stage})": results[stage][name] for name in sequences for stage in STAGES}
+    lines = [
+        f"# Making {before.name} shift-invariant: {settings.method}, {settings.epochs} epochs of fine-tuning",
+        "",
+        f"`{settings.command}`",
+        "",
+        f"Fine-tuned on {datamodule.split_size('train'):,} training images in {minutes:.1f} minutes "
+        f"({machine_info()['machine']}, {torch.get_num_threads()} threads); measured on {len(labels):,} test images "
+        "before and after. Full reports: [before.md](before.md), [after.md](after.md).",
+        "",
+        summary_markdown(rows),
+        "",
+        "Published protocols:",
+        "",
+        *(
+            f"- {stage}: `{protocol_line(name, numbers)}`"
+            for stage in STAGES
+            for name, numbers in published[stage].items()
+        ),
+    ]
+    summary = output / "summary.md"
+    summary.write_text("\n".join(lines) + "\n")
+    print(f"summary: {summary}")
+    return summary

@@ -1,0 +1,114 @@
+"""recipes/fix.py: measure a checkpoint, convert and fine-tune it, measure again (generated data, a tiny run)."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from conftest import write_random_cifar10
+from invariance_lightning.lightning.checkpoint import load_classifier
+from invariance_lightning.lightning.data import CIFARDataModule
+from invariance_lightning.lightning.fixing import FixSettings
+from invariance_lightning.lightning.module import ImageClassifier
+from invariance_lightning.metrics.evaluate import evaluate_sequences
+from invariance_lightning.nn import BlurPool2d
+from invariance_lightning.transforms import sequence_preset
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """Generated CIFAR-10 files and an ImageClassifier checkpoint after a few SGD steps."""
+    folder = write_random_cifar10(tmp_path_factory.mktemp("fix"), train=64, test=16)
+    torch.manual_seed(0)
+    model = ImageClassifier("cifar_resnet20", augmentation="none", schedule="none", lr=0.05)
+    trainer = pl.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(model, datamodule=CIFARDataModule(data_dir=folder, download=False, val_split=8, batch_size=16))
+    trainer.save_checkpoint(folder / "model.ckpt")
+    return folder, folder / "model.ckpt"
+
+
+@pytest.fixture(scope="module")
+def fixed(trained, tmp_path_factory) -> Path:
+    folder, checkpoint = trained
+    main = runpy.run_path(str(REPO_ROOT / "recipes" / "fix.py"), run_name="fix_recipe")["main"]
+    output = tmp_path_factory.mktemp("fixed")
+    summary = main(
+        [
+            "--model",
+            str(checkpoint),
+            "--epochs",
+            "1",
+            "--val_split",
+            "8",
+            "--data_dir",
+            str(folder),
+            "--no-download",
+            "--batch_size",
+            "16",
+            "--test_images",
+            "12",
+            "--output",
+            str(output),
+        ]
+    )
+    assert summary == output / "summary.md"
+    return output
+
+
+def test_the_before_numbers_are_those_of_the_given_checkpoint(trained, fixed):
+    folder, checkpoint = trained
+    loaded = load_classifier(checkpoint)
+    images, labels = CIFARDataModule(data_dir=folder, download=False, val_split=8).split_arrays("test", 12, seed=0)
+    expected = evaluate_sequences(loaded.model, images, labels, sequence_preset("report"), normalize=loaded.normalize)
+    before = json.loads((fixed / "before.json").read_text())["results"]
+    for name, metrics in expected.items():
+        assert before[name]["metrics"]["flip_rate"] == pytest.approx(float(metrics["flip_rate"]), abs=1e-6)
+        assert before[name]["metrics"]["accuracy"] == pytest.approx(float(metrics["accuracy"]), abs=1e-6)
+
+
+def test_the_after_numbers_are_those_of_the_fine_tuned_antialiased_network(trained, fixed):
+    folder, _ = trained
+    loaded = load_classifier(fixed / "checkpoints" / "last.ckpt")
+    assert any(isinstance(m, BlurPool2d) and m.filter_size > 1 for m in loaded.model.modules())  # converted
+    images, labels = CIFARDataModule(data_dir=folder, download=False, val_split=8).split_arrays("test", 12, seed=0)
+    expected = evaluate_sequences(loaded.model, images, labels, sequence_preset("report"), normalize=loaded.normalize)
+    after = json.loads((fixed / "after.json").read_text())
+    assert after["training"]["epochs"] == 1 and after["training"]["minutes"] > 0
+    for name, metrics in expected.items():
+        assert after["results"][name]["metrics"]["flip_rate"] == pytest.approx(float(metrics["flip_rate"]), abs=1e-6)
+    assert "aps2021_standard" in after["protocols"]
+
+
+def test_the_summary_puts_each_sequence_before_and_after_side_by_side(fixed):
+    summary = (fixed / "summary.md").read_text()
+    for name in sequence_preset("report"):
+        assert f"| {name} (before) |" in summary and f"| {name} (after) |" in summary
+    assert "python recipes/fix.py --model" in summary and "(before.md)" in summary
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"method": "median"}, "method must be one of"),
+        ({"epochs": 0}, "epochs must be an int >= 1"),
+        ({"protocols": ("zhang2020",)}, "unknown protocol 'zhang2020'"),
+    ],
+)
+def test_settings_refuse_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FixSettings(**kwargs)
