@@ -16,7 +16,7 @@ from invariance_lightning.lightning.data import CIFARDataModule
 from invariance_lightning.lightning.fixing import FixSettings
 from invariance_lightning.lightning.module import ImageClassifier
 from invariance_lightning.metrics.evaluate import evaluate_sequences
-from invariance_lightning.nn import BlurPool2d
+from invariance_lightning.nn import BlurPool2d, LPS2d
 from invariance_lightning.transforms import sequence_preset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -112,3 +112,24 @@ def test_the_summary_puts_each_sequence_before_and_after_side_by_side(fixed):
 def test_settings_refuse_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FixSettings(**kwargs)
+
+
+def test_an_lps_fine_tuning_anneals_the_gumbel_temperature(trained, tmp_path):
+    folder, checkpoint = trained
+    main = runpy.run_path(str(REPO_ROOT / "recipes" / "fix.py"), run_name="fix_recipe")["main"]
+    argv = [
+        "--model",
+        str(checkpoint),
+        "--method",
+        "lps",
+        "--epochs",
+        "2",
+        "--val_split",
+        "8",
+        "--data_dir",
+        str(folder),
+    ]
+    main([*argv, "--no-download", "--batch_size", "32", "--test_images", "4", "--output", str(tmp_path)])
+    loaded = load_classifier(tmp_path / "checkpoints" / "last.ckpt")
+    temperatures = [float(m.temperature) for m in loaded.model.modules() if isinstance(m, LPS2d)]
+    assert temperatures and temperatures == pytest.approx([0.1] * len(temperatures))  # the schedule's end

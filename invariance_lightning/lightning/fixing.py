@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor
 
+from invariance_lightning.lightning.callbacks import GumbelTemperature
 from invariance_lightning.lightning.data import CIFARDataModule
 from invariance_lightning.lightning.module import ImageClassifier
 from invariance_lightning.lightning.paper import LoadedModel, load_checkpoint_model, load_pretrained
@@ -145,7 +146,8 @@ def run_fix(settings: FixSettings) -> Path:
         devices=1,
         default_root_dir=output,
         logger=CSVLogger(output, name="logs"),
-        callbacks=[checkpoints],
+        # LPS trains on a soft choice whose temperature must fall towards the hard choice evaluation makes
+        callbacks=[checkpoints, *([GumbelTemperature()] if settings.method == "lps" else [])],
         enable_progress_bar=False,
     )
     started = time.perf_counter()
