@@ -124,3 +124,27 @@ class LargestImageBatch(TorchDispatchMode):
             if isinstance(value, torch.Tensor) and value.ndim == 4 and tuple(value.shape[-2:]) == self.size:
                 self.largest = max(self.largest, value.shape[0])
         return out
+
+
+def train_classifier_checkpoint(data_dir, path, steps: int = 10, val_split: int = 8, batch_size: int = 16):
+    """An ``ImageClassifier`` (CIFAR ResNet-20) trained ``steps`` SGD steps (lr 0.05, no augmentation) on the CIFAR
+    ``.npz`` files in ``data_dir`` and saved to ``path``: enough for predictions that differ between images and
+    shifts (a fresh network predicts one class for every noise image)."""
+    from invariance_lightning.lightning.data import CIFARDataModule
+    from invariance_lightning.lightning.module import ImageClassifier
+
+    torch.manual_seed(0)
+    datamodule = CIFARDataModule(data_dir=data_dir, download=False, val_split=val_split, batch_size=batch_size)
+    model = ImageClassifier("cifar_resnet20", augmentation="none", schedule="none", lr=0.05)
+    trainer = pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    trainer.save_checkpoint(path)
+    return path

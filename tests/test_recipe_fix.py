@@ -6,18 +6,16 @@ import json
 import runpy
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
-import torch
 
 from conftest import write_random_cifar10
 from invariance_lightning.lightning.checkpoint import load_classifier
 from invariance_lightning.lightning.data import CIFARDataModule
 from invariance_lightning.lightning.fixing import FixSettings
-from invariance_lightning.lightning.module import ImageClassifier
 from invariance_lightning.metrics.evaluate import evaluate_sequences
 from invariance_lightning.nn import BlurPool2d, LPS2d
 from invariance_lightning.transforms import sequence_preset
+from lightning_helpers import train_classifier_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,20 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """Generated CIFAR-10 files and an ImageClassifier checkpoint after a few SGD steps."""
     folder = write_random_cifar10(tmp_path_factory.mktemp("fix"), train=64, test=16)
-    torch.manual_seed(0)
-    model = ImageClassifier("cifar_resnet20", augmentation="none", schedule="none", lr=0.05)
-    trainer = pl.Trainer(
-        max_steps=4,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(model, datamodule=CIFARDataModule(data_dir=folder, download=False, val_split=8, batch_size=16))
-    trainer.save_checkpoint(folder / "model.ckpt")
-    return folder, folder / "model.ckpt"
+    return folder, train_classifier_checkpoint(folder, folder / "model.ckpt", steps=4)
 
 
 @pytest.fixture(scope="module")

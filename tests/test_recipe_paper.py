@@ -12,7 +12,6 @@ import math
 import runpy
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -34,6 +33,7 @@ from invariance_lightning.metrics.protocols import evaluate_protocol
 from invariance_lightning.models import CIFAR_RESNET_NORMALIZE, PRETRAINED_CIFAR_RESNETS, load_cifar_resnet
 from invariance_lightning.models.pretrained import WEIGHTS_URL_ENV, DownloadError, PretrainedFile
 from invariance_lightning.transforms import sequence_preset
+from lightning_helpers import train_classifier_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS = {"shift_zeros", "shift_crop", "shift_embed", "shift_circular", "scale"}
@@ -139,23 +139,7 @@ def generated(tmp_path_factory) -> tuple[Path, Path]:
     for split, count in (("train", 64), ("test", 24)):
         images = rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
         np.savez(folder / f"cifar10_{split}.npz", images=images, labels=rng.integers(0, 10, count))
-    torch.manual_seed(0)
-    datamodule = CIFARDataModule(data_dir=folder, download=False, val_split=8, batch_size=16)
-    # lr 0.05 for 10 steps: enough for predictions that differ between images and shifts (a fresh network
-    # predicts one class for every noise image)
-    model = ImageClassifier("cifar_resnet20", augmentation="none", schedule="none", lr=0.05)
-    trainer = pl.Trainer(
-        max_steps=10,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(model, datamodule=datamodule)
-    trainer.save_checkpoint(folder / "model.ckpt")
-    return folder, folder / "model.ckpt"
+    return folder, train_classifier_checkpoint(folder, folder / "model.ckpt", steps=10)
 
 
 def test_recipe_end_to_end_on_a_generated_checkpoint(generated, tmp_path, monkeypatch):
