@@ -182,7 +182,6 @@ def test_the_schedule_refuses_a_module_without_lps(tmp_path):
 
 
 def test_weights_of_a_network_without_lps_load_into_an_lps_network_whose_scorers_keep_their_initialization(tmp_path):
-    assert set(LPS2d(4).state_dict()) == set(LPS2d.state_keys)
     torch.manual_seed(0)
     saved = cifar_resnet(20)
     torch.save({"state_dict": saved.state_dict()}, tmp_path / "r20.th")

@@ -388,3 +388,10 @@ def test_options_take_the_lightning_cli_spelling_and_the_old_hyphen_spelling():
         assert parser.parse_args([option, "here"]).data_dir == Path("here")
     for option in ("--batch_size", "--batch-size"):
         assert parser.parse_args([option, "64"]).batch_size == 64
+
+
+def test_a_command_without_a_sequence_is_a_usage_error(capsys):
+    main = runpy.run_path(str(REPO_ROOT / "recipes" / "paper.py"), run_name="paper_recipe")["main"]
+    with pytest.raises(SystemExit) as stop:
+        main(["--protocols", "zhang2019"])
+    assert stop.value.code == 2 and "--protocols needs at least one of shift_zeros" in capsys.readouterr().err

@@ -159,13 +159,14 @@ def run_fix(settings: FixSettings) -> Path:
     )
 
     sequences = sequence_preset("report")
+    train_images, machine = datamodule.split_size("train"), machine_info()
     payload = {
         "command": settings.command,
         "model": before.source,
         "method": settings.method,
-        "training": {"epochs": settings.epochs, "minutes": minutes, "train_images": datamodule.split_size("train")},
+        "training": {"epochs": settings.epochs, "minutes": minutes, "train_images": train_images},
         "test_images": len(labels),
-        "machine": machine_info(),
+        "machine": machine,
     }
     for stage, loaded in (("before", before), ("after", after)):
         write_report(
@@ -185,8 +186,8 @@ def run_fix(settings: FixSettings) -> Path:
         "",
         f"`{settings.command}`",
         "",
-        f"Fine-tuned on {datamodule.split_size('train'):,} training images in {minutes:.1f} minutes "
-        f"({machine_info()['machine']}, {torch.get_num_threads()} threads); measured on {len(labels):,} test images "
+        f"Fine-tuned on {train_images:,} training images in {minutes:.1f} minutes "
+        f"({machine['machine']}, {machine['threads']} threads); measured on {len(labels):,} test images "
         "before and after. Full reports: [before.md](before.md), [after.md](after.md).",
         "",
         summary_markdown(rows),

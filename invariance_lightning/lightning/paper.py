@@ -325,7 +325,8 @@ def run_paper(settings: PaperSettings) -> Path:
     layer_seconds = time.perf_counter() - tick
     print(f"per-layer profile: {len(layers)} layers, {layers.num_images} images ({layer_seconds:.1f} s)", flush=True)
 
-    sequences = {name: sequence_preset("paper")[name] for name in sequence_names}
+    preset = sequence_preset("paper")
+    sequences = {name: preset[name] for name in sequence_names}
     results, seconds = measure_splits(loaded, subsets, sequences, settings.batch_size)
     published, seconds["published"] = measure_published(
         loaded, *subsets["test"], published_names, settings.seed, settings.batch_size

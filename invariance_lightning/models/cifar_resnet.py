@@ -257,8 +257,12 @@ def load_cifar_resnet(
     # an LPS network's scorers are new parameters that strided, BlurPool and APS weights cannot have: they keep
     # their initialization; every other key must match
     # (under every path that reaches them: a shortcut's APS2dFollower holds its leader too)
-    lps_paths = [name for name, m in model.named_modules(remove_duplicate=False) if isinstance(m, LPS2d)]
-    new = {f"{name}.{key}" for name in lps_paths for key in LPS2d.state_keys}
+    new = {
+        f"{name}.{key}"
+        for name, module in model.named_modules(remove_duplicate=False)
+        if isinstance(module, LPS2d)
+        for key in module.state_dict()
+    }
     present = {key: value for key, value in model.state_dict().items() if key in new and key not in state}
     try:
         model.load_state_dict({**state, **present})

@@ -55,15 +55,6 @@ class LPS2d(PolyphaseLeader):
 
     temperature: Tensor
 
-    #: The keys of its state dict: the scorer's parameters and the temperature.
-    state_keys: tuple[str, ...] = (
-        "scorer.0.weight",
-        "scorer.0.bias",
-        "scorer.2.weight",
-        "scorer.2.bias",
-        "temperature",
-    )
-
     def __init__(
         self,
         channels: int,
