@@ -21,6 +21,7 @@ __all__ = [
     "SHARED_WEIGHTS_SUBDIR",
     "cache_dir",
     "data_search_roots",
+    "env_data_dir",
     "shared_dir",
     "shared_dir_origin",
 ]
@@ -54,12 +55,18 @@ def shared_dir_origin() -> str:
     return f"{CHECKOUT_SHARED_DIR} (beside the checkout; set ${SHARED_DIR_ENV} to use another folder)"
 
 
+def env_data_dir() -> Path | None:
+    """``$INVARIANCE_DATA_DIR`` when set, else None."""
+    return Path(os.environ[DATA_DIR_ENV]) if os.environ.get(DATA_DIR_ENV) else None
+
+
 def data_search_roots() -> list[tuple[Path, str]]:
     """Folders to look for a dataset in when no folder was given, in order, each with the setting it came from:
     ``$INVARIANCE_DATA_DIR``, then the shared folder's ``data/``."""
     roots = []
-    if os.environ.get(DATA_DIR_ENV):
-        roots.append((Path(os.environ[DATA_DIR_ENV]), f"${DATA_DIR_ENV}"))
+    from_env = env_data_dir()
+    if from_env is not None:
+        roots.append((from_env, f"${DATA_DIR_ENV}"))
     shared = shared_dir()
     if shared is not None:
         roots.append((shared / SHARED_DATA_SUBDIR, f"the shared folder, {shared_dir_origin()}"))

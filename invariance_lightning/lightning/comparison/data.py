@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from importlib import import_module
@@ -12,8 +11,8 @@ from typing import Any
 from torch import Tensor
 
 from invariance_lightning.lightning.comparison.settings import FAMILIES, Preset
-from invariance_lightning.lightning.data import DATA_DIR_ENV, ImageClassificationDataModule
-from invariance_lightning.locations import shared_dir
+from invariance_lightning.lightning.data import ImageClassificationDataModule
+from invariance_lightning.locations import env_data_dir, shared_dir
 
 
 def data_location(repo_root: Path, family: str, data_dir: Path | None, config: Mapping[str, Any]) -> Path | None:
@@ -25,7 +24,7 @@ def data_location(repo_root: Path, family: str, data_dir: Path | None, config: M
     """
     spec = FAMILIES[family]
     if data_dir is None:
-        if family == "cifar10" and os.environ.get(DATA_DIR_ENV):
+        if family == "cifar10" and env_data_dir() is not None:
             return None
         root = shared_dir(repo_root)
         if root is not None and (root / "data" / spec.data_subdir).is_dir():

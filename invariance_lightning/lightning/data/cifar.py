@@ -24,7 +24,7 @@ import torchvision
 
 from invariance_lightning.lightning.data.base import ImageClassificationDataModule, holdout_split
 from invariance_lightning.lightning.data.loader import TensorBatchLoader, TensorImageDataset
-from invariance_lightning.locations import DATA_DIR_ENV, SHARED_DIR_ENV, cache_dir, data_search_roots
+from invariance_lightning.locations import DATA_DIR_ENV, SHARED_DIR_ENV, cache_dir, data_search_roots, env_data_dir
 from invariance_lightning.transforms.normalization import CIFAR_STATS
 from invariance_lightning.validation import check_choice, check_optional_int
 
@@ -206,9 +206,7 @@ class CIFARDataModule(ImageClassificationDataModule):
         """Where torchvision's copy is looked for and downloaded to."""
         if self.data_dir is not None:
             return self.data_dir
-        if os.environ.get(DATA_DIR_ENV):
-            return Path(os.environ[DATA_DIR_ENV])
-        return cache_dir()
+        return env_data_dir() or cache_dir()
 
     def _npz_pair(self, folder: Path) -> tuple[Path, Path]:
         return folder / f"{self.name}_train.npz", folder / f"{self.name}_test.npz"
