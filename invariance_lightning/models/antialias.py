@@ -37,6 +37,7 @@ from invariance_lightning.models._downsample import (
     make_downsample_pair,
 )
 from invariance_lightning.models.cifar_resnet import CifarBasicBlock
+from invariance_lightning.nn.circular import CircularConv2d, conv2d_forward
 
 _STRIDED_TYPES = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)
 _CONV_PAIRS = (("conv1", "conv2"), ("conv2", "conv3"))
@@ -84,6 +85,9 @@ class DownsampledInputConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(self.down(x))
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return conv2d_forward(self, input, weight, bias)
 
 
 def _stride(module: nn.Module) -> int:
@@ -181,6 +185,21 @@ def _stem_rewrite(path: str, model: nn.Module, stem_conv: bool) -> _Rewrite | No
     return _Rewrite(path, converts, apply)
 
 
+def _make_convs_circular(model: nn.Module) -> None:
+    """Turn every padded conv into a :class:`CircularConv2d` sharing its parameters (state-dict keys unchanged)."""
+    padded = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Conv2d) and module.padding not in ((0, 0), "valid")
+    ]
+    for name, conv in padded:
+        if isinstance(conv.padding, str):  # "same": no explicit amounts for the fast path; nn.Conv2d pads itself
+            conv.padding_mode = "circular"
+        elif not isinstance(conv, CircularConv2d):
+            parent, _, attribute = name.rpartition(".")
+            setattr(model.get_submodule(parent), attribute, CircularConv2d.from_conv(conv))
+
+
 def _plan(model: nn.Module, stem_conv: bool) -> list[_Rewrite]:
     model_classes, block_classes = _known_classes()
     plan: list[_Rewrite] = []
@@ -255,9 +274,7 @@ def antialias(
     if not inplace:
         model = copy.deepcopy(model)
     if circular_padding:
-        for module in model.modules():
-            if isinstance(module, nn.Conv2d) and module.padding not in ((0, 0), "valid"):
-                module.padding_mode = "circular"
+        _make_convs_circular(model)
     for rewrite in plan:
         rewrite.apply(model.get_submodule(rewrite.path), method, filter_size)
     return model

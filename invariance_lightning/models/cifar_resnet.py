@@ -27,12 +27,11 @@ from invariance_lightning.models._downsample import (
 from invariance_lightning.models.pretrained import cifar_resnet_weights
 from invariance_lightning.nn import BlurPool2d, LPS2d
 from invariance_lightning.nn.alias_free import AliasFreeDownsample, InputLowpass, PolynomialActivation
+from invariance_lightning.nn.circular import ConvPaddingMode, make_conv2d
 from invariance_lightning.transforms.normalization import IMAGENET_STATS
 from invariance_lightning.validation import check_choice, check_int
 
 Downsample = Literal["stride", "blur", "aps", "lps", "afc"]
-#: What ``nn.Conv2d`` accepts as ``padding_mode`` (:func:`cifar_resnet` offers "zeros" and "circular").
-ConvPaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 CIFAR_RESNET_DEPTHS: tuple[int, ...] = (20, 32, 44, 56, 110)
 
 
@@ -55,10 +54,10 @@ class CifarBasicBlock(nn.Module):
         if stride == 1 and in_planes != planes:
             raise ValueError(f"a stride-1 block keeps its width, got in_planes={in_planes}, planes={planes}")
         self.stride = stride
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, padding=1, bias=False, padding_mode=padding_mode)
+        self.conv1 = make_conv2d(in_planes, planes, 3, stride, padding=1, bias=False, padding_mode=padding_mode)
         self.bn1 = nn.BatchNorm2d(planes)
         self.down: nn.Module = nn.Identity()
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, padding=1, bias=False, padding_mode=padding_mode)
+        self.conv2 = make_conv2d(planes, planes, 3, 1, padding=1, bias=False, padding_mode=padding_mode)
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut_down: nn.Module = nn.Identity() if stride == 1 else BlurPool2d(in_planes, 1, stride)
         self.act1: nn.Module = nn.ReLU()
@@ -109,7 +108,7 @@ class CifarResNet(nn.Module):
     def __init__(self, blocks_per_stage: int, num_classes: int = 10, padding_mode: ConvPaddingMode = "zeros") -> None:
         super().__init__()
         self.input_filter: nn.Module = nn.Identity()  # alias-free networks: InputLowpass
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, padding=1, bias=False, padding_mode=padding_mode)
+        self.conv1 = make_conv2d(3, 16, 3, 1, padding=1, bias=False, padding_mode=padding_mode)
         self.bn1 = nn.BatchNorm2d(16)
         self.act: nn.Module = nn.ReLU()
         in_planes = 16

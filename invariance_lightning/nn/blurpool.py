@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from invariance_lightning.nn.circular import circular_conv2d
 from invariance_lightning.transforms.functional import pad_2d
 from invariance_lightning.validation import check_choice, check_images, check_int
 
@@ -73,8 +74,12 @@ class BlurPool2d(nn.Module):
         check_images("BlurPool2d", "input", x, channels=self.channels)
         if self.filter_size == 1:
             return x[:, :, :: self.stride, :: self.stride]
+        kernel = self.filter.to(dtype=x.dtype)
+        before, after = self.padding[:2]
+        if self.padding_mode == "circular" and before == after:
+            return circular_conv2d(x, kernel, stride=self.stride, padding=before, groups=self.channels)
         x = pad_2d(x, *self.padding, self.padding_mode)
-        return F.conv2d(x, self.filter.to(dtype=x.dtype), stride=self.stride, groups=self.channels)
+        return F.conv2d(x, kernel, stride=self.stride, groups=self.channels)
 
     def extra_repr(self) -> str:
         return (

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from invariance_lightning.nn.aps import PolyphaseLeader, pad_to_multiple, polyphase_view, take_polyphase
+from invariance_lightning.nn.circular import make_conv2d
 from invariance_lightning.validation import check_choice, check_images, check_int, check_number
 
 ScorerPadding = Literal["circular", "zeros"]
@@ -70,7 +71,7 @@ class LPS2d(PolyphaseLeader):
         hidden = check_int(owner, "hidden", hidden, 1)
         self.padding_mode = check_choice(owner, "padding_mode", padding_mode, SCORER_PADDING)
         self.scorer = nn.Sequential(
-            nn.Conv2d(channels, hidden, 3, padding=1, padding_mode=self.padding_mode),
+            make_conv2d(channels, hidden, 3, padding=1, padding_mode=self.padding_mode),
             nn.ReLU(),
             nn.Conv2d(hidden, 1, 1),
         )
