@@ -4,8 +4,8 @@ Activations", CVPR 2023).
 Aliasing comes from two places: subsampling a signal whose spectrum reaches past the new Nyquist frequency, and
 pointwise nonlinearities, which widen the spectrum. Here
 
-* :func:`ideal_lowpass` keeps the frequencies strictly below ``1 / (2 * factor)`` cycles per pixel on each axis (an
-  FFT mask: circular, exactly linear and equivariant to circular shifts);
+* :func:`ideal_lowpass` keeps the frequencies strictly below ``1 / (2 * factor)`` cycles per pixel on each axis
+  (circular, exactly linear and equivariant to circular shifts);
 * :class:`AliasFreeDownsample` low-passes to the new band, then keeps every ``stride``-th pixel: lossless for the
   band-limited result, so an integer shift of its input becomes a band-limited fractional shift of its output;
 * :class:`PolynomialActivation` applies ``c0 + c1 x + c2 x^2`` on a grid upsampled twice (ideal interpolation), where
@@ -16,40 +16,79 @@ pointwise nonlinearities, which widen the spectrum. Here
 With circular padding everywhere and global average pooling at the end (the mean is the zero frequency, which no
 band-limited shift changes), a network of these is invariant to circular integer and half-pixel shifts of its input
 up to float rounding.
+
+Every operator here is an ideal (DFT-domain) filter along each axis, applied as a real matrix product, ``M_h @ x @
+M_w.T``, with ``M`` a Dirichlet kernel built from the map's size: the same numbers as masking the FFT, but real
+matrix products are faster than complex FFTs on the small maps of these networks (benchmarks/results/
+downsampling_cost.md), and they export to ONNX with dynamic sizes (ONNX has no complex tensors).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from invariance_lightning.nn.layout import memory_format_of
 from invariance_lightning.validation import check_images, check_int, check_number
 
 
-def _band_mask(size: int, factor: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """1 for the DFT bins of a ``size``-point axis below ``1 / (2 * factor)`` cycles per pixel, else 0."""
-    return (torch.fft.fftfreq(size, device=device).abs() < 0.5 / factor).to(dtype)
+def _band_operator(
+    out_size: int, in_size: int, out_step: int, in_step: int, period: int, max_bin: int, like: Tensor
+) -> Tensor:
+    """The real ``(out_size, in_size)`` matrix of an ideal band-limited resampling along one axis.
+
+    Input sample ``j`` sits at ``in_step * j`` and output sample ``p`` at ``out_step * p`` on a circular grid of
+    ``period`` points; the signal is the sum of the input's DFT bins ``|k| <= max_bin`` (of ``period / in_step``
+    points), so ``M[p, j] = (in_step / period) * sum_{|k| <= max_bin} cos(2 pi k (out_step p - in_step j) / period)``,
+    a Dirichlet kernel, evaluated in closed form on integer phases reduced modulo the period (exact in float32).
+    The band is symmetric, so the operator is real: a low-pass is ``M @ x``, no complex numbers.
+    """
+    work = torch.promote_types(like.dtype, torch.float32)
+    rows = torch.arange(out_size, device=like.device)[:, None] * out_step
+    cols = torch.arange(in_size, device=like.device)[None, :] * in_step
+    phase = (rows - cols) % period  # integers in [0, period)
+    taps = 2 * max_bin + 1
+    numerator = torch.sin(torch.pi * ((taps * phase) % (2 * period)).to(work) / period)
+    denominator = torch.sin(torch.pi * phase.to(work) / period)
+    at_zero = phase == 0
+    kernel = torch.where(at_zero, torch.full_like(numerator, taps), numerator / torch.where(at_zero, 1.0, denominator))
+    return (kernel * (in_step / period)).to(like.dtype)
+
+
+def _highest_bin(size: int, factor: int) -> int:
+    """The highest DFT bin of a ``size``-point axis strictly below ``1 / (2 * factor)`` cycles per pixel."""
+    return (size + 2 * factor - 1) // (2 * factor) - 1
+
+
+def _separable(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """``rows @ x @ cols.T`` over the last two dims, in at least float32 and in ``x``'s memory format."""
+    work = torch.promote_types(x.dtype, torch.float32)
+    product = rows.to(work) @ x.to(work) @ cols.to(work).T
+    return product.to(x.dtype).contiguous(memory_format=memory_format_of(x))
+
+
+def _lowpass_subsample(x: Tensor, factor: int, step: int) -> Tensor:
+    """Keep the frequencies below ``1 / (2 * factor)`` cycles per pixel, then every ``step``-th sample."""
+    height, width = x.shape[-2:]
+    rows = _band_operator(height // step, height, step, 1, height, _highest_bin(height, factor), x)
+    cols = _band_operator(width // step, width, step, 1, width, _highest_bin(width, factor), x)
+    return _separable(x, rows, cols)
 
 
 def ideal_lowpass(x: Tensor, factor: int = 1) -> Tensor:
     """``x`` (``(..., H, W)``) with every frequency at or above ``1 / (2 * factor)`` cycles per pixel on either axis
     removed (``factor=1``: only the Nyquist row and column of even sizes). Computed in at least float32."""
-    work = torch.promote_types(x.dtype, torch.float32)
-    height, width = x.shape[-2:]
-    mask = _band_mask(height, factor, x.device, work)[:, None] * _band_mask(width, factor, x.device, work)[None, :]
-    return torch.fft.ifft2(torch.fft.fft2(x.to(work)) * mask).real.to(x.dtype)
+    return _lowpass_subsample(x, factor, 1)
 
 
 def ideal_upsample2(x: Tensor) -> Tensor:
-    """``x`` interpolated onto a grid twice as fine (``(..., 2H, 2W)``) by zero-padding its spectrum: exact for maps
-    without Nyquist energy (as :func:`ideal_lowpass` leaves them). Computed in at least float32."""
-    work = torch.promote_types(x.dtype, torch.float32)
+    """``x`` interpolated onto a grid twice as fine (``(..., 2H, 2W)``) from its frequencies below Nyquist (the
+    Nyquist row and column of even sizes are dropped, as :func:`ideal_lowpass` would): exact for such maps, the
+    samples stay where they were. Computed in at least float32."""
     height, width = x.shape[-2:]
-    spectrum = torch.fft.fftshift(torch.fft.fft2(x.to(work)), dim=(-2, -1))
-    padded = F.pad(spectrum, (width // 2, width - width // 2, height // 2, height - height // 2))
-    fine = torch.fft.ifft2(torch.fft.ifftshift(padded, dim=(-2, -1))).real * 4  # 4: the finer grid's DFT scale
-    return fine.to(x.dtype)
+    rows = _band_operator(2 * height, height, 1, 2, 2 * height, _highest_bin(height, 1), x)
+    cols = _band_operator(2 * width, width, 1, 2, 2 * width, _highest_bin(width, 1), x)
+    return _separable(x, rows, cols)
 
 
 class InputLowpass(nn.Module):
@@ -74,7 +113,7 @@ class AliasFreeDownsample(nn.Module):
             raise ValueError(
                 f"AliasFreeDownsample: input must have sizes divisible by stride={self.stride}, got {height}x{width}"
             )
-        return ideal_lowpass(x, self.stride)[..., :: self.stride, :: self.stride]
+        return _lowpass_subsample(x, self.stride, self.stride)
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}"
@@ -95,9 +134,9 @@ class PolynomialActivation(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_images("PolynomialActivation", "input", x)
-        fine = ideal_upsample2(ideal_lowpass(x, 1))
+        fine = ideal_upsample2(x)
         activated = self.c0 + self.c1 * fine + self.c2 * fine * fine
-        return ideal_lowpass(activated, 2)[..., ::2, ::2]
+        return _lowpass_subsample(activated, 2, 2)
 
     def extra_repr(self) -> str:
         return f"c0={self.c0}, c1={self.c1}, c2={self.c2}"

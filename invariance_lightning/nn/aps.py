@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from invariance_lightning.nn.tracing import capturing_graph
 from invariance_lightning.validation import check_choice, check_images, check_int, check_optional_int
 
 Norm = Literal["l2", "l1"]
@@ -28,15 +29,25 @@ NORMS: tuple[str, ...] = ("l2", "l1")
 
 
 def pad_to_multiple(x: Tensor, stride: int) -> Tensor:
-    """Zero-pad the bottom and right of ``x`` to sizes divisible by ``stride`` (output ``ceil(H / s)``)."""
-    pad_h, pad_w = -x.shape[-2] % stride, -x.shape[-1] % stride
-    return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+    """Zero-pad the bottom and right of ``x`` to sizes divisible by ``stride`` (output ``ceil(H / s)``).
+
+    While a graph is captured the pad is always recorded (by amounts computed from the input's size), so that an
+    exported model pads odd-sized maps too, whatever size it was traced with."""
+    height, width = x.shape[-2:]
+    # s * ceil(H / s) - H rather than -H % s: the same number, but an exporter can see that the padded size is a
+    # multiple of s (it cannot prove it from H + (-H % s)), which the components' equal sizes rest on.
+    pad_h = stride * ((height + stride - 1) // stride) - height
+    pad_w = stride * ((width + stride - 1) // stride) - width
+    return F.pad(x, (0, pad_w, 0, pad_h)) if capturing_graph() or pad_h or pad_w else x
 
 
-def polyphase_view(x: Tensor, stride: int) -> Tensor:
-    """``(N, C, H, W) -> (N, C, H/s, s, W/s, s)``; ``[..., i, :, j]`` is component ``(i, j)``."""
-    n, c, h, w = x.shape
-    return x.reshape(n, c, h // stride, stride, w // stride, stride)
+def polyphase_list(x: Tensor, stride: int) -> list[Tensor]:
+    """The ``s * s`` components ``x[..., i::s, j::s]`` (views), component ``(i, j)`` at ``i * s + j``.
+
+    Strided slices rather than a ``(N, C, H/s, s, W/s, s)`` reshape: a reshape by ``H // s`` cannot be exported
+    for an arbitrary (dynamic) input size, slices can, and they cost no copy either way.
+    """
+    return [x[..., i::stride, j::stride] for i in range(stride) for j in range(stride)]
 
 
 def polyphase_norms(x: Tensor, stride: int, norm: Norm = "l2") -> Tensor:
@@ -46,17 +57,23 @@ def polyphase_norms(x: Tensor, stride: int, norm: Norm = "l2") -> Tensor:
     """
     order = 2 if norm == "l2" else 1
     dtype = torch.promote_types(x.dtype, torch.float32)
-    norms = torch.linalg.vector_norm(polyphase_view(x, stride), ord=order, dim=(1, 2, 4), dtype=dtype)
-    return norms.reshape(x.shape[0], stride * stride)
+    norms = [torch.linalg.vector_norm(c, ord=order, dim=(1, 2, 3), dtype=dtype) for c in polyphase_list(x, stride)]
+    return torch.stack(norms, dim=1)
 
 
 def take_polyphase(x: Tensor, index: Tensor, stride: int) -> Tensor:
-    """Per-sample component ``index[n] = i * s + j`` of ``x``: ``x[n, :, i::s, j::s]`` -> ``(N, C, H/s, W/s)``."""
+    """Per-sample component ``index[n] = i * s + j`` of ``x``: ``x[n, :, i::s, j::s]`` -> ``(N, C, H/s, W/s)``.
+
+    A chain of ``torch.where`` over the components (no gather over a reshaped view: see :func:`polyphase_list`).
+    """
     if index.shape != (x.shape[0],):
         raise ValueError(f"index must have shape ({x.shape[0]},) (one component per sample), got {tuple(index.shape)}")
-    batch = torch.arange(x.shape[0], device=x.device)
-    index = index.to(x.device)
-    return polyphase_view(x, stride)[batch, :, :, index // stride, :, index % stride]
+    index = index.to(x.device).reshape(-1, 1, 1, 1)
+    components = polyphase_list(x, stride)
+    chosen = components[0]
+    for k, component in enumerate(components[1:], start=1):
+        chosen = torch.where(index == k, component, chosen)
+    return chosen
 
 
 class PolyphaseLeader(nn.Module):

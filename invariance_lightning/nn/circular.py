@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from invariance_lightning._compat import as_pair
+from invariance_lightning.nn.layout import memory_format_of
+from invariance_lightning.nn.tracing import capturing_graph
 from invariance_lightning.transforms.functional import pad_2d
 
 IntPair = int | tuple[int, int]
@@ -87,14 +89,14 @@ def _strip(x: Tensor, edge: _Edge, padding: tuple[int, int]) -> Tensor:
     pad_h, pad_w = padding
     height, width = x.shape[-2:]
     if edge.axis == -2:
-        strip = _zeros_like_layout(x, edge.length, width + 2 * pad_w)
+        strip = _zeros_in_layout_of(x, edge.length, width + 2 * pad_w)
         lines = x[:, :, edge.source, :]
         strip[:, :, edge.strip, pad_w : pad_w + width] = lines
         if pad_w:
             strip[:, :, edge.strip, :pad_w] = lines[..., width - pad_w :]
             strip[:, :, edge.strip, pad_w + width :] = lines[..., :pad_w]
     else:
-        strip = _zeros_like_layout(x, height + 2 * pad_h, edge.length)
+        strip = _zeros_in_layout_of(x, height + 2 * pad_h, edge.length)
         strip[:, :, pad_h : pad_h + height, edge.strip] = x[:, :, :, edge.source]
     return strip
 
@@ -113,15 +115,10 @@ def _fold_strip_grad(grad_input: Tensor, grad_strip: Tensor, edge: _Edge, paddin
         grad_input[:, :, :, edge.source] += grad_strip[:, :, pad_h : pad_h + height, edge.strip]
 
 
-def _zeros_like_layout(x: Tensor, height: int, width: int) -> Tensor:
+def _zeros_in_layout_of(x: Tensor, height: int, width: int) -> Tensor:
     """Zeros of ``x``'s batch and channels, dtype, device and memory format, of the given spatial size."""
     shape = (*x.shape[:2], height, width)
-    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_layout(x)).zero_()
-
-
-def _layout(x: Tensor) -> torch.memory_format:
-    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-    return torch.channels_last if channels_last and not x.is_contiguous() else torch.contiguous_format
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format_of(x)).zero_()
 
 
 def _taps(weight: Tensor, edge: _Edge) -> Tensor:
@@ -166,6 +163,7 @@ class _CircularConv2d(torch.autograd.Function):
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         stride, padding, dilation, groups, has_bias = ctx.conv
+        grad_output = grad_output.contiguous(memory_format=memory_format_of(x))  # mixed layouts: slow kernels
         need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
         mask = [need_input, need_weight, need_bias and has_bias]
         bias_sizes = [weight.shape[0]] if has_bias else None
@@ -176,7 +174,7 @@ class _CircularConv2d(torch.autograd.Function):
         for edge in ctx.edges:
             taps = _taps(weight, edge)
             grad_strip, grad_taps, _ = backward(
-                _out_band(grad_output, edge).contiguous(memory_format=_layout(grad_output)),
+                _out_band(grad_output, edge).contiguous(memory_format=memory_format_of(x)),
                 _strip(x, edge, padding),
                 taps,
                 None,
@@ -198,9 +196,7 @@ class _CircularConv2d(torch.autograd.Function):
 def _fast_path_applies(x: Tensor, padding: tuple[int, int]) -> bool:
     """Not while tracing, scripting, compiling or exporting (one plain graph), not under autocast (the backward
     would mix dtypes), not where the padding wraps more than once (the strips hold one copy of each border)."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
-        return False
-    if torch.compiler.is_exporting() or torch.is_autocast_enabled(x.device.type):
+    if capturing_graph() or torch.is_autocast_enabled(x.device.type):
         return False
     return x.dim() == 4 and padding[0] <= x.shape[-2] and padding[1] <= x.shape[-1]
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from invariance_lightning.nn.aps import PolyphaseLeader, pad_to_multiple, polyphase_view, take_polyphase
+from invariance_lightning.nn.aps import PolyphaseLeader, pad_to_multiple, polyphase_list, take_polyphase
 from invariance_lightning.nn.circular import make_conv2d
 from invariance_lightning.validation import check_choice, check_images, check_int, check_number
 
@@ -34,9 +34,7 @@ SCORER_PADDING: tuple[str, ...] = ("circular", "zeros")
 def polyphase_components(x: Tensor, stride: int) -> Tensor:
     """The ``s * s`` components of ``x`` (sizes multiples of ``stride``) stacked: ``(N, s * s, C, H/s, W/s)``,
     component ``(i, j)`` at ``i * s + j`` (the order of :func:`~invariance_lightning.nn.aps.polyphase_norms`)."""
-    n, c, h, w = x.shape
-    view = polyphase_view(x, stride)  # (N, C, H/s, s, W/s, s)
-    return view.permute(0, 3, 5, 1, 2, 4).reshape(n, stride * stride, c, h // stride, w // stride)
+    return torch.stack(polyphase_list(x, stride), dim=1)
 
 
 class LPS2d(PolyphaseLeader):
