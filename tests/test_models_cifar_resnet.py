@@ -173,7 +173,7 @@ def test_a_released_model_is_loaded_by_name_from_the_shared_folder(cifar_resnet_
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"depth": 21}, r"^cifar_resnet: depth must be one of \(20, 32, 44, 56, 110\), got 21$"),
+        ({"depth": 21}, r"^cifar_resnet: depth must be one of \(8, 20, 32, 44, 56, 110\), got 21$"),
         ({"downsample": "max"}, "^cifar_resnet: downsample must be one of .* got 'max'$"),
         ({"padding_mode": "reflect"}, "^cifar_resnet: padding_mode must be one of .* got 'reflect'$"),
         ({"downsample": "blur", "filter_size": 9}, r"^cifar_resnet: filter_size must be an int in \[1, 7\], got 9$"),

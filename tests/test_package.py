@@ -25,7 +25,7 @@ TORCH_ONLY_LAYERS = (
     ("nn", "augment"),
     ("models",),
     ("metrics",),
-    ("diagnostics",),
+    ("diagnostics", "export"),
     ("reporting",),
 )
 #: Top-level modules that belong to Lightning itself.

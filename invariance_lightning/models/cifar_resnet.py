@@ -32,7 +32,7 @@ from invariance_lightning.transforms.normalization import IMAGENET_STATS
 from invariance_lightning.validation import check_choice, check_int
 
 Downsample = Literal["stride", "blur", "aps", "lps", "afc"]
-CIFAR_RESNET_DEPTHS: tuple[int, ...] = (20, 32, 44, 56, 110)
+CIFAR_RESNET_DEPTHS: tuple[int, ...] = (8, 20, 32, 44, 56, 110)
 
 
 #: Normalization of the pretrained CIFAR-10 ResNet-20/56 checkpoints: they were trained on ImageNet statistics.
@@ -137,10 +137,10 @@ def cifar_resnet(
     filter_size: int = 3,
     padding_mode: Literal["zeros", "circular"] = "zeros",
 ) -> CifarResNet:
-    """A CIFAR ResNet-``depth`` (``depth = 6n + 2``: 20, 32, 44, 56, 110) for 32x32 inputs.
+    """A CIFAR ResNet-``depth`` (``depth = 6n + 2``: 8, 20, 32, 44, 56, 110) for 32x32 inputs.
 
     Args:
-        depth: 20, 32, 44, 56 or 110.
+        depth: 8 (one block per stage: small tests), 20, 32, 44, 56 or 110.
         num_classes: outputs of the final ``linear`` layer.
         downsample: "stride" (the original strided convs), "blur" (stride-1 conv, BN, ReLU, then
             ``BlurPool2d``; the shortcut is blurred and subsampled) or "aps" (stride-1 conv, BN, ReLU,

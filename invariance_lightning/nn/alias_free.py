@@ -46,13 +46,18 @@ def _band_operator(
     work = torch.promote_types(like.dtype, torch.float32)
     rows = torch.arange(out_size, device=like.device)[:, None] * out_step
     cols = torch.arange(in_size, device=like.device)[None, :] * in_step
-    phase = (rows - cols) % period  # integers in [0, period)
+    # the moduli as tensors: the ONNX exporter cannot convert "tensor % symbolic size" with a dynamic size
+    phase = torch.remainder(rows - cols, _integer(period, rows))  # integers in [0, period)
     taps = 2 * max_bin + 1
-    numerator = torch.sin(torch.pi * ((taps * phase) % (2 * period)).to(work) / period)
+    numerator = torch.sin(torch.pi * torch.remainder(taps * phase, _integer(2 * period, rows)).to(work) / period)
     denominator = torch.sin(torch.pi * phase.to(work) / period)
     at_zero = phase == 0
     kernel = torch.where(at_zero, torch.full_like(numerator, taps), numerator / torch.where(at_zero, 1.0, denominator))
     return (kernel * (in_step / period)).to(like.dtype)
+
+
+def _integer(value: int, like: Tensor) -> Tensor:
+    return torch.scalar_tensor(value, dtype=like.dtype, device=like.device)
 
 
 def _highest_bin(size: int, factor: int) -> int:
