@@ -47,6 +47,7 @@ def test_configs_exist_for_every_variant():
             "augmented_blur_consistency",
             "finetuned_blur_consistency",
             "finetuned_blur_consistency_8px",
+            "finetuned_blur_consistency_8px_pairs",
         )
     }
     for path in CIFAR_CONFIGS:  # each name says what its model section sets
@@ -56,6 +57,7 @@ def test_configs_exist_for_every_variant():
         assert (model["consistency_weight"] > 0) == ("consistency" in parts), path
         assert ("init_weights" in model) == ("finetuned" in parts), path
         assert model.get("max_shift", 4) == (8 if "8px" in parts else 4), path  # the crops' black border
+        assert model.get("consistency_max_shift", 1) == (8 if "pairs" in parts else 1), path  # the penalty's pairs
     assert {p.stem for p in IMAGENETTE_CONFIGS} == {
         f"resnet18_{v}" for v in ("plain", "augmented", "blur", "aps", "augmented_blur")
     }
