@@ -16,6 +16,7 @@ import copy
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -105,27 +106,15 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     with evaluation_mode(model):
         example = _example(model, example_size)
-        if dynamo:
-            torch.onnx.export(
-                model,
-                (example,),
-                path,
-                dynamo=True,
-                input_names=["images"],
-                output_names=["logits"],
-                dynamic_shapes=dynamic_image_shapes(size_multiple),
-            )
-        else:
-            axes = {0: "batch", 2: "height", 3: "width"}
-            torch.onnx.export(
-                model,
-                (example,),
-                path,
-                dynamo=False,
-                input_names=["images"],
-                output_names=["logits"],
-                dynamic_axes={"images": axes, "logits": {0: "batch"}},
-            )
+        # the dynamo exporter takes torch.export's dynamic_shapes, the TorchScript one named dynamic_axes
+        dynamic: dict[str, Any] = (
+            {"dynamic_shapes": dynamic_image_shapes(size_multiple)}
+            if dynamo
+            else {"dynamic_axes": {"images": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}}}
+        )
+        torch.onnx.export(
+            model, (example,), path, dynamo=dynamo, input_names=["images"], output_names=["logits"], **dynamic
+        )
     if check_sizes:
         compare_onnx(path, model, check_sizes, example_size[0], atol)
     return path
