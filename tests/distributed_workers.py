@@ -69,3 +69,24 @@ def protocol_worker(
             out.update(results)
     finally:
         dist.destroy_process_group()
+
+
+def lps_gradient_worker(rank: int, world_size: int, port: int, images: torch.Tensor, target: torch.Tensor, out: dict):
+    """One DDP backward of the circularly padded LPS ResNet-8 on this rank's half of the batch; rank 0 reports the
+    all-reduced gradients."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from invariance_lightning.models import cifar_resnet
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(0)
+        model = DistributedDataParallel(cifar_resnet(8, downsample="lps", padding_mode="circular").train())
+        shard = slice(rank * len(images) // world_size, (rank + 1) * len(images) // world_size)
+        torch.manual_seed(100 + rank)  # the Gumbel noise of this rank's forward
+        torch.nn.functional.cross_entropy(model(images[shard]), target[shard]).backward()
+        if rank == 0:
+            out["grads"] = {name: p.grad.clone() for name, p in model.module.named_parameters()}
+    finally:
+        dist.destroy_process_group()

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from distributed_workers import free_port, metric_worker, protocol_worker
+from distributed_workers import free_port, lps_gradient_worker, metric_worker, protocol_worker
 from invariance_lightning import (
     InvarianceMonitor,
     InvarianceReport,
@@ -25,6 +25,8 @@ from invariance_lightning import (
 from invariance_lightning.lightning.callbacks.subsets import draw_indices
 from invariance_lightning.metrics.protocols import PROTOCOLS, evaluate_protocol
 from invariance_lightning.metrics.published import evaluate_protocols
+from invariance_lightning.models import cifar_resnet
+from invariance_lightning.nn.circular import CircularConv2d
 from lightning_helpers import NUM_CLASSES, tiny_data, tiny_trainer
 
 pytestmark = pytest.mark.slow
@@ -64,6 +66,29 @@ def test_protocol_totals_under_gloo_equal_single_process_with_uneven_and_empty_s
 FRAMES = 6  # frames per image: SEQUENCES' 3 shifts and 3 scales
 PROTOCOL = "aps2021_standard"  # a published protocol with random shifts drawn per image index
 ID_SCALE = 256  # ids are stored as (id + 1) / ID_SCALE, so that images stay in [0, 1] as the protocols need
+
+
+def test_ddp_averages_the_gradients_of_lps_networks_with_circular_convs():
+    """The hand-written backward of CircularConv2d and LPS's Gumbel mixing under DistributedDataParallel (gloo):
+    the all-reduced gradients equal the mean of each half's gradients computed in one process."""
+    torch.manual_seed(1)
+    images, target = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    torch.manual_seed(0)
+    model = cifar_resnet(8, downsample="lps", padding_mode="circular").train()
+    assert any(isinstance(m, CircularConv2d) for m in model.modules())
+    halves = []
+    for rank, shard in enumerate((slice(0, 4), slice(4, 8))):
+        model.zero_grad()
+        torch.manual_seed(100 + rank)
+        nn.functional.cross_entropy(model(images[shard]), target[shard]).backward()
+        halves.append({name: p.grad.clone() for name, p in model.named_parameters()})
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(lps_gradient_worker, args=(2, free_port(), images, target, out), nprocs=2, join=True)
+        grads = dict(out)["grads"]
+    assert grads.keys() == halves[0].keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, (halves[0][name] + halves[1][name]) / 2, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def with_ids(images: torch.Tensor, first_id: int) -> torch.Tensor:
