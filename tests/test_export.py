@@ -90,6 +90,18 @@ def test_a_converted_timm_resnet_exports_with_both_exporters(tmp_path: Path):
         assert compare_onnx(path, model, [(2, 64, 64), (1, 72, 72)]) <= 1e-4
 
 
+def test_a_lightning_image_classifier_exports_with_its_normalization(tmp_path: Path):
+    from invariance_lightning.lightning.module import ImageClassifier
+
+    stats = {"mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3)}
+    model = ImageClassifier("cifar_resnet8", num_classes=10, downsample="lps", padding_mode="circular", **stats)
+    trained_like(model.backbone)
+    model.train()
+    path = export_onnx(model, tmp_path / "classifier.onnx", dynamo=False)
+    assert compare_onnx(path, model, [(2, 32, 32), (1, 36, 36)]) <= 1e-4  # inputs in [0, 1]: normalized inside
+    assert model.training and model.backbone.training  # back in the mode the user left it in
+
+
 def test_the_check_names_a_mismatch(tmp_path: Path):
     model = trained_like(tiny_cifar("blur", "zeros"))
     path = export_onnx(model, tmp_path / "model.onnx", dynamo=False)
