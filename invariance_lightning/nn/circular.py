@@ -85,20 +85,18 @@ def _edges(axis: int, size: int, pad: int, kernel: int, stride: int, dilation: i
 
 def _strip(x: Tensor, edge: _Edge, padding: tuple[int, int]) -> Tensor:
     """The strip of the circularly padded input that holds ``edge``'s frame and zeros elsewhere: full padded width
-    with wrapped corners for a row frame, full padded height with zero corners for a column frame."""
+    with wrapped corners for a row frame, full padded height with zero corners for a column frame. Built with one
+    concatenation and one pad: these are small tensors, so the number of kernel calls is what costs."""
     pad_h, pad_w = padding
-    height, width = x.shape[-2:]
+    before, after = edge.strip.start, edge.length - edge.strip.stop
     if edge.axis == -2:
-        strip = _zeros_in_layout_of(x, edge.length, width + 2 * pad_w)
         lines = x[:, :, edge.source, :]
-        strip[:, :, edge.strip, pad_w : pad_w + width] = lines
         if pad_w:
-            strip[:, :, edge.strip, :pad_w] = lines[..., width - pad_w :]
-            strip[:, :, edge.strip, pad_w + width :] = lines[..., :pad_w]
+            lines = torch.cat([lines[..., lines.shape[-1] - pad_w :], lines, lines[..., :pad_w]], dim=-1)
+        strip = F.pad(lines, (0, 0, before, after)) if before or after else lines
     else:
-        strip = _zeros_in_layout_of(x, height + 2 * pad_h, edge.length)
-        strip[:, :, pad_h : pad_h + height, edge.strip] = x[:, :, :, edge.source]
-    return strip
+        strip = F.pad(x[:, :, :, edge.source], (before, after, pad_h, pad_h))
+    return strip.contiguous(memory_format=memory_format_of(x))
 
 
 def _fold_strip_grad(grad_input: Tensor, grad_strip: Tensor, edge: _Edge, padding: tuple[int, int]) -> None:
@@ -113,12 +111,6 @@ def _fold_strip_grad(grad_input: Tensor, grad_strip: Tensor, edge: _Edge, paddin
             lines[..., :pad_w] += grad_strip[:, :, edge.strip, pad_w + width :]
     else:
         grad_input[:, :, :, edge.source] += grad_strip[:, :, pad_h : pad_h + height, edge.strip]
-
-
-def _zeros_in_layout_of(x: Tensor, height: int, width: int) -> Tensor:
-    """Zeros of ``x``'s batch and channels, dtype, device and memory format, of the given spatial size."""
-    shape = (*x.shape[:2], height, width)
-    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format_of(x)).zero_()
 
 
 def _taps(weight: Tensor, edge: _Edge) -> Tensor:
@@ -149,13 +141,12 @@ class _CircularConv2d(torch.autograd.Function):
                 axis, x.shape[axis], padding[axis], weight.shape[axis], stride[axis], dilation[axis], output.shape[axis]
             )
         ]
-        for edge in edges:
-            _out_band(output, edge).add_(
-                F.conv2d(_strip(x, edge, padding), _taps(weight, edge), None, stride, 0, dilation, groups)
-            )
+        strips = [_strip(x, edge, padding) for edge in edges]
+        for edge, strip in zip(edges, strips):
+            _out_band(output, edge).add_(F.conv2d(strip, _taps(weight, edge), None, stride, 0, dilation, groups))
         ctx.save_for_backward(x, weight)
         ctx.conv = (stride, padding, dilation, groups, bias is not None)
-        ctx.edges = edges
+        ctx.edges, ctx.strips = edges, strips  # thin: kept rather than rebuilt in the backward
         return output
 
     @staticmethod
@@ -171,12 +162,11 @@ class _CircularConv2d(torch.autograd.Function):
         grad_input, grad_weight, grad_bias = backward(
             grad_output, x, weight, bias_sizes, stride, padding, dilation, False, [0, 0], groups, mask
         )
-        for edge in ctx.edges:
-            taps = _taps(weight, edge)
+        for edge, strip in zip(ctx.edges, ctx.strips):
             grad_strip, grad_taps, _ = backward(
                 _out_band(grad_output, edge).contiguous(memory_format=memory_format_of(x)),
-                _strip(x, edge, padding),
-                taps,
+                strip,
+                _taps(weight, edge),
                 None,
                 stride,
                 [0, 0],
