@@ -137,10 +137,11 @@ def compare_onnx(
     input_name = session.get_inputs()[0].name
     generator = torch.Generator().manual_seed(0)
     worst = 0.0
+    device = _device(model)
     with evaluation_mode(model):
         for batch, height, width in sizes:
             images = torch.rand(batch, channels, height, width, generator=generator)
-            expected = model(images.to(_device(model))).float().cpu()
+            expected = model(images.to(device)).float().cpu()
             logits = session.run(None, {input_name: images.numpy()})[0]
             difference = float((torch.from_numpy(logits) - expected).abs().max())
             worst = max(worst, difference)

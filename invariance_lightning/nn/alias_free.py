@@ -53,7 +53,7 @@ def _band_operator(
     denominator = torch.sin(torch.pi * phase.to(work) / period)
     at_zero = phase == 0
     kernel = torch.where(at_zero, torch.full_like(numerator, taps), numerator / torch.where(at_zero, 1.0, denominator))
-    return (kernel * (in_step / period)).to(like.dtype)
+    return kernel * (in_step / period)  # in the work dtype: a bf16/fp16 map still gets float32 filters
 
 
 def _integer(value: int, like: Tensor) -> Tensor:
@@ -66,9 +66,9 @@ def _highest_bin(size: int, factor: int) -> int:
 
 
 def _separable(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """``rows @ x @ cols.T`` over the last two dims, in at least float32 and in ``x``'s memory format."""
-    work = torch.promote_types(x.dtype, torch.float32)
-    product = rows.to(work) @ x.to(work) @ cols.to(work).T
+    """``rows @ x @ cols.T`` (operators from :func:`_band_operator`, in the work dtype) over the last two dims, in at
+    least float32 and in ``x``'s memory format."""
+    product = rows @ x.to(rows.dtype) @ cols.T
     return product.to(x.dtype).contiguous(memory_format=memory_format_of(x))
 
 
