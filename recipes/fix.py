@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from invariance_lightning.augment.consistency import CONSISTENCY_KINDS
 from invariance_lightning.lightning.cli import add_protocol_arguments
 from invariance_lightning.lightning.fixing import FixSettings, run_fix
 from invariance_lightning.models._downsample import METHODS
@@ -42,6 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="black border of the training crops, px (default: 8)",
     )
     parser.add_argument("--consistency_weight", type=float, default=defaults.consistency_weight)
+    parser.add_argument(
+        "--consistency_kind",
+        choices=CONSISTENCY_KINDS,
+        default=defaults.consistency_kind,
+        help="divergence of the penalty (default: symmetric_kl)",
+    )
+    parser.add_argument(
+        "--consistency_max_shift",
+        type=positive_int,
+        default=defaults.consistency_max_shift,
+        help="the penalty compares each crop with a further shift of up to this many px per axis (default: 1, "
+        "neighbours; 8 pairs shifts across the report protocol's whole walk)",
+    )
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--train_subset", type=positive_int, help="training images (default: all 45,000)")
     parser.add_argument(
@@ -69,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         epochs=args.epochs,
         max_shift=args.max_shift,
         consistency_weight=args.consistency_weight,
+        consistency_kind=args.consistency_kind,
+        consistency_max_shift=args.consistency_max_shift,
         lr=args.lr,
         train_subset=args.train_subset,
         val_split=args.val_split,

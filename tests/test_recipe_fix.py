@@ -7,6 +7,7 @@ import runpy
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import write_random_cifar10
 from invariance_lightning.lightning.checkpoint import load_classifier
@@ -47,6 +48,10 @@ def fixed(trained, tmp_path_factory) -> Path:
             "16",
             "--test_images",
             "12",
+            "--consistency_kind",
+            "js",
+            "--consistency_max_shift",
+            "3",
             "--output",
             str(output),
         ]
@@ -79,6 +84,15 @@ def test_the_after_numbers_are_those_of_the_fine_tuned_antialiased_network(train
     assert "aps2021_standard" in after["protocols"]
 
 
+def test_the_consistency_options_reach_the_fine_tuned_classifier(fixed):
+    hparams = torch.load(fixed / "checkpoints" / "last.ckpt", weights_only=False)["hyper_parameters"]
+    settings = (hparams["consistency_kind"], hparams["consistency_max_shift"], hparams["consistency_weight"])
+    assert settings == ("js", 3, 2)
+    after = json.loads((fixed / "after.json").read_text())
+    assert after["training"]["consistency"] == {"weight": 2.0, "kind": "js", "max_shift": 3}
+    assert "js consistency of weight 2.0 against a further shift of up to 3 px" in (fixed / "summary.md").read_text()
+
+
 def test_the_summary_puts_each_sequence_before_and_after_side_by_side(fixed):
     summary = (fixed / "summary.md").read_text()
     for name in sequence_preset("report"):
@@ -92,6 +106,8 @@ def test_the_summary_puts_each_sequence_before_and_after_side_by_side(fixed):
         ({"method": "median"}, "method must be one of"),
         ({"epochs": 0}, "epochs must be an int >= 1"),
         ({"protocols": ("zhang2020",)}, "unknown protocol 'zhang2020'"),
+        ({"consistency_kind": "kl"}, "consistency_kind must be one of"),
+        ({"consistency_max_shift": 0}, "consistency_max_shift must be an int >= 1"),
     ],
 )
 def test_settings_refuse_bad_values(kwargs, match):

@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor
 
+from invariance_lightning.augment.consistency import CONSISTENCY_KINDS
 from invariance_lightning.lightning.callbacks import GumbelTemperature
 from invariance_lightning.lightning.data import CIFARDataModule
 from invariance_lightning.lightning.module import ImageClassifier
@@ -51,6 +52,8 @@ class FixSettings:
     epochs: int = 5
     max_shift: int = 8
     consistency_weight: float = 2.0
+    consistency_kind: str = "symmetric_kl"
+    consistency_max_shift: int = 1
     lr: float = 0.01
     train_subset: int | None = None
     val_split: int = 5000
@@ -69,6 +72,8 @@ class FixSettings:
         check_int(owner, "epochs", self.epochs, 1)
         check_int(owner, "max_shift", self.max_shift, 0)
         check_number(owner, "consistency_weight", self.consistency_weight, low=0)
+        check_choice(owner, "consistency_kind", self.consistency_kind, CONSISTENCY_KINDS)
+        check_int(owner, "consistency_max_shift", self.consistency_max_shift, 1)
         check_number(owner, "lr", self.lr, low=0, strict=True)
         check_optional_int(owner, "train_subset", self.train_subset, 1)
         check_int(owner, "val_split", self.val_split, 0)
@@ -135,6 +140,8 @@ def run_fix(settings: FixSettings) -> Path:
         max_shift=settings.max_shift,
         lr=settings.lr,
         consistency_weight=settings.consistency_weight,
+        consistency_kind=settings.consistency_kind,
+        consistency_max_shift=settings.consistency_max_shift,
         init_weights=str(initial),
         mean=list(before.normalize.mean),
         std=list(before.normalize.std),
@@ -164,7 +171,18 @@ def run_fix(settings: FixSettings) -> Path:
         "command": settings.command,
         "model": before.source,
         "method": settings.method,
-        "training": {"epochs": settings.epochs, "minutes": minutes, "train_images": train_images},
+        "training": {
+            "epochs": settings.epochs,
+            "minutes": minutes,
+            "train_images": train_images,
+            "max_shift": settings.max_shift,
+            "lr": settings.lr,
+            "consistency": {
+                "weight": settings.consistency_weight,
+                "kind": settings.consistency_kind,
+                "max_shift": settings.consistency_max_shift,
+            },
+        },
         "test_images": len(labels),
         "machine": machine,
     }
@@ -187,7 +205,10 @@ def run_fix(settings: FixSettings) -> Path:
         f"`{settings.command}`",
         "",
         f"Fine-tuned on {train_images:,} training images in {minutes:.1f} minutes "
-        f"({machine['machine']}, {machine['threads']} threads); measured on {len(labels):,} test images "
+        f"({machine['machine']}, {machine['threads']} threads): crops with black borders up to "
+        f"{settings.max_shift} px, peak learning rate {settings.lr}, {settings.consistency_kind} consistency of weight "
+        f"{settings.consistency_weight} against a further shift of up to {settings.consistency_max_shift} px; "
+        f"measured on {len(labels):,} test images "
         "before and after. Full reports: [before.md](before.md), [after.md](after.md).",
         "",
         summary_markdown(rows),
