@@ -60,6 +60,8 @@ def test_build_backbone_rejects_unknown_names():
         build_backbone("cifar_resnet20", 10, downsample="max")
     with pytest.raises(ValueError, match="only supported for cifar_resnet"):
         build_backbone("torchvision:resnet18", 10, padding_mode="circular")
+    with pytest.raises(ValueError, match="padding_mode must be one of"):
+        build_backbone("torchvision:resnet18", 10, downsample="blur", padding_mode="reflect")
 
 
 @pytest.mark.parametrize("schedule,optimizer", [("onecycle", "sgd"), ("cosine", "adamw"), ("none", "sgd")])

@@ -114,5 +114,81 @@ def test_the_alias_free_network_has_the_strided_networks_state_dict_and_the_cifa
     assert cifar_resnet(20, downsample="afc").state_dict().keys() == cifar_resnet(20).state_dict().keys()
     backbone = build_backbone("cifar_resnet20", 10, downsample="afc", padding_mode="circular")
     assert any(isinstance(m, PolynomialActivation) for m in backbone.modules())
-    with pytest.raises(ValueError, match="method must be one of"):  # ResNets of other layouts: not yet
-        antialias(torchvision.models.resnet18(), method="afc")  # type: ignore[arg-type]
+
+
+def test_converting_a_cifar_resnet_gives_the_network_built_alias_free():
+    torch.manual_seed(0)
+    plain = cifar_resnet(8, padding_mode="circular")
+    built = cifar_resnet(8, downsample="afc", padding_mode="circular")
+    built.load_state_dict(plain.state_dict())
+    converted = antialias(plain, "afc").eval()
+    images = random_smooth_images(3, 16, seed=3)
+    assert torch.equal(converted(images), built.eval()(images))
+
+
+def imagenet_resnet(library: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if library == "timm":
+        timm = pytest.importorskip("timm")
+        return timm.create_model(
+            "resnet18", num_classes=10, zero_init_last=False
+        )  # else its blocks start as identities
+    return torchvision.models.resnet18(num_classes=10)
+
+
+def spread_classifier(model: torch.nn.Module, images: torch.Tensor) -> torch.nn.Module:
+    """``model`` in eval mode with batch-norm statistics of ``images`` and its ``fc`` re-centred and scaled on them
+    (as :func:`spread_network`)."""
+    with torch.no_grad():
+        model(images)
+        model.eval()
+        logits = model(images)
+        scale = 10 / logits.std(0).mean()
+        model.fc.bias -= logits.mean(0)
+        model.fc.weight *= scale
+        model.fc.bias *= scale
+    return model
+
+
+@pytest.mark.parametrize("library", ["torchvision", "timm"])
+def test_an_imagenet_resnet_converted_alias_free_loses_no_image_to_any_shift_and_the_original_does(library):
+    images = random_smooth_images(6, 32, seed=4)  # 32 px: the total stride, the smallest size it accepts
+    protocol = dataclasses.replace(PROTOCOLS["afc2023_adversarial"], period=6, crop_margin=1)
+    original = imagenet_resnet(library)
+    converted = antialias(original, "afc", circular_padding=True)
+    assert converted.load_state_dict(original.state_dict()) is not None  # the weights still load, strictly
+    assert not any(isinstance(m, (torch.nn.ReLU, torch.nn.MaxPool2d)) for m in converted.modules())
+    results = {}
+    for name, model in (("converted", converted), ("original", original)):
+        spread = spread_classifier(model, images)
+        with torch.no_grad():
+            labels = spread(images).argmax(1)
+        assert labels.unique().numel() > 1, "a constant predictor would be trivially invariant"
+        results[name] = evaluate_protocol(spread, images, labels, protocol, seed=0)
+    assert results["converted"]["adversarial_integer"] == results["converted"]["adversarial_half_pixel"] == 1.0
+    assert results["original"]["adversarial_integer"] < 1 and results["original"]["adversarial_half_pixel"] < 1
+    # every frequency, the Nyquist one too; in float64, where "exactly" means to 1e-9
+    noise = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    with torch.no_grad():
+        exact = converted.double()
+        logits = exact(noise)
+        shifted = [exact(torch.roll(noise, (7, -3), dims=(2, 3))), exact(half_pixel(noise, 1.5, -0.5))]
+    assert all((s - logits).abs().max() < 1e-9 * logits.abs().max() for s in shifted)
+
+
+def test_the_alias_free_conversion_refuses_what_it_cannot_make_alias_free():
+    with pytest.raises(ValueError, match=r"^antialias: method='afc' needs stem_conv=True"):
+        antialias(torchvision.models.resnet18(), "afc", stem_conv=False)
+    model = torchvision.models.resnet18()
+    model.relu = torch.nn.GELU()
+    with pytest.raises(ValueError, match=r"has none for the other activations of ResNet: relu \(GELU\)$"):
+        antialias(model, "afc")
+
+
+def test_build_backbone_makes_a_torchvision_resnet_alias_free_with_circular_convs():
+    backbone = build_backbone("torchvision:resnet18", 10, downsample="afc", padding_mode="circular")
+    assert isinstance(backbone.maxpool, AliasFreeDownsample) and backbone.maxpool.stride == 4
+    convs = [m for m in backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.padding != (0, 0)]
+    assert convs and all(m.padding_mode == "circular" for m in convs)
+    with pytest.raises(ValueError, match="needs an antialiasing `downsample`"):
+        build_backbone("torchvision:resnet18", 10, padding_mode="circular")

@@ -42,7 +42,8 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
         downsample: ``"stride"`` (plain), ``"blur"`` (BlurPool), ``"aps"`` (adaptive polyphase) or ``"lps"``
             (learnable polyphase; anneal its temperature with ``lightning.callbacks.GumbelTemperature``).
         filter_size: low-pass filter length of the antialiased variants.
-        padding_mode: ``"zeros"`` or ``"circular"`` (CIFAR ResNets).
+        padding_mode: ``"zeros"`` or ``"circular"`` (CIFAR ResNets; torchvision/timm ones with an antialiasing
+            ``downsample``).
         augmentation: GPU augmentation preset (``none``, ``standard``, ``translate``,
             ``translate-subpixel``, ``scale``, ``translate+scale``).
         max_shift, scale_range: parameters of the translate/scale presets.

@@ -1,4 +1,4 @@
-"""Convert a ResNet's strided layers to antialiased ones (BlurPool or APS), keeping its trained weights.
+"""Convert a ResNet's strided layers to antialiased ones (BlurPool, APS, LPS or alias-free), keeping its weights.
 
 Placement (Zhang 2019 for BlurPool, Chaman & Dokmanic 2021 for APS):
 
@@ -17,6 +17,15 @@ reproduces the original exactly (tested), and a low-pass placed before the ReLU 
 change what the pretrained ReLU and BN see. The price is the strided conv at full resolution.
 All parameters keep their names and shapes (the low-pass filters are non-persistent buffers), so
 the converted model loads the plain model's ``state_dict`` with ``strict=True`` and vice versa.
+
+"afc" (alias-free, Michaeli et al. 2023) changes more than the subsampling: every strided layer becomes stride 1
+followed, at the same places, by :class:`~invariance_lightning.nn.AliasFreeDownsample`; every ``nn.ReLU`` becomes a
+:class:`~invariance_lightning.nn.PolynomialActivation` (the stem's, the first, also drops the input's Nyquist
+frequency, which no fractional shift moves exactly); and the stem's max-pool, a nonlinearity no
+band-limited shift commutes with, is dropped: its subsampling joins the stem conv's in one ideal low-pass
+subsampling by both strides. With ``circular_padding`` the result is invariant to circular integer and half-pixel
+shifts of inputs whose sides are multiples of the total stride (32 for ImageNet ResNets). The weights still load,
+but the network computes something else until it is fine-tuned.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from invariance_lightning.models._downsample import (
     make_downsample_pair,
 )
 from invariance_lightning.models.cifar_resnet import CifarBasicBlock
+from invariance_lightning.nn.alias_free import AliasFreeDownsample, PolynomialActivation
 from invariance_lightning.nn.circular import CircularConv2d, conv2d_forward
 
 _STRIDED_TYPES = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)
@@ -167,6 +177,11 @@ def _stem_rewrite(path: str, model: nn.Module, stem_conv: bool) -> _Rewrite | No
         if not strided_pool:  # only a stem conv deliberately left strided
             return
         conv, pool, channels = model.conv1, model.maxpool, model.bn1.num_features
+        if method == "afc":  # the max-pool dropped (not alias-free), one ideal subsampling by both strides
+            stride = _stride(pool) * (_stride(conv) if convert_conv else 1)
+            conv.stride = (1, 1)
+            model.maxpool = AliasFreeDownsample(stride)
+            return
         padding = blur_padding(conv.padding_mode if isinstance(conv, nn.Conv2d) else "zeros")
         circular = padding == "circular"
         layers: list[nn.Module] = []
@@ -198,6 +213,23 @@ def _make_convs_circular(model: nn.Module) -> None:
         elif not isinstance(conv, CircularConv2d):
             parent, _, attribute = name.rpartition(".")
             setattr(model.get_submodule(parent), attribute, CircularConv2d.from_conv(conv))
+
+
+def _other_activations(model: nn.Module) -> list[str]:
+    """Activation modules other than ``nn.ReLU``: an alias-free conversion has no polynomial for them."""
+    return [
+        f"{name} ({type(module).__name__})"
+        for name, module in model.named_modules()
+        if type(module).__module__ == nn.ReLU.__module__ and not isinstance(module, nn.ReLU)
+    ]
+
+
+def _make_activations_alias_free(model: nn.Module) -> None:
+    """Replace every ``nn.ReLU`` by a :class:`PolynomialActivation` (stateless: no state-dict keys change)."""
+    relus = [name for name, module in model.named_modules() if isinstance(module, nn.ReLU)]
+    for name in relus:
+        parent, _, attribute = name.rpartition(".")
+        setattr(model.get_submodule(parent), attribute, PolynomialActivation())
 
 
 def _plan(model: nn.Module, stem_conv: bool) -> list[_Rewrite]:
@@ -236,19 +268,21 @@ def antialias(
     Args:
         model: the model to convert (its weights are kept and still load with ``strict=True``).
         method: "blur" (:class:`BlurPool2d`), "aps" (stride-1 binomial low-pass of
-            ``filter_size``, then :class:`APS2d`; the shortcut follows the main path's choice) or "lps" (as
-            "aps" with a learned :class:`LPS2d`, whose scorers are new, untrained parameters).
+            ``filter_size``, then :class:`APS2d`; the shortcut follows the main path's choice), "lps" (as
+            "aps" with a learned :class:`LPS2d`, whose scorers are new, untrained parameters) or "afc" (alias-free
+            layers, see the module docstring: ideal low-pass subsampling, polynomial activations, no max-pool).
         filter_size: binomial filter length, 1-7 (1: no low-pass; "blur" then equals the original
-            subsampling, evaluated at the converted positions).
+            subsampling, evaluated at the converted positions); unused by "afc".
         inplace: modify ``model`` itself instead of a deep copy.
         circular_padding: also switch every padded conv (and the stem max-pool) to circular
             padding, so that an "aps" or "lps" model is exactly invariant (in eval mode) to circular shifts of inputs
-            whose size is a multiple of its total stride. Changes a pretrained model's outputs.
+            whose size is a multiple of its total stride, and an "afc" one also to half-pixel shifts. Changes a
+            pretrained model's outputs.
         stem_conv: also convert a strided stem conv (``conv1`` of torchvision/timm ResNets), which
             then runs at full input resolution: ~1.4x the training time of ResNet-18 for "blur"
             (see docs/models.md). Default: False for "blur" (Zhang's ``pool_only`` default: the
-            stem conv stays strided, its max-pool is antialiased), True for "aps" and "lps" (exact
-            invariance needs every subsampling to be adaptive).
+            stem conv stays strided, its max-pool is antialiased), True for "aps", "lps" and "afc" (exact
+            invariance needs every subsampling to be adaptive or alias-free; "afc" refuses False).
 
     Returns:
         The converted model (``model`` itself when ``inplace``).
@@ -257,7 +291,15 @@ def antialias(
     if not isinstance(model, nn.Module):
         raise TypeError(f"antialias: model must be an nn.Module, got {type(model).__name__}")
     if stem_conv is None:
-        stem_conv = method in ("aps", "lps")
+        stem_conv = method != "blur"
+    if method == "afc" and not stem_conv:
+        raise ValueError("antialias: method='afc' needs stem_conv=True (a strided stem conv aliases), got False")
+    activations = _other_activations(model) if method == "afc" else []
+    if activations:
+        raise ValueError(
+            f"antialias: method='afc' replaces nn.ReLU by polynomial activations and has none for the other "
+            f"activations of {type(model).__name__}: {', '.join(activations)}"
+        )
     plan = _plan(model, stem_conv)
     covered = {name for rewrite in plan for name in rewrite.converts}
     missed = [
@@ -277,4 +319,6 @@ def antialias(
         _make_convs_circular(model)
     for rewrite in plan:
         rewrite.apply(model.get_submodule(rewrite.path), method, filter_size)
+    if method == "afc":
+        _make_activations_alias_free(model)
     return model

@@ -26,7 +26,7 @@ from invariance_lightning.models._downsample import (
 )
 from invariance_lightning.models.pretrained import cifar_resnet_weights
 from invariance_lightning.nn import BlurPool2d, LPS2d
-from invariance_lightning.nn.alias_free import AliasFreeDownsample, InputLowpass, PolynomialActivation
+from invariance_lightning.nn.alias_free import PolynomialActivation
 from invariance_lightning.nn.circular import ConvPaddingMode, make_conv2d
 from invariance_lightning.transforms.normalization import IMAGENET_STATS
 from invariance_lightning.validation import check_choice, check_int
@@ -81,9 +81,6 @@ class CifarBasicBlock(nn.Module):
             self.down, self.shortcut_down = nn.Identity(), BlurPool2d(in_planes, 1, self.stride)
             return
         self.conv1.stride = (1, 1)
-        if method == "afc":
-            self.down, self.shortcut_down = AliasFreeDownsample(self.stride), AliasFreeDownsample(self.stride)
-            return
         self.down, self.shortcut_down = make_downsample_pair(
             method, planes, in_planes, self.stride, filter_size, blur_padding(self.conv1.padding_mode)
         )
@@ -107,7 +104,6 @@ class CifarResNet(nn.Module):
 
     def __init__(self, blocks_per_stage: int, num_classes: int = 10, padding_mode: ConvPaddingMode = "zeros") -> None:
         super().__init__()
-        self.input_filter: nn.Module = nn.Identity()  # alias-free networks: InputLowpass
         self.conv1 = make_conv2d(3, 16, 3, 1, padding=1, bias=False, padding_mode=padding_mode)
         self.bn1 = nn.BatchNorm2d(16)
         self.act: nn.Module = nn.ReLU()
@@ -125,7 +121,7 @@ class CifarResNet(nn.Module):
                 nn.init.kaiming_normal_(module.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.act(self.bn1(self.conv1(self.input_filter(x))))
+        out = self.act(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
         return self.linear(out.mean(dim=(2, 3)))
 
@@ -146,8 +142,8 @@ def cifar_resnet(
             ``BlurPool2d``; the shortcut is blurred and subsampled) or "aps" (stride-1 conv, BN, ReLU,
             stride-1 binomial low-pass of size ``filter_size``, then ``APS2d``; the shortcut keeps the
             same polyphase component) or "lps" (as "aps" with a learned ``LPS2d`` choosing the component).
-            Or "afc" (alias-free, Michaeli et al. 2023: an ideal low-pass of the input's Nyquist frequency,
-            FFT low-pass subsampling on both paths and polynomial activations computed at twice the resolution;
+            Or "afc" (alias-free, Michaeli et al. 2023: ideal low-pass subsampling on both paths and polynomial
+            activations computed at twice the resolution;
             with ``padding_mode="circular"`` the network is invariant to circular integer and half-pixel shifts).
             Same parameters and state_dict keys for "stride", "blur", "aps" and "afc"; "lps" adds its scorers'.
         filter_size: binomial filter length for "blur", "aps" and "lps" (1: no low-pass).
@@ -169,7 +165,7 @@ def cifar_resnet(
         if isinstance(module, CifarBasicBlock):
             module.set_downsample(downsample, filter_size)
     if downsample == "afc":
-        model.input_filter, model.act = InputLowpass(), PolynomialActivation()
+        model.act = PolynomialActivation()
     return model
 
 

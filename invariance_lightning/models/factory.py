@@ -27,8 +27,10 @@ def build_backbone(
 
     Names: ``cifar_resnet{20,32,44,56,110}`` (ours, with ``padding_mode``), ``torchvision:<model>``
     (any ``torchvision.models`` classifier, e.g. ``torchvision:resnet18``) or ``timm:<model>``
-    (e.g. ``timm:resnet18``). ``downsample="blur"``/``"aps"`` antialiases the strided layers
-    (BlurPool / adaptive polyphase sampling; see :func:`invariance_lightning.models.antialias`).
+    (e.g. ``timm:resnet18``). ``downsample`` "blur", "aps", "lps" or "afc" antialiases the strided layers
+    (BlurPool, adaptive or learnable polyphase sampling, alias-free layers; see
+    :func:`invariance_lightning.models.antialias`); ``padding_mode="circular"`` then also makes a torchvision/timm
+    network's convs circular (for "aps", "lps" and "afc": exact invariance to circular shifts).
     """
     check_choice("build_backbone", "downsample", downsample, DOWNSAMPLE_CHOICES)
     match = _CIFAR_NAME.fullmatch(name)
@@ -57,8 +59,18 @@ def build_backbone(
             f"unknown backbone {name!r}; use cifar_resnet<depth> (depths {list(CIFAR_RESNET_DEPTHS)}), "
             "torchvision:<model> or timm:<model>"
         )
-    if padding_mode != "zeros":
-        raise ValueError(f"padding_mode={padding_mode!r} is only supported for cifar_resnet backbones")
+    check_choice("build_backbone", "padding_mode", padding_mode, ("zeros", "circular"))
     if downsample == "stride":
+        if padding_mode != "zeros":
+            raise ValueError(
+                f"padding_mode={padding_mode!r} for a {library} backbone needs an antialiasing `downsample` "
+                "(antialias() switches its convs); a strided one is only supported for cifar_resnet backbones"
+            )
         return model
-    return antialias(model, method=cast(Method, downsample), filter_size=filter_size, inplace=True)
+    return antialias(
+        model,
+        method=cast(Method, downsample),
+        filter_size=filter_size,
+        inplace=True,
+        circular_padding=padding_mode == "circular",
+    )

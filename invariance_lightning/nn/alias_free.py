@@ -12,6 +12,9 @@ pointwise nonlinearities, which widen the spectrum. Here
   the square's doubled spectrum still fits, then low-passes and subsamples back: a band-limited input shifted by
   half a pixel gives the output shifted by half a pixel;
 * :class:`InputLowpass` removes a map's Nyquist frequency, the one component a fractional shift cannot move exactly.
+  A network whose first nonlinearity is a :class:`PolynomialActivation` needs none: the activation's upsampling keeps
+  only the frequencies below Nyquist, and the linear layers before it (convs, batch norm in eval mode) do not mix
+  frequencies, so its output, and the network's, ignores the input's Nyquist frequency.
 
 With circular padding everywhere and global average pooling at the end (the mean is the zero frequency, which no
 band-limited shift changes), a network of these is invariant to circular integer and half-pixel shifts of its input
