@@ -27,7 +27,15 @@ def test_losses_match_direct_formulas() -> None:
     kl_qp = (q * np.log(q / p)).sum(1)
     m = (p + q) / 2
     js = ((p * np.log(p / m)).sum(1) + (q * np.log(q / m)).sum(1)) / 2
-    expected = {"symmetric_kl": ((kl_pq + kl_qp) / 2).mean(), "js": js.mean(), "mse": ((p - q) ** 2).sum(1).mean()}
+    centred_a, centred_b = a.double().numpy(), b.double().numpy()
+    centred_a, centred_b = centred_a - centred_a.mean(1, keepdims=True), centred_b - centred_b.mean(1, keepdims=True)
+    expected = {
+        "symmetric_kl": ((kl_pq + kl_qp) / 2).mean(),
+        "js": js.mean(),
+        "mse": ((p - q) ** 2).sum(1).mean(),
+        "logit_mse": ((centred_a - centred_b) ** 2).mean(),
+    }
+    assert set(expected) == set(CONSISTENCY_KINDS)
     for kind in CONSISTENCY_KINDS:
         assert consistency_loss(a, b, kind) == pytest.approx(expected[kind], rel=1e-5), kind
         assert consistency_loss(b, a, kind) == pytest.approx(expected[kind], rel=1e-5), kind  # symmetric
@@ -41,7 +49,7 @@ def test_js_is_bounded_by_log2_for_disjoint_predictions() -> None:
 
 def test_loss_rejects_bad_input() -> None:
     with pytest.raises(
-        ValueError, match=r"^consistency_loss: kind must be one of \('symmetric_kl', 'js', 'mse'\), got"
+        ValueError, match=r"^consistency_loss: kind must be one of \('symmetric_kl', 'js', 'mse', 'logit_mse'\), got"
     ):
         consistency_loss(torch.zeros(2, 3), torch.zeros(2, 3), "kl")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"same shape, got \(2, 3\) and \(2, 4\)"):

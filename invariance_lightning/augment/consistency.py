@@ -16,9 +16,9 @@ from invariance_lightning.validation import check_choice, check_images, check_in
 
 __all__ = ["CONSISTENCY_KINDS", "ConsistencyRegularization", "consistency_loss"]
 
-ConsistencyKind = Literal["symmetric_kl", "js", "mse"]
+ConsistencyKind = Literal["symmetric_kl", "js", "mse", "logit_mse"]
 #: Values accepted for ``kind``.
-CONSISTENCY_KINDS: tuple[str, ...] = ("symmetric_kl", "js", "mse")
+CONSISTENCY_KINDS: tuple[str, ...] = ("symmetric_kl", "js", "mse", "logit_mse")
 
 
 def consistency_loss(
@@ -30,8 +30,11 @@ def consistency_loss(
     - ``js``: Jensen-Shannon divergence ``(KL(p_a || m) + KL(p_b || m)) / 2`` with ``m = (p_a + p_b) / 2``, in nats
       (at most ``log 2``).
     - ``mse``: squared Euclidean distance between the probability vectors.
+    - ``logit_mse``: mean squared difference of the logits, each vector centred on its mean first (softmax ignores a
+      common offset, so the penalty does too): logit pairing (Kannan et al. 2018). Unlike the others it does not
+      saturate for confident predictions: it keeps pulling the whole logit vectors together.
 
-    Gradients flow into both views. Computed in float32 from log-softmax for stability.
+    Gradients flow into both views. Computed in float32 (from log-softmax for the divergences).
     """
     check_choice("consistency_loss", "kind", kind, CONSISTENCY_KINDS)
     if not (torch.is_tensor(logits_a) and torch.is_tensor(logits_b)):
@@ -41,6 +44,10 @@ def consistency_loss(
             "consistency_loss: expected two (N, C) logit tensors of the same shape, got "
             f"{tuple(logits_a.shape)} and {tuple(logits_b.shape)}"
         )
+    if kind == "logit_mse":
+        centred_a = logits_a.float() - logits_a.float().mean(dim=1, keepdim=True)
+        centred_b = logits_b.float() - logits_b.float().mean(dim=1, keepdim=True)
+        return (centred_a - centred_b).square().mean(dim=1).mean()
     log_a = F.log_softmax(logits_a.float(), dim=1)
     log_b = F.log_softmax(logits_b.float(), dim=1)
     if kind == "mse":
