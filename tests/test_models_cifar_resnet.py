@@ -114,6 +114,20 @@ def test_load_accepts_plain_prefixed_and_lightning_state_dicts(tmp_path: Path) -
     assert blurred.layer2[0].down.filter_size == 5
 
 
+def test_a_lightning_checkpoint_is_rebuilt_with_the_architecture_it_recorded(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = cifar_resnet(8, downsample="blur", filter_size=5, padding_mode="circular").eval()
+    hyper_parameters = {"backbone": "cifar_resnet8", "downsample": "blur", "filter_size": 5, "padding_mode": "circular"}
+    state = {f"backbone.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": hyper_parameters}, tmp_path / "blur.ckpt")
+    loaded = load_cifar_resnet(tmp_path / "blur.ckpt").eval()  # the keys alone would make a strided network
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    with pytest.raises(ValueError, match=r"downsample='stride' was given but the weights in .* have downsample='blur'"):
+        load_cifar_resnet(tmp_path / "blur.ckpt", downsample="stride")
+
+
 def test_load_refuses_files_that_need_arbitrary_unpickling(tmp_path: Path) -> None:
     path = tmp_path / "pickled.pt"
     torch.save({"state_dict": cifar_resnet(20).state_dict(), "note": fractions.Fraction(1, 3)}, path)

@@ -209,13 +209,29 @@ def _cifar_resnet_state(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
     return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
 
 
+def _recorded_architecture(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The :func:`cifar_resnet` arguments a Lightning checkpoint of ``ImageClassifier`` recorded in its
+    hyperparameters (``downsample``, ``filter_size``, ``padding_mode``): parameter-free choices that its state dict
+    cannot reveal, so that a BlurPool or APS network is not rebuilt as a strided one."""
+    hyper_parameters = checkpoint.get("hyper_parameters")
+    if not isinstance(hyper_parameters, Mapping):
+        return {}
+    return {
+        name: hyper_parameters[name]
+        for name in ("downsample", "filter_size", "padding_mode")
+        if name in hyper_parameters
+    }
+
+
 def load_cifar_resnet(
     weights: str | PathLike[str], *, model: CifarResNet | None = None, download: bool = True, **kwargs: Any
 ) -> CifarResNet:
     """A CIFAR ResNet with the weights ``weights`` names: a file, or a released model (``"resnet20"``, found locally
     or downloaded by :func:`~invariance_lightning.models.pretrained.cifar_resnet_weights`).
 
-    Without ``model``, a :func:`cifar_resnet` is built whose depth and class count are read from the weights; with
+    Without ``model``, a :func:`cifar_resnet` is built whose depth and class count are read from the weights (and,
+    for an ``ImageClassifier`` Lightning checkpoint, its ``downsample``, ``filter_size`` and ``padding_mode``
+    hyperparameters, which the state dict cannot show: a BlurPool checkpoint is rebuilt with BlurPool); with
     ``model``, the weights are loaded into it (in place; returned), e.g. into an antialiased network to fine-tune it
     (BlurPool and APS add no parameters, but change what the loaded weights compute). Always
     ``torch.load(..., weights_only=True, map_location="cpu")``: a file that would need arbitrary unpickling raises
@@ -232,21 +248,27 @@ def load_cifar_resnet(
             building; ``depth``/``num_classes`` must agree with the weights if given.
 
     Raises:
-        ValueError: the weights do not fit (depth or classes differ from ``model`` or ``kwargs``).
+        ValueError: the weights do not fit (depth or classes differ from ``model`` or ``kwargs``, or ``kwargs`` name
+            an architecture other than the one a Lightning checkpoint recorded).
     """
     if model is not None and not isinstance(model, CifarResNet):
         raise TypeError(f"load_cifar_resnet: `model` must be a CifarResNet or None, got {type(model).__name__}")
     if model is not None and kwargs:
         raise TypeError(f"load_cifar_resnet: architecture arguments {sorted(kwargs)} cannot be combined with `model`")
     path = cifar_resnet_weights(weights, download=download)
-    state = _cifar_resnet_state(_load_weights_only(path))
+    checkpoint = _load_weights_only(path)
+    state = _cifar_resnet_state(checkpoint)
     if model is None:
         stage1 = {int(m.group(1)) for key in state if (m := re.fullmatch(r"layer1\.(\d+)\.conv1\.weight", key))}
-        inferred = {"depth": 6 * len(stage1) + 2, "num_classes": int(state["linear.weight"].shape[0])}
+        inferred = {
+            "depth": 6 * len(stage1) + 2,
+            "num_classes": int(state["linear.weight"].shape[0]),
+            **_recorded_architecture(checkpoint),
+        }
         for name, value in inferred.items():
             if name in kwargs and kwargs[name] != value:
                 raise ValueError(
-                    f"{name}={kwargs[name]!r} was given but the weights in {str(path)!r} have {name}={value}"
+                    f"{name}={kwargs[name]!r} was given but the weights in {str(path)!r} have {name}={value!r}"
                 )
         model = cifar_resnet(**{**kwargs, **inferred})
     # an LPS network's scorers are new parameters that strided, BlurPool and APS weights cannot have: they keep
