@@ -1,10 +1,11 @@
 """Test-time shift averaging (``models.ShiftAveraging``) against the plain model: flips, consistency, accuracy, cost.
 
 The inference-time fix of issue 24 beside the training-time ones of docs/results.md: the released CIFAR-10 ResNet-20
-(or any CIFAR ResNet weights / released name) on the CIFAR-10 test images, measured with the report protocol
-(``sequence_preset("report")["shift"]``: diagonal 1-px steps 0-8 px, zero fill) and ``aps2021_standard``, plain and
-wrapped in ``ShiftAveraging`` over each shift set. Rates come with Wilson intervals; the cost is the measured time
-of each model relative to the plain one in the same run (and ``k``, the forward passes per image, by construction).
+(or any CIFAR ResNet weights / released name / ``ImageClassifier`` checkpoint) on the CIFAR-10 test images, measured
+with the report protocol (``sequence_preset("report")["shift"]``: diagonal 1-px steps 0-8 px, zero fill) and
+``aps2021_standard``, plain and wrapped in ``ShiftAveraging`` over each shift set. Rates come with Wilson intervals;
+the cost is the measured time of each model relative to the plain one in the same run (and ``k``, the forward passes
+per image, by construction).
 Writes ``benchmarks/results/<output>.json`` and ``.md``. Example::
 
     python benchmarks/shift_averaging.py --weights resnet20 --num_images 10000
@@ -22,6 +23,7 @@ import torch
 
 from invariance_lightning import ShiftAveraging, evaluate_invariance, evaluate_protocol, sequence_preset
 from invariance_lightning.lightning.data import CIFARDataModule
+from invariance_lightning.lightning.paper import load_checkpoint_model
 from invariance_lightning.metrics.gap import wilson_interval
 from invariance_lightning.models import CIFAR_RESNET_NORMALIZE, STRIDE2_SHIFTS, load_cifar_resnet
 from invariance_lightning.reporting.tables import write_json
@@ -37,7 +39,11 @@ SHIFT_SETS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default="resnet20", help="weights file or released model name (resnet20)")
+    parser.add_argument(
+        "--weights",
+        default="resnet20",
+        help="weights file, released model name (resnet20) or ImageClassifier .ckpt (its own normalization)",
+    )
     parser.add_argument("--num_images", type=positive_int, default=10_000, help="seeded test subset (10000: all)")
     parser.add_argument("--shift_sets", nargs="+", choices=sorted(SHIFT_SETS), default=list(SHIFT_SETS))
     parser.add_argument(
@@ -53,7 +59,11 @@ def main() -> None:
     datamodule = CIFARDataModule(val_split=0, download=False)
     datamodule.setup("test")
     images, labels = datamodule.split_arrays("test", args.num_images, seed=0)
-    model = load_cifar_resnet(args.weights, download=False).eval()
+    if args.weights.endswith(".ckpt"):  # an ImageClassifier: its own normalization and architecture
+        loaded = load_checkpoint_model(Path(args.weights))
+        model, normalize = loaded.model.eval(), loaded.normalize
+    else:
+        model, normalize = load_cifar_resnet(args.weights, download=False).eval(), CIFAR_RESNET_NORMALIZE
     sequence = sequence_preset("report")["shift"]
     models = {"plain": (model, 1)}
     for name in args.shift_sets:
@@ -69,7 +79,7 @@ def main() -> None:
             labels,
             sequence,
             batch_size=max(1, args.batch_size // copies),
-            normalize=CIFAR_RESNET_NORMALIZE,
+            normalize=normalize,
         )
         standard = evaluate_protocol(
             candidate,
@@ -77,7 +87,7 @@ def main() -> None:
             labels,
             "aps2021_standard",
             seed=0,
-            normalize=CIFAR_RESNET_NORMALIZE,
+            normalize=normalize,
             batch_size=max(1, args.batch_size // copies),
         )
         seconds = time.perf_counter() - started
