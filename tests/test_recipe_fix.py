@@ -115,6 +115,22 @@ def test_settings_refuse_bad_values(kwargs, match):
         FixSettings(**kwargs)
 
 
+def test_a_rerun_resumes_from_the_last_checkpoint_and_other_settings_are_refused(trained, tmp_path):
+    folder, checkpoint = trained
+    main = runpy.run_path(str(REPO_ROOT / "recipes" / "fix.py"), run_name="fix_recipe")["main"]
+    common = ["--model", str(checkpoint), "--epochs", "1", "--val_split", "8", "--data_dir", str(folder)]
+    common += ["--no-download", "--batch_size", "32", "--test_images", "4", "--output", str(tmp_path)]
+    main(common)
+    trained_once = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    main(common)  # as after an interruption: the run continues from last.ckpt, here with nothing left to train
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == trained_once
+    rerun_log = tmp_path / "logs" / "version_1" / "metrics.csv"
+    assert not rerun_log.exists(), "the rerun trained again"
+    assert json.loads((tmp_path / "after.json").read_text())["training"]["resumed"] is True
+    with pytest.raises(ValueError, match=r"holds a fine-tuning run with other settings \(consistency_weight, epochs\)"):
+        main([*common[:-2], "--output", str(tmp_path), "--consistency_weight", "3", "--epochs", "2"])
+
+
 def test_an_lps_fine_tuning_anneals_the_gumbel_temperature(trained, tmp_path):
     folder, checkpoint = trained
     main = runpy.run_path(str(REPO_ROOT / "recipes" / "fix.py"), run_name="fix_recipe")["main"]

@@ -10,8 +10,9 @@ protocols and the training time.
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import cast
 
@@ -91,6 +92,34 @@ def load_model(spec: str, download: bool) -> LoadedModel:
     return loaded
 
 
+#: Settings that do not change what a fine-tuning run computes (where the data is read, how the run was typed).
+_INCIDENTAL_SETTINGS = ("data_dir", "download", "output", "command")
+
+
+def resume_checkpoint(output: Path, settings: FixSettings) -> Path | None:
+    """The ``last.ckpt`` an interrupted run with the same settings left in ``output`` (the fine-tuning resumes from
+    it), else None. Records the settings in ``output/settings.json``; ``ValueError`` when the folder holds a run with
+    other settings (continuing it would silently mix the two)."""
+    record = output / "settings.json"
+    current = json.loads(
+        json.dumps(
+            {name: value for name, value in asdict(settings).items() if name not in _INCIDENTAL_SETTINGS}, default=str
+        )
+    )
+    last = output / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        recorded = json.loads(record.read_text()) if record.is_file() else {}
+        differing = sorted(name for name in current if recorded.get(name) != current[name])
+        if differing:
+            raise ValueError(
+                f"{output} holds a fine-tuning run with other settings ({', '.join(differing)}); give another "
+                "--output or delete that folder"
+            )
+        return last
+    record.write_text(json.dumps(current, indent=1) + "\n")
+    return None
+
+
 def measure(
     loaded: LoadedModel, images: Tensor, labels: Tensor, protocols: tuple[str, ...], seed: int, batch_size: int
 ) -> tuple[dict[str, dict[str, Tensor]], dict[str, dict[str, float]]]:
@@ -113,8 +142,10 @@ def run_fix(settings: FixSettings) -> Path:
     if depth not in CIFAR_RESNET_DEPTHS:
         raise ValueError(f"--model {settings.model}: a CIFAR ResNet of depth {depth} has no backbone name")
     output = settings.output or Path("results") / "fix" / f"{before.name}_{settings.method}"
+    output.mkdir(parents=True, exist_ok=True)
+    resume = resume_checkpoint(output, settings)  # before the measurement: a clash fails at once
     datamodule = CIFARDataModule(
-        data_dir=settings.data_dir,
+        data_dir=None if settings.data_dir is None else str(settings.data_dir),  # a str: checkpoints stay weights_only
         download=settings.download,
         batch_size=settings.batch_size,
         seed=settings.seed,
@@ -129,7 +160,6 @@ def run_fix(settings: FixSettings) -> Path:
     )
 
     # the backbone's weights as a plain weights file: what ImageClassifier(init_weights=...) reads for either source
-    output.mkdir(parents=True, exist_ok=True)
     initial = output / "initial_weights.pt"
     torch.save({"state_dict": backbone.state_dict()}, initial)
     pl.seed_everything(settings.seed, verbose=False)
@@ -158,9 +188,9 @@ def run_fix(settings: FixSettings) -> Path:
         enable_progress_bar=False,
     )
     started = time.perf_counter()
-    trainer.fit(classifier, datamodule=datamodule)
+    trainer.fit(classifier, datamodule=datamodule, ckpt_path=resume)
     minutes = (time.perf_counter() - started) / 60
-    after = load_checkpoint_model(Path(checkpoints.last_model_path))
+    after = load_checkpoint_model(output / "checkpoints" / "last.ckpt")  # also when a resumed run had nothing left
     results["after"], published["after"] = measure(
         after, images, labels, settings.protocols, settings.seed, settings.batch_size
     )
@@ -175,6 +205,7 @@ def run_fix(settings: FixSettings) -> Path:
             "epochs": settings.epochs,
             "minutes": minutes,
             "train_images": train_images,
+            "resumed": resume is not None,  # then "minutes" are only this invocation's part
             "max_shift": settings.max_shift,
             "lr": settings.lr,
             "consistency": {
@@ -204,7 +235,8 @@ def run_fix(settings: FixSettings) -> Path:
         "",
         f"`{settings.command}`",
         "",
-        f"Fine-tuned on {train_images:,} training images in {minutes:.1f} minutes "
+        f"Fine-tuned on {train_images:,} training images in {minutes:.1f} minutes"
+        f"{' (resumed: the minutes after the interruption only)' if resume is not None else ''} "
         f"({machine['machine']}, {machine['threads']} threads): crops with black borders up to "
         f"{settings.max_shift} px, peak learning rate {settings.lr}, {settings.consistency_kind} consistency of weight "
         f"{settings.consistency_weight} against a further shift of up to {settings.consistency_max_shift} px; "
