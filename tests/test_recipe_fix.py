@@ -98,6 +98,7 @@ def test_the_summary_puts_each_sequence_before_and_after_side_by_side(fixed):
     for name in sequence_preset("report"):
         assert f"| {name} (before) |" in summary and f"| {name} (after) |" in summary
     assert "python recipes/fix.py --model" in summary and "(before.md)" in summary
+    assert (fixed / "after.md").read_text().startswith("# After fine-tuning: model converted (blur) and fine-tuned on")
 
 
 @pytest.mark.parametrize(

@@ -217,14 +217,15 @@ def run_fix(settings: FixSettings) -> Path:
         "test_images": len(labels),
         "machine": machine,
     }
-    for stage, loaded in (("before", before), ("after", after)):
+    titles = {"before": before.name, "after": f"{before.name} converted ({settings.method}) and fine-tuned"}
+    for stage in STAGES:
         write_report(
             output,
             stage,
             {**payload, "stage": stage},
             results[stage],
             sequences,
-            f"{stage.capitalize()} fine-tuning: {loaded.name} on {len(labels)} CIFAR-10 test images",
+            f"{stage.capitalize()} fine-tuning: {titles[stage]} on {len(labels)} CIFAR-10 test images",
             notes=f"Command: `{settings.command}`",
             protocols=published[stage],
             protocol_seed=settings.seed,
