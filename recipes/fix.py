@@ -22,7 +22,7 @@ from pathlib import Path
 from invariance_lightning.augment.consistency import CONSISTENCY_KINDS
 from invariance_lightning.lightning.cli import add_protocol_arguments
 from invariance_lightning.lightning.fixing import FixSettings, run_fix
-from invariance_lightning.models._downsample import METHODS
+from invariance_lightning.models._downsample import ANTIALIAS_METHODS
 from invariance_lightning.validation import nonnegative_int, positive_int
 
 
@@ -34,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.model,
         help="a released CIFAR ResNet (resnet20, resnet56) or an ImageClassifier .ckpt of a CIFAR ResNet",
     )
-    parser.add_argument("--method", choices=METHODS, default=defaults.method, help="antialiasing (default: blur)")
+    parser.add_argument(
+        "--method",
+        choices=ANTIALIAS_METHODS,
+        default=defaults.method,
+        help="antialiasing (default: blur; afc: alias-free layers, polynomial activations in place of the ReLUs)",
+    )
     parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
     parser.add_argument(
         "--max_shift",

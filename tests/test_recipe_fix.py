@@ -14,7 +14,7 @@ from invariance_lightning.lightning.checkpoint import load_classifier
 from invariance_lightning.lightning.data import CIFARDataModule
 from invariance_lightning.lightning.fixing import FixSettings
 from invariance_lightning.metrics.evaluate import evaluate_sequences
-from invariance_lightning.nn import BlurPool2d, LPS2d
+from invariance_lightning.nn import BlurPool2d, LPS2d, PolynomialActivation
 from invariance_lightning.transforms import sequence_preset
 from lightning_helpers import train_classifier_checkpoint
 
@@ -130,6 +130,32 @@ def test_a_rerun_resumes_from_the_last_checkpoint_and_other_settings_are_refused
     assert json.loads((tmp_path / "after.json").read_text())["training"]["resumed"] is True
     with pytest.raises(ValueError, match=r"holds a fine-tuning run with other settings \(consistency_weight, epochs\)"):
         main([*common[:-2], "--output", str(tmp_path), "--consistency_weight", "3", "--epochs", "2"])
+
+
+def test_an_alias_free_fine_tuning_replaces_the_activations_and_reports_the_network_it_trained(trained, tmp_path):
+    folder, checkpoint = trained
+    main = runpy.run_path(str(REPO_ROOT / "recipes" / "fix.py"), run_name="fix_recipe")["main"]
+    argv = [
+        "--model",
+        str(checkpoint),
+        "--method",
+        "afc",
+        "--epochs",
+        "1",
+        "--val_split",
+        "8",
+        "--data_dir",
+        str(folder),
+    ]
+    main([*argv, "--no-download", "--batch_size", "32", "--test_images", "4", "--output", str(tmp_path)])
+    loaded = load_classifier(tmp_path / "checkpoints" / "last.ckpt")
+    modules = list(loaded.model.modules())
+    assert any(isinstance(m, PolynomialActivation) for m in modules)
+    assert not any(isinstance(m, torch.nn.ReLU) for m in modules)
+    images, labels = CIFARDataModule(data_dir=folder, download=False, val_split=8).split_arrays("test", 4, seed=0)
+    expected = evaluate_sequences(loaded.model, images, labels, sequence_preset("report"), normalize=loaded.normalize)
+    after = json.loads((tmp_path / "after.json").read_text())["results"]
+    assert after["shift"]["metrics"]["flip_rate"] == pytest.approx(float(expected["shift"]["flip_rate"]), abs=1e-6)
 
 
 def test_an_lps_fine_tuning_anneals_the_gumbel_temperature(trained, tmp_path):

@@ -30,7 +30,7 @@ from invariance_lightning.lightning.paper import LoadedModel, load_checkpoint_mo
 from invariance_lightning.metrics.evaluate import evaluate_sequences
 from invariance_lightning.metrics.published import check_protocol_names, evaluate_protocols
 from invariance_lightning.models import CIFAR_RESNET_DEPTHS, CifarResNet
-from invariance_lightning.models._downsample import METHODS
+from invariance_lightning.models._downsample import ANTIALIAS_METHODS
 from invariance_lightning.reporting.machine import machine_info
 from invariance_lightning.reporting.tables import protocol_line, summary_markdown, write_report
 from invariance_lightning.transforms import sequence_preset
@@ -69,7 +69,7 @@ class FixSettings:
 
     def __post_init__(self) -> None:
         owner = "FixSettings"
-        check_choice(owner, "method", self.method, METHODS)
+        check_choice(owner, "method", self.method, ANTIALIAS_METHODS)
         check_int(owner, "epochs", self.epochs, 1)
         check_int(owner, "max_shift", self.max_shift, 0)
         check_number(owner, "consistency_weight", self.consistency_weight, low=0)
