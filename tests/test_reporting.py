@@ -321,6 +321,14 @@ def test_machine_info_names_this_process():
     assert load_average() == "n/a" or len(load_average().split(" / ")) == 3
 
 
+def test_machine_info_names_the_gpu_only_where_cuda_runs(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert machine_info()["gpu"] is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    assert machine_info()["gpu"] == "NVIDIA H200"
+
+
 def test_the_package_exports_the_generic_tables_and_the_recipes_reports_warn_under_their_old_names():
     import invariance_lightning.reporting as reporting
     from invariance_lightning.reporting import comparison, paper

@@ -121,9 +121,16 @@ def resume_checkpoint(output: Path, settings: FixSettings) -> Path | None:
 
 
 def measure(
-    loaded: LoadedModel, images: Tensor, labels: Tensor, protocols: tuple[str, ...], seed: int, batch_size: int
+    loaded: LoadedModel,
+    images: Tensor,
+    labels: Tensor,
+    protocols: tuple[str, ...],
+    seed: int,
+    batch_size: int,
+    device: torch.device,
 ) -> tuple[dict[str, dict[str, Tensor]], dict[str, dict[str, float]]]:
-    """The report sequences and the published ``protocols`` of ``loaded`` on ``images``."""
+    """The report sequences and the published ``protocols`` of ``loaded`` on ``images``, run on ``device``."""
+    loaded.model.to(device)  # the measurements run where the model is
     sequences = sequence_preset("report")
     results = evaluate_sequences(
         loaded.model, images, labels, sequences, batch_size=2 * batch_size, normalize=loaded.normalize
@@ -153,15 +160,29 @@ def run_fix(settings: FixSettings) -> Path:
         val_split=settings.val_split,
     )
     datamodule.setup()
+    # the backbone's weights as a plain weights file: what ImageClassifier(init_weights=...) reads for either source
+    # (saved here, before the measurement moves the model to the training device)
+    initial = output / "initial_weights.pt"
+    torch.save({"state_dict": backbone.state_dict()}, initial)
+    # built first: the measurements before and after run on the device it trains on (a GPU where there is one)
+    checkpoints = ModelCheckpoint(dirpath=output / "checkpoints", save_last=True, save_top_k=0)
+    trainer = pl.Trainer(
+        max_epochs=settings.epochs,
+        accelerator="auto",
+        devices=1,
+        default_root_dir=output,
+        logger=CSVLogger(output, name="logs"),
+        # LPS trains on a soft choice whose temperature must fall towards the hard choice evaluation makes
+        callbacks=[checkpoints, *([GumbelTemperature()] if settings.method == "lps" else [])],
+        enable_progress_bar=False,
+    )
+    device = trainer.strategy.root_device
     images, labels = datamodule.split_arrays("test", min(settings.test_images, datamodule.split_size("test")), seed=0)
     results, published = {}, {}
     results["before"], published["before"] = measure(
-        before, images, labels, settings.protocols, settings.seed, settings.batch_size
+        before, images, labels, settings.protocols, settings.seed, settings.batch_size, device
     )
 
-    # the backbone's weights as a plain weights file: what ImageClassifier(init_weights=...) reads for either source
-    initial = output / "initial_weights.pt"
-    torch.save({"state_dict": backbone.state_dict()}, initial)
     pl.seed_everything(settings.seed, verbose=False)
     classifier = ImageClassifier(
         backbone=f"cifar_resnet{depth}",
@@ -176,23 +197,12 @@ def run_fix(settings: FixSettings) -> Path:
         mean=list(before.normalize.mean),
         std=list(before.normalize.std),
     )
-    checkpoints = ModelCheckpoint(dirpath=output / "checkpoints", save_last=True, save_top_k=0)
-    trainer = pl.Trainer(
-        max_epochs=settings.epochs,
-        accelerator="auto",
-        devices=1,
-        default_root_dir=output,
-        logger=CSVLogger(output, name="logs"),
-        # LPS trains on a soft choice whose temperature must fall towards the hard choice evaluation makes
-        callbacks=[checkpoints, *([GumbelTemperature()] if settings.method == "lps" else [])],
-        enable_progress_bar=False,
-    )
     started = time.perf_counter()
     trainer.fit(classifier, datamodule=datamodule, ckpt_path=resume)
     minutes = (time.perf_counter() - started) / 60
     after = load_checkpoint_model(output / "checkpoints" / "last.ckpt")  # also when a resumed run had nothing left
     results["after"], published["after"] = measure(
-        after, images, labels, settings.protocols, settings.seed, settings.batch_size
+        after, images, labels, settings.protocols, settings.seed, settings.batch_size, device
     )
 
     sequences = sequence_preset("report")
@@ -238,7 +248,7 @@ def run_fix(settings: FixSettings) -> Path:
         "",
         f"Fine-tuned on {train_images:,} training images in {minutes:.1f} minutes"
         f"{' (resumed: the minutes after the interruption only)' if resume is not None else ''} "
-        f"({machine['machine']}, {machine['threads']} threads): crops with black borders up to "
+        f"({machine['gpu'] or machine['machine']}, {machine['threads']} threads): crops with black borders up to "
         f"{settings.max_shift} px, peak learning rate {settings.lr}, {settings.consistency_kind} consistency of weight "
         f"{settings.consistency_weight} against a further shift of up to {settings.consistency_max_shift} px; "
         f"measured on {len(labels):,} test images "

@@ -9,12 +9,14 @@ import torch
 
 
 def machine_info() -> dict[str, int | str | None]:
-    """The torch threads, CPUs, processor (else architecture) and torch version of this process."""
+    """The torch threads, CPUs, processor (else architecture), torch version and CUDA GPU (None without one) of this
+    process."""
     return {
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 
 
