@@ -198,8 +198,50 @@ def test_a_released_model_name_is_found_in_the_shared_folder_and_sets_the_normal
     assert model.input_normalization == CIFAR_RESNET_NORMALIZE  # the release's statistics, not the datamodule's
     trainer(tmp_path, max_steps=1).fit(model, uint8_loader())
     assert torch.equal(model.backbone.conv1.weight, saved.conv1.weight)
-    with pytest.raises(ValueError, match="init_weights needs a CIFAR ResNet backbone"):
+    with pytest.raises(ValueError, match="init_weights='resnet20' names a released CIFAR ResNet"):
         ImageClassifier(tiny_backbone(), init_weights="resnet20")
+
+
+@pytest.mark.parametrize("downsample", ["stride", "lps"])
+def test_init_weights_fine_tunes_a_torchvision_backbone_from_its_plain_weights(tmp_path, downsample):
+    """The plain network's state dict, saved to a file, is what the (antialiased) backbone starts from; an LPS
+    network's scorers keep their initialization, every other weight is the file's."""
+    torch.manual_seed(0)
+    plain = build_backbone("torchvision:resnet18", 10)
+    torch.save({"state_dict": plain.state_dict()}, tmp_path / "plain.pt")
+    model = ImageClassifier(
+        "torchvision:resnet18",
+        downsample=downsample,
+        augmentation="none",
+        image_size=16,
+        lr=0.0,
+        schedule="none",
+        init_weights=str(tmp_path / "plain.pt"),
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+    )
+    scorers = {k: v.clone() for k, v in model.backbone.state_dict().items() if ".scorer." in k}
+    assert not torch.equal(model.backbone.fc.weight, plain.fc.weight)  # a fresh network until fit starts
+    trainer(tmp_path, max_steps=1).fit(model, uint8_loader())
+    for name, weight in plain.named_parameters():
+        assert torch.equal(model.backbone.get_parameter(name), weight), name
+    assert (downsample == "lps") == bool(scorers)
+    for name, value in scorers.items():
+        assert torch.equal(model.backbone.state_dict()[name], value), name
+
+
+def test_init_weights_of_another_network_is_refused_naming_the_file(tmp_path):
+    torch.save(build_backbone("torchvision:resnet18", 5).state_dict(), tmp_path / "five_classes.pt")
+    model = ImageClassifier(
+        "torchvision:resnet18",
+        augmentation="none",
+        image_size=16,
+        init_weights=str(tmp_path / "five_classes.pt"),
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+    )
+    with pytest.raises(ValueError, match="five_classes.pt' do not fit ResNet"):
+        trainer(tmp_path, max_steps=1).fit(model, uint8_loader())
 
 
 def test_a_released_model_name_is_found_beside_the_checkout_without_the_variable(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
@@ -17,6 +17,7 @@ from invariance_lightning.lightning.augmentation import GPUAugmentationMixin
 from invariance_lightning.models.cifar_resnet import CIFAR_RESNET_NORMALIZE, CifarResNet, load_cifar_resnet
 from invariance_lightning.models.factory import build_backbone
 from invariance_lightning.models.pretrained import release_name
+from invariance_lightning.models.weights import load_backbone_weights
 from invariance_lightning.transforms.normalization import Normalization
 from invariance_lightning.validation import check_choice
 
@@ -58,12 +59,14 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
         consistency_weight: weight of the consistency penalty between each image and a random
             shift of it whose vacated border is black (``(0 - mean) / std`` after normalization);
             0 disables it. ``consistency_kind``/``consistency_max_shift`` configure it.
-        init_weights: CIFAR ResNet weights to fine-tune from: a weights file (the layouts of
+        init_weights: weights to fine-tune from. For a CIFAR ResNet: a weights file (the layouts of
             :func:`~invariance_lightning.models.load_cifar_resnet`) or a released model's name
             (``"resnet20"``, ``"resnet56"``, found by
             :func:`~invariance_lightning.models.pretrained.cifar_resnet_weights`), whose normalization
-            then becomes the default ``mean``/``std``. Loaded when ``fit`` starts from scratch,
-            not when it resumes from a checkpoint, and never when a checkpoint is loaded for evaluation.
+            then becomes the default ``mean``/``std``; for other backbones: a file with the backbone's state dict
+            (:func:`~invariance_lightning.models.load_backbone_weights`; the plain network's weights also fit its
+            antialiased ``downsample``). Loaded when ``fit`` starts from scratch, not when it resumes from a
+            checkpoint, and never when a checkpoint is loaded for evaluation.
     """
 
     if TYPE_CHECKING:  # for mypy only: save_hyperparameters() made it an AttributeDict, read by attribute
@@ -109,8 +112,11 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
             self.backbone = build_backbone(
                 backbone, num_classes, downsample=downsample, filter_size=filter_size, padding_mode=padding_mode
             )
-        if init_weights is not None and not isinstance(self.backbone, CifarResNet):
-            raise ValueError(f"ImageClassifier: init_weights needs a CIFAR ResNet backbone, got {backbone!r}")
+        if init_weights is not None and not isinstance(self.backbone, CifarResNet) and release_name(init_weights):
+            raise ValueError(
+                f"ImageClassifier: init_weights={init_weights!r} names a released CIFAR ResNet, but the backbone is "
+                f"{backbone!r}; give a file with its state dict"
+            )
         if init_weights is not None and release_name(init_weights) and mean is None:
             mean, std = CIFAR_RESNET_NORMALIZE  # what the released weights were trained with
         if channels_last:
@@ -194,8 +200,10 @@ class ImageClassifier(GPUAugmentationMixin, pl.LightningModule):
     def on_fit_start(self) -> None:
         # after a resumed run's checkpoint was restored (``trainer.ckpt_path`` set): then the file is not needed
         if self.hparams.init_weights is not None and self.trainer.ckpt_path is None:
-            backbone = cast(CifarResNet, self.backbone)  # checked in __init__
-            load_cifar_resnet(self.hparams.init_weights, model=backbone)
+            if isinstance(self.backbone, CifarResNet):
+                load_cifar_resnet(self.hparams.init_weights, model=self.backbone)
+            else:
+                load_backbone_weights(self.hparams.init_weights, self.backbone)
 
     def on_train_epoch_start(self) -> None:
         self._epoch_started, self._epoch_images, self._training_seconds = time.perf_counter(), 0, None

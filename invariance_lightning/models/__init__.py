@@ -14,6 +14,7 @@ from invariance_lightning.models.cifar_resnet import (
 from invariance_lightning.models.factory import build_backbone
 from invariance_lightning.models.pretrained import PRETRAINED_CIFAR_RESNETS, cifar_resnet_weights
 from invariance_lightning.models.shift_averaging import STRIDE2_SHIFTS, ShiftAveraging
+from invariance_lightning.models.weights import load_backbone_weights
 
 __all__ = [
     "CIFAR_RESNET_DEPTHS",
@@ -29,6 +30,7 @@ __all__ = [
     "cifar_resnet",
     "cifar_resnet_state_dict",
     "cifar_resnet_weights",
+    "load_backbone_weights",
     "load_cifar_resnet",
     "load_cifar_resnet_weights",
 ]

@@ -6,14 +6,12 @@ used pretrained CIFAR-10 checkpoints, which :func:`load_cifar_resnet` reads.
 
 from __future__ import annotations
 
-import pickle
 import re
 import warnings
 from collections.abc import Mapping
 from os import PathLike
 from typing import Any, Literal
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -25,7 +23,8 @@ from invariance_lightning.models._downsample import (
     make_downsample_pair,
 )
 from invariance_lightning.models.pretrained import cifar_resnet_weights
-from invariance_lightning.nn import BlurPool2d, LPS2d
+from invariance_lightning.models.weights import load_weights_only, with_untrained_layers
+from invariance_lightning.nn import BlurPool2d
 from invariance_lightning.nn.alias_free import PolynomialActivation
 from invariance_lightning.nn.circular import ConvPaddingMode, make_conv2d
 from invariance_lightning.transforms.normalization import IMAGENET_STATS
@@ -169,17 +168,6 @@ def cifar_resnet(
     return model
 
 
-def _load_weights_only(path: str | PathLike[str]) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"refusing to load {str(path)!r}: it cannot be read with torch.load(weights_only=True) and "
-            "unpickling arbitrary objects can execute code. Re-save it as a plain state_dict "
-            "(torch.save(model.state_dict(), path)) or a dict of tensors."
-        ) from error
-
-
 def _find_prefix(keys: list[str]) -> str:
     """The prefix (``""``, ``"module."``, ``"model."``, ...) under which a CIFAR ResNet's keys live."""
     prefixes = sorted(
@@ -256,7 +244,7 @@ def load_cifar_resnet(
     if model is not None and kwargs:
         raise TypeError(f"load_cifar_resnet: architecture arguments {sorted(kwargs)} cannot be combined with `model`")
     path = cifar_resnet_weights(weights, download=download)
-    checkpoint = _load_weights_only(path)
+    checkpoint = load_weights_only(path)
     state = _cifar_resnet_state(checkpoint)
     if model is None:
         stage1 = {int(m.group(1)) for key in state if (m := re.fullmatch(r"layer1\.(\d+)\.conv1\.weight", key))}
@@ -273,16 +261,8 @@ def load_cifar_resnet(
         model = cifar_resnet(**{**kwargs, **inferred})
     # an LPS network's scorers are new parameters that strided, BlurPool and APS weights cannot have: they keep
     # their initialization; every other key must match
-    # (under every path that reaches them: a shortcut's APS2dFollower holds its leader too)
-    new = {
-        f"{name}.{key}"
-        for name, module in model.named_modules(remove_duplicate=False)
-        if isinstance(module, LPS2d)
-        for key in module.state_dict()
-    }
-    present = {key: value for key, value in model.state_dict().items() if key in new and key not in state}
     try:
-        model.load_state_dict({**state, **present})
+        model.load_state_dict(with_untrained_layers(model, state))
     except RuntimeError as error:
         raise ValueError(
             f"the weights in {str(path)!r} do not fit this CifarResNet (depth or classes differ): {error}"
