@@ -1,6 +1,9 @@
-"""Make a trained CIFAR-10 classifier shift-invariant, and show before and after.
+"""Make a trained classifier shift-invariant, and show before and after.
 
-Measures the model, converts it to an antialiased network (its weights kept), fine-tunes it with black-bordered crops
+The model is a released CIFAR ResNet by name, or an ``ImageClassifier`` checkpoint: a CIFAR ResNet trained on CIFAR,
+or a torchvision/timm backbone trained on an ``ImageFolderDataModule`` (e.g. ``configs/imagenette/``), which is
+fine-tuned and measured on its own data (its datamodule's settings, read from the checkpoint). Measures the model,
+converts it to an antialiased network (its weights kept), fine-tunes it with black-bordered crops
 and the consistency penalty, measures it again on the same test images and writes ``summary.md`` (the before/after
 table), ``before.md``/``after.md`` (per-step flip rates, the published protocols) and their JSON to ``--output``
 (default ``results/fix/<model>_<method>/``). Defaults: the settings of
@@ -9,6 +12,7 @@ BlurPool), about 20 minutes on a 2-core CPU. Run from the repository root, e.g.:
 
     python recipes/fix.py --model resnet20
     python recipes/fix.py --model runs/my_run/checkpoints/last.ckpt --method aps --epochs 10
+    python recipes/fix.py --model runs/imagenette/resnet18_augmented/checkpoints/last.ckpt --epochs 2
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         default=defaults.model,
-        help="a released CIFAR ResNet (resnet20, resnet56) or an ImageClassifier .ckpt of a CIFAR ResNet",
+        help="a released CIFAR ResNet (resnet20, resnet56) or an ImageClassifier .ckpt: a CIFAR ResNet trained on "
+        "CIFAR, or a torchvision/timm backbone trained on an ImageFolderDataModule with a test_dir",
     )
     parser.add_argument(
         "--method",
@@ -67,11 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--val_split",
         type=nonnegative_int,
         default=defaults.val_split,
-        help="training images held out for validation (default: 5000)",
+        help="CIFAR training images held out for validation (default: 5000; an image-folder model keeps its own)",
     )
     parser.add_argument("--test_images", type=positive_int, default=defaults.test_images)
     add_protocol_arguments(parser, "before and after", "the protocols' random shifts", defaults.protocols)
-    parser.add_argument("--data_dir", type=Path, help="CIFAR-10 .npz folder (default: as CIFARDataModule looks)")
+    parser.add_argument(
+        "--data_dir",
+        type=Path,
+        help="CIFAR .npz folder (default: as CIFARDataModule looks); for an image-folder model, its root (default: "
+        "the one it was trained on)",
+    )
     parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--batch_size", type=positive_int, default=defaults.batch_size)
     parser.add_argument("--output", type=Path, help="default: results/fix/<model>_<method>")

@@ -6,13 +6,17 @@ import json
 import runpy
 from pathlib import Path
 
+import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import write_random_cifar10
 from invariance_lightning.lightning.checkpoint import load_classifier
-from invariance_lightning.lightning.data import CIFARDataModule
+from invariance_lightning.lightning.data import CIFARDataModule, ImageFolderDataModule
 from invariance_lightning.lightning.fixing import FixSettings
+from invariance_lightning.lightning.module import ImageClassifier
 from invariance_lightning.metrics.evaluate import evaluate_sequences
 from invariance_lightning.nn import BlurPool2d, LPS2d, PolynomialActivation
 from invariance_lightning.transforms import sequence_preset
@@ -177,3 +181,73 @@ def test_an_lps_fine_tuning_anneals_the_gumbel_temperature(trained, tmp_path):
     loaded = load_classifier(tmp_path / "checkpoints" / "last.ckpt")
     temperatures = [float(m.temperature) for m in loaded.model.modules() if isinstance(m, LPS2d)]
     assert temperatures and temperatures == pytest.approx([0.1] * len(temperatures))  # the schedule's end
+
+
+def write_image_folder(root: Path, per_class: int, seed: int) -> None:
+    """Three classes of 32x32 PNG noise images under ``root``."""
+    generator = np.random.default_rng(seed)
+    for label in range(3):
+        folder = root / f"n0{label}"
+        folder.mkdir(parents=True)
+        for index in range(per_class):
+            image = generator.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(image).save(folder / f"{index:02d}.png")
+
+
+def train_folder_checkpoint(root: Path, path: Path, test_dir: str | None = "val") -> Path:
+    """A torchvision ResNet-18 ``ImageClassifier`` trained 3 steps on an ``ImageFolderDataModule``, saved to ``path``."""
+    torch.manual_seed(0)
+    datamodule = ImageFolderDataModule(str(root), image_size=32, batch_size=8, num_workers=0, test_dir=test_dir)
+    model = ImageClassifier("torchvision:resnet18", num_classes=3, image_size=32, augmentation="none", lr=0.05)
+    trainer = pl.Trainer(
+        max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    trainer.fit(model, datamodule=datamodule)
+    trainer.save_checkpoint(path)
+    saved = torch.load(path, weights_only=True)  # as LightningCLI saves it: with the datamodule's class path
+    saved["datamodule_hyper_parameters"].update(
+        _class_path="invariance_lightning.lightning.data.ImageFolderDataModule",
+        _instantiator="lightning.pytorch.cli.instantiate_module",
+    )
+    torch.save(saved, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def folder_trained(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("folder") / "tiny-folder"
+    write_image_folder(root / "train", per_class=8, seed=0)
+    write_image_folder(root / "val", per_class=4, seed=1)
+    return root, train_folder_checkpoint(root, root.parent / "resnet18.ckpt")
+
+
+def test_a_torchvision_model_is_converted_and_fine_tuned_on_its_own_image_folder(folder_trained, tmp_path):
+    """Issue 24, item 1: any ImageClassifier checkpoint of a torchvision backbone with its ImageFolderDataModule."""
+    root, checkpoint = folder_trained
+    main = runpy.run_path(str(REPO_ROOT / "recipes" / "fix.py"), run_name="fix_recipe")["main"]
+    argv = ["--model", str(checkpoint), "--epochs", "1", "--lr", "1e-9", "--batch_size", "8", "--test_images", "6"]
+    main([*argv, "--protocols", "aps2021_standard", "--output", str(tmp_path)])
+    before, after = load_classifier(checkpoint).model, load_classifier(tmp_path / "checkpoints" / "last.ckpt").model
+    assert after.hparams.backbone == "torchvision:resnet18" and after.hparams.num_classes == 3
+    assert any(isinstance(m, BlurPool2d) for m in after.backbone.modules())  # converted
+    assert not any(isinstance(m, BlurPool2d) for m in before.backbone.modules())
+    for name, weight in before.backbone.named_parameters():  # started from the checkpoint's weights (lr ~ 0)
+        assert torch.allclose(after.backbone.get_parameter(name), weight, atol=1e-6), name
+    report = json.loads((tmp_path / "after.json").read_text())
+    assert report["training"]["train_images"] == 24 and report["test_images"] == 6  # its folder's splits
+    assert "on 6 tiny-folder test images" in (tmp_path / "after.md").read_text()
+    datamodule = ImageFolderDataModule(root, image_size=32, batch_size=8, num_workers=0, test_dir="val")
+    images, labels = datamodule.split_arrays("test", 6, seed=0)
+    loaded = load_classifier(tmp_path / "checkpoints" / "last.ckpt")
+    expected = evaluate_sequences(loaded.model, images, labels, sequence_preset("report"), normalize=loaded.normalize)
+    measured = report["results"]["shift"]["metrics"]["flip_rate"]
+    assert measured == pytest.approx(float(expected["shift"]["flip_rate"]), abs=1e-6)
+
+
+def test_a_folder_model_without_a_test_split_is_refused_before_anything_runs(folder_trained, tmp_path):
+    root, _ = folder_trained
+    checkpoint = train_folder_checkpoint(root, tmp_path / "no_test.ckpt", test_dir=None)
+    main = runpy.run_path(str(REPO_ROOT / "recipes" / "fix.py"), run_name="fix_recipe")["main"]
+    with pytest.raises(ValueError, match=r"has no test split \(test_dir=None\)"):
+        main(["--model", str(checkpoint), "--output", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

@@ -1,8 +1,9 @@
-"""Make a trained CIFAR classifier shift-invariant: the package half of ``recipes/fix.py`` (docs/recipes.md).
+"""Make a trained classifier shift-invariant: the package half of ``recipes/fix.py`` (docs/recipes.md).
 
-:func:`run_fix` measures a model (a released CIFAR ResNet by name, or an ``ImageClassifier`` checkpoint of a CIFAR
-ResNet), converts it to an antialiased network (``downsample=`` "blur", "aps" or "lps", its weights kept), fine-tunes
-it with black-bordered crops and the consistency penalty (the settings of
+:func:`run_fix` measures a model (a released CIFAR ResNet by name, or an ``ImageClassifier`` checkpoint: a CIFAR
+ResNet trained on CIFAR, or a torchvision/timm backbone trained on an ``ImageFolderDataModule``), converts it to an
+antialiased network (``downsample=`` "blur", "aps", "lps" or "afc", its weights kept), fine-tunes it on its own data
+with black-bordered crops and the consistency penalty (the settings of
 ``configs/cifar10/resnet20_finetuned_blur_consistency_8px.yaml`` by default), measures it again on the same test
 images and writes the before/after report: accuracy, the report sequences with per-step flip rates, the published
 protocols and the training time.
@@ -14,7 +15,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
@@ -24,7 +25,8 @@ from torch import Tensor
 
 from invariance_lightning.augment.consistency import CONSISTENCY_KINDS
 from invariance_lightning.lightning.callbacks import GumbelTemperature
-from invariance_lightning.lightning.data import CIFARDataModule
+from invariance_lightning.lightning.checkpoint import load_classifier, read_checkpoint
+from invariance_lightning.lightning.data import CIFARDataModule, ImageClassificationDataModule, ImageFolderDataModule
 from invariance_lightning.lightning.module import ImageClassifier
 from invariance_lightning.lightning.paper import LoadedModel, load_checkpoint_model, load_pretrained
 from invariance_lightning.metrics.evaluate import evaluate_sequences
@@ -43,9 +45,11 @@ STAGES = ("before", "after")
 class FixSettings:
     """What :func:`run_fix` does; ``python recipes/fix.py --help`` maps its options onto these fields.
 
-    ``model`` is a released model's name (``"resnet20"``, ``"resnet56"``) or an ``ImageClassifier`` ``.ckpt`` of a
-    CIFAR ResNet. ``train_subset`` None trains on all the training images but the ``val_split`` held out for validation;
-    ``test_images`` are measured before and after (seeded by ``seed``).
+    ``model`` is a released model's name (``"resnet20"``, ``"resnet56"``) or an ``ImageClassifier`` ``.ckpt`` (a
+    CIFAR ResNet trained on CIFAR, or a backbone trained on an ``ImageFolderDataModule``, whose own datamodule
+    settings are reused: ``data_dir`` then replaces its ``root``, ``val_split`` is CIFAR's only). ``train_subset``
+    None trains on all the training images but the validation hold-out; ``test_images`` are measured before and
+    after (seeded by ``seed``).
     """
 
     model: str = "resnet20"
@@ -85,11 +89,89 @@ class FixSettings:
 
 
 def load_model(spec: str, download: bool) -> LoadedModel:
-    """A released model by name, else an ``ImageClassifier`` checkpoint; ``ValueError`` for other backbones."""
-    loaded = load_checkpoint_model(Path(spec)) if spec.endswith(".ckpt") else load_pretrained(spec, None, download)
-    if not isinstance(loaded.layer_model, CifarResNet):
-        raise ValueError(f"--model {spec}: fine-tuning needs a CIFAR ResNet, got {type(loaded.layer_model).__name__}")
-    return loaded
+    """A released model by name, else an ``ImageClassifier`` checkpoint: of a CIFAR ResNet trained on CIFAR (its
+    checks: :func:`~invariance_lightning.lightning.paper.load_checkpoint_model`), or of a backbone trained on an
+    ``ImageFolderDataModule`` (its datamodule's settings in ``datamodule_kwargs``). ``ValueError`` for a checkpoint
+    whose training data or backbone cannot be rebuilt."""
+    if not spec.endswith(".ckpt"):
+        return load_pretrained(spec, None, download)
+    path = Path(spec)
+    saved = read_checkpoint(path).datamodule_hyper_parameters
+    if "root" not in saved:  # not an ImageFolderDataModule: CIFAR, or a checkpoint without datamodule settings
+        loaded = load_checkpoint_model(path)
+        if not isinstance(loaded.layer_model, CifarResNet):
+            raise ValueError(
+                f"--model {spec}: a model trained on CIFAR is fine-tuned as a CIFAR ResNet, got "
+                f"{type(loaded.layer_model).__name__}"
+            )
+        return loaded
+    classifier = load_classifier(path)
+    model = cast(ImageClassifier, classifier.model)  # a .ckpt holds an ImageClassifier
+    if not isinstance(model.hparams.get("backbone"), str):
+        raise ValueError(
+            f"--model {spec}: its backbone was passed as a module, not a name, so the fine-tuning cannot rebuild it; "
+            "train it with ImageClassifier(backbone='torchvision:resnet18') or another build_backbone name"
+        )
+    if saved.get("test_dir") is None:
+        raise ValueError(
+            f"--model {spec}: its ImageFolderDataModule has no test split (test_dir=None), and the before/after "
+            "report measures held-out test images; train with test_dir set (e.g. test_dir: val for Imagenette)"
+        )
+    return LoadedModel(
+        name=path.stem,
+        model=model,
+        layer_model=model.backbone,
+        normalize=classifier.normalize,
+        source=str(path),
+        datamodule_kwargs=dict(saved),
+        train_note="its ImageFolderDataModule's own training split",
+    )
+
+
+def fix_datamodule(settings: FixSettings, before: LoadedModel) -> ImageClassificationDataModule:
+    """The data ``before`` was trained on (CIFAR, or its ``ImageFolderDataModule`` rebuilt from its checkpoint),
+    with the fine-tuning's batch size, seed and training subset."""
+    if isinstance(before.layer_model, CifarResNet):
+        return CIFARDataModule(
+            name=before.datamodule_kwargs.get("name", "cifar10"),
+            # a str: checkpoints stay weights_only
+            data_dir=None if settings.data_dir is None else str(settings.data_dir),
+            download=settings.download,
+            val_split=settings.val_split,
+            batch_size=settings.batch_size,
+            seed=settings.seed,
+            train_subset=settings.train_subset,
+        )
+    kwargs = {
+        # without what LightningCLI adds to the saved arguments ("_class_path", "_instantiator")
+        **{name: value for name, value in before.datamodule_kwargs.items() if not name.startswith("_")},
+        "batch_size": settings.batch_size,
+        "seed": settings.seed,
+        "train_subset": settings.train_subset,
+    }
+    if settings.data_dir is not None:
+        kwargs["root"] = str(settings.data_dir)
+    return ImageFolderDataModule(**kwargs)
+
+
+def dataset_label(datamodule: ImageClassificationDataModule) -> str:
+    """How the report names the data: ``"CIFAR-10"``/``"CIFAR-100"``, else the image folder's name."""
+    if isinstance(datamodule, CIFARDataModule):
+        return str(datamodule.hparams["name"]).upper().replace("CIFAR", "CIFAR-")
+    return Path(datamodule.hparams["root"]).name
+
+
+def fine_tuning_architecture(before: LoadedModel) -> dict[str, Any]:
+    """The ``ImageClassifier`` arguments that rebuild ``before``'s backbone (less its ``downsample``)."""
+    backbone = before.layer_model
+    if isinstance(backbone, CifarResNet):
+        depth = 6 * len(backbone.layer1) + 2
+        if depth not in CIFAR_RESNET_DEPTHS:
+            raise ValueError(f"--model {before.source}: a CIFAR ResNet of depth {depth} has no backbone name")
+        return {"backbone": f"cifar_resnet{depth}", "num_classes": backbone.linear.out_features}
+    hparams = cast(ImageClassifier, before.model).hparams
+    names = ("backbone", "num_classes", "image_size", "filter_size", "padding_mode", "channels_last")
+    return {name: hparams[name] for name in names if name in hparams}
 
 
 #: Settings that do not change what a fine-tuning run computes (where the data is read, how the run was typed).
@@ -144,26 +226,16 @@ def measure(
 def run_fix(settings: FixSettings) -> Path:
     """Measure, convert, fine-tune, measure again; returns the path of ``summary.md`` in the output folder."""
     before = load_model(settings.model, settings.download)
-    backbone = cast(CifarResNet, before.layer_model)  # checked by load_model
-    depth = 6 * len(backbone.layer1) + 2
-    if depth not in CIFAR_RESNET_DEPTHS:
-        raise ValueError(f"--model {settings.model}: a CIFAR ResNet of depth {depth} has no backbone name")
+    architecture = fine_tuning_architecture(before)
     output = settings.output or Path("results") / "fix" / f"{before.name}_{settings.method}"
     output.mkdir(parents=True, exist_ok=True)
     resume = resume_checkpoint(output, settings)  # before the measurement: a clash fails at once
-    datamodule = CIFARDataModule(
-        data_dir=None if settings.data_dir is None else str(settings.data_dir),  # a str: checkpoints stay weights_only
-        download=settings.download,
-        batch_size=settings.batch_size,
-        seed=settings.seed,
-        train_subset=settings.train_subset,
-        val_split=settings.val_split,
-    )
-    datamodule.setup()
+    datamodule = fix_datamodule(settings, before)
+    datamodule.setup("fit")
     # the backbone's weights as a plain weights file: what ImageClassifier(init_weights=...) reads for either source
     # (saved here, before the measurement moves the model to the training device)
     initial = output / "initial_weights.pt"
-    torch.save({"state_dict": backbone.state_dict()}, initial)
+    torch.save({"state_dict": before.layer_model.state_dict()}, initial)
     # built first: the measurements before and after run on the device it trains on (a GPU where there is one)
     checkpoints = ModelCheckpoint(dirpath=output / "checkpoints", save_last=True, save_top_k=0)
     trainer = pl.Trainer(
@@ -185,7 +257,7 @@ def run_fix(settings: FixSettings) -> Path:
 
     pl.seed_everything(settings.seed, verbose=False)
     classifier = ImageClassifier(
-        backbone=f"cifar_resnet{depth}",
+        **architecture,
         downsample=settings.method,
         augmentation="standard",
         max_shift=settings.max_shift,
@@ -200,7 +272,7 @@ def run_fix(settings: FixSettings) -> Path:
     started = time.perf_counter()
     trainer.fit(classifier, datamodule=datamodule, ckpt_path=resume)
     minutes = (time.perf_counter() - started) / 60
-    after = load_checkpoint_model(output / "checkpoints" / "last.ckpt")  # also when a resumed run had nothing left
+    after = load_model(str(output / "checkpoints" / "last.ckpt"), download=False)  # also when nothing was left
     results["after"], published["after"] = measure(
         after, images, labels, settings.protocols, settings.seed, settings.batch_size, device
     )
@@ -235,7 +307,8 @@ def run_fix(settings: FixSettings) -> Path:
             {**payload, "stage": stage},
             results[stage],
             sequences,
-            f"{stage.capitalize()} fine-tuning: {titles[stage]} on {len(labels)} CIFAR-10 test images",
+            f"{stage.capitalize()} fine-tuning: {titles[stage]} on {len(labels)} {dataset_label(datamodule)} test "
+            "images",
             notes=f"Command: `{settings.command}`",
             protocols=published[stage],
             protocol_seed=settings.seed,
