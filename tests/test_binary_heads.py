@@ -8,6 +8,7 @@ that outputs probabilities says so with ``outputs="probabilities"``.
 from __future__ import annotations
 
 import math
+import warnings
 
 import lightning.pytorch as pl
 import pytest
@@ -203,6 +204,24 @@ def test_probabilities_become_log_probabilities_and_stay_finite():
     )
     softmax = torch.tensor([[0.1, 0.7, 0.2], [0.0, 0.0, 1.0]])
     torch.testing.assert_close(class_logits(softmax, 2, "probabilities").softmax(-1), softmax, atol=1e-6, rtol=0)
+
+
+def test_probabilities_read_as_logits_warn_and_logits_do_not():
+    """A sigmoid/softmax model measured with the default outputs='logits' gives wrong numbers: it is told."""
+    z = torch.tensor([-2.0, 0.5, 3.0, -0.1])
+    softmax = torch.randn(4, 5, generator=torch.Generator().manual_seed(0)).softmax(dim=-1)
+    for probabilities, what in (
+        (torch.sigmoid(z), "every binary output lies in"),
+        (softmax, r"every row lies in \[0, 1\] and sums to 1"),
+    ):
+        with pytest.warns(UserWarning, match=rf"owner: the model's outputs look like probabilities \({what}"):
+            class_logits(probabilities, 4, owner="owner")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        class_logits(z, 4)  # a logit below 0
+        class_logits(softmax * 3, 4)  # rows in [0, 1] that do not sum to 1
+        class_logits(softmax, 4, "probabilities")
+        class_logits(torch.sigmoid(z)[:, None], 4, "probabilities")
 
 
 def test_float_targets_holding_whole_numbers_are_class_indices():

@@ -4,6 +4,7 @@ class indices from integer or whole-number float targets, and ``OutputKey`` for 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -97,6 +98,11 @@ def class_logits(output: Any, num_inputs: int, outputs: str = "logits", owner: s
       float32, not ``-inf``). Values outside [0, 1] raise ``ValueError``; NaN passes, for the callers' checks of
       non-finite outputs.
 
+    With ``outputs="logits"``, outputs that look like probabilities (every row of a multi-class output in [0, 1]
+    and summing to 1, or every binary output in [0, 1]) warn once: measured as logits they give wrong numbers
+    (a softmax of probabilities misstates the top-1 probability; a sigmoid output is never negative, so a binary
+    model would predict class 1 for every image).
+
     >>> class_logits(torch.tensor([0.0, 2.0]), 2)
     tensor([[0., 0.],
             [0., 2.]])
@@ -112,6 +118,15 @@ def class_logits(output: Any, num_inputs: int, outputs: str = "logits", owner: s
     binary = output.ndim == 1 or output.shape[1] == 1
     scores = output.reshape(num_inputs, 1) if binary else output
     if outputs == "logits":
+        if _look_like_probabilities(scores, binary):
+            warnings.warn(
+                f"{owner}: the model's outputs look like probabilities ("
+                + ("every binary output lies in [0, 1]" if binary else "every row lies in [0, 1] and sums to 1")
+                + "), but outputs='logits' reads them as logits, which gives wrong numbers; pass "
+                "outputs='probabilities' if the model ends in a sigmoid or softmax",
+                UserWarning,
+                stacklevel=2,
+            )
         return torch.cat([torch.zeros_like(scores), scores], dim=1) if binary else scores
     probabilities = scores.float()
     outside = (probabilities < 0) | (probabilities > 1)  # NaN compares False: left to the non-finite checks
@@ -127,6 +142,13 @@ def class_logits(output: Any, num_inputs: int, outputs: str = "logits", owner: s
     else:
         log_p = torch.log(probabilities)
     return log_p.clamp_min(_LOG_TINY)
+
+
+def _look_like_probabilities(scores: Tensor, binary: bool) -> bool:
+    values = scores.detach().float()
+    if not bool(((values >= 0) & (values <= 1)).all()):  # NaN fails too
+        return False
+    return binary or bool(((values.sum(dim=1) - 1).abs() <= 1e-4).all())
 
 
 def class_targets(targets: Any) -> Any:
