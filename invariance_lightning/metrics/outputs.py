@@ -98,10 +98,11 @@ def class_logits(output: Any, num_inputs: int, outputs: str = "logits", owner: s
       float32, not ``-inf``). Values outside [0, 1] raise ``ValueError``; NaN passes, for the callers' checks of
       non-finite outputs.
 
-    With ``outputs="logits"``, outputs that look like probabilities (every row of a multi-class output in [0, 1]
-    and summing to 1, or every binary output in [0, 1]) warn once: measured as logits they give wrong numbers
-    (a softmax of probabilities misstates the top-1 probability; a sigmoid output is never negative, so a binary
-    model would predict class 1 for every image).
+    With ``outputs="logits"``, multi-class outputs that look like probabilities (every row in [0, 1], summing to 1)
+    warn once: measured as logits they give wrong numbers (a softmax of probabilities misstates the top-1
+    probability). A binary sigmoid output cannot be told from a logit in [0, 1] (a model early in training has
+    such logits); read as a logit it predicts class 1 for every image, which the callbacks' constant-predictor
+    warning reports.
 
     >>> class_logits(torch.tensor([0.0, 2.0]), 2)
     tensor([[0., 0.],
@@ -118,12 +119,11 @@ def class_logits(output: Any, num_inputs: int, outputs: str = "logits", owner: s
     binary = output.ndim == 1 or output.shape[1] == 1
     scores = output.reshape(num_inputs, 1) if binary else output
     if outputs == "logits":
-        if _look_like_probabilities(scores, binary):
+        if not binary and _look_like_probabilities(scores):
             warnings.warn(
-                f"{owner}: the model's outputs look like probabilities ("
-                + ("every binary output lies in [0, 1]" if binary else "every row lies in [0, 1] and sums to 1")
-                + "), but outputs='logits' reads them as logits, which gives wrong numbers; pass "
-                "outputs='probabilities' if the model ends in a sigmoid or softmax",
+                f"{owner}: the model's outputs look like probabilities (every row lies in [0, 1] and sums to 1), but "
+                "outputs='logits' reads them as logits, which gives wrong numbers; pass outputs='probabilities' if "
+                "the model ends in a softmax",
                 UserWarning,
                 stacklevel=2,
             )
@@ -144,11 +144,10 @@ def class_logits(output: Any, num_inputs: int, outputs: str = "logits", owner: s
     return log_p.clamp_min(_LOG_TINY)
 
 
-def _look_like_probabilities(scores: Tensor, binary: bool) -> bool:
+def _look_like_probabilities(scores: Tensor) -> bool:
     values = scores.detach().float()
-    if not bool(((values >= 0) & (values <= 1)).all()):  # NaN fails too
-        return False
-    return binary or bool(((values.sum(dim=1) - 1).abs() <= 1e-4).all())
+    in_range = bool(((values >= 0) & (values <= 1)).all())  # NaN fails too
+    return in_range and bool(((values.sum(dim=1) - 1).abs() <= 1e-4).all())
 
 
 def class_targets(targets: Any) -> Any:
