@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from invariance_lightning import ShiftSequence, evaluate_invariance
-from invariance_lightning.lightning.checkpoint import load_classifier, read_checkpoint
+from invariance_lightning.lightning.checkpoint import checkpoint_name, load_classifier, read_checkpoint
 from invariance_lightning.lightning.module import ImageClassifier
 
 #: Not CIFAR-10's statistics, so that using them is told apart from any CIFAR default.
@@ -105,3 +105,10 @@ def test_a_checkpoint_without_recorded_normalization_needs_a_default(model, tmp_
     explicit = ImageClassifier("cifar_resnet20", augmentation="none", mean=STATS[0], std=STATS[1])
     path = save_checkpoint(tmp_path / "explicit.ckpt", explicit, epoch=0)  # mean/std in its hyperparameters
     assert tuple(load_classifier(path).normalize) == STATS
+
+
+def test_a_checkpoint_is_named_by_its_run_folder_not_by_last():
+    assert checkpoint_name(Path("runs/cifar10/resnet20_blur/checkpoints/last.ckpt")) == "resnet20_blur"
+    assert checkpoint_name("runs/x/checkpoints/epoch=9-step=160.ckpt") == "x"
+    assert checkpoint_name(Path("downloads/my_model.ckpt")) == "my_model"
+    assert checkpoint_name(Path("checkpoints/last.ckpt")) == "last"  # no run folder above: the file's stem

@@ -52,6 +52,13 @@ class CheckpointInfo:
         return [state for key, state in self.callbacks.items() if key == name or key.startswith(name + "{")]
 
 
+def checkpoint_name(path: str | Path) -> str:
+    """How reports name the model saved at ``path``: its run folder for Lightning's ``<run>/checkpoints/<file>``
+    (``last.ckpt`` names no model), else the file's stem."""
+    path = Path(path)
+    return path.parent.parent.name if path.parent.name == "checkpoints" and path.parent.parent.name else path.stem
+
+
 def read_checkpoint(path: str | Path) -> CheckpointInfo:
     """The metadata of the Lightning checkpoint at ``path`` (loaded on the CPU with ``weights_only=True``)."""
     path = Path(path)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from invariance_lightning.augment.consistency import CONSISTENCY_KINDS
 from invariance_lightning.lightning.callbacks import GumbelTemperature
-from invariance_lightning.lightning.checkpoint import load_classifier, read_checkpoint
+from invariance_lightning.lightning.checkpoint import checkpoint_name, load_classifier, read_checkpoint
 from invariance_lightning.lightning.data import CIFARDataModule, ImageClassificationDataModule, ImageFolderDataModule
 from invariance_lightning.lightning.module import ImageClassifier
 from invariance_lightning.lightning.paper import LoadedModel, load_checkpoint_model, load_pretrained
@@ -118,7 +118,7 @@ def load_model(spec: str, download: bool) -> LoadedModel:
             "report measures held-out test images; train with test_dir set (e.g. test_dir: val for Imagenette)"
         )
     return LoadedModel(
-        name=path.stem,
+        name=checkpoint_name(path),
         model=model,
         layer_model=model.backbone,
         normalize=classifier.normalize,

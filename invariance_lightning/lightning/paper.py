@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from invariance_lightning.diagnostics import default_layers, layer_equivariance
-from invariance_lightning.lightning.checkpoint import load_classifier, read_checkpoint
+from invariance_lightning.lightning.checkpoint import checkpoint_name, load_classifier, read_checkpoint
 from invariance_lightning.lightning.data import CIFAR_NUM_CLASSES, CIFAR_STATS, DATA_DIR_ENV, CIFARDataModule
 from invariance_lightning.lightning.module import ImageClassifier
 from invariance_lightning.locations import SHARED_DIR_ENV, shared_dir_origin
@@ -159,7 +159,7 @@ def load_checkpoint_model(path: Path) -> LoadedModel:
             "if any, cannot be excluded)"
         )
     return LoadedModel(
-        name=path.stem,
+        name=checkpoint_name(path),
         model=model,
         layer_model=getattr(model, "backbone", model),
         normalize=loaded.normalize,
