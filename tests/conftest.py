@@ -79,15 +79,15 @@ def cifar_resnet_weights_dir() -> Path:
     return require_shared(shared_root() / "weights" / "cifar10-resnet")
 
 
-def write_random_cifar10(folder: Path, train: int, test: int) -> Path:
-    """Random uint8 images and labels in the shared ``cifar10_{train,test}.npz`` format, for runs without ../shared."""
+def write_random_cifar10(folder: Path, train: int, test: int, name: str = "cifar10", classes: int = 10) -> Path:
+    """Random uint8 images and labels in the shared ``<name>_{train,test}.npz`` format, for runs without ../shared."""
     rng = np.random.default_rng(0)
     for split, count in (("train", train), ("test", test)):
         np.savez(
-            folder / f"cifar10_{split}.npz",
+            folder / f"{name}_{split}.npz",
             images=rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8),
-            labels=rng.integers(0, 10, count).astype(np.int64),
-            classes=np.array([f"class{i}" for i in range(10)]),
+            labels=rng.integers(0, classes, count).astype(np.int64),
+            classes=np.array([f"class{i}" for i in range(classes)]),
         )
     return folder
 

@@ -251,3 +251,20 @@ def test_a_folder_model_without_a_test_split_is_refused_before_anything_runs(fol
     with pytest.raises(ValueError, match=r"has no test split \(test_dir=None\)"):
         main(["--model", str(checkpoint), "--output", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cifar100_checkpoint_is_fine_tuned_and_measured_on_cifar100(tmp_path):
+    folder = write_random_cifar10(tmp_path, train=48, test=8, name="cifar100", classes=100)
+    torch.manual_seed(0)
+    datamodule = CIFARDataModule(name="cifar100", data_dir=str(folder), download=False, val_split=8, batch_size=16)
+    model = ImageClassifier("cifar_resnet20", num_classes=100, augmentation="none", lr=0.05)
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False)
+    trainer.fit(model, datamodule=datamodule)
+    trainer.save_checkpoint(tmp_path / "cifar100.ckpt")
+    main = runpy.run_path(str(REPO_ROOT / "recipes" / "fix.py"), run_name="fix_recipe")["main"]
+    argv = ["--model", str(tmp_path / "cifar100.ckpt"), "--epochs", "1", "--val_split", "8", "--data_dir", str(folder)]
+    main([*argv, "--no-download", "--batch_size", "16", "--test_images", "4", "--output", str(tmp_path / "out")])
+    after = torch.load(tmp_path / "out" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert after["hyper_parameters"]["num_classes"] == 100
+    assert after["datamodule_hyper_parameters"]["name"] == "cifar100"
+    assert "on 4 CIFAR-100 test images" in (tmp_path / "out" / "after.md").read_text()
