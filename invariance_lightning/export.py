@@ -13,6 +13,7 @@ reflect padding (TensorRT): BlurPool's reflect/replicate border becomes zeros (d
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
@@ -89,7 +90,9 @@ def export_onnx(
         path: the ``.onnx`` file to write.
         example_size: ``(C, H, W)`` of the example batch the exporter runs (H, W multiples of ``size_multiple``).
         size_multiple: sizes the exported model accepts are multiples of this (alias-free networks: their total
-            stride); 1: any size.
+            stride); 1: any size. Above 1 it warns: ONNX cannot state the constraint, so the written graph also runs
+            on other sizes (with either exporter) and returns wrong logits for them where PyTorch refuses them;
+            check the size before inference (``torch.export`` programs, :func:`export_program`, do refuse them).
         dynamo: ``True`` for the ``torch.export``-based exporter, ``False`` for the TorchScript-based one.
         check_sizes: ``(N, H, W)`` batches to run through onnxruntime and the PyTorch model after writing; raises
             :class:`ExportMismatchError` if any logit differs by more than ``atol`` (pick sizes that make
@@ -114,6 +117,13 @@ def export_onnx(
         )
         torch.onnx.export(
             model, (example,), path, dynamo=dynamo, input_names=["images"], output_names=["logits"], **dynamic
+        )
+    if size_multiple > 1:
+        warnings.warn(
+            f"{owner}: an ONNX graph cannot refuse sizes that are not multiples of {size_multiple}; {path.name} runs "
+            "on them and returns wrong logits where PyTorch raises, so check each input's size before inference",
+            UserWarning,
+            stacklevel=2,
         )
     if check_sizes:
         compare_onnx(path, model, check_sizes, example_size[0], atol)
