@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import shutil
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -268,3 +269,15 @@ def test_a_cifar100_checkpoint_is_fine_tuned_and_measured_on_cifar100(tmp_path):
     assert after["hyper_parameters"]["num_classes"] == 100
     assert after["datamodule_hyper_parameters"]["name"] == "cifar100"
     assert "on 4 CIFAR-100 test images" in (tmp_path / "out" / "after.md").read_text()
+
+
+def test_data_dir_points_an_image_folder_model_at_its_moved_data(folder_trained, tmp_path):
+    root, checkpoint = folder_trained
+    moved = shutil.copytree(root, tmp_path / "moved")
+    main = runpy.run_path(str(REPO_ROOT / "recipes" / "fix.py"), run_name="fix_recipe")["main"]
+    argv = ["--model", str(checkpoint), "--data_dir", str(moved), "--epochs", "1", "--batch_size", "8"]
+    main([*argv, "--test_images", "3", "--train_subset", "12", "--output", str(tmp_path / "out")])
+    saved = torch.load(tmp_path / "out" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["datamodule_hyper_parameters"]["root"] == str(moved)
+    assert saved["datamodule_hyper_parameters"]["train_subset"] == 12
+    assert json.loads((tmp_path / "out" / "after.json").read_text())["training"]["train_images"] == 12
