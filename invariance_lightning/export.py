@@ -13,7 +13,6 @@ reflect padding (TensorRT): BlurPool's reflect/replicate border becomes zeros (d
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
@@ -90,9 +89,8 @@ def export_onnx(
         path: the ``.onnx`` file to write.
         example_size: ``(C, H, W)`` of the example batch the exporter runs (H, W multiples of ``size_multiple``).
         size_multiple: sizes the exported model accepts are multiples of this (alias-free networks: their total
-            stride); 1: any size. Above 1 it warns: ONNX cannot state the constraint, so the written graph also runs
-            on other sizes (with either exporter) and returns wrong logits for them where PyTorch refuses them;
-            check the size before inference (``torch.export`` programs, :func:`export_program`, do refuse them).
+            stride); 1: any size. The graph of an alias-free network refuses other sizes at run time (its
+            downsampling layers reshape into stride x stride blocks: an ONNX runtime raises a Reshape error).
         dynamo: ``True`` for the ``torch.export``-based exporter, ``False`` for the TorchScript-based one.
         check_sizes: ``(N, H, W)`` batches to run through onnxruntime and the PyTorch model after writing; raises
             :class:`ExportMismatchError` if any logit differs by more than ``atol`` (pick sizes that make
@@ -117,13 +115,6 @@ def export_onnx(
         )
         torch.onnx.export(
             model, (example,), path, dynamo=dynamo, input_names=["images"], output_names=["logits"], **dynamic
-        )
-    if size_multiple > 1:
-        warnings.warn(
-            f"{owner}: an ONNX graph cannot refuse sizes that are not multiples of {size_multiple}; {path.name} runs "
-            "on them and returns wrong logits where PyTorch raises, so check each input's size before inference",
-            UserWarning,
-            stacklevel=2,
         )
     if check_sizes:
         compare_onnx(path, model, check_sizes, example_size[0], atol)

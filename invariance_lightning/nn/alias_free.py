@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from invariance_lightning.nn.layout import memory_format_of
+from invariance_lightning.nn.tracing import capturing_graph
 from invariance_lightning.validation import check_images, check_int, check_number
 
 
@@ -117,7 +118,14 @@ class AliasFreeDownsample(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         check_images("AliasFreeDownsample", "input", x)
         height, width = x.shape[-2:]
-        if height % self.stride or width % self.stride:
+        if capturing_graph():
+            # the size check as graph operations, which an exported graph keeps with dynamic sizes (the Python check
+            # below becomes a constant there): a reshape into stride x stride blocks only fits divisible sizes, so an
+            # ONNX runtime refuses the others (a Reshape error) instead of returning wrong logits
+            stride = self.stride
+            blocks = x.reshape(x.shape[0], x.shape[1], height // stride, stride, width // stride, stride)
+            x = blocks.reshape(x.shape[0], x.shape[1], height // stride * stride, width // stride * stride)
+        elif height % self.stride or width % self.stride:
             raise ValueError(
                 f"AliasFreeDownsample: input must have sizes divisible by stride={self.stride}, got {height}x{width}"
             )
