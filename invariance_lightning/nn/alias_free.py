@@ -118,18 +118,18 @@ class AliasFreeDownsample(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         check_images("AliasFreeDownsample", "input", x)
         height, width = x.shape[-2:]
+        stride = self.stride
+        if height % stride or width % stride:
+            raise ValueError(
+                f"AliasFreeDownsample: input must have sizes divisible by stride={stride}, got {height}x{width}"
+            )
         if capturing_graph():
-            # the size check as graph operations, which an exported graph keeps with dynamic sizes (the Python check
-            # below becomes a constant there): a reshape into stride x stride blocks only fits divisible sizes, so an
-            # ONNX runtime refuses the others (a Reshape error) instead of returning wrong logits
-            stride = self.stride
+            # the check again as graph operations, which an exported graph keeps with dynamic sizes (the Python check
+            # above is decided once, at capture): a reshape into stride x stride blocks only fits divisible sizes, so
+            # an ONNX runtime refuses the others (a Reshape error) instead of returning wrong logits
             blocks = x.reshape(x.shape[0], x.shape[1], height // stride, stride, width // stride, stride)
             x = blocks.reshape(x.shape[0], x.shape[1], height // stride * stride, width // stride * stride)
-        elif height % self.stride or width % self.stride:
-            raise ValueError(
-                f"AliasFreeDownsample: input must have sizes divisible by stride={self.stride}, got {height}x{width}"
-            )
-        return _lowpass_subsample(x, self.stride, self.stride)
+        return _lowpass_subsample(x, stride, stride)
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}"
