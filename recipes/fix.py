@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.method,
         help="antialiasing (default: blur; afc: alias-free layers, polynomial activations in place of the ReLUs)",
     )
+    parser.add_argument(
+        "--filter_size",
+        type=positive_int,
+        help="binomial low-pass length of blur, aps and lps, 1 to 7 (default: the model's own; 3 for a CIFAR ResNet)",
+    )
     parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
     parser.add_argument(
         "--max_shift",
@@ -95,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     settings = FixSettings(
         model=args.model,
         method=args.method,
+        filter_size=args.filter_size,
         epochs=args.epochs,
         max_shift=args.max_shift,
         consistency_weight=args.consistency_weight,

@@ -57,6 +57,8 @@ def fixed(trained, tmp_path_factory) -> Path:
             "js",
             "--consistency_max_shift",
             "3",
+            "--filter_size",
+            "5",
             "--output",
             str(output),
         ]
@@ -79,11 +81,12 @@ def test_the_before_numbers_are_those_of_the_given_checkpoint(trained, fixed):
 def test_the_after_numbers_are_those_of_the_fine_tuned_antialiased_network(trained, fixed):
     folder, _ = trained
     loaded = load_classifier(fixed / "checkpoints" / "last.ckpt")
-    assert any(isinstance(m, BlurPool2d) and m.filter_size > 1 for m in loaded.model.modules())  # converted
+    blurs = [m for m in loaded.model.modules() if isinstance(m, BlurPool2d)]
+    assert blurs and all(m.filter_size == 5 for m in blurs)  # converted, with the --filter_size asked for
     images, labels = CIFARDataModule(data_dir=folder, download=False, val_split=8).split_arrays("test", 12, seed=0)
     expected = evaluate_sequences(loaded.model, images, labels, sequence_preset("report"), normalize=loaded.normalize)
     after = json.loads((fixed / "after.json").read_text())
-    assert after["training"]["epochs"] == 1 and after["training"]["minutes"] > 0
+    assert after["training"]["epochs"] == 1 and after["training"]["minutes"] > 0 and after["filter_size"] == 5
     for name, metrics in expected.items():
         assert after["results"][name]["metrics"]["flip_rate"] == pytest.approx(float(metrics["flip_rate"]), abs=1e-6)
     assert "aps2021_standard" in after["protocols"]
@@ -103,7 +106,11 @@ def test_the_summary_puts_each_sequence_before_and_after_side_by_side(fixed):
     for name in sequence_preset("report"):
         assert f"| {name} (before) |" in summary and f"| {name} (after) |" in summary
     assert "python recipes/fix.py --model" in summary and "(before.md)" in summary
-    assert (fixed / "after.md").read_text().startswith("# After fine-tuning: model converted (blur) and fine-tuned on")
+    assert (
+        (fixed / "after.md")
+        .read_text()
+        .startswith("# After fine-tuning: model converted (blur, filter 5) and fine-tuned on")
+    )
 
 
 @pytest.mark.parametrize(
@@ -114,6 +121,8 @@ def test_the_summary_puts_each_sequence_before_and_after_side_by_side(fixed):
         ({"protocols": ("zhang2020",)}, "unknown protocol 'zhang2020'"),
         ({"consistency_kind": "kl"}, "consistency_kind must be one of"),
         ({"consistency_max_shift": 0}, "consistency_max_shift must be an int >= 1"),
+        ({"filter_size": 8}, "filter_size must be None or an int in"),
+        ({"method": "afc", "filter_size": 3}, "filter_size has no effect with method 'afc'"),
     ],
 )
 def test_settings_refuse_bad_values(kwargs, match):

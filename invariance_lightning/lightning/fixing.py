@@ -33,6 +33,7 @@ from invariance_lightning.metrics.evaluate import evaluate_sequences
 from invariance_lightning.metrics.published import check_protocol_names, evaluate_protocols
 from invariance_lightning.models import CIFAR_RESNET_DEPTHS, CifarResNet
 from invariance_lightning.models._downsample import ANTIALIAS_METHODS
+from invariance_lightning.nn.blurpool import MAX_FILTER_SIZE
 from invariance_lightning.reporting.machine import machine_info
 from invariance_lightning.reporting.tables import protocol_line, summary_markdown, write_report
 from invariance_lightning.transforms import sequence_preset
@@ -48,12 +49,14 @@ class FixSettings:
     ``model`` is a released model's name (``"resnet20"``, ``"resnet56"``) or an ``ImageClassifier`` ``.ckpt`` (a
     CIFAR ResNet trained on CIFAR, or a backbone trained on an ``ImageFolderDataModule``, whose own datamodule
     settings are reused: ``data_dir`` then replaces its ``root``, ``val_split`` is CIFAR's only). ``train_subset``
-    None trains on all the training images but the validation hold-out; ``test_images`` are measured before and
+    None trains on all the training images but the validation hold-out; ``filter_size`` None keeps the model's own
+    low-pass length (3 for a released model or a CIFAR ResNet); ``test_images`` are measured before and
     after (seeded by ``seed``).
     """
 
     model: str = "resnet20"
     method: str = "blur"
+    filter_size: int | None = None
     epochs: int = 5
     max_shift: int = 8
     consistency_weight: float = 2.0
@@ -74,6 +77,9 @@ class FixSettings:
     def __post_init__(self) -> None:
         owner = "FixSettings"
         check_choice(owner, "method", self.method, ANTIALIAS_METHODS)
+        check_optional_int(owner, "filter_size", self.filter_size, 1, MAX_FILTER_SIZE)
+        if self.method == "afc" and self.filter_size is not None:
+            raise ValueError(f"{owner}: filter_size has no effect with method 'afc' (an ideal low-pass); leave it None")
         check_int(owner, "epochs", self.epochs, 1)
         check_int(owner, "max_shift", self.max_shift, 0)
         check_number(owner, "consistency_weight", self.consistency_weight, low=0)
@@ -162,7 +168,8 @@ def dataset_label(datamodule: ImageClassificationDataModule) -> str:
 
 
 def fine_tuning_architecture(before: LoadedModel) -> dict[str, Any]:
-    """The ``ImageClassifier`` arguments that rebuild ``before``'s backbone (less its ``downsample``)."""
+    """The ``ImageClassifier`` arguments that rebuild ``before``'s backbone (less its ``downsample``; with the
+    ``filter_size`` it was trained with, if any)."""
     backbone = before.layer_model
     if isinstance(backbone, CifarResNet):
         depth = 6 * len(backbone.layer1) + 2
@@ -256,8 +263,9 @@ def run_fix(settings: FixSettings) -> Path:
     )
 
     pl.seed_everything(settings.seed, verbose=False)
+    filter_size = {} if settings.filter_size is None else {"filter_size": settings.filter_size}
     classifier = ImageClassifier(
-        **architecture,
+        **{**architecture, **filter_size},
         downsample=settings.method,
         augmentation="standard",
         max_shift=settings.max_shift,
@@ -279,10 +287,12 @@ def run_fix(settings: FixSettings) -> Path:
 
     sequences = sequence_preset("report")
     train_images, machine = datamodule.split_size("train"), machine_info()
+    used_filter = None if settings.method == "afc" else classifier.hparams["filter_size"]  # afc: an ideal low-pass
     payload = {
         "command": settings.command,
         "model": before.source,
         "method": settings.method,
+        "filter_size": used_filter,
         "training": {
             "epochs": settings.epochs,
             "minutes": minutes,
@@ -299,7 +309,8 @@ def run_fix(settings: FixSettings) -> Path:
         "test_images": len(labels),
         "machine": machine,
     }
-    titles = {"before": before.name, "after": f"{before.name} converted ({settings.method}) and fine-tuned"}
+    conversion = settings.method if used_filter is None else f"{settings.method}, filter {used_filter}"
+    titles = {"before": before.name, "after": f"{before.name} converted ({conversion}) and fine-tuned"}
     for stage in STAGES:
         write_report(
             output,
@@ -315,7 +326,7 @@ def run_fix(settings: FixSettings) -> Path:
         )
     rows = {f"{name} ({stage})": results[stage][name] for name in sequences for stage in STAGES}
     lines = [
-        f"# Making {before.name} shift-invariant: {settings.method}, {settings.epochs} epochs of fine-tuning",
+        f"# Making {before.name} shift-invariant: {conversion}, {settings.epochs} epochs of fine-tuning",
         "",
         f"`{settings.command}`",
         "",
