@@ -8,8 +8,10 @@ load hits all of them); each round times ``--steps`` steps after 3 warm-up steps
 Ratios: to the strided network at the same padding (the issue's goals: BlurPool >= 0.9, APS >= 0.7, LPS >= 0.5), and
 circular to zero padding of the same method (goal >= 0.85). The ``torch-pad`` arms are the circular networks with
 every conv back on ``nn.Conv2d(padding_mode="circular")`` (``F.pad`` copy per conv; the implementation before
-``CircularConv2d``). Memory: bytes autograd keeps for the backward of one step (saved tensors, each storage counted
-once), the part of training memory that depends on the layers.
+``CircularConv2d``); the ``strips`` arms take ``circular_conv2d``'s strip path on every map (its implementation
+before the padded-copy path for maps of at most ``PADDED_COPY_MAX_PIXELS``). Memory: bytes autograd keeps for the
+backward of one step (saved tensors, each storage counted once), the part of training memory that depends on the
+layers.
 
     python benchmarks/bench_downsampling_cost.py
 """
@@ -21,7 +23,8 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -31,6 +34,7 @@ from bench_cpu_training import alternate, machine
 from torch import nn
 
 from invariance_lightning.models import cifar_resnet
+from invariance_lightning.nn import circular
 from invariance_lightning.nn.circular import CircularConv2d
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,11 +44,13 @@ ARMS: dict[str, tuple[str, str]] = {
     "stride/zeros": ("stride", "zeros"),
     "stride/circular": ("stride", "circular"),
     "stride/circular torch-pad": ("stride", "circular"),
+    "stride/circular strips": ("stride", "circular"),
     "blur/zeros": ("blur", "zeros"),
     "blur/circular": ("blur", "circular"),
     "aps/zeros": ("aps", "zeros"),
     "aps/circular": ("aps", "circular"),
     "aps/circular torch-pad": ("aps", "circular"),
+    "aps/circular strips": ("aps", "circular"),
     "lps/zeros": ("lps", "zeros"),
     "lps/circular": ("lps", "circular"),
     "afc/circular": ("afc", "circular"),
@@ -81,6 +87,17 @@ def build(arm: str) -> nn.Module:
     return model.to(memory_format=torch.channels_last).train()
 
 
+@contextmanager
+def circular_path(arm: str) -> Iterator[None]:
+    """The strip path on every map for the ``strips`` arms, ``circular_conv2d``'s own choice for the others."""
+    default = circular.PADDED_COPY_MAX_PIXELS
+    circular.PADDED_COPY_MAX_PIXELS = 0 if arm.endswith("strips") else default
+    try:
+        yield
+    finally:
+        circular.PADDED_COPY_MAX_PIXELS = default
+
+
 def training_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, targets: torch.Tensor
 ) -> None:
@@ -98,12 +115,13 @@ def images_per_second(arm: str, steps: int) -> float:
     model = build(arm)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     images, targets = batch()
-    for _ in range(WARMUP):
-        training_step(model, optimizer, images, targets)
-    start = time.perf_counter()
-    for _ in range(steps):
-        training_step(model, optimizer, images, targets)
-    return steps * BATCH / (time.perf_counter() - start)
+    with circular_path(arm):
+        for _ in range(WARMUP):
+            training_step(model, optimizer, images, targets)
+        start = time.perf_counter()
+        for _ in range(steps):
+            training_step(model, optimizer, images, targets)
+        return steps * BATCH / (time.perf_counter() - start)
 
 
 def saved_bytes(arm: str) -> int:
@@ -117,7 +135,7 @@ def saved_bytes(arm: str) -> int:
         storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with circular_path(arm), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         loss = F.cross_entropy(model(images), targets)
     loss.backward()
     return sum(storages.values())

@@ -13,7 +13,7 @@ import torchvision
 from torch import nn
 
 from invariance_lightning.models import antialias, cifar_resnet
-from invariance_lightning.nn import BlurPool2d, LPS2d
+from invariance_lightning.nn import BlurPool2d, LPS2d, circular
 from invariance_lightning.nn.circular import CircularConv2d, circular_conv2d, make_conv2d
 
 # (kernel, stride, padding (h, w), dilation, groups, height, width): odd and even sizes, strided outputs that do and
@@ -56,19 +56,52 @@ def numpy_circular_conv(
     return out
 
 
+#: The two fast paths and the autograd node each leaves: the wrap-padded copy (small maps) and the strips (large).
+PATHS = {"padded_copy": (10**9, "_PaddedCircularConv2dBackward"), "strips": (0, "_CircularConv2dBackward")}
+
+
+@pytest.fixture(params=sorted(PATHS))
+def fast_path(request, monkeypatch) -> str:
+    """Run the test on one fast path, whatever the map size: returns the name of the autograd node it leaves."""
+    max_pixels, node = PATHS[request.param]
+    monkeypatch.setattr(circular, "PADDED_COPY_MAX_PIXELS", max_pixels)
+    return node
+
+
+def test_the_map_size_picks_the_path_when_training() -> None:
+    small, large = (torch.randn(1, 2, n, n, requires_grad=True) for n in (16, 17))
+    w = torch.randn(2, 2, 3, 3)
+    assert type(circular_conv2d(small, w, padding=1).grad_fn).__name__ == "_PaddedCircularConv2dBackward"
+    assert type(circular_conv2d(large, w, padding=1).grad_fn).__name__ == "_CircularConv2dBackward"
+
+
+def test_inference_shifts_the_output_bit_for_bit_with_a_circular_shift_of_the_input() -> None:
+    """Without autograd every map takes the padded copy: exact equivariance, which keeps APS/LPS choices between
+    near-equal components from flipping under a shift (the strips round their border differently, ~1e-6)."""
+    x, w = torch.randn(2, 16, 32, 32), torch.randn(16, 16, 3, 3)
+    with torch.no_grad():
+        for shift in [(0, 1), (1, 0), (5, 17)]:
+            shifted_output = torch.roll(circular_conv2d(x, w, padding=1), shift, (2, 3))
+            assert torch.equal(circular_conv2d(torch.roll(x, shift, (2, 3)), w, padding=1), shifted_output)
+
+
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)
-def test_forward_equals_the_wrap_padded_correlation(geometry) -> None:
+def test_forward_equals_the_wrap_padded_correlation(geometry, fast_path: str) -> None:
     kernel, stride, padding, dilation, groups, height, width = geometry
-    x = torch.randn(2, 4, height, width, dtype=torch.float64)
+    x = torch.randn(2, 4, height, width, dtype=torch.float64, requires_grad=True)  # recording: either path
     w = torch.randn(8, 4 // groups, kernel, kernel, dtype=torch.float64)
     out = circular_conv2d(x, w, None, stride, padding, dilation, groups)
-    expected = numpy_circular_conv(x.numpy(), w.numpy(), stride, padding, dilation, groups)
-    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-10, atol=1e-10)
+    expected = numpy_circular_conv(x.detach().numpy(), w.numpy(), stride, padding, dilation, groups)
+    np.testing.assert_allclose(out.detach().numpy(), expected, rtol=1e-10, atol=1e-10)
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            circular_conv2d(x, w, None, stride, padding, dilation, groups).numpy(), expected, rtol=1e-10, atol=1e-10
+        )
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)
-def test_gradients_equal_those_of_the_padded_copy(geometry, channels_last: bool) -> None:
+def test_gradients_equal_those_of_the_padded_copy(geometry, channels_last: bool, fast_path: str) -> None:
     kernel, stride, padding, dilation, groups, height, width = geometry
     layout = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(2, 4, height, width, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
@@ -78,7 +111,8 @@ def test_gradients_equal_those_of_the_padded_copy(geometry, channels_last: bool)
     pad_h, pad_w = padding
     reference = F.conv2d(F.pad(x, (pad_w, pad_w, pad_h, pad_h), mode="circular"), w, b, stride, 0, dilation, groups)
     fast = circular_conv2d(x, w, b, stride, padding, dilation, groups)
-    assert fast.grad_fn is not None and "CircularConv2d" in type(fast.grad_fn).__name__  # the fast path ran
+    assert type(fast.grad_fn).__name__ == fast_path  # the fast path ran
+    assert fast.is_contiguous(memory_format=layout)
     upstream = torch.randn_like(reference)
     for got, want in zip(
         torch.autograd.grad(fast, (x, w, b), upstream), torch.autograd.grad(reference, (x, w, b), upstream)
@@ -86,7 +120,7 @@ def test_gradients_equal_those_of_the_padded_copy(geometry, channels_last: bool)
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
-def test_gradcheck() -> None:
+def test_gradcheck(fast_path: str) -> None:
     x = torch.randn(2, 3, 7, 6, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)

@@ -1,16 +1,24 @@
-"""Circularly padded convolution without the padded copy.
+"""Circularly padded convolution, faster than ``F.pad`` + conv.
 
 ``nn.Conv2d(padding_mode="circular")`` pads a copy of its input with ``F.pad(mode="circular")`` and convolves the
 copy. On CPU with channels-last tensors that pad (and the scatter in its backward) dominates: a ResNet-20 training
-step with it ran at 0.48x of zero padding's speed, with this module at 0.77x (benchmarks/results/
-downsampling_cost.md; the rest is the strips' extra small conv calls). The difference
-between the two convolutions is linear in the wrapped border alone, so :func:`circular_conv2d` runs the
-zero-padded conv (which oneDNN pads internally, no copy) and adds, in place, the contribution of each wrapped
-border: four thin strips (one frame each: top, bottom, left, right; the corners go with the top and bottom), each
-convolved with only the kernel rows or columns that can reach it. Its backward is written out
-(``aten.convolution_backward`` on the main conv and on each strip, strip gradients folded back onto the input's
-opposite border in place), because autograd through slices of the input and the output would allocate and fill a
-full-size gradient per slice, which costs as much as the pad it replaces.
+step with it ran at 0.48x of zero padding's speed (benchmarks/results/downsampling_cost.md). :func:`circular_conv2d`
+takes one of two faster paths by the map's size (:data:`PADDED_COPY_MAX_PIXELS`):
+
+- **Strips** (large maps). The difference between the circular and the zero-padded convolution is linear in the
+  wrapped border alone, so it runs the zero-padded conv (which oneDNN pads internally, no copy) and adds, in place,
+  the contribution of each wrapped border: four thin strips (one frame each: top, bottom, left, right; the corners go
+  with the top and bottom), each convolved with only the kernel rows or columns that can reach it. Its backward is
+  written out (``aten.convolution_backward`` on the main conv and on each strip, strip gradients folded back onto the
+  input's opposite border in place), because autograd through slices of the input and the output would allocate and
+  fill a full-size gradient per slice, which costs as much as the pad it replaces.
+- **Padded copy** (small maps, where the border is a large share of the map and the strips' four extra conv calls
+  and their backward cost more than one copy; and every map when autograd is not recording, i.e. at inference): the
+  map copied once into a wrap-padded buffer slice by slice, its adjoint written out as slice additions. Its conv
+  computes every output the same way, so a circular shift of the input shifts the output bit for bit; the strips'
+  border sums round differently from the interior's (about 1e-6 relative), which is enough to flip an APS or LPS
+  choice between two near-equal polyphase components, so evaluation, where exact circular invariance is promised,
+  always takes this path.
 
 The result equals ``F.conv2d(F.pad(x, padding, mode="circular"), weight, ...)`` up to float rounding; the
 reference path is taken under autocast, while tracing or exporting (ONNX, ``torch.export``, ``torch.compile``:
@@ -34,6 +42,12 @@ from invariance_lightning.transforms.functional import pad_2d
 IntPair = int | tuple[int, int]
 #: What ``nn.Conv2d`` accepts as ``padding_mode`` (:func:`cifar_resnet` offers "zeros" and "circular").
 ConvPaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+
+
+#: Maps of at most this many pixels (16 x 16) are convolved as an explicit wrap-padded copy, larger ones by the
+#: strips (module docstring): measured per conv (batch 128, channels-last, CPU), the copy costs less than the strips
+#: where the border is a large share of the map, more on 32 x 32 maps.
+PADDED_COPY_MAX_PIXELS = 256
 
 
 @dataclass(frozen=True)
@@ -184,6 +198,83 @@ class _CircularConv2d(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, None, None, None, None
 
 
+def _wrap_padded(x: Tensor, padding: tuple[int, int]) -> Tensor:
+    """``x`` circularly padded (each padding at most the map's size), in ``x``'s memory format: one copy of the map
+    and its wrapped frame written slice by slice (``F.pad``'s circular mode is several times slower, and so is its
+    backward)."""
+    pad_h, pad_w = padding
+    batch, channels, height, width = x.shape
+    shape = (batch, channels, height + 2 * pad_h, width + 2 * pad_w)
+    padded = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format_of(x))
+    padded[:, :, pad_h : pad_h + height, pad_w : pad_w + width] = x
+    if pad_h:
+        padded[:, :, :pad_h, pad_w : pad_w + width] = x[:, :, height - pad_h :]
+        padded[:, :, pad_h + height :, pad_w : pad_w + width] = x[:, :, :pad_h]
+    if pad_w:  # the columns of the full padded height: the corners wrap on both axes
+        padded[..., :pad_w] = padded[..., width : width + pad_w]
+        padded[..., pad_w + width :] = padded[..., pad_w : 2 * pad_w]
+    return padded
+
+
+def _unwrap_grad(
+    grad_padded: Tensor, padding: tuple[int, int], size: torch.Size, layout: torch.memory_format
+) -> Tensor:
+    """The adjoint of :func:`_wrap_padded`: each frame's gradient added onto the lines it was copied from (the
+    column frames first, in place in ``grad_padded``, then the row frames)."""
+    pad_h, pad_w = padding
+    height, width = size
+    if pad_w:
+        grad_padded[..., width : width + pad_w] += grad_padded[..., :pad_w]
+        grad_padded[..., pad_w : 2 * pad_w] += grad_padded[..., pad_w + width :]
+    grad = grad_padded[:, :, pad_h : pad_h + height, pad_w : pad_w + width].contiguous(memory_format=layout)
+    if pad_h:
+        grad[:, :, height - pad_h :] += grad_padded[:, :, :pad_h, pad_w : pad_w + width]
+        grad[:, :, :pad_h] += grad_padded[:, :, pad_h + height :, pad_w : pad_w + width]
+    return grad
+
+
+class _PaddedCircularConv2d(torch.autograd.Function):
+    """The conv of an explicit wrap-padded copy (:func:`_wrap_padded`), with the copy's adjoint written out."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        dilation: tuple[int, int],
+        groups: int,
+    ) -> Tensor:
+        padded = _wrap_padded(x, padding)
+        ctx.save_for_backward(padded, weight)
+        ctx.conv = (stride, padding, dilation, groups, bias is not None, x.shape[-2:], memory_format_of(x))
+        return F.conv2d(padded, weight, bias, stride, 0, dilation, groups)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        padded, weight = ctx.saved_tensors
+        stride, padding, dilation, groups, has_bias, size, layout = ctx.conv
+        need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_padded, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            grad_output.contiguous(memory_format=layout),
+            padded,
+            weight,
+            [weight.shape[0]] if has_bias else None,
+            stride,
+            [0, 0],
+            dilation,
+            False,
+            [0, 0],
+            groups,
+            [need_input, need_weight, need_bias and has_bias],
+        )
+        grad_input = _unwrap_grad(grad_padded, padding, size, layout) if need_input else None
+        return grad_input, grad_weight, grad_bias, None, None, None, None
+
+
 def _fast_path_applies(x: Tensor, padding: tuple[int, int]) -> bool:
     """Not while tracing, scripting, compiling or exporting (one plain graph), not under autocast (the backward
     would mix dtypes), not where the padding wraps more than once (the strips hold one copy of each border)."""
@@ -211,7 +302,10 @@ def circular_conv2d(
     if not _fast_path_applies(x, paddings):
         padded = pad_2d(x, paddings[1], paddings[1], paddings[0], paddings[0], "circular")
         return F.conv2d(padded, weight, bias, strides, 0, dilations, groups)
-    output: Tensor = _CircularConv2d.apply(x, weight, bias, strides, paddings, dilations, groups)
+    recording = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    strips = recording and x.shape[-2] * x.shape[-1] > PADDED_COPY_MAX_PIXELS
+    function = _CircularConv2d if strips else _PaddedCircularConv2d
+    output: Tensor = function.apply(x, weight, bias, strides, paddings, dilations, groups)
     return output
 
 
