@@ -14,7 +14,8 @@ takes one of two faster paths by the map's size (:data:`PADDED_COPY_MAX_PIXELS`)
   fill a full-size gradient per slice, which costs as much as the pad it replaces.
 - **Padded copy** (small maps, where the border is a large share of the map and the strips' four extra conv calls
   and their backward cost more than one copy; and every map when autograd is not recording, i.e. at inference): the
-  map copied once into a wrap-padded buffer slice by slice, its adjoint written out as slice additions. Its conv
+  map copied into a wrap-padded buffer slice by slice (again in the backward rather than kept, so it costs no
+  memory), its adjoint written out as slice additions. Its conv
   computes every output the same way, so a circular shift of the input shifts the output bit for bit; the strips'
   border sums round differently from the interior's (about 1e-6 relative), which is enough to flip an APS or LPS
   choice between two near-equal polyphase components, so evaluation, where exact circular invariance is promised,
@@ -247,16 +248,16 @@ class _PaddedCircularConv2d(torch.autograd.Function):
         dilation: tuple[int, int],
         groups: int,
     ) -> Tensor:
-        padded = _wrap_padded(x, padding)
-        ctx.save_for_backward(padded, weight)
+        ctx.save_for_backward(x, weight)  # not the padded copy: x is kept anyway (by the layer before), the copy
         ctx.conv = (stride, padding, dilation, groups, bias is not None, x.shape[-2:], memory_format_of(x))
-        return F.conv2d(padded, weight, bias, stride, 0, dilation, groups)
+        return F.conv2d(_wrap_padded(x, padding), weight, bias, stride, 0, dilation, groups)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        padded, weight = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
         stride, padding, dilation, groups, has_bias, size, layout = ctx.conv
+        padded = _wrap_padded(x, padding)  # rebuilt: cheaper than keeping it through the whole forward pass
         need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_padded, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
             grad_output.contiguous(memory_format=layout),
