@@ -45,6 +45,25 @@ IntPair = int | tuple[int, int]
 ConvPaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 
 
+@dataclass(frozen=True)
+class _Conv:
+    """A convolution's geometry, as :func:`circular_conv2d` hands it to its autograd functions."""
+
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+
+    def backward(
+        self, grad_output: Tensor, x: Tensor, weight: Tensor, padding: tuple[int, int], mask: list[bool], bias: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``aten.convolution_backward`` of ``F.conv2d(x, weight, bias, stride, padding, dilation, groups)``."""
+        bias_sizes = [weight.shape[0]] if bias else None
+        return torch.ops.aten.convolution_backward(
+            grad_output, x, weight, bias_sizes, self.stride, padding, self.dilation, False, [0, 0], self.groups, mask
+        )
+
+
 #: Maps of at most this many pixels (16 x 16) are convolved as an explicit wrap-padded copy, larger ones by the
 #: strips (module docstring): measured per conv (batch 128, channels-last, CPU), the copy costs less than the strips
 #: where the border is a large share of the map, more on 32 x 32 maps.
@@ -139,29 +158,27 @@ def _out_band(output: Tensor, edge: _Edge) -> Tensor:
 
 class _CircularConv2d(torch.autograd.Function):
     @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        weight: Tensor,
-        bias: Tensor | None,
-        stride: tuple[int, int],
-        padding: tuple[int, int],
-        dilation: tuple[int, int],
-        groups: int,
-    ) -> Tensor:
-        output = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, conv: _Conv) -> Tensor:
+        output = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
         edges = [
             edge
             for axis in (-2, -1)
             for edge in _edges(
-                axis, x.shape[axis], padding[axis], weight.shape[axis], stride[axis], dilation[axis], output.shape[axis]
+                axis,
+                x.shape[axis],
+                conv.padding[axis],
+                weight.shape[axis],
+                conv.stride[axis],
+                conv.dilation[axis],
+                output.shape[axis],
             )
         ]
-        strips = [_strip(x, edge, padding) for edge in edges]
+        strips = [_strip(x, edge, conv.padding) for edge in edges]
         for edge, strip in zip(edges, strips):
-            _out_band(output, edge).add_(F.conv2d(strip, _taps(weight, edge), None, stride, 0, dilation, groups))
+            taps = _taps(weight, edge)
+            _out_band(output, edge).add_(F.conv2d(strip, taps, None, conv.stride, 0, conv.dilation, conv.groups))
         ctx.save_for_backward(x, weight)
-        ctx.conv = (stride, padding, dilation, groups, bias is not None)
+        ctx.conv, ctx.has_bias = conv, bias is not None
         ctx.edges, ctx.strips = edges, strips  # thin: kept rather than rebuilt in the backward
         return output
 
@@ -169,34 +186,21 @@ class _CircularConv2d(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        stride, padding, dilation, groups, has_bias = ctx.conv
-        grad_output = grad_output.contiguous(memory_format=memory_format_of(x))  # mixed layouts: slow kernels
+        conv, layout = ctx.conv, memory_format_of(x)
+        grad_output = grad_output.contiguous(memory_format=layout)  # mixed layouts: slow kernels
         need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
-        mask = [need_input, need_weight, need_bias and has_bias]
-        bias_sizes = [weight.shape[0]] if has_bias else None
-        backward = torch.ops.aten.convolution_backward
-        grad_input, grad_weight, grad_bias = backward(
-            grad_output, x, weight, bias_sizes, stride, padding, dilation, False, [0, 0], groups, mask
-        )
+        mask = [need_input, need_weight, need_bias and ctx.has_bias]
+        grad_input, grad_weight, grad_bias = conv.backward(grad_output, x, weight, conv.padding, mask, ctx.has_bias)
         for edge, strip in zip(ctx.edges, ctx.strips):
-            grad_strip, grad_taps, _ = backward(
-                _out_band(grad_output, edge).contiguous(memory_format=memory_format_of(x)),
-                strip,
-                _taps(weight, edge),
-                None,
-                stride,
-                [0, 0],
-                dilation,
-                False,
-                [0, 0],
-                groups,
-                [need_input, need_weight, False],
+            band = _out_band(grad_output, edge).contiguous(memory_format=layout)
+            grad_strip, grad_taps, _ = conv.backward(
+                band, strip, _taps(weight, edge), (0, 0), [need_input, need_weight, False], False
             )
             if need_input:
-                _fold_strip_grad(grad_input, grad_strip, edge, padding)
+                _fold_strip_grad(grad_input, grad_strip, edge, conv.padding)
             if need_weight:
                 _taps(grad_weight, edge).add_(grad_taps)
-        return grad_input, grad_weight, grad_bias, None, None, None, None
+        return grad_input, grad_weight, grad_bias, None
 
 
 def _wrap_padded(x: Tensor, padding: tuple[int, int]) -> Tensor:
@@ -238,42 +242,25 @@ class _PaddedCircularConv2d(torch.autograd.Function):
     """The conv of an explicit wrap-padded copy (:func:`_wrap_padded`), with the copy's adjoint written out."""
 
     @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        weight: Tensor,
-        bias: Tensor | None,
-        stride: tuple[int, int],
-        padding: tuple[int, int],
-        dilation: tuple[int, int],
-        groups: int,
-    ) -> Tensor:
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, conv: _Conv) -> Tensor:
         ctx.save_for_backward(x, weight)  # not the padded copy: x is kept anyway (by the layer before), the copy
-        ctx.conv = (stride, padding, dilation, groups, bias is not None, x.shape[-2:], memory_format_of(x))
-        return F.conv2d(_wrap_padded(x, padding), weight, bias, stride, 0, dilation, groups)
+        ctx.conv, ctx.has_bias = conv, bias is not None
+        padded = _wrap_padded(x, conv.padding)
+        return F.conv2d(padded, weight, bias, conv.stride, 0, conv.dilation, conv.groups)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        stride, padding, dilation, groups, has_bias, size, layout = ctx.conv
-        padded = _wrap_padded(x, padding)  # rebuilt: cheaper than keeping it through the whole forward pass
+        conv, layout = ctx.conv, memory_format_of(x)
+        padded = _wrap_padded(x, conv.padding)  # rebuilt: cheaper than keeping it through the whole forward pass
         need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
-        grad_padded, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            grad_output.contiguous(memory_format=layout),
-            padded,
-            weight,
-            [weight.shape[0]] if has_bias else None,
-            stride,
-            [0, 0],
-            dilation,
-            False,
-            [0, 0],
-            groups,
-            [need_input, need_weight, need_bias and has_bias],
+        mask = [need_input, need_weight, need_bias and ctx.has_bias]
+        grad_padded, grad_weight, grad_bias = conv.backward(
+            grad_output.contiguous(memory_format=layout), padded, weight, (0, 0), mask, ctx.has_bias
         )
-        grad_input = _unwrap_grad(grad_padded, padding, size, layout) if need_input else None
-        return grad_input, grad_weight, grad_bias, None, None, None, None
+        grad_input = _unwrap_grad(grad_padded, conv.padding, x.shape[-2:], layout) if need_input else None
+        return grad_input, grad_weight, grad_bias, None
 
 
 def _fast_path_applies(x: Tensor, padding: tuple[int, int]) -> bool:
@@ -306,7 +293,7 @@ def circular_conv2d(
     recording = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     strips = recording and x.shape[-2] * x.shape[-1] > PADDED_COPY_MAX_PIXELS
     function = _CircularConv2d if strips else _PaddedCircularConv2d
-    output: Tensor = function.apply(x, weight, bias, strides, paddings, dilations, groups)
+    output: Tensor = function.apply(x, weight, bias, _Conv(strides, paddings, dilations, groups))
     return output
 
 
