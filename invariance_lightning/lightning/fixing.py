@@ -263,9 +263,10 @@ def run_fix(settings: FixSettings) -> Path:
     )
 
     pl.seed_everything(settings.seed, verbose=False)
-    filter_size = {} if settings.filter_size is None else {"filter_size": settings.filter_size}
+    if settings.filter_size is not None:  # else the model's own (or ImageClassifier's default)
+        architecture["filter_size"] = settings.filter_size
     classifier = ImageClassifier(
-        **{**architecture, **filter_size},
+        **architecture,
         downsample=settings.method,
         augmentation="standard",
         max_shift=settings.max_shift,
