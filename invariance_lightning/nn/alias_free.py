@@ -69,19 +69,36 @@ def _highest_bin(size: int, factor: int) -> int:
     return (size + 2 * factor - 1) // (2 * factor) - 1
 
 
+def _product(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """``rows @ x @ cols.T`` (operators from :func:`_band_operator`) over the last two dims, in the operators' work
+    dtype, as a contiguous NCHW tensor: ``x @ cols.T`` first, one matrix product over every row of the batch."""
+    return rows @ (x.to(rows.dtype).contiguous() @ cols.T)
+
+
 def _separable(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """``rows @ x @ cols.T`` (operators from :func:`_band_operator`, in the work dtype) over the last two dims, in at
-    least float32 and in ``x``'s memory format."""
-    product = rows @ x.to(rows.dtype) @ cols.T
-    return product.to(x.dtype).contiguous(memory_format=memory_format_of(x))
+    """:func:`_product` back in ``x``'s dtype and memory format."""
+    return _product(x, rows, cols).to(x.dtype).contiguous(memory_format=memory_format_of(x))
+
+
+def _upsample_operators(x: Tensor) -> tuple[Tensor, Tensor]:
+    """The row and column operators of :func:`ideal_upsample2` for ``x``'s size."""
+    height, width = x.shape[-2:]
+    rows = _band_operator(2 * height, height, 1, 2, 2 * height, _highest_bin(height, 1), x)
+    cols = _band_operator(2 * width, width, 1, 2, 2 * width, _highest_bin(width, 1), x)
+    return rows, cols
+
+
+def _lowpass_operators(x: Tensor, factor: int, step: int) -> tuple[Tensor, Tensor]:
+    """The row and column operators of :func:`_lowpass_subsample` for ``x``'s size."""
+    height, width = x.shape[-2:]
+    rows = _band_operator(height // step, height, step, 1, height, _highest_bin(height, factor), x)
+    cols = _band_operator(width // step, width, step, 1, width, _highest_bin(width, factor), x)
+    return rows, cols
 
 
 def _lowpass_subsample(x: Tensor, factor: int, step: int) -> Tensor:
     """Keep the frequencies below ``1 / (2 * factor)`` cycles per pixel, then every ``step``-th sample."""
-    height, width = x.shape[-2:]
-    rows = _band_operator(height // step, height, step, 1, height, _highest_bin(height, factor), x)
-    cols = _band_operator(width // step, width, step, 1, width, _highest_bin(width, factor), x)
-    return _separable(x, rows, cols)
+    return _separable(x, *_lowpass_operators(x, factor, step))
 
 
 def ideal_lowpass(x: Tensor, factor: int = 1) -> Tensor:
@@ -94,10 +111,7 @@ def ideal_upsample2(x: Tensor) -> Tensor:
     """``x`` interpolated onto a grid twice as fine (``(..., 2H, 2W)``) from its frequencies below Nyquist (the
     Nyquist row and column of even sizes are dropped, as :func:`ideal_lowpass` would): exact for such maps, the
     samples stay where they were. Computed in at least float32."""
-    height, width = x.shape[-2:]
-    rows = _band_operator(2 * height, height, 1, 2, 2 * height, _highest_bin(height, 1), x)
-    cols = _band_operator(2 * width, width, 1, 2, 2 * width, _highest_bin(width, 1), x)
-    return _separable(x, rows, cols)
+    return _separable(x, *_upsample_operators(x))
 
 
 class InputLowpass(nn.Module):
@@ -140,19 +154,25 @@ class PolynomialActivation(nn.Module):
 
     The default coefficients are the least-squares fit of ReLU under a standard normal input (0.348, 0.5, 0.0505):
     after batch normalization the activation behaves roughly like a ReLU. They are fixed (not parameters), so the
-    activation adds nothing to a state dict.
+    activation adds nothing to a state dict; ``c2`` must be nonzero (without the square the map is linear).
     """
 
     def __init__(self, c0: float = 0.348, c1: float = 0.5, c2: float = 0.0505) -> None:
         super().__init__()
         owner = "PolynomialActivation"
         self.c0, self.c1, self.c2 = (check_number(owner, name, c) for name, c in (("c0", c0), ("c1", c1), ("c2", c2)))
+        if self.c2 == 0:
+            raise ValueError(f"{owner}: c2 must be a nonzero number (c2 = 0 makes the activation linear), got {c2!r}")
 
     def forward(self, x: Tensor) -> Tensor:
         check_images("PolynomialActivation", "input", x)
-        fine = ideal_upsample2(x)
-        activated = self.c0 + self.c1 * fine + self.c2 * fine * fine
-        return _lowpass_subsample(activated, 2, 2)
+        fine = _product(x, *_upsample_operators(x))
+        # c0 + c1 f + c2 f^2 as c0 + c2 * (f * (f + c1 / c2)), with c2 folded into the subsampling operator: two passes
+        # over the fine grid (four for the plain form), and the fine grid stays in the products' NCHW layout (converting
+        # it to channels-last and back was most of this layer's cost; benchmarks/results/downsampling_cost.md)
+        down_rows, down_cols = _lowpass_operators(fine, 2, 2)
+        coarse = _product(fine * (fine + self.c1 / self.c2), self.c2 * down_rows, down_cols) + self.c0
+        return coarse.to(x.dtype).contiguous(memory_format=memory_format_of(x))
 
     def extra_repr(self) -> str:
         return f"c0={self.c0}, c1={self.c1}, c2={self.c2}"
