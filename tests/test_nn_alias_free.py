@@ -42,6 +42,41 @@ def test_upsampling_keeps_the_samples_and_turns_a_half_pixel_shift_into_a_one_pi
     assert torch.allclose(torch.roll(fine, (1, 1), dims=(2, 3))[..., ::2, ::2], half_pixel(x, 0.5, 0.5), atol=1e-5)
 
 
+def spectrum_bins(size: int, highest: int) -> torch.Tensor:
+    """Indices of the DFT bins ``-highest..highest`` of a ``size``-point axis."""
+    return torch.arange(-highest, highest + 1) % size
+
+
+def fourier_polynomial(x: torch.Tensor, c0: float, c1: float, c2: float) -> torch.Tensor:
+    """The alias-free polynomial by FFTs, independently of the layer's matrices: the spectrum below Nyquist
+    zero-padded to a grid twice as fine, the polynomial there, then the bins below a quarter cycle per fine pixel
+    back on the coarse grid (which is the fine grid's every other sample)."""
+    size = x.shape[-1]
+    coarse, fine = spectrum_bins(size, size // 2 - 1), spectrum_bins(2 * size, size // 2 - 1)
+    padded = torch.zeros(*x.shape[:-2], 2 * size, 2 * size, dtype=torch.complex128)
+    padded[..., fine[:, None], fine] = torch.fft.fft2(x)[..., coarse[:, None], coarse]
+    up = torch.fft.ifft2(padded).real * 4
+    spectrum = torch.fft.fft2(c0 + c1 * up + c2 * up * up)
+    cropped = torch.zeros(*x.shape, dtype=torch.complex128)
+    cropped[..., coarse[:, None], coarse] = spectrum[..., fine[:, None], fine]
+    return torch.fft.ifft2(cropped).real / 4
+
+
+@pytest.mark.parametrize("coefficients", [(0.348, 0.5, 0.0505), (-0.2, 1.3, -0.7), (0.0, 0.0, 2.0)])
+def test_the_polynomial_activation_is_the_polynomial_between_ideal_resamplings(coefficients):
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    expected = fourier_polynomial(x, *coefficients)
+    assert torch.allclose(PolynomialActivation(*coefficients)(x), expected, atol=1e-10)
+    as_float = PolynomialActivation(*coefficients)(x.float().contiguous(memory_format=torch.channels_last))
+    assert as_float.dtype == torch.float32 and as_float.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(as_float.double(), expected, atol=1e-4)
+
+
+def test_the_polynomial_activation_refuses_a_linear_polynomial():
+    with pytest.raises(ValueError, match=r"^PolynomialActivation: c2 must be a nonzero number \(c2 = 0 makes"):
+        PolynomialActivation(0.1, 0.5, 0.0)
+
+
 def test_the_polynomial_activation_commutes_with_integer_and_half_pixel_shifts():
     x, activation = band_limited(2, 3, 16, 16), PolynomialActivation()
     out = activation(x)
@@ -114,6 +149,24 @@ def test_the_alias_free_network_has_the_strided_networks_state_dict_and_the_cifa
     assert cifar_resnet(20, downsample="afc").state_dict().keys() == cifar_resnet(20).state_dict().keys()
     backbone = build_backbone("cifar_resnet20", 10, downsample="afc", padding_mode="circular")
     assert any(isinstance(m, PolynomialActivation) for m in backbone.modules())
+
+
+def test_the_alias_free_cifar_resnet_trains_at_the_configs_learning_rate():
+    # no activation after a block's residual sum: with a square there the stream's values are squared once per block
+    # and, on smooth images like these (not on white noise), the loss is NaN from the second step
+    torch.manual_seed(0)
+    model = cifar_resnet(20, downsample="afc", padding_mode="circular")
+    assert not any(isinstance(block.act2, PolynomialActivation) for block in model.modules() if hasattr(block, "act2"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    images, labels = random_smooth_images(32, 32, seed=0) * 4 - 2, torch.arange(32) % 10  # spread as normalized
+    losses = []
+    for _ in range(4):
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(0 < value < 5 for value in losses), losses
 
 
 def test_converting_a_cifar_resnet_gives_the_network_built_alias_free():

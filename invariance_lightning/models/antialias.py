@@ -225,7 +225,11 @@ def _other_activations(model: nn.Module) -> list[str]:
 
 
 def _make_activations_alias_free(model: nn.Module) -> None:
-    """Replace every ``nn.ReLU`` by a :class:`PolynomialActivation` (stateless: no state-dict keys change)."""
+    """Replace every ``nn.ReLU`` by a :class:`PolynomialActivation` (stateless: no state-dict keys change), except
+    after the residual sum of a :class:`CifarBasicBlock`, which then has none (as ``cifar_resnet`` builds it)."""
+    for block in model.modules():
+        if isinstance(block, CifarBasicBlock):
+            block.set_activations(alias_free=True)
     relus = [name for name, module in model.named_modules() if isinstance(module, nn.ReLU)]
     for name in relus:
         parent, _, attribute = name.rpartition(".")

@@ -68,10 +68,7 @@ class CifarBasicBlock(nn.Module):
         """Switch the block between "stride", "blur", "aps", "lps" (these change only a stride-2 block) and "afc"
         (also the activations of every block); keeps all weights."""
         check_choice("CifarBasicBlock.set_downsample", "downsample", method, DOWNSAMPLE_CHOICES)
-        alias_free = method == "afc"
-        self.act1, self.act2 = (
-            (PolynomialActivation(), PolynomialActivation()) if alias_free else (nn.ReLU(), nn.ReLU())
-        )
+        self.set_activations(alias_free=method == "afc")
         if self.stride == 1:
             return
         in_planes, planes = self.conv1.in_channels, self.conv1.out_channels
@@ -83,6 +80,12 @@ class CifarBasicBlock(nn.Module):
         self.down, self.shortcut_down = make_downsample_pair(
             method, planes, in_planes, self.stride, filter_size, blur_padding(self.conv1.padding_mode)
         )
+
+    def set_activations(self, alias_free: bool) -> None:
+        """Two ReLUs, or alias-free: a :class:`PolynomialActivation` inside the block and none after the residual
+        sum. A square there would square the residual stream once per block, which then grows without bound (a random
+        alias-free ResNet-20 built that way reached logits of 1e8 in its first training step, then NaN)."""
+        self.act1, self.act2 = (PolynomialActivation(), nn.Identity()) if alias_free else (nn.ReLU(), nn.ReLU())
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.act1(self.bn1(self.conv1(x)))
@@ -142,8 +145,8 @@ def cifar_resnet(
             stride-1 binomial low-pass of size ``filter_size``, then ``APS2d``; the shortcut keeps the
             same polyphase component) or "lps" (as "aps" with a learned ``LPS2d`` choosing the component).
             Or "afc" (alias-free, Michaeli et al. 2023: ideal low-pass subsampling on both paths and polynomial
-            activations computed at twice the resolution;
-            with ``padding_mode="circular"`` the network is invariant to circular integer and half-pixel shifts).
+            activations computed at twice the resolution, none after a block's residual sum, which keeps the network
+            trainable; with ``padding_mode="circular"`` it is invariant to circular integer and half-pixel shifts).
             Same parameters and state_dict keys for "stride", "blur", "aps" and "afc"; "lps" adds its scorers'.
         filter_size: binomial filter length for "blur", "aps" and "lps" (1: no low-pass).
         padding_mode: conv padding, "zeros" or "circular" (circular + "aps"/"lps" makes the network exactly
