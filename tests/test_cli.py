@@ -17,7 +17,7 @@ from invariance_lightning.lightning.cli import InvarianceCLI, main, run_cli, wan
 from invariance_lightning.lightning.data import ImageFolderDataModule
 from invariance_lightning.metrics.protocols import PROTOCOLS, evaluate_protocol
 from invariance_lightning.models import cifar_resnet
-from invariance_lightning.nn import APS2d, BlurPool2d, LPS2d
+from invariance_lightning.nn import APS2d, BlurPool2d, LPS2d, PolynomialActivation
 from lightning_helpers import LargestImageBatch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +44,7 @@ def test_configs_exist_for_every_variant():
             "consistency",
             "augmented_aps",
             "augmented_lps",
+            "augmented_afc",
             "augmented_blur_consistency",
             "finetuned_blur_consistency",
             "finetuned_blur_consistency_8px",
@@ -53,7 +54,7 @@ def test_configs_exist_for_every_variant():
     for path in CIFAR_CONFIGS:  # each name says what its model section sets
         model, parts = yaml.safe_load(path.read_text())["model"], path.stem.split("_")[1:]
         assert (model["augmentation"] != "none") == bool({"augmented", "consistency", "translate"} & set(parts)), path
-        assert model["downsample"] == next((p for p in ("blur", "aps", "lps") if p in parts), "stride"), path
+        assert model["downsample"] == next((p for p in ("blur", "aps", "lps", "afc") if p in parts), "stride"), path
         assert (model["consistency_weight"] > 0) == ("consistency" in parts), path
         assert ("init_weights" in model) == ("finetuned" in parts), path
         assert model.get("max_shift", 4) == (8 if "8px" in parts else 4), path  # the crops' black border
@@ -80,6 +81,8 @@ def check_fast_dev_run(cli: InvarianceCLI, config: Path) -> None:
     assert low_pass == (settings.get("downsample") in ("blur", "aps", "lps")), config.stem
     assert any(isinstance(m, APS2d) for m in modules) == (settings.get("downsample") == "aps"), config.stem
     assert any(isinstance(m, LPS2d) for m in modules) == (settings.get("downsample") == "lps"), config.stem
+    alias_free = any(isinstance(m, PolynomialActivation) for m in modules)
+    assert alias_free == (settings.get("downsample") == "afc") and not (alias_free and low_pass), config.stem
     metrics = trainer.callback_metrics
     assert ("train/consistency_penalty" in metrics) == (settings.get("consistency_weight", 0) > 0), config.stem
     assert ("train/lps_temperature" in metrics) == (settings.get("downsample") == "lps"), config.stem  # annealed
