@@ -28,6 +28,8 @@ downsampling_cost.md), and they export to ONNX with dynamic sizes (ONNX has no c
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -149,15 +151,21 @@ class AliasFreeDownsample(nn.Module):
         return f"stride={self.stride}"
 
 
+#: ``c0`` and ``c2`` of the least-squares quadratic fit of ReLU under a standard normal input: ``E[relu(x)] / 2`` and
+#: ``(E[relu(x) x^2] - E[relu(x)]) / 2``, both ``1 / (2 sqrt(2 pi))``.
+RELU_FIT_C0_C2 = 1 / (2 * math.sqrt(2 * math.pi))
+
+
 class PolynomialActivation(nn.Module):
     """``c0 + c1 x + c2 x^2`` computed alias-free: on the twice-upsampled map, then low-passed and subsampled back.
 
-    The default coefficients are the least-squares fit of ReLU under a standard normal input (0.348, 0.5, 0.0505):
-    after batch normalization the activation behaves roughly like a ReLU. They are fixed (not parameters), so the
-    activation adds nothing to a state dict; ``c2`` must be nonzero (without the square the map is linear).
+    The default coefficients are the least-squares fit of ReLU under a standard normal input, ``c0 = c2 = 1 / (2
+    sqrt(2 pi))`` (0.1995) and ``c1 = 1/2`` (its Hermite expansion cut after the square), so after batch normalization
+    the activation behaves roughly like a ReLU. They are fixed (not parameters), so the activation adds nothing to a
+    state dict; ``c2`` must be nonzero (without the square the map is linear).
     """
 
-    def __init__(self, c0: float = 0.348, c1: float = 0.5, c2: float = 0.0505) -> None:
+    def __init__(self, c0: float = RELU_FIT_C0_C2, c1: float = 0.5, c2: float = RELU_FIT_C0_C2) -> None:
         super().__init__()
         owner = "PolynomialActivation"
         self.c0, self.c1, self.c2 = (check_number(owner, name, c) for name, c in (("c0", c0), ("c1", c1), ("c2", c2)))
