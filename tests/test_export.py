@@ -90,8 +90,8 @@ def test_a_converted_torchvision_resnet_exports_and_handles_odd_maps(tmp_path: P
 def test_an_alias_free_torchvision_resnet_exports_for_multiples_of_its_total_stride(tmp_path: Path):
     torch.manual_seed(0)
     model = antialias(torchvision.models.resnet18(num_classes=10), "afc", circular_padding=True).eval()
-    for module in model.modules():  # its blocks square their residual stream (docs/models.md): with batch-norm gains
-        if isinstance(module, nn.BatchNorm2d):  # of 1 a random one has logits near 1e6, with 0.2 near 1
+    for module in model.modules():  # squares of squares: with batch-norm gains of 1 (and the statistics of a new
+        if isinstance(module, nn.BatchNorm2d):  # network) its logits reach 4e3, with 0.2 they stay below 1
             nn.init.constant_(module.weight, 0.2)
     path = export_onnx(model, tmp_path / "resnet18_afc.onnx", example_size=(3, 64, 64), size_multiple=32)
     assert compare_onnx(path, model, [(2, 64, 64), (1, 96, 64)]) <= 1e-4  # 96 px: a 3x2 last stage

@@ -201,6 +201,29 @@ def imagenet_resnet(library: str) -> torch.nn.Module:
     return torchvision.models.resnet18(num_classes=10)
 
 
+@pytest.mark.parametrize("library", ["torchvision", "timm"])
+@pytest.mark.parametrize("block", ["BasicBlock", "Bottleneck"])
+def test_alias_free_imagenet_resnets_leave_the_residual_stream_linear(library, block):
+    # a block whose main path outputs zero (its last batch norm zeroed) passes an identity shortcut's input unchanged
+    # only if no activation follows the residual sum, as in the alias-free CIFAR ResNet
+    torch.manual_seed(0)
+    if library == "timm":
+        timm_resnet = pytest.importorskip("timm.models.resnet")
+        network = timm_resnet.ResNet(getattr(timm_resnet, block), [2, 1, 1, 1], num_classes=10)
+    else:
+        network = torchvision.models.ResNet(getattr(torchvision.models.resnet, block), [2, 1, 1, 1], num_classes=10)
+    model = antialias(network, "afc", circular_padding=True).eval()
+    second = model.layer1[1]  # an identity shortcut
+    last_norm = second.bn3 if block == "Bottleneck" else second.bn2
+    torch.nn.init.zeros_(last_norm.weight)
+    torch.nn.init.zeros_(last_norm.bias)
+    x = torch.randn(2, second.conv1.in_channels, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(second(x), x)
+        assert torch.isfinite(model(torch.randn(2, 3, 64, 64))).all()
+    assert any(isinstance(m, PolynomialActivation) for m in second.modules())  # inside the block
+
+
 def spread_classifier(model: torch.nn.Module, images: torch.Tensor) -> torch.nn.Module:
     """``model`` in eval mode with batch-norm statistics of ``images`` and its ``fc`` re-centred and scaled on them
     (as :func:`spread_network`)."""

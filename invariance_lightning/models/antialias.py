@@ -21,7 +21,8 @@ the converted model loads the plain model's ``state_dict`` with ``strict=True`` 
 "afc" (alias-free, Michaeli et al. 2023) changes more than the subsampling: every strided layer becomes stride 1
 followed, at the same places, by :class:`~invariance_lightning.nn.AliasFreeDownsample`; every ``nn.ReLU`` becomes a
 :class:`~invariance_lightning.nn.PolynomialActivation` (the stem's, the first, also drops the input's Nyquist
-frequency, which no fractional shift moves exactly); and the stem's max-pool, a nonlinearity no
+frequency, which no fractional shift moves exactly), except the one after each block's residual sum, which is
+dropped (a square there would square the residual stream once per block); and the stem's max-pool, a nonlinearity no
 band-limited shift commutes with, is dropped: its subsampling joins the stem conv's in one ideal low-pass
 subsampling by both strides. With ``circular_padding`` the result is invariant to circular integer and half-pixel
 shifts of inputs whose sides are multiples of the total stride (32 for ImageNet ResNets). The weights still load,
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
+from torchvision.models import resnet as tv_resnet
 
 from invariance_lightning._compat import as_pair
 from invariance_lightning.models._downsample import (
@@ -55,10 +57,8 @@ _CONV_PAIRS = (("conv1", "conv2"), ("conv2", "conv3"))
 
 def _known_classes() -> tuple[tuple[type[nn.Module], ...], tuple[type[nn.Module], ...]]:
     """(ResNet model classes with a ``conv1``/``bn1``/``maxpool`` stem, their residual block classes)."""
-    from torchvision.models import resnet as tv
-
-    models: list[type[nn.Module]] = [tv.ResNet]
-    blocks: list[type[nn.Module]] = [tv.BasicBlock, tv.Bottleneck]
+    models: list[type[nn.Module]] = [tv_resnet.ResNet]
+    blocks: list[type[nn.Module]] = [tv_resnet.BasicBlock, tv_resnet.Bottleneck]
     try:  # timm is optional
         from timm.models import resnet as timm_resnet
     except ImportError:
@@ -224,12 +224,52 @@ def _other_activations(model: nn.Module) -> list[str]:
     ]
 
 
+class _AliasFreeTorchvisionBasicBlock(tv_resnet.BasicBlock):
+    """torchvision's ``BasicBlock`` without the activation after the residual sum (its forward calls one ``relu``
+    module inside the block and after the sum, so only a new forward can drop the second call)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.bn2(self.conv2(out)) + shortcut
+
+
+class _AliasFreeTorchvisionBottleneck(tv_resnet.Bottleneck):
+    """torchvision's ``Bottleneck`` without the activation after the residual sum."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.bn3(self.conv3(out)) + shortcut
+
+
+_ALIAS_FREE_TORCHVISION_BLOCKS: dict[type[nn.Module], type[nn.Module]] = {
+    tv_resnet.BasicBlock: _AliasFreeTorchvisionBasicBlock,
+    tv_resnet.Bottleneck: _AliasFreeTorchvisionBottleneck,
+}
+
+
+def _drop_activation_after_residual_sum(block: nn.Module) -> None:
+    """Leave a residual block's stream linear: a polynomial there would square it once per block, and it grows without
+    bound (see :meth:`CifarBasicBlock.set_activations`). A timm block's last activation (``act2`` of a BasicBlock,
+    ``act3`` of a Bottleneck) becomes an identity; a torchvision block becomes the subclass without it (same modules
+    and state dict; subclasses of torchvision's blocks keep theirs)."""
+    if isinstance(block, CifarBasicBlock):
+        block.set_activations(alias_free=True)
+    elif type(block) in _ALIAS_FREE_TORCHVISION_BLOCKS:
+        block.__class__ = _ALIAS_FREE_TORCHVISION_BLOCKS[type(block)]
+    elif hasattr(block, "act2"):  # timm's
+        setattr(block, "act3" if hasattr(block, "act3") else "act2", nn.Identity())
+
+
 def _make_activations_alias_free(model: nn.Module) -> None:
-    """Replace every ``nn.ReLU`` by a :class:`PolynomialActivation` (stateless: no state-dict keys change), except
-    after the residual sum of a :class:`CifarBasicBlock`, which then has none (as ``cifar_resnet`` builds it)."""
+    """Drop each residual block's activation after its sum, then replace every other ``nn.ReLU`` by a
+    :class:`PolynomialActivation` (stateless: no state-dict keys change)."""
+    _, block_classes = _known_classes()
     for block in model.modules():
-        if isinstance(block, CifarBasicBlock):
-            block.set_activations(alias_free=True)
+        if isinstance(block, (CifarBasicBlock, *block_classes)):
+            _drop_activation_after_residual_sum(block)
     relus = [name for name, module in model.named_modules() if isinstance(module, nn.ReLU)]
     for name in relus:
         parent, _, attribute = name.rpartition(".")
