@@ -13,21 +13,18 @@ once (minutes on 2 cores), warmed up, then timed over ``--rounds`` alternating r
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from bench_cpu_training import alternate, machine, write_report
-from bench_downsampling_cost import WARMUP, batch, training_step
+from bench_cpu_training import alternate, write_report
+from bench_downsampling_cost import WARMUP, batch, step_arguments, step_meta, training_step
 from torch import nn
 
 from invariance_lightning.models import cifar_resnet
 
-ROOT = Path(__file__).resolve().parents[1]
 ARMS: dict[str, tuple[str, bool]] = {
     "stride eager": ("stride", False),
     "stride compiled": ("stride", True),
@@ -58,23 +55,14 @@ class TimedArm:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=10, help="timed training steps per arm and round")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "alias_free_compile")
-    args = parser.parse_args()
+    args = step_arguments(__doc__.splitlines()[0], "alias_free_compile", rounds=5)
     torch.manual_seed(0)
     load_before = os.getloadavg()[0]
     arms = {name: TimedArm(method, compiled) for name, (method, compiled) in ARMS.items()}
     runs: dict[str, Callable[[int], float]] = dict(arms)
     rates = alternate(runs, args.rounds, args.steps)
     median = {name: statistics.median(values) for name, values in rates.items()}
-    meta = {
-        "command": f"python benchmarks/bench_alias_free_compile.py --rounds {args.rounds} --steps {args.steps}",
-        "machine": machine(),
-        "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "rounds": args.rounds,
-        "steps": args.steps,
+    meta = step_meta("bench_alias_free_compile.py", args, load_before) | {
         "warmup_s": {name: round(arm.warmup_s, 1) for name, arm in arms.items()},
         "afc_to_stride_eager": round(median["afc eager"] / median["stride eager"], 2),
         "afc_to_stride_compiled": round(median["afc compiled"] / median["stride compiled"], 2),

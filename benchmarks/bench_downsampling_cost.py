@@ -181,25 +181,34 @@ def report(rates: dict[str, list[float]], memory: dict[str, int], meta: dict[str
     print("\n".join(lines))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+def step_arguments(description: str, name: str, rounds: int) -> argparse.Namespace:
+    """``--rounds``, ``--steps`` and ``--out`` (default ``benchmarks/results/<name>``) of a training-step benchmark."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per arm and round")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "downsampling_cost")
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    load_before = os.getloadavg()[0]
-    runs: dict[str, Callable[[int], float]] = {arm: partial(images_per_second, arm) for arm in ARMS}
-    rates = alternate(runs, args.rounds, args.steps)
-    memory = {arm: saved_bytes(arm) for arm in ARMS}
-    meta = {
-        "command": f"python benchmarks/bench_downsampling_cost.py --rounds {args.rounds} --steps {args.steps}",
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / name)
+    return parser.parse_args()
+
+
+def step_meta(script: str, args: argparse.Namespace, load_before: float) -> dict[str, object]:
+    """The command, machine, load and round settings that a training-step benchmark's report records."""
+    return {
+        "command": f"python benchmarks/{script} --rounds {args.rounds} --steps {args.steps}",
         "machine": machine(),
         "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "rounds": args.rounds,
         "steps": args.steps,
     }
-    report(rates, memory, meta, args.out)
+
+
+def main() -> None:
+    args = step_arguments(__doc__.splitlines()[0], "downsampling_cost", rounds=3)
+    torch.manual_seed(0)
+    load_before = os.getloadavg()[0]
+    runs: dict[str, Callable[[int], float]] = {arm: partial(images_per_second, arm) for arm in ARMS}
+    rates = alternate(runs, args.rounds, args.steps)
+    memory = {arm: saved_bytes(arm) for arm in ARMS}
+    report(rates, memory, step_meta("bench_downsampling_cost.py", args, load_before), args.out)
 
 
 if __name__ == "__main__":
