@@ -77,9 +77,14 @@ def _product(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     return rows @ (x.to(rows.dtype).contiguous() @ cols.T)
 
 
+def _like(result: Tensor, x: Tensor) -> Tensor:
+    """A work-dtype NCHW ``result`` back in ``x``'s dtype and memory format."""
+    return result.to(x.dtype).contiguous(memory_format=memory_format_of(x))
+
+
 def _separable(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     """:func:`_product` back in ``x``'s dtype and memory format."""
-    return _product(x, rows, cols).to(x.dtype).contiguous(memory_format=memory_format_of(x))
+    return _like(_product(x, rows, cols), x)
 
 
 def _upsample_operators(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -180,7 +185,7 @@ class PolynomialActivation(nn.Module):
         # it to channels-last and back was most of this layer's cost; benchmarks/results/downsampling_cost.md)
         down_rows, down_cols = _lowpass_operators(fine, 2, 2)
         coarse = _product(fine * (fine + self.c1 / self.c2), self.c2 * down_rows, down_cols) + self.c0
-        return coarse.to(x.dtype).contiguous(memory_format=memory_format_of(x))
+        return _like(coarse, x)
 
     def extra_repr(self) -> str:
         return f"c0={self.c0}, c1={self.c1}, c2={self.c2}"
