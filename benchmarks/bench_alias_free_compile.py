@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 from bench_cpu_training import alternate, write_report
-from bench_downsampling_cost import WARMUP, batch, step_arguments, step_meta, training_step
+from bench_downsampling_cost import WARMUP, batch, step_arguments, step_meta, timed_steps
 from torch import nn
 
 from invariance_lightning.models import cifar_resnet
@@ -43,15 +43,11 @@ class TimedArm:
         self.model: nn.Module = torch.compile(model) if compiled else model  # type: ignore[assignment]
         self.images, self.targets = batch()
         started = time.perf_counter()
-        for _ in range(WARMUP):
-            training_step(self.model, self.optimizer, self.images, self.targets)
+        timed_steps(self.model, self.optimizer, self.images, self.targets, WARMUP)
         self.warmup_s = time.perf_counter() - started
 
     def __call__(self, steps: int) -> float:
-        start = time.perf_counter()
-        for _ in range(steps):
-            training_step(self.model, self.optimizer, self.images, self.targets)
-        return steps * self.images.shape[0] / (time.perf_counter() - start)
+        return timed_steps(self.model, self.optimizer, self.images, self.targets, steps)
 
 
 def main() -> None:

@@ -111,17 +111,23 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.randint(0, 10, (BATCH,))
 
 
+def timed_steps(
+    model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, targets: torch.Tensor, steps: int
+) -> float:
+    """Training images per second over ``steps`` training steps on one batch."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        training_step(model, optimizer, images, targets)
+    return steps * images.shape[0] / (time.perf_counter() - start)
+
+
 def images_per_second(arm: str, steps: int) -> float:
     model = build(arm)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     images, targets = batch()
     with circular_path(arm):
-        for _ in range(WARMUP):
-            training_step(model, optimizer, images, targets)
-        start = time.perf_counter()
-        for _ in range(steps):
-            training_step(model, optimizer, images, targets)
-        return steps * BATCH / (time.perf_counter() - start)
+        timed_steps(model, optimizer, images, targets, WARMUP)
+        return timed_steps(model, optimizer, images, targets, steps)
 
 
 def saved_bytes(arm: str) -> int:
