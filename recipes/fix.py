@@ -26,7 +26,7 @@ from pathlib import Path
 from invariance_lightning.augment.consistency import CONSISTENCY_KINDS
 from invariance_lightning.lightning.cli import add_protocol_arguments
 from invariance_lightning.lightning.fixing import FixSettings, run_fix
-from invariance_lightning.models._downsample import ANTIALIAS_METHODS
+from invariance_lightning.models._downsample import ANTIALIAS_METHODS, NETWORK_PADDING_MODES
 from invariance_lightning.validation import nonnegative_int, positive_int
 
 
@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--filter_size",
         type=positive_int,
         help="binomial low-pass length of blur, aps and lps, 1 to 7 (default: the model's own; 3 for a CIFAR ResNet)",
+    )
+    parser.add_argument(
+        "--padding_mode",
+        choices=NETWORK_PADDING_MODES,
+        help="padding of the convs (default: the model's own, zeros for a released model); circular makes an aps "
+        "or lps network exactly invariant to circular shifts, so a zero-filled shift changes its input only by "
+        "the content pushed out of the frame",
     )
     parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
     parser.add_argument(
@@ -101,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         model=args.model,
         method=args.method,
         filter_size=args.filter_size,
+        padding_mode=args.padding_mode,
         epochs=args.epochs,
         max_shift=args.max_shift,
         consistency_weight=args.consistency_weight,

@@ -21,6 +21,8 @@ from invariance_lightning.lightning.module import ImageClassifier
 from invariance_lightning.metrics.evaluate import evaluate_sequences
 from invariance_lightning.nn import BlurPool2d, LPS2d, PolynomialActivation
 from invariance_lightning.transforms import sequence_preset
+from invariance_lightning.transforms.functional import shift
+from invariance_lightning.transforms.normalization import normalize_images
 from lightning_helpers import train_classifier_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -123,6 +125,7 @@ def test_the_summary_puts_each_sequence_before_and_after_side_by_side(fixed):
         ({"consistency_max_shift": 0}, "consistency_max_shift must be an int >= 1"),
         ({"filter_size": 8}, "filter_size must be None or an int in"),
         ({"method": "afc", "filter_size": 3}, "filter_size has no effect with method 'afc'"),
+        ({"padding_mode": "reflect"}, "padding_mode must be one of"),
     ],
 )
 def test_settings_refuse_bad_values(kwargs, match):
@@ -191,6 +194,41 @@ def test_an_lps_fine_tuning_anneals_the_gumbel_temperature(trained, tmp_path):
     loaded = load_classifier(tmp_path / "checkpoints" / "last.ckpt")
     temperatures = [float(m.temperature) for m in loaded.model.modules() if isinstance(m, LPS2d)]
     assert temperatures and temperatures == pytest.approx([0.1] * len(temperatures))  # the schedule's end
+
+
+def test_a_circular_aps_fine_tuning_sees_a_zero_filled_shift_only_as_the_content_it_pushes_out(trained, tmp_path):
+    """With circular padding the APS network is exactly invariant to torch.roll, and a zero-filled shift by (s, s) is
+    the roll of the image with its last s rows and columns blacked out: the fine-tuned network must give both the same
+    logits (with zero padding it does not)."""
+    folder, checkpoint = trained
+    main = runpy.run_path(str(REPO_ROOT / "recipes" / "fix.py"), run_name="fix_recipe")["main"]
+    common = ["--model", str(checkpoint), "--method", "aps", "--epochs", "1", "--val_split", "8", "--data_dir"]
+    common += [str(folder), "--no-download", "--batch_size", "32", "--test_images", "4"]
+    for padding_mode in ("circular", "zeros"):
+        output = tmp_path / padding_mode
+        main([*common, "--padding_mode", padding_mode, "--output", str(output)])
+        loaded = load_classifier(output / "checkpoints" / "last.ckpt")
+        images, _ = CIFARDataModule(data_dir=folder, download=False, val_split=8).split_arrays("test", 4, seed=0)
+        images = images.float() / 255
+        model = loaded.model.eval()
+        max_difference = 0.0
+        with torch.no_grad():
+            for s in (1, 3, 6):
+                blacked_out = images.clone()
+                blacked_out[..., 32 - s :, :] = 0
+                blacked_out[..., :, 32 - s :] = 0
+                shifted = shift(images, s, s, "zeros")
+                difference = model(normalize_images(shifted, loaded.normalize)) - model(
+                    normalize_images(blacked_out, loaded.normalize)
+                )
+                max_difference = max(max_difference, float(difference.abs().max()))
+        after = json.loads((output / "after.json").read_text())
+        assert after["padding_mode"] == padding_mode
+        if padding_mode == "circular":
+            assert max_difference < 1e-4
+            assert "aps, filter 3, circular padding" in (output / "summary.md").read_text()
+        else:
+            assert max_difference > 1e-3
 
 
 def write_image_folder(root: Path, per_class: int, seed: int) -> None:

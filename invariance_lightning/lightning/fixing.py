@@ -32,7 +32,7 @@ from invariance_lightning.lightning.paper import LoadedModel, load_checkpoint_mo
 from invariance_lightning.metrics.evaluate import evaluate_sequences
 from invariance_lightning.metrics.published import check_protocol_names, evaluate_protocols
 from invariance_lightning.models import CIFAR_RESNET_DEPTHS, CifarResNet
-from invariance_lightning.models._downsample import ANTIALIAS_METHODS
+from invariance_lightning.models._downsample import ANTIALIAS_METHODS, NETWORK_PADDING_MODES
 from invariance_lightning.nn.blurpool import MAX_FILTER_SIZE
 from invariance_lightning.reporting.machine import machine_info
 from invariance_lightning.reporting.tables import protocol_line, summary_markdown, write_report
@@ -50,13 +50,16 @@ class FixSettings:
     CIFAR ResNet trained on CIFAR, or a backbone trained on an ``ImageFolderDataModule``, whose own datamodule
     settings are reused: ``data_dir`` then replaces its ``root``, ``val_split`` is CIFAR's only). ``train_subset``
     None trains on all the training images but the validation hold-out; ``filter_size`` None keeps the model's own
-    low-pass length (3 for a released model or a CIFAR ResNet); ``test_images`` are measured before and
-    after (seeded by ``seed``).
+    low-pass length (3 for a released model or a CIFAR ResNet); ``padding_mode`` None keeps the model's own
+    (zeros for a released model), ``"circular"`` makes an "aps" or "lps" network exactly invariant to circular shifts,
+    so that a zero-filled shift changes its prediction only through the content it pushes out of the frame;
+    ``test_images`` are measured before and after (seeded by ``seed``).
     """
 
     model: str = "resnet20"
     method: str = "blur"
     filter_size: int | None = None
+    padding_mode: str | None = None
     epochs: int = 5
     max_shift: int = 8
     consistency_weight: float = 2.0
@@ -80,6 +83,8 @@ class FixSettings:
         check_optional_int(owner, "filter_size", self.filter_size, 1, MAX_FILTER_SIZE)
         if self.method == "afc" and self.filter_size is not None:
             raise ValueError(f"{owner}: filter_size has no effect with method 'afc' (an ideal low-pass); leave it None")
+        if self.padding_mode is not None:
+            check_choice(owner, "padding_mode", self.padding_mode, NETWORK_PADDING_MODES)
         check_int(owner, "epochs", self.epochs, 1)
         check_int(owner, "max_shift", self.max_shift, 0)
         check_number(owner, "consistency_weight", self.consistency_weight, low=0)
@@ -265,6 +270,8 @@ def run_fix(settings: FixSettings) -> Path:
     pl.seed_everything(settings.seed, verbose=False)
     if settings.filter_size is not None:  # else the model's own (or ImageClassifier's default)
         architecture["filter_size"] = settings.filter_size
+    if settings.padding_mode is not None:  # else the model's own (zeros unless it was trained circular)
+        architecture["padding_mode"] = settings.padding_mode
     classifier = ImageClassifier(
         **architecture,
         downsample=settings.method,
@@ -294,6 +301,7 @@ def run_fix(settings: FixSettings) -> Path:
         "model": before.source,
         "method": settings.method,
         "filter_size": used_filter,
+        "padding_mode": classifier.hparams["padding_mode"],
         "training": {
             "epochs": settings.epochs,
             "minutes": minutes,
@@ -311,6 +319,8 @@ def run_fix(settings: FixSettings) -> Path:
         "machine": machine,
     }
     conversion = settings.method if used_filter is None else f"{settings.method}, filter {used_filter}"
+    if classifier.hparams["padding_mode"] != "zeros":
+        conversion += f", {classifier.hparams['padding_mode']} padding"
     titles = {"before": before.name, "after": f"{before.name} converted ({conversion}) and fine-tuned"}
     for stage in STAGES:
         write_report(

@@ -21,6 +21,9 @@ ANTIALIAS_METHODS: tuple[str, ...] = (*METHODS, "afc")
 #: Every way a network may subsample: plain striding or one of :data:`ANTIALIAS_METHODS`.
 DOWNSAMPLE_CHOICES: tuple[str, ...] = ("stride", *ANTIALIAS_METHODS)
 
+#: The padding of a network's convs that the model builders accept (``padding_mode``).
+NETWORK_PADDING_MODES: tuple[str, ...] = ("zeros", "circular")
+
 
 def check_method(owner: str, method: object, filter_size: object) -> None:
     """Validate an antialiasing ``method`` (one of :data:`ANTIALIAS_METHODS`) and ``filter_size`` of ``owner``'s

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from invariance_lightning.models._downsample import (
     DOWNSAMPLE_CHOICES,
     METHODS,
+    NETWORK_PADDING_MODES,
     blur_padding,
     check_method,
     make_downsample_pair,
@@ -159,7 +160,7 @@ def cifar_resnet(
         raise ValueError(f"{owner}: depth must be one of {CIFAR_RESNET_DEPTHS}, got {depth}")
     check_int(owner, "num_classes", num_classes, 1)
     check_choice(owner, "downsample", downsample, DOWNSAMPLE_CHOICES)
-    check_choice(owner, "padding_mode", padding_mode, ("zeros", "circular"))
+    check_choice(owner, "padding_mode", padding_mode, NETWORK_PADDING_MODES)
     if downsample in METHODS:
         check_method(owner, downsample, filter_size)
     model = CifarResNet((depth - 2) // 6, num_classes, padding_mode)

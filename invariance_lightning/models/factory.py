@@ -7,7 +7,7 @@ from typing import Literal, cast
 
 from torch import nn
 
-from invariance_lightning.models._downsample import DOWNSAMPLE_CHOICES, Method
+from invariance_lightning.models._downsample import DOWNSAMPLE_CHOICES, NETWORK_PADDING_MODES, Method
 from invariance_lightning.models.antialias import antialias
 from invariance_lightning.models.cifar_resnet import CIFAR_RESNET_DEPTHS, Downsample, cifar_resnet
 from invariance_lightning.validation import check_choice
@@ -59,7 +59,7 @@ def build_backbone(
             f"unknown backbone {name!r}; use cifar_resnet<depth> (depths {list(CIFAR_RESNET_DEPTHS)}), "
             "torchvision:<model> or timm:<model>"
         )
-    check_choice("build_backbone", "padding_mode", padding_mode, ("zeros", "circular"))
+    check_choice("build_backbone", "padding_mode", padding_mode, NETWORK_PADDING_MODES)
     if downsample == "stride":
         if padding_mode != "zeros":
             raise ValueError(
