@@ -35,11 +35,29 @@ def test_losses_match_direct_formulas() -> None:
         "mse": ((p - q) ** 2).sum(1).mean(),
         "logit_mse": ((centred_a - centred_b) ** 2).mean(),
     }
-    assert set(expected) == set(CONSISTENCY_KINDS)
-    for kind in CONSISTENCY_KINDS:
+    assert set(expected) == set(CONSISTENCY_KINDS) - {"top1_margin"}  # not a divergence: its own test below
+    for kind in expected:
         assert consistency_loss(a, b, kind) == pytest.approx(expected[kind], rel=1e-5), kind
         assert consistency_loss(b, a, kind) == pytest.approx(expected[kind], rel=1e-5), kind  # symmetric
         assert float(consistency_loss(a, a + 7.0, kind)) == pytest.approx(0.0, abs=1e-6)  # softmax is shift-invariant
+
+
+def test_top1_margin_asks_both_views_to_lead_with_their_joint_class_by_one_logit() -> None:
+    # worked by hand: log p_a = a - 2.2395, log p_b = b - 1.8690; their sum is largest for class 0, which leads by
+    # 2 logits in view a (no shortfall) and trails class 1 by 1.5 in view b (shortfall 1 + 1.5 = 2.5)
+    a, b = torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.5, 0.0]])
+    assert float(consistency_loss(a, b, "top1_margin")) == pytest.approx(1.25, rel=1e-6)
+    assert float(consistency_loss(b, a, "top1_margin")) == pytest.approx(1.25, rel=1e-6)
+    # a batch: agreeing by more than the margin costs nothing; a near tie that flips costs about the margin per view
+    tie = torch.tensor([[0.02, -0.02, -9.0], [5.0, 0.0, 0.0]])
+    flipped = torch.tensor([[-0.02, 0.02, -9.0], [9.0, 0.5, 0.0]])
+    shortfall = (1 - (-0.04) + 1 - 0.04) / 2  # joint class 0 (ties break to the first): -0.04 in one view, 0.04 in the other
+    assert float(consistency_loss(tie, flipped, "top1_margin")) == pytest.approx(shortfall / 2, rel=1e-5)
+    assert float(consistency_loss(tie[:1], flipped[:1], "symmetric_kl")) < 2e-3  # what a divergence makes of the flip
+    assert float(consistency_loss(a + 7.0, b, "top1_margin")) == pytest.approx(1.25, rel=1e-6)  # offsets: ignored
+    logits = torch.tensor([[0.2, 0.0, 0.0]], requires_grad=True)
+    consistency_loss(logits, logits.detach(), "top1_margin").backward()
+    assert logits.grad is not None and logits.grad[0, 0] < 0 < logits.grad[0, 1]  # raises the leader, lowers the rival
 
 
 def test_js_is_bounded_by_log2_for_disjoint_predictions() -> None:
@@ -49,7 +67,7 @@ def test_js_is_bounded_by_log2_for_disjoint_predictions() -> None:
 
 def test_loss_rejects_bad_input() -> None:
     with pytest.raises(
-        ValueError, match=r"^consistency_loss: kind must be one of \('symmetric_kl', 'js', 'mse', 'logit_mse'\), got"
+        ValueError, match=r"^consistency_loss: kind must be one of \('symmetric_kl', 'js', 'mse', 'logit_mse', 'top1_margin'\), got"
     ):
         consistency_loss(torch.zeros(2, 3), torch.zeros(2, 3), "kl")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"same shape, got \(2, 3\) and \(2, 4\)"):

@@ -74,6 +74,21 @@ def test_reflect_mode_equals_hand_mirroring(images, dx, dy):
     torch.testing.assert_close(frame, hand_reflect_shift(images, dx, dy), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dx,dy", [(1, 1), (-3, 2), (4, -5), (0, 8)])
+def test_mask_mode_blanks_what_a_zero_filled_shift_loses_and_rolls_into_it(images, dx, dy):
+    fill = -1.5
+    frame = ShiftSequence(shifts=[(0, 0), (dx, dy)], mode="mask", fill=fill).frame(images, 1)
+    height, width = images.shape[-2:]
+    expected = images.clone()  # in place, with the rows and columns a (dx, dy) shift pushes out set to fill
+    rows = slice(height - dy, height) if dy > 0 else slice(0, -dy)
+    columns = slice(width - dx, width) if dx > 0 else slice(0, -dx)
+    expected[..., rows, :] = fill
+    expected[..., :, columns] = fill
+    torch.testing.assert_close(frame, expected, rtol=0, atol=0)
+    rolled = torch.roll(frame, shifts=(dy, dx), dims=(-2, -1))
+    torch.testing.assert_close(rolled, hand_zero_shift(images, dx, dy, fill), rtol=0, atol=0)
+
+
 def test_crop_mode_moves_a_window_without_inventing_border(images):
     seq = ShiftSequence(max_shift=2, mode="crop")  # default window: 9-4 x 11-4, centred
     frames = seq(images)
@@ -174,6 +189,10 @@ def test_sequences_are_picklable_printable_and_comparable():
         ({"max_shift": 1, "shifts": [(0, 0), (1, 1)]}, "either max_shift"),
         ({"max_shift": 1, "crop_size": 4}, "only used with mode='crop'"),
         ({"max_shift": 1, "embed": 1.5}, "embed must be"),
+        (
+            {"shifts": [(0, 0), (0.5, 1)], "mode": "mask"},
+            r"mode 'mask' takes integer shifts only, got \[\(0, 0\), \(0.5, 1\)\]",
+        ),
     ],
 )
 def test_shift_sequence_rejects_bad_arguments(kwargs, match):

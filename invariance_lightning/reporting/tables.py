@@ -68,7 +68,13 @@ def write_json(path: Path, value: Any) -> None:
 
 
 #: How each sequence mode fills or frames the moved image, in words.
-_MODE_WORDS = {"zeros": "zero fill", "reflect": "mirrored border", "circular": "wrap-around", "crop": "cropped"}
+_MODE_WORDS = {
+    "zeros": "zero fill",
+    "reflect": "mirrored border",
+    "circular": "wrap-around",
+    "crop": "cropped",
+    "mask": "content masked in place",
+}
 
 
 def describe_sequence(sequence: TransformSequence) -> str:

@@ -57,6 +57,11 @@ class ShiftSequence(TransformSequence):
         ``"crop"``: a ``crop_size`` window moves over the image, so no border is invented; frames
         are smaller than the input. The window is centred at shift (0, 0); ``crop_size=None``
         takes the largest centred window that fits every shift.
+        ``"mask"``: the image does not move; the pixels a ``"zeros"`` shift would push out of the
+        frame take ``fill`` (integer shifts only). A ``"zeros"`` frame is the ``torch.roll`` of its
+        ``"mask"`` frame, so a network exactly invariant to circular shifts (APS or LPS with circular
+        padding, in eval mode) classifies both alike, and for any model the two sequences' flip rates
+        separate what the move changes from what the lost content changes.
     Integer shifts copy pixels exactly; fractional shifts in the modes other than circular use
     bilinear interpolation.
 
@@ -65,7 +70,7 @@ class ShiftSequence(TransformSequence):
         ShiftSequence(shifts=[(0, 0), (1, 1), (2, 2)], mode='zeros')
     """
 
-    modes = ("circular", "zeros", "reflect", "crop")
+    modes = ("circular", "zeros", "reflect", "crop", "mask")
 
     def __init__(
         self,
@@ -102,6 +107,8 @@ class ShiftSequence(TransformSequence):
                 "ShiftSequence: grid must be False with a shifts list (grid=True builds them from max_shift)"
             )
         self.shifts = self._check_shifts(shifts)
+        if mode == "mask" and not all(float(v).is_integer() for pair in self.shifts for v in pair):
+            raise ValueError(f"ShiftSequence: mode 'mask' takes integer shifts only, got {self.shifts!r}")
         self.crop_size = check_crop_size("ShiftSequence", crop_size, mode)
 
     @staticmethod
@@ -186,6 +193,8 @@ class ShiftSequence(TransformSequence):
 
     def _transform(self, images: Tensor, index: int) -> Tensor:
         dx, dy = self.shifts[index]
+        if self.mode == "mask":  # there and back: the far border's content is lost, the image stays in place
+            return shift(shift(images, dx, dy, "zeros", self.fill), -dx, -dy, "zeros", self.fill)
         if self.mode != "crop":
             return shift(images, dx, dy, self.mode, self.fill)
         # A window moving left over the image shows content moving right. The crop window lies
