@@ -51,7 +51,9 @@ def test_top1_margin_asks_both_views_to_lead_with_their_joint_class_by_one_logit
     # a batch: agreeing by more than the margin costs nothing; a near tie that flips costs about the margin per view
     tie = torch.tensor([[0.02, -0.02, -9.0], [5.0, 0.0, 0.0]])
     flipped = torch.tensor([[-0.02, 0.02, -9.0], [9.0, 0.5, 0.0]])
-    shortfall = (1 - (-0.04) + 1 - 0.04) / 2  # joint class 0 (ties break to the first): -0.04 in one view, 0.04 in the other
+    # row 1: joint class 0 (an exact tie breaks to the first), leading by 0.04 in one view and trailing by 0.04 in the
+    # other; row 2 agrees by more than the margin
+    shortfall = ((1 - 0.04) + (1 + 0.04)) / 2
     assert float(consistency_loss(tie, flipped, "top1_margin")) == pytest.approx(shortfall / 2, rel=1e-5)
     assert float(consistency_loss(tie[:1], flipped[:1], "symmetric_kl")) < 2e-3  # what a divergence makes of the flip
     assert float(consistency_loss(a + 7.0, b, "top1_margin")) == pytest.approx(1.25, rel=1e-6)  # offsets: ignored
@@ -67,7 +69,8 @@ def test_js_is_bounded_by_log2_for_disjoint_predictions() -> None:
 
 def test_loss_rejects_bad_input() -> None:
     with pytest.raises(
-        ValueError, match=r"^consistency_loss: kind must be one of \('symmetric_kl', 'js', 'mse', 'logit_mse', 'top1_margin'\), got"
+        ValueError,
+        match=r"^consistency_loss: kind must be one of \('symmetric_kl', 'js', 'mse', 'logit_mse', 'top1_margin'\), got",
     ):
         consistency_loss(torch.zeros(2, 3), torch.zeros(2, 3), "kl")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"same shape, got \(2, 3\) and \(2, 4\)"):
