@@ -8,7 +8,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from invariance_lightning import ScaleSequence, ShiftSequence, evaluate_invariance, transform_consistency
+from invariance_lightning import (
+    ScaleSequence,
+    ShiftSequence,
+    evaluate_invariance,
+    sequence_preset,
+    transform_consistency,
+)
 from invariance_lightning.diagnostics import layer_equivariance
 from invariance_lightning.metrics.evaluate import evaluate_sequences
 
@@ -221,3 +227,17 @@ def test_default_top_k_on_a_three_class_model_is_the_full_ranking_distance():
     assert evaluate_invariance(nn.Flatten(), images, None, sequence, top_k=3)["top3_distance"].item() == 2.0
     assert evaluate_invariance(nn.Flatten(), images, None, sequence, top_k=2)["top2_distance"].item() == 1.5
     assert out["flip_rate"].item() == 1.0
+
+
+def test_the_content_preset_sees_only_the_lost_border_in_a_circularly_invariant_net():
+    """A net exactly invariant to circular shifts classifies each zero-filled frame as its masked frame (the frame is
+    the roll of the masked one), so both walks give the same numbers; a strided net's walks differ."""
+    torch.manual_seed(6)
+    images, targets = torch.rand(12, 3, 32, 32), torch.randint(0, 10, (12,))
+    sequences = sequence_preset("content")
+    assert list(sequences) == ["shift", "shift_masked"] and len(sequences["shift"]) == 9
+    invariant = evaluate_sequences(circular_invariant_net().eval(), images, targets, sequences)
+    for key in ("flip_rate", "per_frame_flip_rate", "per_frame_accuracy", "mac", "top5_distance"):
+        torch.testing.assert_close(invariant["shift"][key], invariant["shift_masked"][key], rtol=1e-5, atol=1e-6)
+    strided = evaluate_sequences(strided_net().eval(), images, targets, sequences)
+    assert abs(float(strided["shift"]["top5_distance"] - strided["shift_masked"]["top5_distance"])) > 0.1

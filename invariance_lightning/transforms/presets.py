@@ -36,15 +36,25 @@ def paper_sequences() -> dict[str, TransformSequence]:
     }
 
 
+def content_sequences() -> dict[str, TransformSequence]:
+    """The report's shift walk beside the same frames with the image in place and only the content the walk pushes
+    out blacked out (``mode="mask"``): the masked walk's flips are the lost border's share of the shift flips."""
+    return {
+        "shift": ShiftSequence(max_shift=8, direction="diagonal", mode="zeros"),
+        "shift_masked": ShiftSequence(max_shift=8, direction="diagonal", mode="mask"),
+    }
+
+
 SEQUENCE_PRESETS: dict[str, Callable[[], dict[str, TransformSequence]]] = {
     "monitor": monitor_sequences,
     "report": report_sequences,
     "paper": paper_sequences,
+    "content": content_sequences,
 }
 
 
 def sequence_preset(name: str) -> dict[str, TransformSequence]:
-    """A fresh ``{name: sequence}`` dict for a preset: ``"monitor"``, ``"report"`` or ``"paper"``."""
+    """A fresh ``{name: sequence}`` dict for a preset: ``"monitor"``, ``"report"``, ``"paper"`` or ``"content"``."""
     if name not in SEQUENCE_PRESETS:
         raise ValueError(f"unknown sequence preset {name!r}; valid presets: {sorted(SEQUENCE_PRESETS)}")
     return SEQUENCE_PRESETS[name]()
