@@ -19,13 +19,13 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import torch
-
-from invariance_lightning import evaluate_sequences, sequence_preset
+from invariance_lightning import TransformSequence, evaluate_sequences, sequence_preset
 from invariance_lightning.lightning.data import CIFARDataModule
 from invariance_lightning.lightning.fixing import load_model
 from invariance_lightning.metrics.gap import wilson_interval
+from invariance_lightning.reporting.machine import machine_info
 from invariance_lightning.reporting.tables import write_json
 from invariance_lightning.validation import positive_int
 
@@ -73,16 +73,22 @@ def main() -> None:
         "command": command,
         "num_images": len(images),
         "sequences": {name: repr(sequence) for name, sequence in sequences.items()},
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "machine": machine_info(),
         "rows": rows,
     }
     RESULTS.mkdir(exist_ok=True)
     write_json(RESULTS / f"{args.output}.json", report)
+    (RESULTS / f"{args.output}.md").write_text(markdown(report, walk))
+    print(f"wrote {RESULTS / args.output}.md")
+
+
+def markdown(report: dict[str, Any], walk: TransformSequence) -> str:
+    """The benchmark's table and per-step rates."""
+    rows, names = report["rows"], list(report["sequences"])
     lines = [
-        f"# Shift flips: the move against the lost border content, {len(images):,} CIFAR-10 test images",
+        f"# Shift flips: the move against the lost border content, {report['num_images']:,} CIFAR-10 test images",
         "",
-        f"`{command}`",
+        f"`{report['command']}`",
         "",
         f"`sequence_preset('content')`: `shift` is `{walk!r}`; `shift_masked` the same frames with the image in "
         "place and the content the shift pushes out blacked out (`mode='mask'`). Flip rates with Wilson 95% "
@@ -94,16 +100,15 @@ def main() -> None:
     for spec, row in rows.items():
         cells = [
             f"{row[f'{name}_flip_rate']:.4f} [{low:.4f}, {high:.4f}]"
-            for name in sequences
+            for name in names
             for low, high in [row[f"{name}_flip_rate_interval"]]
         ]
         lines.append(f"| {spec} | {row['accuracy']:.4f} | {' | '.join(cells)} |")
     lines += ["", "Per-step flip rates (step k: k-1 -> k px):", ""]
     for spec, row in rows.items():
-        for name in sequences:
+        for name in names:
             lines.append(f"- {spec}, {name}: " + ", ".join(f"{v:.3f}" for v in row[f"{name}_per_step_flip_rate"]))
-    (RESULTS / f"{args.output}.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {RESULTS / args.output}.md")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
