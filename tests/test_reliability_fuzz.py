@@ -103,8 +103,10 @@ def shift_cases(draw) -> tuple[dict[str, Any], Invalid]:
     """Valid ShiftSequence kwargs and every (argument, invalid value) to try in their place."""
     kwargs = common_kwargs(draw, ShiftSequence.modes)
     invalid = common_invalid(kwargs, "wrap")
+    whole = kwargs["mode"] == "mask"  # integer shifts only
     if draw(st.booleans()):
-        step = draw(st.sampled_from([1, 0.5, 0.25, 2]))
+        step = draw(st.sampled_from([1, 2] if whole else [1, 0.5, 0.25, 2]))
+        invalid += [("step", 0.5, ValueError)] if whole else []
         kwargs.update(step=step, max_shift=draw(st.integers(1, 3)) * step, grid=draw(st.booleans()))
         kwargs["direction"] = draw(st.sampled_from(["diagonal", "horizontal", "vertical"]))
         # None: neither max_shift nor shifts; max_shift + 0.1: not a whole multiple of step
@@ -114,7 +116,9 @@ def shift_cases(draw) -> tuple[dict[str, Any], Invalid]:
         invalid += [("step", v, TypeError) for v in (True, "1")]
         invalid += [("shifts", [(0, 0), (1, 1)], ValueError)]  # together with max_shift
     else:
-        kwargs["shifts"] = draw(st.lists(shift_pairs, min_size=2, max_size=6))
+        pairs = st.tuples(st.integers(-3, 4), st.integers(-3, 4)) if whole else shift_pairs
+        kwargs["shifts"] = draw(st.lists(pairs, min_size=2, max_size=6))
+        invalid += [("shifts", [(0, 0), (0.5, 1)], ValueError)] if whole else []
         bad_shifts = [[], [(0, 0)], [(0, 0), (1,)], "ab", *([(0, 0), (v, 1)] for v in NON_FINITE)]
         invalid += [("shifts", v, ValueError) for v in bad_shifts] + [("grid", True, ValueError)]
         invalid += [("shifts", v, TypeError) for v in ([(0, 0), ("1", 0)], [(0, 0), (True, 0)])]
@@ -289,6 +293,10 @@ def check_frame(sequence: ShiftSequence | ScaleSequence, images: Tensor, index: 
         if sequence.mode == "crop":  # the window moves against the content
             top, left = (height - out_h) // 2 - dy, (width - out_w) // 2 - dx
             expected = canvas[..., top : top + out_h, left : left + out_w]
+        elif sequence.mode == "mask":  # rolled by the shift, it is the zero-filled shift: pixel for pixel
+            expected = torch.roll(
+                integer_shift_by_indexing(canvas, dx, dy, "zeros", sequence.fill), (-dy, -dx), (-2, -1)
+            )
         else:
             expected = integer_shift_by_indexing(canvas, dx, dy, sequence.mode, sequence.fill)
             if sequence.mode == "circular":

@@ -191,7 +191,7 @@ def test_sequences_are_picklable_printable_and_comparable():
         ({"max_shift": 1, "embed": 1.5}, "embed must be"),
         (
             {"shifts": [(0, 0), (0.5, 1)], "mode": "mask"},
-            r"mode 'mask' takes integer shifts only, got \[\(0, 0\), \(0.5, 1\)\]",
+            r"mode 'mask' takes integer shifts only \(from shifts, or max_shift and step\), got \[\(0, 0\), \(0.5, 1\)\]",
         ),
     ],
 )

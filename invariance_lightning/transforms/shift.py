@@ -107,9 +107,12 @@ class ShiftSequence(TransformSequence):
                 "ShiftSequence: grid must be False with a shifts list (grid=True builds them from max_shift)"
             )
         self.shifts = self._check_shifts(shifts)
-        if mode == "mask" and not all(float(v).is_integer() for pair in self.shifts for v in pair):
-            raise ValueError(f"ShiftSequence: mode 'mask' takes integer shifts only, got {self.shifts!r}")
         self.crop_size = check_crop_size("ShiftSequence", crop_size, mode)
+        if mode == "mask" and not all(float(v).is_integer() for pair in self.shifts for v in pair):
+            raise ValueError(
+                f"ShiftSequence: mode 'mask' takes integer shifts only (from shifts, or max_shift and step), got "
+                f"{self.shifts!r}"
+            )
 
     @staticmethod
     def _check_shifts(shifts: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
