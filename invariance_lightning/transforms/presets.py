@@ -38,7 +38,7 @@ def paper_sequences() -> dict[str, TransformSequence]:
 
 def content_sequences() -> dict[str, TransformSequence]:
     """The report's shift walk beside the same frames with the image in place and only the content the walk pushes
-    out blacked out (``mode="mask"``): the masked walk's flips are the lost border's share of the shift flips."""
+    out blacked out (``mode="mask"``): the masked walk counts the flips that need no move, only the lost border."""
     return {
         "shift": ShiftSequence(max_shift=8, direction="diagonal", mode="zeros"),
         "shift_masked": ShiftSequence(max_shift=8, direction="diagonal", mode="mask"),
