@@ -204,12 +204,12 @@ def test_a_circular_aps_fine_tuning_sees_a_zero_filled_shift_only_as_the_content
     main = runpy.run_path(str(REPO_ROOT / "recipes" / "fix.py"), run_name="fix_recipe")["main"]
     common = ["--model", str(checkpoint), "--method", "aps", "--epochs", "1", "--val_split", "8", "--data_dir"]
     common += [str(folder), "--no-download", "--batch_size", "32", "--test_images", "4"]
+    images, _ = CIFARDataModule(data_dir=folder, download=False, val_split=8).split_arrays("test", 4, seed=0)
+    images = images.float() / 255
     for padding_mode in ("circular", "zeros"):
         output = tmp_path / padding_mode
         main([*common, "--padding_mode", padding_mode, "--output", str(output)])
         loaded = load_classifier(output / "checkpoints" / "last.ckpt")
-        images, _ = CIFARDataModule(data_dir=folder, download=False, val_split=8).split_arrays("test", 4, seed=0)
-        images = images.float() / 255
         model = loaded.model.eval()
         max_difference = 0.0
         with torch.no_grad():
