@@ -256,6 +256,26 @@ def test_evaluate_writes_a_report_for_pretrained_weights(tiny_cifar_dir, tmp_pat
     assert (output / "shift_per_frame.png").exists()
 
 
+def test_evaluate_takes_a_released_model_by_name_from_the_shared_folder(tiny_cifar_dir, tmp_path, monkeypatch):
+    shared, cache = tmp_path / "shared", tmp_path / "cache"
+    (shared / "weights" / "cifar10-resnet").mkdir(parents=True)
+    torch.manual_seed(0)
+    weights = shared / "weights" / "cifar10-resnet" / "resnet20-test.th"
+    torch.save({"state_dict": cifar_resnet(20).state_dict()}, weights)
+    monkeypatch.setenv("INVARIANCE_SHARED_DIR", str(shared))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))  # no cached release can stand in for the shared file
+    common = ["--data_dir", str(tiny_cifar_dir), "--preset", "monitor", "--num_images", "12"]
+    main(["evaluate", "--model", "resnet20", "--no-download", *common, "--output", str(tmp_path / "by_name")])
+    main(["evaluate", "--model", str(weights), *common, "--output", str(tmp_path / "by_file")])
+    by_name = json.loads((tmp_path / "by_name" / "report.json").read_text())
+    by_file = json.loads((tmp_path / "by_file" / "report.json").read_text())
+    assert by_name["results"] == by_file["results"]  # the very file, not another model of that name
+    assert "resnet20" in (tmp_path / "by_name" / "report.md").read_text()
+    # a name with no local copy and no download allowed: the refusal says where it looked
+    with pytest.raises(FileNotFoundError, match=r"resnet56.*downloading is disabled"):
+        main(["evaluate", "--model", "resnet56", "--no-download", *common, "--output", str(tmp_path / "none")])
+
+
 def test_evaluate_streams_the_split_and_never_builds_a_tensor_of_its_size(tmp_path, capsys):
     root = tmp_path / "folder"
     generator = torch.Generator().manual_seed(0)

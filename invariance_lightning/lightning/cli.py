@@ -4,6 +4,7 @@
     invariance-lightning fit --config configs/cifar10/resnet20_plain.yaml --no_wandb true
     invariance-lightning evaluate --model runs/x/checkpoints/last.ckpt --output results/x
     invariance-lightning evaluate --model runs/x/checkpoints/last.ckpt --protocols zhang2019 imagenet_p_flip
+    invariance-lightning evaluate --model resnet20 --preset content
 
 W&B runs offline unless you are logged in (or ``WANDB_MODE`` says otherwise); ``--no_wandb true``
 (or a missing ``wandb`` package) replaces the configured loggers with a ``CSVLogger``.
@@ -34,6 +35,7 @@ from invariance_lightning.lightning.module import ImageClassifier
 from invariance_lightning.metrics.evaluate import evaluate_sequences, module_device
 from invariance_lightning.metrics.protocols import PROTOCOLS
 from invariance_lightning.metrics.published import ProtocolTotals
+from invariance_lightning.models.pretrained import cifar_resnet_weights, release_name
 from invariance_lightning.reporting.tables import protocol_line, write_report
 from invariance_lightning.transforms import SEQUENCE_PRESETS, TransformSequence, sequence_preset
 from invariance_lightning.transforms.normalization import Normalization
@@ -143,7 +145,18 @@ def evaluate_main(argv: Sequence[str]) -> Path:
     checkpoints recorded their input normalization is normalized with the evaluated data's statistics.
     """
     parser = argparse.ArgumentParser(prog="invariance-lightning evaluate", description=evaluate_main.__doc__)
-    parser.add_argument("--model", required=True, help="ImageClassifier .ckpt or pretrained CIFAR ResNet weights (.th)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="ImageClassifier .ckpt, CIFAR ResNet weights (.th), or a released CIFAR-10 ResNet by name (resnet20, "
+        "resnet56, ...: looked for in the shared folder and the cache, else downloaded)",
+    )
+    parser.add_argument(
+        "--download",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="download a released model named by --model when no local copy is found (default: yes)",
+    )
     parser.add_argument("--data", default="cifar10", help="cifar10, cifar100, or an ImageFolder root")
     parser.add_argument(
         "--data_dir", default=None, help="folder with local CIFAR .npz files (else $INVARIANCE_DATA_DIR)"
@@ -164,7 +177,8 @@ def evaluate_main(argv: Sequence[str]) -> Path:
     else:
         datamodule = ImageFolderDataModule(args.data, image_size=args.image_size, test_dir="val")
     datamodule.setup("test" if args.split == "test" else "fit")
-    loaded = load_classifier(args.model, default_normalization=Normalization(datamodule.mean, datamodule.std))
+    model_file = cifar_resnet_weights(args.model, download=args.download) if release_name(args.model) else args.model
+    loaded = load_classifier(model_file, default_normalization=Normalization(datamodule.mean, datamodule.std))
     device = module_device(loaded.model)
     images = SplitStream(
         getattr(datamodule, f"{args.split}_dataloader")(),
