@@ -11,7 +11,9 @@ every conv back on ``nn.Conv2d(padding_mode="circular")`` (``F.pad`` copy per co
 ``CircularConv2d``); the ``strips`` arms take ``circular_conv2d``'s strip path on every map (its implementation
 before the padded-copy path for maps of at most ``PADDED_COPY_MAX_PIXELS``). Memory: bytes autograd keeps for the
 backward of one step (saved tensors, each storage counted once), the part of training memory that depends on the
-layers.
+layers. FLOPs: the convolutions' and matrix products' floating-point operations of one training step
+(``torch.utils.flop_counter``); the strided network's count over an arm's is the speed ratio the arm's definition
+allows if time follows those FLOPs, so the measured ratio against it separates inherent cost from implementation.
 
     python benchmarks/bench_downsampling_cost.py
 """
@@ -32,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from bench_cpu_training import alternate, machine
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from invariance_lightning.models import cifar_resnet
 from invariance_lightning.nn import circular
@@ -147,7 +150,19 @@ def saved_bytes(arm: str) -> int:
     return sum(storages.values())
 
 
-def report(rates: dict[str, list[float]], memory: dict[str, int], meta: dict[str, object], out: Path) -> None:
+def step_flops(arm: str) -> int:
+    """Floating-point operations of one training step's convolutions and matrix products, forward and backward
+    (``torch.utils.flop_counter``; elementwise work such as BN, ReLU and copies is not counted)."""
+    model = build(arm)
+    images, targets = batch()
+    with circular_path(arm), FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(images), targets).backward()
+    return counter.get_total_flops()
+
+
+def report(
+    rates: dict[str, list[float]], memory: dict[str, int], flops: dict[str, int], meta: dict[str, object], out: Path
+) -> None:
     medians = {arm: statistics.median(values) for arm, values in rates.items()}
     results = {}
     for arm, (method, padding) in ARMS.items():
@@ -160,6 +175,8 @@ def report(rates: dict[str, list[float]], memory: dict[str, int], meta: dict[str
                 if padding == "circular" and f"{method}/zeros" in medians
                 else None
             ),
+            "gflops_per_step": round(flops[arm] / 1e9, 2),
+            "flop_bound_to_strided_same_padding": round(flops[f"stride/{padding}"] / flops[arm], 2),
             "saved_mib": round(memory[arm] / 2**20, 1),
             "memory_ratio_to_strided_zeros": round(memory[arm] / memory["stride/zeros"], 2),
         }
@@ -170,17 +187,20 @@ def report(rates: dict[str, list[float]], memory: dict[str, int], meta: dict[str
         "",
         f"`{meta['command']}`: {meta['machine']}, 1-min load average {meta['load_average_before_after']} (before, "
         f"after). Plain PyTorch training steps, batch {BATCH}, 32x32, channels-last; median of {meta['rounds']} "
-        f"alternating rounds of {meta['steps']} steps. Memory: what autograd saves for one step's backward.",
+        f"alternating rounds of {meta['steps']} steps. FLOP bound: the strided network's convolution and "
+        "matrix-product FLOPs per training step (forward and backward) over the arm's, the speed ratio the arm "
+        "would reach if time followed those FLOPs. Memory: what autograd saves for one step's backward.",
         "",
-        "| arm | training images/s | rounds | ratio to strided (same padding) | circular / zeros | saved MiB "
-        "| memory ratio to stride/zeros |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| arm | training images/s | rounds | ratio to strided (same padding) | FLOP bound | circular / zeros "
+        "| GFLOPs / step | saved MiB | memory ratio to stride/zeros |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for arm, row in results.items():
         circular = "" if row["ratio_circular_to_zeros"] is None else row["ratio_circular_to_zeros"]
         lines.append(
             f"| {arm} | {row['images_per_s']} | {', '.join(map(str, row['rounds']))} | "
-            f"{row['ratio_to_strided_same_padding']} | {circular} | {row['saved_mib']} | "
+            f"{row['ratio_to_strided_same_padding']} | {row['flop_bound_to_strided_same_padding']} | {circular} | "
+            f"{row['gflops_per_step']} | {row['saved_mib']} | "
             f"{row['memory_ratio_to_strided_zeros']} |"
         )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -214,7 +234,8 @@ def main() -> None:
     runs: dict[str, Callable[[int], float]] = {arm: partial(images_per_second, arm) for arm in ARMS}
     rates = alternate(runs, args.rounds, args.steps)
     memory = {arm: saved_bytes(arm) for arm in ARMS}
-    report(rates, memory, step_meta("bench_downsampling_cost.py", args, load_before), args.out)
+    flops = {arm: step_flops(arm) for arm in ARMS}
+    report(rates, memory, flops, step_meta("bench_downsampling_cost.py", args, load_before), args.out)
 
 
 if __name__ == "__main__":
