@@ -52,6 +52,24 @@ def test_averaging_over_every_circular_shift_is_exactly_invariant_to_circular_sh
     assert float(averaged["flip_rate"]) == 0.0 and float(averaged["consistency"]) == 1.0  # ... its group average is
 
 
+def test_hflip_also_averages_the_mirror_images_and_a_dx_symmetric_set_makes_it_mirror_invariant():
+    model = strided_net()
+    images = torch.rand(6, 3, 8, 8)
+    shifts = [(-1, 0), (0, 0), (1, 1)]
+    shifted = [torch.roll(images, (dy, dx), dims=(-2, -1)) for dx, dy in shifts]
+    by_hand = torch.stack([model(x) for x in shifted] + [model(x.flip(-1)) for x in shifted]).mean(dim=0)
+    averaged = ShiftAveraging(model, shifts, boundary="circular", hflip=True)
+    assert averaged.copies == 6
+    torch.testing.assert_close(averaged(images), by_hand)
+    # the 3 x 3 neighbourhood holds the mirror (-dx, dy) of each shift, so mirroring the input permutes the copies
+    neighbourhood = [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    for boundary in ("reflect", "circular", "zeros"):
+        mirrored = ShiftAveraging(model, neighbourhood, boundary=boundary, hflip=True)
+        torch.testing.assert_close(mirrored(images.flip(-1)), mirrored(images))
+        without = ShiftAveraging(model, neighbourhood, boundary=boundary)
+        assert (without(images.flip(-1)) - without(images)).abs().max() > 1e-3  # the network alone is not
+
+
 def test_bad_arguments_are_named():
     model = strided_net()
     with pytest.raises(ValueError, match="shifts must be a non-empty sequence of \\(dx, dy\\) int pairs"):
@@ -60,3 +78,5 @@ def test_bad_arguments_are_named():
         ShiftAveraging(model, boundary="wrap")
     with pytest.raises(ValueError, match=r"shifts \[\(8, 0\)\] do not fit 8x8 inputs"):
         ShiftAveraging(model, [(0, 0), (8, 0)])(torch.rand(1, 3, 8, 8))
+    with pytest.raises(TypeError, match="hflip must be a bool"):
+        ShiftAveraging(model, hflip=1)  # type: ignore[arg-type]

@@ -17,13 +17,16 @@ BOUNDARIES = ("circular", "reflect", "zeros")
 
 
 class ShiftAveraging(nn.Module):
-    """``model``'s logits averaged over copies of the input shifted by each of ``shifts``.
+    """``model``'s logits averaged over copies of the input shifted by each of ``shifts`` (and mirrored, ``hflip``).
 
-    ``forward(x)`` runs ``model`` once on a batch of ``len(shifts) * N`` shifted copies and returns the mean of the
-    ``len(shifts)`` logits of each image: ``len(shifts)`` times the cost of ``model`` at inference, nothing at
+    ``forward(x)`` runs ``model`` once on a batch of ``k * N`` copies and returns the mean of the ``k`` logits of each
+    image, ``k = len(shifts)`` (twice that with ``hflip``): ``k`` times the cost of ``model`` at inference, nothing at
     training (wrap a trained model). Averaging over the whole group of circular shifts of the input makes the result
     exactly invariant to circular shifts; a small set such as :data:`STRIDE2_SHIFTS` smooths the response to the
-    shifts that change a stride-2 subsampling's phase.
+    shifts that change a stride-2 subsampling's phase. ``hflip`` also averages over the left-right mirror image of
+    each copy, the symmetry CIFAR/ImageNet training crops are flipped by: a black border that a shift brings in on the
+    left is then seen on the right too. With a shift set that is symmetric in ``dx`` (the mirror of each shift is in
+    the set), the result is exactly invariant to mirroring the input.
 
     Args:
         model: a classifier returning ``(N, C)`` logits.
@@ -31,6 +34,7 @@ class ShiftAveraging(nn.Module):
         boundary: what enters at the border: ``"circular"`` (wrap around), ``"reflect"``, or ``"zeros"`` (the value
             ``fill`` of the model's input: for normalized input, black is ``-mean / std``, not 0).
         fill: the ``"zeros"`` boundary's value.
+        hflip: also average over the horizontally mirrored copy of each shifted copy.
 
     >>> import torch
     >>> averaged = ShiftAveraging(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), shifts=[(0, 0), (1, 0)])
@@ -44,6 +48,7 @@ class ShiftAveraging(nn.Module):
         shifts: Sequence[tuple[int, int]] = STRIDE2_SHIFTS,
         boundary: str = "circular",
         fill: float = 0.0,
+        hflip: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -56,6 +61,14 @@ class ShiftAveraging(nn.Module):
         self.shifts = [(int(dx), int(dy)) for dx, dy in pairs]
         self.boundary = check_choice("ShiftAveraging", "boundary", boundary, BOUNDARIES)
         self.fill = float(fill)
+        if not isinstance(hflip, bool):
+            raise TypeError(f"ShiftAveraging: hflip must be a bool, got {hflip!r}")
+        self.hflip = hflip
+
+    @property
+    def copies(self) -> int:
+        """Forward passes per image: ``len(shifts)``, doubled by ``hflip``."""
+        return len(self.shifts) * (2 if self.hflip else 1)
 
     def forward(self, images: Tensor) -> Tensor:
         """Mean logits ``(N, C)`` over the shifted copies of ``images`` ``(N, C, H, W)``."""
@@ -66,8 +79,10 @@ class ShiftAveraging(nn.Module):
                 f"ShiftAveraging: shifts {too_large} do not fit {height}x{width} inputs (|dx| < width, |dy| < height)"
             )
         copies = [integer_shift(images, dx, dy, self.boundary, self.fill) for dx, dy in self.shifts]
+        if self.hflip:
+            copies += [copy.flip(-1) for copy in copies]
         logits = self.model(torch.cat(copies))
-        return logits.unflatten(0, (len(self.shifts), images.shape[0])).mean(dim=0)
+        return logits.unflatten(0, (self.copies, images.shape[0])).mean(dim=0)
 
     def extra_repr(self) -> str:
-        return f"shifts={self.shifts}, boundary={self.boundary!r}"
+        return f"shifts={self.shifts}, boundary={self.boundary!r}, hflip={self.hflip}"
