@@ -30,8 +30,10 @@ from invariance_lightning.reporting.tables import write_json
 from invariance_lightning.validation import positive_int
 
 RESULTS = Path(__file__).resolve().parent / "results"
-#: Shift sets by name: the four phases of a stride-2 subsampling, and the 3 x 3 neighbourhood.
+#: Shift sets by name: no shift (with ``--hflip``: the image and its mirror), the four phases of a stride-2
+#: subsampling, and the 3 x 3 neighbourhood.
 SHIFT_SETS = {
+    "identity": ((0, 0),),
     "stride2_phases": STRIDE2_SHIFTS,
     "neighbourhood_3x3": tuple((dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)),
 }
@@ -45,7 +47,12 @@ def main() -> None:
         help="weights file, released model name (resnet20) or ImageClassifier .ckpt (its own normalization)",
     )
     parser.add_argument("--num_images", type=positive_int, default=10_000, help="seeded test subset (10000: all)")
-    parser.add_argument("--shift_sets", nargs="+", choices=sorted(SHIFT_SETS), default=list(SHIFT_SETS))
+    parser.add_argument(
+        "--shift_sets", nargs="+", choices=sorted(SHIFT_SETS), default=["stride2_phases", "neighbourhood_3x3"]
+    )
+    parser.add_argument(
+        "--hflip", action="store_true", help="average each shift set over the mirrored copies too (twice the passes)"
+    )
     parser.add_argument(
         "--boundary",
         choices=("reflect", "circular"),
@@ -67,8 +74,8 @@ def main() -> None:
     sequence = sequence_preset("report")["shift"]
     models = {"plain": (model, 1)}
     for name in args.shift_sets:
-        shifts = SHIFT_SETS[name]
-        models[f"{name} (k={len(shifts)})"] = (ShiftAveraging(model, shifts, boundary=args.boundary), len(shifts))
+        averaged = ShiftAveraging(model, SHIFT_SETS[name], boundary=args.boundary, hflip=args.hflip)
+        models[f"{name}{' + hflip' if args.hflip else ''} (k={averaged.copies})"] = (averaged, averaged.copies)
 
     rows = {}
     for name, (candidate, copies) in models.items():
@@ -118,6 +125,7 @@ def main() -> None:
         "num_images": len(images),
         "sequence": repr(sequence),
         "boundary": args.boundary,
+        "hflip": args.hflip,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "rows": rows,
@@ -130,7 +138,8 @@ def main() -> None:
         f"`{command}`",
         "",
         f"Report protocol `{sequence!r}`; `aps2021_standard` consistency; shifted copies with `{args.boundary}` "
-        "borders. Intervals: Wilson 95%. Time: measured in this run, relative to the plain model.",
+        f"borders{'; each copy also mirrored left-right (hflip)' if args.hflip else ''}. Intervals: Wilson 95%. "
+        "Time: measured in this run, relative to the plain model.",
         "",
         "| model | forward passes / image | accuracy | flip rate [95%] | worst-case accuracy | aps2021_standard [95%] "
         "| time ratio |",
