@@ -17,10 +17,15 @@ def monitor_sequences() -> dict[str, TransformSequence]:
     }
 
 
+def report_shift_walk() -> ShiftSequence:
+    """The report's shift walk: the paper's 9 diagonal shifts (0..8 px), zero fill."""
+    return ShiftSequence(max_shift=8, direction="diagonal", mode="zeros")
+
+
 def report_sequences() -> dict[str, TransformSequence]:
     """The full protocol for final reports: the paper's 9 diagonal shifts (0..8 px) and 9 scales 0.8..1.2."""
     return {
-        "shift": ShiftSequence(max_shift=8, direction="diagonal", mode="zeros"),
+        "shift": report_shift_walk(),
         "scale": ScaleSequence([0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2], mode="zeros"),
     }
 
@@ -39,10 +44,8 @@ def paper_sequences() -> dict[str, TransformSequence]:
 def content_sequences() -> dict[str, TransformSequence]:
     """The report's shift walk beside the same frames with the image in place and only the content the walk pushes
     out blacked out (``mode="mask"``): the masked walk counts the flips that need no move, only the lost border."""
-    return {
-        "shift": ShiftSequence(max_shift=8, direction="diagonal", mode="zeros"),
-        "shift_masked": ShiftSequence(max_shift=8, direction="diagonal", mode="mask"),
-    }
+    walk = report_shift_walk()
+    return {"shift": walk, "shift_masked": ShiftSequence(shifts=walk.shifts, mode="mask")}
 
 
 SEQUENCE_PRESETS: dict[str, Callable[[], dict[str, TransformSequence]]] = {
