@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from bench_cpu_training import machine
+from bench_downsampling_cost import padded_copy_max_pixels
 
-from invariance_lightning.nn import circular
 from invariance_lightning.nn.circular import _Conv, _unwrap_grad, _wrap_padded, circular_conv2d
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,12 +52,8 @@ def training_step(x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, pat
     if path == "zeros":
         output = F.conv2d(x, weight, None, 1, PADDING)
     else:
-        default = circular.PADDED_COPY_MAX_PIXELS
-        circular.PADDED_COPY_MAX_PIXELS = 0 if path == "strips" else x.shape[-2] * x.shape[-1]
-        try:
+        with padded_copy_max_pixels(0 if path == "strips" else x.shape[-2] * x.shape[-1]):
             output = circular_conv2d(x, weight, None, 1, PADDING)
-        finally:
-            circular.PADDED_COPY_MAX_PIXELS = default
     output.backward(grad)
 
 

@@ -26,7 +26,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -91,14 +91,20 @@ def build(arm: str) -> nn.Module:
 
 
 @contextmanager
-def circular_path(arm: str) -> Iterator[None]:
-    """The strip path on every map for the ``strips`` arms, ``circular_conv2d``'s own choice for the others."""
+def padded_copy_max_pixels(pixels: int) -> Iterator[None]:
+    """``circular_conv2d`` takes its padded-copy path on maps of at most ``pixels`` pixels while training (0: the
+    strips on every map), restored on exit."""
     default = circular.PADDED_COPY_MAX_PIXELS
-    circular.PADDED_COPY_MAX_PIXELS = 0 if arm.endswith("strips") else default
+    circular.PADDED_COPY_MAX_PIXELS = pixels
     try:
         yield
     finally:
         circular.PADDED_COPY_MAX_PIXELS = default
+
+
+def circular_path(arm: str) -> AbstractContextManager[None]:
+    """The strip path on every map for the ``strips`` arms, ``circular_conv2d``'s own choice for the others."""
+    return padded_copy_max_pixels(0 if arm.endswith("strips") else circular.PADDED_COPY_MAX_PIXELS)
 
 
 def training_step(
